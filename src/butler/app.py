@@ -1,0 +1,117 @@
+"""Assembling Butler from its settings: the REST API's routes, its listeners, and the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from dataclasses import dataclass, field
+
+from butler.config import Settings
+from butler.http.docs import ApiDocument, DocumentationSite, load_openapi
+from butler.http.ratelimit import RateLimiter
+from butler.http.routing import Router
+from butler.http.server import Listener, RestApi, tls_context
+from butler.routes import RouteContext, base_conversion, butler_status
+
+log = logging.getLogger("butler")
+
+#: Route modules, one per feature.
+ROUTE_MODULES = (butler_status, base_conversion)
+
+#: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
+DEFAULT_RATE_LIMIT = 100
+
+
+class StartupError(Exception):
+    """Butler cannot start as configured; the message says why."""
+
+
+def build_router(context: RouteContext, document: ApiDocument) -> Router:
+    """Register every route whose enable flag is on, with its validators from the API document."""
+    router = Router()
+    flags = context.settings.endpoints
+    for module in ROUTE_MODULES:
+        for route in module.routes(context):
+            document.bind(route)
+            if route.flag is None or flags.enabled(route.flag):
+                router.add(route)
+    for route in DocumentationSite(document, router.routes).routes():
+        router.add(route)
+    return router
+
+
+@dataclass
+class Butler:
+    """A configured Butler: ``start`` opens its listeners, ``stop`` closes them."""
+
+    settings: Settings
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    listeners: list[Listener] = field(default_factory=list)
+
+    def build_api(self) -> RestApi:
+        context = RouteContext(self.settings)
+        router = build_router(context, ApiDocument(load_openapi()))
+        limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
+        return RestApi(router, limiter)
+
+    async def start(self) -> None:
+        rest = self.settings.rest
+        if rest.enable:
+            listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context())
+            await self._open(listener, "REST API")
+        else:
+            log.warning("Butler.restServerConfig.enable is false: the REST API is not started")
+        health = self.settings.health_check
+        if health.enable:
+            router = Router()
+            router.add(butler_status.health_route(RouteContext(self.settings)))
+            await self._open(Listener(RestApi(router), rest.host, health.port), "health check")
+
+    async def stop(self) -> None:
+        for listener in reversed(self.listeners):
+            await listener.stop()
+        self.listeners.clear()
+
+    async def _open(self, listener: Listener, what: str) -> None:
+        try:
+            await listener.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {listener.host}:{listener.port} for the {what}: {exc.strerror or exc}"
+            ) from exc
+        self.listeners.append(listener)
+        log.info("%s listening on %s", what, listener.url)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.rest.tls
+        if not tls.enable:
+            return None
+        assert tls.cert is not None and tls.key is not None  # checked when the config was loaded
+        for name, path in (("cert", tls.cert), ("key", tls.key), ("ca", tls.ca)):
+            if path is not None and not path.is_file():
+                raise StartupError(f"Butler.restServerConfig.tls.{name}: file not found: {path}")
+        try:
+            return tls_context(str(tls.cert), str(tls.key), str(tls.ca) if tls.ca else None)
+        except (OSError, ssl.SSLError) as exc:
+            ca = f" and CA {tls.ca}" if tls.ca else ""
+            raise StartupError(
+                f"Butler.restServerConfig.tls: cannot load certificate {tls.cert} with key {tls.key}{ca}: {exc}"
+            ) from exc
+
+
+async def run(butler: Butler) -> None:
+    """Start Butler and serve until SIGINT or SIGTERM."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt instead
+            loop.add_signal_handler(sig, stopping.set)
+    await butler.start()
+    try:
+        await stopping.wait()
+    finally:
+        log.info("Butler stopping")
+        await butler.stop()

@@ -1,0 +1,230 @@
+"""Loading and validating Butler's YAML config file (everything under ``Butler:``).
+
+The layout and key names are upstream Butler's, so an existing config file loads unchanged. Sections of
+upstream features this project does not implement are accepted and reported once, so the admin knows they
+have no effect; a key that is neither ours nor upstream's is an error, with a suggestion for near misses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from butler.config.schema import Bool, Enum, Int, Key, Section, Str, validate
+from butler.config.settings import (
+    EndpointFlags,
+    HealthCheckSettings,
+    RestServerSettings,
+    Settings,
+    TlsSettings,
+)
+
+__all__ = ["ENDPOINT_FLAGS", "ConfigError", "Settings", "load_config", "parse_config"]
+
+LOG_LEVELS = ("silly", "debug", "verbose", "info", "warn", "error")
+
+#: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order.
+ENDPOINT_FLAGS: tuple[str, ...] = (
+    "apiListEnabledEndpoints",
+    "base62ToBase16",
+    "base16ToBase62",
+    "butlerping",
+    "createDir",
+    "createDirQVD",
+    "fileDelete",
+    "fileMove",
+    "fileCopy",
+    "keyValueStore",
+    "mqttPublishMessage",
+    "newRelic.postNewRelicMetric",
+    "newRelic.postNewRelicEvent",
+    "scheduler.createNewSchedule",
+    "scheduler.getSchedule",
+    "scheduler.getScheduleStatusAll",
+    "scheduler.updateSchedule",
+    "scheduler.deleteSchedule",
+    "scheduler.startSchedule",
+    "scheduler.stopSchedule",
+    "senseAppReload",
+    "senseAppDump",
+    "senseListApps",
+    "senseStartTask",
+    "slackPostMessage",
+)
+
+#: Top-level sections of upstream Butler 16 that this project does not implement (yet).
+UPSTREAM_SECTIONS: frozenset[str] = frozenset(
+    {
+        "fileLogging",
+        "logDirectory",
+        "anonTelemetry",
+        "systemInfo",
+        "configVisualisation",
+        "heartbeat",
+        "uptimeMonitor",
+        "thirdPartyToolsCredentials",
+        "influxDb",
+        "scriptLog",
+        "qlikSenseUrls",
+        "genericUrls",
+        "qlikSenseVersion",
+        "qlikSenseLicense",
+        "teamsNotification",
+        "slackNotification",
+        "emailNotification",
+        "incidentTool",
+        "webhookNotification",
+        "scheduler",
+        "keyValueStore",
+        "mqttConfig",
+        "udpServerConfig",
+        "fileCopyApprovedDirectories",
+        "fileMoveApprovedDirectories",
+        "fileDeleteApprovedDirectories",
+        "restServerEndpointsConfig",
+        "startTaskFilter",
+        "serviceMonitor",
+        "qlikSenseCloud",
+        "cert",
+        "configEngine",
+        "configQRS",
+        "configDirectories",
+    }
+)
+
+# Sections that only tune upstream internals and change nothing here: accepted silently.
+_IGNORED_SECTIONS = frozenset({"restServerApiDocGenerate"})
+
+_PORT = Int(1, 65535)
+
+
+class _Anything(Section):
+    """Accepted as it is, without checks."""
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        return value
+
+
+def _flag_section() -> Section:
+    groups: dict[str, dict[str, Key]] = {}
+    keys: dict[str, Key] = {}
+    for name in ENDPOINT_FLAGS:
+        if "." in name:
+            group, leaf = name.split(".")
+            groups.setdefault(group, {})[leaf] = Key(Bool(), default=False)
+        else:
+            keys[name] = Key(Bool(), default=False)
+    for group, leaves in groups.items():
+        keys[group] = Key(Section(keys=leaves, nullable=True))
+    return Section(keys=keys, nullable=True)
+
+
+_SCHEMA = Section(
+    keys={
+        "Butler": Key(
+            Section(
+                keys={
+                    "logLevel": Key(Enum(choices=LOG_LEVELS), default="info"),
+                    "restServerConfig": Key(
+                        Section(
+                            keys={
+                                "enable": Key(Bool(), required=True),
+                                "serverHost": Key(Str(), required=True),
+                                "serverPort": Key(_PORT, required=True),
+                                "backgroundServerPort": Key(_PORT),
+                                "tls": Key(
+                                    Section(
+                                        keys={
+                                            "enable": Key(Bool(), default=False),
+                                            "cert": Key(Str(nullable=True)),
+                                            "key": Key(Str(nullable=True)),
+                                            "ca": Key(Str(nullable=True)),
+                                        }
+                                    )
+                                ),
+                            }
+                        ),
+                        required=True,
+                    ),
+                    "restServerEndpointsEnable": Key(_flag_section()),
+                    "dockerHealthCheck": Key(
+                        Section(keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)})
+                    ),
+                    **{name: Key(_Anything()) for name in _IGNORED_SECTIONS},
+                },
+                tolerated=UPSTREAM_SECTIONS,
+            ),
+            required=True,
+        )
+    }
+)
+
+
+class ConfigError(Exception):
+    """The config file cannot be used. ``messages`` has one line per problem, each naming the key path."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read, validate and convert a Butler config file. Raises ConfigError listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from exc
+    try:
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse_config(document, base_dir=path.resolve().parent, source=path)
+
+
+def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -> Settings:
+    """Validate an already parsed config document. Relative file paths are resolved against ``base_dir``."""
+    values, errors = validate(_SCHEMA, document, "config file")
+    # Messages name keys from the root of the YAML document, as admins read them.
+    errors = [e.removeprefix("config file.") for e in errors]
+    if errors:
+        raise ConfigError(errors)
+    butler = values["Butler"]
+    rest = butler["restServerConfig"]
+    tls = rest["tls"]
+    tls_settings = TlsSettings(
+        enable=tls["enable"],
+        cert=_path(tls["cert"], base_dir),
+        key=_path(tls["key"], base_dir),
+        ca=_path(tls["ca"], base_dir),
+    )
+    if tls_settings.enable:
+        missing = [name for name in ("cert", "key") if getattr(tls_settings, name) is None]
+        if missing:
+            raise ConfigError(
+                [f"Butler.restServerConfig.tls.{name}: required when tls.enable is true" for name in missing]
+            )
+    health = butler["dockerHealthCheck"]
+    present = document["Butler"]
+    return Settings(
+        log_level=butler["logLevel"],
+        rest=RestServerSettings(
+            enable=rest["enable"],
+            host=rest["serverHost"],
+            port=rest["serverPort"],
+            background_port=rest["backgroundServerPort"],
+            tls=tls_settings,
+        ),
+        endpoints=EndpointFlags(butler["restServerEndpointsEnable"]),
+        health_check=HealthCheckSettings(enable=health["enable"], port=health["port"]),
+        source=source,
+        unsupported_sections=tuple(name for name in present if name in UPSTREAM_SECTIONS),
+    )
+
+
+def _path(value: str | None, base_dir: Path) -> Path | None:
+    if value is None or value == "":
+        return None
+    return base_dir / Path(value).expanduser()

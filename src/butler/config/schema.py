@@ -1,0 +1,182 @@
+"""A small declarative validator for Butler's YAML config file.
+
+Butler's config is a deep tree of plain YAML values. Validating it with a generic JSON-schema library gives
+messages such as ``'abc' is not of type 'integer'``; an admin editing a 1,300-line file needs the key path,
+what was expected and, for a typo, the key they probably meant. Each spec here checks one value, appends
+messages of the form ``Butler.restServerConfig.serverPort: expected an integer 1-65535, got 'abc'`` and
+returns the value with defaults filled in.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_MISSING: Any = object()
+
+
+def describe(value: Any) -> str:
+    """Render a config value the way it appears in an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+class Spec:
+    """One expected value. ``check`` returns the value to keep (or None after reporting an error)."""
+
+    expected: str = "a value"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        raise NotImplementedError
+
+    def fail(self, value: Any, path: str, errors: list[str]) -> None:
+        errors.append(f"{path}: expected {self.expected}, got {describe(value)}")
+
+
+@dataclass
+class Bool(Spec):
+    expected: str = "true or false"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if isinstance(value, bool):
+            return value
+        self.fail(value, path, errors)
+        return None
+
+
+@dataclass
+class Int(Spec):
+    minimum: int | None = None
+    maximum: int | None = None
+
+    @property  # type: ignore[override]
+    def expected(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"an integer {self.minimum}-{self.maximum}"
+        if self.minimum is not None:
+            return f"an integer >= {self.minimum}"
+        return "an integer"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        in_range = (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+        )
+        if in_range:
+            return value
+        self.fail(value, path, errors)
+        return None
+
+
+@dataclass
+class Str(Spec):
+    nullable: bool = False
+
+    @property  # type: ignore[override]
+    def expected(self) -> str:
+        return "a string or null" if self.nullable else "a string"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if isinstance(value, str) or (value is None and self.nullable):
+            return value
+        self.fail(value, path, errors)
+        return None
+
+
+@dataclass
+class Enum(Spec):
+    choices: tuple[str, ...] = ()
+
+    @property  # type: ignore[override]
+    def expected(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if isinstance(value, str) and value in self.choices:
+            return value
+        self.fail(value, path, errors)
+        return None
+
+
+@dataclass
+class Key:
+    """A key of a section: its spec, whether it must be present, and the default when it is not."""
+
+    spec: Spec
+    required: bool = False
+    default: Any = None
+
+
+@dataclass
+class Section(Spec):
+    """A mapping with known keys. Unknown keys are errors, with a suggestion for near misses.
+
+    ``tolerated`` names keys that upstream Butler knows but this section does not use: they are accepted
+    and reported back so the caller can warn about them once.
+    """
+
+    keys: dict[str, Key] = field(default_factory=dict)
+    tolerated: frozenset[str] = frozenset()
+    nullable: bool = False
+    expected: str = "a mapping"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if value is None and self.nullable:
+            value = {}
+        if not isinstance(value, Mapping):
+            self.fail(value, path, errors)
+            return None
+        result: dict[str, Any] = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                errors.append(f"{path}: keys must be strings, got {describe(name)}")
+                continue
+            key = self.keys.get(name)
+            if key is None:
+                if name not in self.tolerated:
+                    errors.append(f"{path}.{name}: unknown key{self._suggestion(name)}")
+                continue
+            result[name] = key.spec.check(item, f"{path}.{name}", errors)
+        for name, key in self.keys.items():
+            if name in result:
+                continue
+            if key.required:
+                errors.append(f"{path}.{name}: required key is missing ({key.spec.expected})")
+            else:
+                result[name] = _fill_defaults(key)
+        return result
+
+    def _suggestion(self, name: str) -> str:
+        known = [*self.keys, *self.tolerated]
+        lowered = {k.lower(): k for k in known}
+        if name.lower() in lowered:
+            return f" (did you mean '{lowered[name.lower()]}'?)"
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _fill_defaults(key: Key) -> Any:
+    """The value of an absent optional key; an absent section gets its own defaults filled in."""
+    if isinstance(key.spec, Section) and key.default is None:
+        return key.spec.check({}, "", [])
+    return key.default
+
+
+def validate(spec: Spec, value: Any, path: str) -> tuple[Any, list[str]]:
+    """Check ``value`` against ``spec``; return the value with defaults filled in and the error messages."""
+    errors: list[str] = []
+    result = spec.check(value, path, errors)
+    return result, errors

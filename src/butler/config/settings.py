@@ -1,0 +1,91 @@
+"""Typed settings built from a validated config file, passed to the code that needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS for the REST API (``Butler.restServerConfig.tls``)."""
+
+    enable: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class RestServerSettings:
+    """``Butler.restServerConfig``. ``backgroundServerPort`` is read but unused: one listener serves all."""
+
+    enable: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    background_port: int | None = None
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+
+@dataclass(frozen=True)
+class HealthCheckSettings:
+    """``Butler.dockerHealthCheck``: an extra plain-HTTP listener that serves only ``GET /health``."""
+
+    enable: bool = False
+    port: int = 12398
+
+
+@dataclass(frozen=True)
+class EndpointFlags:
+    """``Butler.restServerEndpointsEnable`` as written in the file, order kept.
+
+    Flags are addressed by dotted name (``butlerping``, ``scheduler.getSchedule``). Only the value ``true``
+    enables an endpoint.
+    """
+
+    tree: Mapping[str, Any] = field(default_factory=dict)
+
+    def enabled(self, name: str) -> bool:
+        node: Any = self.tree
+        for part in name.split("."):
+            if not isinstance(node, Mapping):
+                return False
+            node = node.get(part)
+        return node is True
+
+    def enabled_leaf_names(self) -> list[str]:
+        """Leaf names of every enabled flag, depth-first in file order (``GET /v4/configfile/endpointsenabled``)."""
+        return list(_true_leaves(self.tree))
+
+    @classmethod
+    def all_enabled(cls, names: list[str]) -> EndpointFlags:
+        tree: dict[str, Any] = {}
+        for name in names:
+            *parents, leaf = name.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = True
+        return cls(tree)
+
+
+def _true_leaves(node: Mapping[str, Any]) -> Iterator[str]:
+    for name, value in node.items():
+        if isinstance(value, Mapping):
+            yield from _true_leaves(value)
+        elif value is True:
+            yield name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Butler reads from its config file."""
+
+    log_level: str = "info"
+    rest: RestServerSettings = field(default_factory=RestServerSettings)
+    endpoints: EndpointFlags = field(default_factory=EndpointFlags)
+    health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
+    source: Path | None = None
+    unsupported_sections: tuple[str, ...] = ()

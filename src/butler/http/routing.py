@@ -1,0 +1,131 @@
+"""Routes and the router: the map from method and path to a handler.
+
+Paths match as upstream Butler matches them: case-sensitive, a trailing slash is significant, ``{name}``
+segments capture one URL-decoded segment of at most 100 characters, and a static path wins over a
+parameterised one. HEAD is answered by every GET route.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from butler.http.errors import HttpError
+
+MAX_PARAM_LENGTH = 100
+
+
+@dataclass
+class ApiRequest:
+    """What a handler sees of a request, after validation."""
+
+    method: str
+    path: str
+    query: dict[str, Any]
+    params: dict[str, str]
+    body: Any
+    headers: Mapping[str, str]
+    client_ip: str
+
+
+@dataclass
+class Reply:
+    """A handler's answer. ``body`` is sent as it is; use the helpers below to build one."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+JSON_TYPE = "application/json; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+
+
+def encode_json(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_reply(data: Any, status: int = 200) -> Reply:
+    return Reply(status, encode_json(data), JSON_TYPE)
+
+
+def text_reply(text: str, status: int = 200) -> Reply:
+    return Reply(status, text.encode(), TEXT_TYPE)
+
+
+Handler = Callable[[ApiRequest], Awaitable[Reply]]
+
+
+@dataclass
+class Route:
+    """One endpoint. ``flag`` names its ``Butler.restServerEndpointsEnable`` switch (None: always on).
+
+    ``rate_limited`` is False for the few surfaces that monitoring and browsers poll (health, API docs).
+    ``documented`` is False for the API-docs pages themselves, which are not part of the API.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    flag: str | None = None
+    rate_limited: bool = True
+    documented: bool = True
+    validators: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+    @property
+    def segments(self) -> list[str]:
+        return self.path.split("/")
+
+
+class Router:
+    def __init__(self) -> None:
+        self._static: dict[tuple[str, str], Route] = {}
+        self._dynamic: dict[str, list[Route]] = {}
+        self.routes: list[Route] = []
+
+    def add(self, route: Route) -> None:
+        self.routes.append(route)
+        if "{" not in route.path:
+            self._static[(route.method, route.path)] = route
+            return
+        candidates = self._dynamic.setdefault(route.method, [])
+        candidates.append(route)
+        # More static segments first, so /v4/schedules/startall wins over /v4/schedules/{id}.
+        candidates.sort(key=lambda r: -sum(1 for s in r.segments if not s.startswith("{")))
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        route = self._static.get((method, path))
+        if route is not None:
+            return route, {}
+        if method not in self._dynamic:
+            return None
+        parts = path.split("/")
+        for candidate in self._dynamic[method]:
+            params = _match_segments(candidate.segments, parts, path)
+            if params is not None:
+                return candidate, params
+        return None
+
+
+def _match_segments(pattern: list[str], parts: list[str], path: str) -> dict[str, str] | None:
+    if len(pattern) != len(parts):
+        return None
+    params: dict[str, str] = {}
+    for expected, actual in zip(pattern, parts, strict=True):
+        if expected.startswith("{"):
+            value = unquote(actual)
+            if len(value) > MAX_PARAM_LENGTH:
+                raise HttpError(
+                    414,
+                    f"'{path}' is exceeding the max param length",
+                    code="FST_ERR_MAX_PARAM_LENGTH",
+                    error="Bad Request",
+                )
+            params[expected[1:-1]] = value
+        elif expected != actual:
+            return None
+    return params

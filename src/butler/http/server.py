@@ -1,0 +1,206 @@
+"""The REST server: turns HTTP requests into handler calls and handler results into HTTP answers.
+
+Everything that upstream Butler does around a handler happens here, in one pass per request:
+``X-HTTP-Method-Override`` (Qlik's REST connector can only GET and POST), routing, the per-IP rate limit,
+``Expect: 100-continue`` (sent by the REST connector), body parsing with the 1 MiB limit, validation,
+Butler's error envelope, and one log line per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from butler.http.errors import HttpError, RouteNotFound
+from butler.http.ratelimit import RateLimiter
+from butler.http.routing import JSON_TYPE, ApiRequest, Reply, Route, Router, encode_json
+
+BODY_LIMIT = 1024 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+
+log = logging.getLogger("butler.rest")
+
+
+def parse_query(query: str) -> dict[str, Any]:
+    """Decode a query string as Node's ``querystring`` does: ``+`` is a space, repeated keys make a list."""
+    result: dict[str, Any] = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        raw_key, _, raw_value = pair.partition("=")
+        key, value = unquote_plus(raw_key), unquote_plus(raw_value)
+        if key in result:
+            previous = result[key]
+            result[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            result[key] = value
+    return result
+
+
+class RestApi:
+    """The request handler given to aiohttp's low-level server."""
+
+    def __init__(self, router: Router, rate_limiter: RateLimiter | None = None) -> None:
+        self.router = router
+        self.rate_limiter = rate_limiter
+
+    async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        method = request.method
+        if method == "POST":
+            override = request.headers.get("X-HTTP-Method-Override")
+            if override:
+                method = override.strip().upper()
+        target = request.raw_path
+        path, _, query = target.partition("?")
+        client_ip = request.remote or ""
+        extra_headers: dict[str, str] = {}
+        try:
+            reply = await self._dispatch(request, method, path, query, target, client_ip, extra_headers)
+        except HttpError as exc:
+            reply = Reply(exc.status, encode_json(exc.envelope()), JSON_TYPE, exc.headers)
+        except Exception:
+            log.exception("%s %s from %s failed", method, target, client_ip)
+            error = HttpError(500, "Internal Server Error")
+            reply = Reply(500, encode_json(error.envelope()), JSON_TYPE)
+        # Replies may be shared (cached static files), so their headers are copied, never changed.
+        headers = {**reply.headers, **extra_headers}
+        if reply.content_type:
+            headers["Content-Type"] = reply.content_type
+        response = web.Response(status=reply.status, body=reply.body, headers=headers)
+        if reply.status == 413:
+            # The rest of an oversized body was never read; the connection cannot be reused.
+            response.force_close()
+        log.info(
+            "%s %s %d %.2fms %s",
+            method,
+            target,
+            reply.status,
+            (time.perf_counter() - started) * 1000,
+            client_ip,
+        )
+        return response
+
+    async def _dispatch(
+        self,
+        request: BaseRequest,
+        method: str,
+        path: str,
+        query: str,
+        target: str,
+        client_ip: str,
+        extra_headers: dict[str, str],
+    ) -> Reply:
+        match = self.router.match("GET" if method == "HEAD" else method, path)
+        if match is None:
+            raise RouteNotFound(method, target)
+        route, params = match
+        if self.rate_limiter is not None and route.rate_limited:
+            try:
+                extra_headers.update(self.rate_limiter.hit(client_ip))
+            except HttpError:
+                log.warning("Rate limit exceeded: %s %s from %s", method, target, client_ip)
+                raise
+        validators = route.validators
+        check = validators.get("params")
+        if check is not None:
+            params = check(params)
+        query_values = parse_query(query) if query else {}
+        check = validators.get("querystring")
+        if check is not None:
+            query_values = check(query_values)
+        body: Any = None
+        check = validators.get("body")
+        if check is not None and method in _BODY_METHODS:
+            body = check(await read_body(request))
+        return await route.handler(
+            ApiRequest(method, path, query_values, params, body, request.headers, client_ip)
+        )
+
+
+async def read_body(request: BaseRequest) -> Any:
+    """Read and decode a request body as upstream's parsers do: JSON, plain text, or 415."""
+    length = request.content_length
+    if length is not None and length > BODY_LIMIT:
+        raise HttpError(413, "Request body is too large", code="FST_ERR_CTP_BODY_TOO_LARGE")
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(413, "Request body is too large", code="FST_ERR_CTP_BODY_TOO_LARGE") from None
+    content_type = request.headers.get("Content-Type")
+    if content_type is None:
+        if not raw:
+            return None
+        raise HttpError(415, "Unsupported Media Type", code="FST_ERR_CTP_INVALID_MEDIA_TYPE")
+    mime = content_type.partition(";")[0].strip().lower()
+    if mime == "application/json" or mime.endswith("+json"):
+        if not raw.strip():
+            raise HttpError(
+                400,
+                "Body cannot be empty when content-type is set to 'application/json'",
+                code="FST_ERR_CTP_EMPTY_JSON_BODY",
+            )
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise HttpError(
+                400,
+                "Body is not valid JSON but content-type is set to 'application/json'",
+                code="FST_ERR_CTP_INVALID_JSON_BODY",
+            ) from None
+    if mime == "text/plain":
+        return raw.decode("utf-8", errors="replace")
+    raise HttpError(415, "Unsupported Media Type", code="FST_ERR_CTP_INVALID_MEDIA_TYPE")
+
+
+def tls_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
+    """A server TLS context. Raises OSError or ssl.SSLError naming what could not be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if ca:
+        # The CA bundle completes the chain sent to clients and is trusted for optional client certificates.
+        context.load_verify_locations(ca)
+    return context
+
+
+class Listener:
+    """One TCP listener (plain or TLS) serving a RestApi."""
+
+    def __init__(self, api: Callable[[BaseRequest], Any], host: str, port: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        # BaseRequest refuses bodies over 1 MiB by default, which is the limit wanted here.
+        self._server = web.Server(api, access_log=None)
+        self._runner = web.ServerRunner(self._server, handle_signals=False)
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
+                           reuse_address=True, backlog=1024)
+        await site.start()
+        # Port 0 asks the OS for a free port; report the one that was given.
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+__all__ = ["BODY_LIMIT", "Listener", "RestApi", "Route", "parse_query", "read_body", "tls_context"]

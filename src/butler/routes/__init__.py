@@ -1,0 +1,22 @@
+"""REST routes, one module per feature. Each module's ``routes(context)`` lists its endpoints.
+
+Handlers are thin: they take validated input, call the feature's service and shape the answer. Enable
+flags and request schemas come from ``openapi.yaml``, not from these modules.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from butler import __version__
+from butler.config import Settings
+
+
+@dataclass(frozen=True)
+class RouteContext:
+    """What route modules may use: the settings and, as features are added, their services."""
+
+    settings: Settings
+    version: str = __version__
+    started: float = field(default_factory=time.monotonic)

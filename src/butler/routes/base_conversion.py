@@ -1,0 +1,42 @@
+"""Base62 <-> base16 conversion endpoints (``/v4`` and the old ``/v2`` spelling)."""
+
+from __future__ import annotations
+
+from butler.base_conversion import BASE16, BASE62, convert
+from butler.http.errors import HttpError
+from butler.http.routing import ApiRequest, Handler, Reply, Route, json_reply
+from butler.routes import RouteContext
+
+_ALPHABETS = {"base62": BASE62, "base16": BASE16}
+
+
+def _converter(source: str, target: str, *, bare: bool) -> Handler:
+    """A handler converting query parameter ``source`` to ``target``.
+
+    ``/v4`` answers ``{"base62": ..., "base16": ...}``; the old ``/v2`` API answered the bare value.
+    A foreign digit is the caller's mistake: 400 (upstream answers 500), with upstream's message first.
+    """
+    failure = f"Failed converting from {source} to {target}"
+    digits = "0-9 and a-f (lowercase)" if source == "base16" else "0-9, a-z and A-Z"
+
+    async def handler(request: ApiRequest) -> Reply:
+        value = request.query[source]
+        try:
+            converted = convert(value, _ALPHABETS[source], _ALPHABETS[target])
+        except ValueError as exc:
+            raise HttpError(400, f"{failure}: {exc}; {source} digits are {digits}") from None
+        if bare:
+            return json_reply(converted)
+        pair = {source: value, target: converted}
+        return json_reply({"base62": pair["base62"], "base16": pair["base16"]})
+
+    return handler
+
+
+def routes(context: RouteContext) -> list[Route]:
+    return [
+        Route("GET", "/v4/base62tobase16", _converter("base62", "base16", bare=False)),
+        Route("GET", "/v4/base16tobase62", _converter("base16", "base62", bare=False)),
+        Route("GET", "/v2/base62ToBase16", _converter("base62", "base16", bare=True)),
+        Route("GET", "/v2/base16ToBase62", _converter("base16", "base62", bare=True)),
+    ]

@@ -1,0 +1,41 @@
+"""Butler's own status: ping, enabled endpoints and the health check."""
+
+from __future__ import annotations
+
+import time
+
+from butler.http.routing import ApiRequest, Reply, Route, json_reply
+from butler.routes import RouteContext
+
+
+def routes(context: RouteContext) -> list[Route]:
+    ping = json_reply({"response": "Butler reporting for duty", "butlerVersion": context.version})
+    v2_ping = json_reply({"response": "Butler reporting for duty"})
+    enabled = json_reply(context.settings.endpoints.enabled_leaf_names())
+
+    async def butler_ping(request: ApiRequest) -> Reply:
+        return ping
+
+    async def v2_butler_ping(request: ApiRequest) -> Reply:
+        return v2_ping
+
+    async def enabled_endpoints(request: ApiRequest) -> Reply:
+        return enabled
+
+    return [
+        Route("GET", "/v4/butlerping", butler_ping),
+        Route("GET", "/v4/configfile/endpointsenabled", enabled_endpoints),
+        Route("GET", "/v2/butlerPing", v2_butler_ping),
+        Route("GET", "/v2/butlerping", v2_butler_ping),
+        health_route(context),
+    ]
+
+
+def health_route(context: RouteContext) -> Route:
+    """``GET /health``: served by the REST API and, when enabled, by the Docker health-check listener."""
+
+    async def health(request: ApiRequest) -> Reply:
+        uptime = round(time.monotonic() - context.started, 1)
+        return json_reply({"status": "ok", "version": context.version, "uptimeSeconds": uptime})
+
+    return Route("GET", "/health", health, rate_limited=False)
