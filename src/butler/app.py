@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -110,6 +111,8 @@ async def run(butler: Butler) -> None:
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt instead
             loop.add_signal_handler(sig, stopping.set)
     await butler.start()
+    # Start-up objects live as long as the process: keep the garbage collector from re-scanning them.
+    gc.freeze()
     try:
         await stopping.wait()
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -33,20 +33,31 @@ class ApiRequest:
 
 @dataclass
 class Reply:
-    """A handler's answer. ``body`` is sent as it is; use the helpers below to build one."""
+    """A handler's answer. ``body`` is sent as it is; ``content_type`` goes into ``headers``.
+
+    Replies may be built once and returned for every request, so nothing changes them after construction.
+    """
 
     status: int
     body: bytes = b""
-    content_type: str | None = None
+    content_type: InitVar[str | None] = None
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self, content_type: str | None) -> None:
+        if content_type:
+            self.headers["Content-Type"] = content_type
 
 
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
 
+# One encoder for all replies: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def json_reply(data: Any, status: int = 200) -> Reply:

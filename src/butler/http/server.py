@@ -22,6 +22,7 @@ from aiohttp.web_request import BaseRequest
 from butler.http.errors import HttpError, RouteNotFound
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import JSON_TYPE, ApiRequest, Reply, Route, Router, encode_json
+from butler.logs import RequestLog
 
 BODY_LIMIT = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
@@ -51,6 +52,7 @@ class RestApi:
     def __init__(self, router: Router, rate_limiter: RateLimiter | None = None) -> None:
         self.router = router
         self.rate_limiter = rate_limiter
+        self.request_log = RequestLog(log)
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -71,22 +73,12 @@ class RestApi:
             log.exception("%s %s from %s failed", method, target, client_ip)
             error = HttpError(500, "Internal Server Error")
             reply = Reply(500, encode_json(error.envelope()), JSON_TYPE)
-        # Replies may be shared (cached static files), so their headers are copied, never changed.
-        headers = {**reply.headers, **extra_headers}
-        if reply.content_type:
-            headers["Content-Type"] = reply.content_type
+        headers = {**reply.headers, **extra_headers} if extra_headers else reply.headers
         response = web.Response(status=reply.status, body=reply.body, headers=headers)
         if reply.status == 413:
             # The rest of an oversized body was never read; the connection cannot be reused.
             response.force_close()
-        log.info(
-            "%s %s %d %.2fms %s",
-            method,
-            target,
-            reply.status,
-            (time.perf_counter() - started) * 1000,
-            client_ip,
-        )
+        self.request_log.write(method, target, reply.status, time.perf_counter() - started, client_ip)
         return response
 
     async def _dispatch(
@@ -141,7 +133,7 @@ async def read_body(request: BaseRequest) -> Any:
     if content_type is None:
         if not raw:
             return None
-        raise HttpError(415, "Unsupported Media Type", code="FST_ERR_CTP_INVALID_MEDIA_TYPE")
+        raise _unsupported_media_type("no Content-Type")
     mime = content_type.partition(";")[0].strip().lower()
     if mime == "application/json" or mime.endswith("+json"):
         if not raw.strip():
@@ -160,7 +152,15 @@ async def read_body(request: BaseRequest) -> Any:
             ) from None
     if mime == "text/plain":
         return raw.decode("utf-8", errors="replace")
-    raise HttpError(415, "Unsupported Media Type", code="FST_ERR_CTP_INVALID_MEDIA_TYPE")
+    raise _unsupported_media_type(f"Content-Type {mime!r}")
+
+
+def _unsupported_media_type(what: str) -> HttpError:
+    return HttpError(
+        415,
+        f"Unsupported Media Type: {what}; send the body as JSON with Content-Type: application/json",
+        code="FST_ERR_CTP_INVALID_MEDIA_TYPE",
+    )
 
 
 def tls_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:

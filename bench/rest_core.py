@@ -1,0 +1,140 @@
+"""Benchmark of the REST core: requests/s and p99 of ping and base conversion, idle memory, start-up time.
+
+Butler runs pinned to one core with logging at ``info`` (one line per request, written to a file); wrk runs
+pinned to the other core with 32 connections. Needs ``wrk`` (Debian package ``wrk``) and ``taskset``.
+
+    python bench/rest_core.py [--duration 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+TARGETS = {
+    "GET /v4/butlerping": ("/v4/butlerping", 20_000),
+    "GET /v4/base16tobase62": ("/v4/base16tobase62?base16=1f5848b5f8ba4e85a57c7ca55a9e", 15_000),
+}
+
+CONFIG = """
+Butler:
+  logLevel: info
+  restServerConfig:
+    enable: true
+    serverHost: 127.0.0.1
+    serverPort: {port}
+  restServerEndpointsEnable:
+    base16ToBase62: true
+    base62ToBase16: true
+    butlerping: true
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_for_answer(url: str, timeout: float) -> float:
+    """Seconds until ``url`` first answers 200."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.005)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def run_wrk(url: str, duration: int, connections: int, core: str) -> tuple[float, float, int]:
+    """(requests/s, p99 ms, non-2xx responses) from one wrk run."""
+    out = subprocess.run(
+        ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rps, p99, int(non2xx.group(1)) if non2xx else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is needed (apt-get install wrk util-linux)", file=sys.stderr)
+            return 2
+    cores = os.sched_getaffinity(0)
+    server_core, load_core = (str(c) for c in sorted(cores)[:2]) if len(cores) > 1 else ("0", "0")
+
+    workdir = Path(tempfile.mkdtemp(prefix="butler-bench-"))
+    port = free_port()
+    config = workdir / "butler.yaml"
+    config.write_text(CONFIG.format(port=port))
+    log_file = (workdir / "butler.log").open("w")
+    base = f"http://127.0.0.1:{port}"
+    butler_cmd = [sys.executable, "-m", "butler", "serve", "-c", str(config), "--api-rate-limit", "0"]
+    started = time.perf_counter()
+    server = subprocess.Popen(["taskset", "-c", server_core, *butler_cmd], stdout=log_file, stderr=log_file)
+
+    def stop(*_: object) -> None:
+        server.terminate()
+        server.wait(10)
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(1)))
+    failures = []
+    try:
+        wait_for_answer(f"{base}/v4/butlerping", 10)
+        first_answer = time.perf_counter() - started  # from process start, interpreter included
+        time.sleep(1)
+        idle = rss_mb(server.pid)
+        print(f"start to first answer: {first_answer:.3f} s (target < 0.5 s)")
+        print(f"idle resident memory: {idle:.1f} MB (target < 60 MB)")
+        if first_answer >= 0.5:
+            failures.append("start-up")
+        if idle >= 60:
+            failures.append("idle memory")
+        print(f"server on core {server_core}, wrk on core {load_core}, {args.connections} connections, "
+              f"{args.duration} s, logging at info")
+        for name, (path, target) in TARGETS.items():
+            rps, p99, errors = run_wrk(base + path, args.duration, args.connections, load_core)
+            verdict = "ok" if rps >= target and errors == 0 else "BELOW TARGET"
+            print(f"{name}: {rps:,.0f} req/s, p99 {p99:.2f} ms, non-2xx {errors} "
+                  f"(target >= {target:,} req/s) {verdict}")
+            if verdict != "ok":
+                failures.append(name)
+        print(f"resident memory after load: {rss_mb(server.pid):.1f} MB")
+        log_lines = sum(1 for _ in (workdir / "butler.log").open())
+        print(f"log lines written: {log_lines:,}")
+    finally:
+        stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from butler.app import Butler
+from butler.config import ENDPOINT_FLAGS, parse_config
+
+TEMPLATE = Path(__file__).resolve().parent / "data" / "production_template.yaml"
+
+
+def base_config(**flags: bool) -> dict[str, Any]:
+    """A minimal config document with the given endpoint flags (default: every flag on)."""
+    enabled = flags or {name: True for name in ENDPOINT_FLAGS}
+    tree: dict[str, Any] = {}
+    for name, value in enabled.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return {
+        "Butler": {
+            "logLevel": "info",
+            "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": 8080},
+            "restServerEndpointsEnable": tree,
+        }
+    }
+
+
+StartButler = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_butler(tmp_path: Path) -> AsyncIterator[StartButler]:
+    """Start Butler in this event loop on a free port of 127.0.0.1; returns its base URL."""
+    running: list[Butler] = []
+
+    async def start(document: dict[str, Any] | None = None, rate_limit: int = 0) -> str:
+        settings = parse_config(copy.deepcopy(document or base_config()), base_dir=tmp_path)
+        settings = dataclasses.replace(settings, rest=dataclasses.replace(settings.rest, port=0))
+        butler = Butler(settings, rate_limit=rate_limit)
+        await butler.start()
+        running.append(butler)
+        return butler.listeners[0].url
+
+    yield start
+    for butler in running:
+        await butler.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(path: Path, document: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+class ButlerProcess:
+    """``butler serve`` as a child process, as an admin runs it."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.log = cwd / "butler-process.log"
+        self._log_file = self.log.open("w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "butler", *args], cwd=cwd, stdout=self._log_file, stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def wait_for_port(self, port: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"butler exited with {self.proc.returncode}: {self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"butler did not listen on {port}: {self.output()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.proc.wait(10)
+        self._log_file.close()
+        return code
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text()
+
+
+@pytest.fixture
+def butler_process(tmp_path: Path) -> Iterator[Callable[..., ButlerProcess]]:
+    started: list[ButlerProcess] = []
+
+    def start(*args: str) -> ButlerProcess:
+        process = ButlerProcess(list(args), tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.stop()
+
+
+def run_butler(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "butler", *args], capture_output=True, text=True, timeout=30, cwd=cwd
+    )

@@ -1,0 +1,193 @@
+"""Loading Butler config files: upstream's layout loads, broken files are refused with precise messages."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from butler.config import ConfigError, load_config, parse_config
+from tests.conftest import TEMPLATE, base_config, run_butler, write_config
+
+
+def template() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text())
+    return document
+
+
+def filled_template() -> dict[str, Any]:
+    """The upstream template as an admin fills it in."""
+    document = template()
+    butler = document["Butler"]
+    butler["restServerConfig"].update(enable=True, serverHost="0.0.0.0", serverPort=8080)
+    butler["restServerEndpointsEnable"]["butlerping"] = True
+    butler["restServerEndpointsEnable"]["scheduler"]["getSchedule"] = True
+    butler["cert"] = {"clientCert": "/certs/client.pem", "clientCertKey": "/certs/client_key.pem",
+                      "clientCertCA": "/certs/root.pem"}
+    return document
+
+
+def errors_of(document: Any, tmp_path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, base_dir=tmp_path)
+    return caught.value.messages
+
+
+def test_upstream_template_loads_unchanged() -> None:
+    settings = load_config(TEMPLATE)
+    assert settings.rest.enable is False
+    assert (settings.rest.host, settings.rest.port, settings.rest.background_port) == ("10.11.12.13", 8080, 8081)
+    assert settings.endpoints.enabled_leaf_names() == []
+    assert "mqttConfig" in settings.unsupported_sections
+    assert "restServerConfig" not in settings.unsupported_sections
+
+
+def test_filled_in_template_loads(tmp_path: Path) -> None:
+    settings = load_config(write_config(tmp_path / "production.yaml", filled_template()))
+    assert settings.rest.enable is True
+    assert settings.rest.host == "0.0.0.0"
+    assert settings.endpoints.enabled("butlerping")
+    assert settings.endpoints.enabled("scheduler.getSchedule")
+    assert not settings.endpoints.enabled("scheduler.deleteSchedule")
+    assert settings.endpoints.enabled_leaf_names() == ["butlerping", "getSchedule"]
+    assert settings.log_level == "info"
+
+
+def test_enabled_endpoint_names_follow_file_order(tmp_path: Path) -> None:
+    document = base_config(butlerping=True, base16ToBase62=True, apiListEnabledEndpoints=True)
+    document["Butler"]["restServerEndpointsEnable"]["newRelic"] = {"postNewRelicEvent": True}
+    settings = parse_config(document, base_dir=tmp_path)
+    assert settings.endpoints.enabled_leaf_names() == [
+        "butlerping", "base16ToBase62", "apiListEnabledEndpoints", "postNewRelicEvent"]
+
+
+def test_port_that_is_not_a_number(tmp_path: Path) -> None:
+    document = filled_template()
+    document["Butler"]["restServerConfig"]["serverPort"] = "abc"
+    assert errors_of(document, tmp_path) == [
+        "Butler.restServerConfig.serverPort: expected an integer 1-65535, got 'abc'"
+    ]
+
+
+@pytest.mark.parametrize("port", [0, 70000, True, 80.5])
+def test_port_out_of_range_or_wrong_type(tmp_path: Path, port: Any) -> None:
+    document = base_config()
+    document["Butler"]["restServerConfig"]["serverPort"] = port
+    [message] = errors_of(document, tmp_path)
+    assert message.startswith("Butler.restServerConfig.serverPort: expected an integer 1-65535, got ")
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    document = base_config()
+    del document["Butler"]["restServerConfig"]["serverHost"]
+    assert errors_of(document, tmp_path) == [
+        "Butler.restServerConfig.serverHost: required key is missing (a string)"
+    ]
+
+
+def test_unknown_key_gets_a_suggestion(tmp_path: Path) -> None:
+    document = base_config()
+    rest = document["Butler"]["restServerConfig"]
+    rest["serverPrt"] = rest.pop("serverPort")
+    assert errors_of(document, tmp_path) == [
+        "Butler.restServerConfig.serverPrt: unknown key (did you mean 'serverPort'?)",
+        "Butler.restServerConfig.serverPort: required key is missing (an integer 1-65535)",
+    ]
+
+
+def test_wrong_case_gets_a_suggestion(tmp_path: Path) -> None:
+    document = base_config(butlerping=True)
+    document["Butler"]["restServerEndpointsEnable"]["butlerPing"] = True
+    assert errors_of(document, tmp_path) == [
+        "Butler.restServerEndpointsEnable.butlerPing: unknown key (did you mean 'butlerping'?)"
+    ]
+
+
+def test_misspelt_section_is_an_error_not_an_ignored_section(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["mqttConfg"] = {"enable": False}
+    assert errors_of(document, tmp_path) == ["Butler.mqttConfg: unknown key (did you mean 'mqttConfig'?)"]
+
+
+def test_unknown_key_without_near_miss(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["somethingElse"] = 1
+    assert errors_of(document, tmp_path) == ["Butler.somethingElse: unknown key"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["logLevel"] = "loud"
+    document["Butler"]["restServerConfig"]["enable"] = "yes please"
+    document["Butler"]["restServerEndpointsEnable"]["butlerping"] = 1
+    assert errors_of(document, tmp_path) == [
+        "Butler.logLevel: expected one of silly, debug, verbose, info, warn, error, got 'loud'",
+        "Butler.restServerConfig.enable: expected true or false, got 'yes please'",
+        "Butler.restServerEndpointsEnable.butlerping: expected true or false, got 1",
+    ]
+
+
+def test_section_of_the_wrong_type(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["restServerConfig"] = ["enable", True]
+    assert errors_of(document, tmp_path) == ["Butler.restServerConfig: expected a mapping, got a list"]
+
+
+def test_missing_butler_root(tmp_path: Path) -> None:
+    assert errors_of({"butler": {}}, tmp_path) == [
+        "butler: unknown key (did you mean 'Butler'?)",
+        "Butler: required key is missing (a mapping)",
+    ]
+    assert errors_of(None, tmp_path) == ["config file: expected a mapping, got null"]
+
+
+def test_tls_enabled_needs_cert_and_key(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["restServerConfig"]["tls"] = {"enable": True, "cert": None, "key": "", "ca": None}
+    assert errors_of(document, tmp_path) == [
+        "Butler.restServerConfig.tls.cert: required when tls.enable is true",
+        "Butler.restServerConfig.tls.key: required when tls.enable is true",
+    ]
+
+
+def test_relative_tls_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["restServerConfig"]["tls"] = {"enable": True, "cert": "certs/c.pem", "key": "/abs/k.pem"}
+    (tmp_path / "conf").mkdir()
+    settings = load_config(write_config(tmp_path / "conf" / "butler.yaml", document))
+    assert settings.rest.tls.cert == (tmp_path / "conf" / "certs" / "c.pem").resolve()
+    assert settings.rest.tls.key == Path("/abs/k.pem")
+
+
+def test_older_config_without_tls_and_new_flags_loads(tmp_path: Path) -> None:
+    """Configs written for Butler before 16.0 have no tls section and fewer endpoint flags."""
+    document = copy.deepcopy(template())
+    del document["Butler"]["restServerConfig"]["tls"]
+    del document["Butler"]["restServerEndpointsEnable"]["newRelic"]
+    settings = parse_config(document, base_dir=tmp_path)
+    assert settings.rest.tls.enable is False
+
+
+def test_unreadable_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("Butler:\n  restServerConfig: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    good = run_butler("config", "check", str(TEMPLATE))
+    assert good.returncode == 0, good.stderr
+    assert "OK" in good.stdout
+    assert "not supported by this version" in good.stdout and "mqttConfig" in good.stdout
+
+    document = filled_template()
+    document["Butler"]["restServerConfig"]["serverPort"] = "abc"
+    bad = run_butler("config", "check", str(write_config(tmp_path / "bad.yaml", document)))
+    assert bad.returncode != 0
+    assert "Butler.restServerConfig.serverPort: expected an integer 1-65535, got 'abc'" in bad.stderr
