@@ -70,7 +70,9 @@ def run_wrk(url: str, duration: int, connections: int, core: str) -> tuple[float
     """(requests/s, p99 ms, non-2xx responses) from one wrk run."""
     out = subprocess.run(
         ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
@@ -118,13 +120,17 @@ def main() -> int:
             failures.append("start-up")
         if idle >= 60:
             failures.append("idle memory")
-        print(f"server on core {server_core}, wrk on core {load_core}, {args.connections} connections, "
-              f"{args.duration} s, logging at info")
+        print(
+            f"server on core {server_core}, wrk on core {load_core}, {args.connections} connections, "
+            f"{args.duration} s, logging at info"
+        )
         for name, (path, target) in TARGETS.items():
             rps, p99, errors = run_wrk(base + path, args.duration, args.connections, load_core)
             verdict = "ok" if rps >= target and errors == 0 else "BELOW TARGET"
-            print(f"{name}: {rps:,.0f} req/s, p99 {p99:.2f} ms, non-2xx {errors} "
-                  f"(target >= {target:,} req/s) {verdict}")
+            print(
+                f"{name}: {rps:,.0f} req/s, p99 {p99:.2f} ms, non-2xx {errors} "
+                f"(target >= {target:,} req/s) {verdict}"
+            )
             if verdict != "ok":
                 failures.append(name)
         print(f"resident memory after load: {rss_mb(server.pid):.1f} MB")

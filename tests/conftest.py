@@ -86,7 +86,10 @@ class ButlerProcess:
         self._log_file = self.log.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "butler", *args], cwd=cwd, stdout=self._log_file, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "butler", *args],
+            cwd=cwd,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
             env=env,
         )
 
@@ -110,7 +113,8 @@ class ButlerProcess:
         return code
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text()
 
 

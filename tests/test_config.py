@@ -25,8 +25,11 @@ def filled_template() -> dict[str, Any]:
     butler["restServerConfig"].update(enable=True, serverHost="0.0.0.0", serverPort=8080)
     butler["restServerEndpointsEnable"]["butlerping"] = True
     butler["restServerEndpointsEnable"]["scheduler"]["getSchedule"] = True
-    butler["cert"] = {"clientCert": "/certs/client.pem", "clientCertKey": "/certs/client_key.pem",
-                      "clientCertCA": "/certs/root.pem"}
+    butler["cert"] = {
+        "clientCert": "/certs/client.pem",
+        "clientCertKey": "/certs/client_key.pem",
+        "clientCertCA": "/certs/root.pem",
+    }
     return document
 
 
@@ -39,7 +42,11 @@ def errors_of(document: Any, tmp_path: Path) -> list[str]:
 def test_upstream_template_loads_unchanged() -> None:
     settings = load_config(TEMPLATE)
     assert settings.rest.enable is False
-    assert (settings.rest.host, settings.rest.port, settings.rest.background_port) == ("10.11.12.13", 8080, 8081)
+    assert (settings.rest.host, settings.rest.port, settings.rest.background_port) == (
+        "10.11.12.13",
+        8080,
+        8081,
+    )
     assert settings.endpoints.enabled_leaf_names() == []
     assert "mqttConfig" in settings.unsupported_sections
     assert "restServerConfig" not in settings.unsupported_sections
@@ -61,7 +68,11 @@ def test_enabled_endpoint_names_follow_file_order(tmp_path: Path) -> None:
     document["Butler"]["restServerEndpointsEnable"]["newRelic"] = {"postNewRelicEvent": True}
     settings = parse_config(document, base_dir=tmp_path)
     assert settings.endpoints.enabled_leaf_names() == [
-        "butlerping", "base16ToBase62", "apiListEnabledEndpoints", "postNewRelicEvent"]
+        "butlerping",
+        "base16ToBase62",
+        "apiListEnabledEndpoints",
+        "postNewRelicEvent",
+    ]
 
 
 def test_port_that_is_not_a_number(tmp_path: Path) -> None:
@@ -155,7 +166,11 @@ def test_tls_enabled_needs_cert_and_key(tmp_path: Path) -> None:
 
 def test_relative_tls_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     document = base_config()
-    document["Butler"]["restServerConfig"]["tls"] = {"enable": True, "cert": "certs/c.pem", "key": "/abs/k.pem"}
+    document["Butler"]["restServerConfig"]["tls"] = {
+        "enable": True,
+        "cert": "certs/c.pem",
+        "key": "/abs/k.pem",
+    }
     (tmp_path / "conf").mkdir()
     settings = load_config(write_config(tmp_path / "conf" / "butler.yaml", document))
     assert settings.rest.tls.cert == (tmp_path / "conf" / "certs" / "c.pem").resolve()

@@ -17,7 +17,9 @@ from butler.http.validation import Validator
 from tests.conftest import StartButler, base_config
 
 
-async def get(http: aiohttp.ClientSession, url: str, **kwargs: object) -> tuple[int, object, aiohttp.ClientResponse]:
+async def get(
+    http: aiohttp.ClientSession, url: str, **kwargs: object
+) -> tuple[int, object, aiohttp.ClientResponse]:
     async with http.get(url, **kwargs) as response:  # type: ignore[arg-type]
         body = await response.json(content_type=None)
         return response.status, body, response
@@ -34,22 +36,33 @@ async def test_ping(start_butler: StartButler, http: aiohttp.ClientSession) -> N
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("/v4/base16tobase62?base16=1f5848b5f8ba4e85a57c7ca55a9e",
-         {"base62": "3t5Na7R7Hj5yaBCv80S", "base16": "1f5848b5f8ba4e85a57c7ca55a9e"}),
-        ("/v4/base62tobase16?base62=3t5Na7R7Hj5yaBCv80S",
-         {"base62": "3t5Na7R7Hj5yaBCv80S", "base16": "1f5848b5f8ba4e85a57c7ca55a9e"}),
-        ("/v4/base62tobase16?base62=0X96HlegVXzQfJVIBWC31",
-         {"base62": "0X96HlegVXzQfJVIBWC31", "base16": "816c8710661a0a69e51ac8dc4ccf13"}),
-        ("/v4/base16tobase62?base16=816c8710661a0a69e51ac8dc4ccf13",
-         {"base62": "X96HlegVXzQfJVIBWC31", "base16": "816c8710661a0a69e51ac8dc4ccf13"}),
-        ("/v4/base62tobase16?base62=6DMW88LpSok9Z7P7hUK0wv7bF",
-         {"base62": "6DMW88LpSok9Z7P7hUK0wv7bF", "base16": "3199af08bfeeaf5d420f27ed9c01e74370077"}),
+        (
+            "/v4/base16tobase62?base16=1f5848b5f8ba4e85a57c7ca55a9e",
+            {"base62": "3t5Na7R7Hj5yaBCv80S", "base16": "1f5848b5f8ba4e85a57c7ca55a9e"},
+        ),
+        (
+            "/v4/base62tobase16?base62=3t5Na7R7Hj5yaBCv80S",
+            {"base62": "3t5Na7R7Hj5yaBCv80S", "base16": "1f5848b5f8ba4e85a57c7ca55a9e"},
+        ),
+        (
+            "/v4/base62tobase16?base62=0X96HlegVXzQfJVIBWC31",
+            {"base62": "0X96HlegVXzQfJVIBWC31", "base16": "816c8710661a0a69e51ac8dc4ccf13"},
+        ),
+        (
+            "/v4/base16tobase62?base16=816c8710661a0a69e51ac8dc4ccf13",
+            {"base62": "X96HlegVXzQfJVIBWC31", "base16": "816c8710661a0a69e51ac8dc4ccf13"},
+        ),
+        (
+            "/v4/base62tobase16?base62=6DMW88LpSok9Z7P7hUK0wv7bF",
+            {"base62": "6DMW88LpSok9Z7P7hUK0wv7bF", "base16": "3199af08bfeeaf5d420f27ed9c01e74370077"},
+        ),
         ("/v4/base16tobase62?base16=", {"base62": "0", "base16": ""}),
         ("/v4/base16tobase62?base16=00ff", {"base62": "47", "base16": "00ff"}),
     ],
 )
-async def test_base_conversion(start_butler: StartButler, http: aiohttp.ClientSession, path: str,
-                               expected: dict[str, str]) -> None:
+async def test_base_conversion(
+    start_butler: StartButler, http: aiohttp.ClientSession, path: str, expected: dict[str, str]
+) -> None:
     base = await start_butler()
     assert (await get(http, base + path))[:2] == (200, expected)
 
@@ -57,9 +70,13 @@ async def test_base_conversion(start_butler: StartButler, http: aiohttp.ClientSe
 async def test_seed_000_v2_examples(start_butler: StartButler, http: aiohttp.ClientSession) -> None:
     base = await start_butler()
     assert (await get(http, f"{base}/v2/base16ToBase62?base16=1f5848b5f8ba4e85a57c7ca55a9e"))[:2] == (
-        200, "3t5Na7R7Hj5yaBCv80S")
+        200,
+        "3t5Na7R7Hj5yaBCv80S",
+    )
     assert (await get(http, f"{base}/v2/base62ToBase16?base62=0X96HlegVXzQfJVIBWC31"))[:2] == (
-        200, "816c8710661a0a69e51ac8dc4ccf13")
+        200,
+        "816c8710661a0a69e51ac8dc4ccf13",
+    )
     for path in ("/v2/butlerPing", "/v2/butlerping"):
         assert (await get(http, base + path))[:2] == (200, {"response": "Butler reporting for duty"})
 
@@ -73,25 +90,38 @@ async def test_seed_000_v2_examples(start_butler: StartButler, http: aiohttp.Cli
         ("/v2/base16ToBase62", "querystring must have required property 'base16'"),
     ],
 )
-async def test_conversion_validation(start_butler: StartButler, http: aiohttp.ClientSession, path: str,
-                                     message: str) -> None:
+async def test_conversion_validation(
+    start_butler: StartButler, http: aiohttp.ClientSession, path: str, message: str
+) -> None:
     base = await start_butler()
     status, body, _ = await get(http, base + path)
     assert status == 400
-    assert body == {"statusCode": 400, "code": "FST_ERR_VALIDATION", "error": "Bad Request", "message": message}
+    assert body == {
+        "statusCode": 400,
+        "code": "FST_ERR_VALIDATION",
+        "error": "Bad Request",
+        "message": message,
+    }
 
 
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("/v4/base16tobase62?base16=1F58", "Failed converting from base16 to base62: 'F' is not a base16 digit; "
-                                           "base16 digits are 0-9 and a-f (lowercase)"),
-        ("/v4/base62tobase16?base62=ab-c", "Failed converting from base62 to base16: '-' is not a base62 digit; "
-                                           "base62 digits are 0-9, a-z and A-Z"),
+        (
+            "/v4/base16tobase62?base16=1F58",
+            "Failed converting from base16 to base62: 'F' is not a base16 digit; "
+            "base16 digits are 0-9 and a-f (lowercase)",
+        ),
+        (
+            "/v4/base62tobase16?base62=ab-c",
+            "Failed converting from base62 to base16: '-' is not a base62 digit; "
+            "base62 digits are 0-9, a-z and A-Z",
+        ),
     ],
 )
-async def test_foreign_digits_are_a_client_error(start_butler: StartButler, http: aiohttp.ClientSession,
-                                                 path: str, message: str) -> None:
+async def test_foreign_digits_are_a_client_error(
+    start_butler: StartButler, http: aiohttp.ClientSession, path: str, message: str
+) -> None:
     base = await start_butler()
     status, body, _ = await get(http, base + path)
     assert (status, body) == (400, {"statusCode": 400, "error": "Bad Request", "message": message})
@@ -109,8 +139,11 @@ async def test_disabled_endpoints_are_absent(start_butler: StartButler, http: ai
     base = await start_butler(base_config(butlerping=True, base16ToBase62=False))
     status, body, _ = await get(http, f"{base}/v4/base16tobase62?base16=ff")
     assert status == 404
-    assert body == {"message": "Route GET:/v4/base16tobase62?base16=ff not found", "error": "Not Found",
-                    "statusCode": 404}
+    assert body == {
+        "message": "Route GET:/v4/base16tobase62?base16=ff not found",
+        "error": "Not Found",
+        "statusCode": 404,
+    }
     assert (await get(http, f"{base}/v2/base16ToBase62?base16=ff"))[0] == 404
     assert (await get(http, f"{base}/v4/configfile/endpointsenabled"))[0] == 404
     assert (await get(http, f"{base}/v4/butlerping"))[0] == 200
@@ -168,8 +201,11 @@ async def test_rate_limit_per_client_ip(start_butler: StartButler, http: aiohttp
     assert 0 < int(response.headers["x-ratelimit-reset"]) <= 60
     status, body, response = await get(http, f"{base}/v4/base16tobase62?base16=ff")
     assert status == 429
-    assert body == {"statusCode": 429, "error": "Too Many Requests",
-                    "message": "Rate limit exceeded, retry in 1 minute"}
+    assert body == {
+        "statusCode": 429,
+        "error": "Too Many Requests",
+        "message": "Rate limit exceeded, retry in 1 minute",
+    }
     assert 0 < int(response.headers["retry-after"]) <= 60
     # Unknown routes and the health check are not counted and not limited.
     assert (await get(http, f"{base}/v4/unknown"))[0] == 404
@@ -229,46 +265,88 @@ async def test_json_body_is_validated_and_coerced(echo_server: str, http: aiohtt
 
 async def test_method_override_keeps_the_body(echo_server: str, http: aiohttp.ClientSession) -> None:
     for override in ("PUT", "delete"):
-        status, body = await send(http, "POST", f"{echo_server}/v4/echo", json={"key": "k"},
-                                  headers={"X-HTTP-Method-Override": override})
+        status, body = await send(
+            http,
+            "POST",
+            f"{echo_server}/v4/echo",
+            json={"key": "k"},
+            headers={"X-HTTP-Method-Override": override},
+        )
         assert (status, body) == (201, {"method": override.upper(), "body": {"key": "k"}})
 
 
 @pytest.mark.parametrize(
     ("kwargs", "status", "code", "message"),
     [
-        ({"data": b"{broken", "headers": {"Content-Type": "application/json"}}, 400,
-         "FST_ERR_CTP_INVALID_JSON_BODY", "Body is not valid JSON but content-type is set to 'application/json'"),
-        ({"data": b"", "headers": {"Content-Type": "application/json"}}, 400,
-         "FST_ERR_CTP_EMPTY_JSON_BODY", "Body cannot be empty when content-type is set to 'application/json'"),
-        ({"data": b"key=k", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415,
-         "FST_ERR_CTP_INVALID_MEDIA_TYPE", "Unsupported Media Type: Content-Type "
-         "'application/x-www-form-urlencoded'; send the body as JSON with Content-Type: application/json"),
-        ({"data": b"key=k", "skip_auto_headers": ["Content-Type"]}, 415,
-         "FST_ERR_CTP_INVALID_MEDIA_TYPE", "Unsupported Media Type: no Content-Type; "
-         "send the body as JSON with Content-Type: application/json"),
-        ({"data": b"key", "headers": {"Content-Type": "text/plain"}}, 400,
-         "FST_ERR_VALIDATION", "body must be object"),
+        (
+            {"data": b"{broken", "headers": {"Content-Type": "application/json"}},
+            400,
+            "FST_ERR_CTP_INVALID_JSON_BODY",
+            "Body is not valid JSON but content-type is set to 'application/json'",
+        ),
+        (
+            {"data": b"", "headers": {"Content-Type": "application/json"}},
+            400,
+            "FST_ERR_CTP_EMPTY_JSON_BODY",
+            "Body cannot be empty when content-type is set to 'application/json'",
+        ),
+        (
+            {"data": b"key=k", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+            415,
+            "FST_ERR_CTP_INVALID_MEDIA_TYPE",
+            "Unsupported Media Type: Content-Type "
+            "'application/x-www-form-urlencoded'; send the body as JSON with Content-Type: application/json",
+        ),
+        (
+            {"data": b"key=k", "skip_auto_headers": ["Content-Type"]},
+            415,
+            "FST_ERR_CTP_INVALID_MEDIA_TYPE",
+            "Unsupported Media Type: no Content-Type; "
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        (
+            {"data": b"key", "headers": {"Content-Type": "text/plain"}},
+            400,
+            "FST_ERR_VALIDATION",
+            "body must be object",
+        ),
         ({"skip_auto_headers": ["Content-Type"]}, 400, "FST_ERR_VALIDATION", "body must be object"),
         ({"json": {"ttl": 1}}, 400, "FST_ERR_VALIDATION", "body must have required property 'key'"),
         ({"json": {"key": "k", "ttl": "later"}}, 400, "FST_ERR_VALIDATION", "body/ttl must be number"),
         ({"json": ["key"]}, 400, "FST_ERR_VALIDATION", "body must be object"),
     ],
 )
-async def test_bad_bodies(echo_server: str, http: aiohttp.ClientSession, kwargs: dict[str, object], status: int,
-                          code: str, message: str) -> None:
+async def test_bad_bodies(
+    echo_server: str,
+    http: aiohttp.ClientSession,
+    kwargs: dict[str, object],
+    status: int,
+    code: str,
+    message: str,
+) -> None:
     assert await send(http, "PUT", f"{echo_server}/v4/echo", **kwargs) == (
-        status, {"statusCode": status, "code": code, "error": {400: "Bad Request", 415: "Unsupported Media Type"}[
-            status], "message": message})
+        status,
+        {
+            "statusCode": status,
+            "code": code,
+            "error": {400: "Bad Request", 415: "Unsupported Media Type"}[status],
+            "message": message,
+        },
+    )
 
 
 async def test_body_over_one_mebibyte(echo_server: str, http: aiohttp.ClientSession) -> None:
     big = b'{"key": "' + b"x" * (1024 * 1024) + b'"}'
-    status, body = await send(http, "PUT", f"{echo_server}/v4/echo", data=big,
-                              headers={"Content-Type": "application/json"})
+    status, body = await send(
+        http, "PUT", f"{echo_server}/v4/echo", data=big, headers={"Content-Type": "application/json"}
+    )
     assert status == 413
-    assert body == {"statusCode": 413, "code": "FST_ERR_CTP_BODY_TOO_LARGE", "error": "Request Entity Too Large",
-                    "message": "Request body is too large"}
+    assert body == {
+        "statusCode": 413,
+        "code": "FST_ERR_CTP_BODY_TOO_LARGE",
+        "error": "Request Entity Too Large",
+        "message": "Request body is too large",
+    }
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"key": "'
@@ -276,12 +354,15 @@ async def test_body_over_one_mebibyte(echo_server: str, http: aiohttp.ClientSess
             yield b"x" * 65536
         yield b'"}'
 
-    status, body = await send(http, "PUT", f"{echo_server}/v4/echo", data=chunks(),
-                              headers={"Content-Type": "application/json"})
+    status, body = await send(
+        http, "PUT", f"{echo_server}/v4/echo", data=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert status == 413
     # A body just under the limit is fine.
     ok = b'{"key": "' + b"x" * (1024 * 1024 - 20) + b'"}'
-    status, _ = await send(http, "PUT", f"{echo_server}/v4/echo", data=ok, headers={"Content-Type": "application/json"})
+    status, _ = await send(
+        http, "PUT", f"{echo_server}/v4/echo", data=ok, headers={"Content-Type": "application/json"}
+    )
     assert status == 201
 
 
@@ -314,8 +395,10 @@ async def test_unexpected_handler_failure_is_a_500_envelope(http: aiohttp.Client
     await listener.start()
     try:
         status, body, _ = await get(http, f"{listener.url}/v4/broken")
-        assert (status, body) == (500, {"statusCode": 500, "error": "Internal Server Error",
-                                        "message": "Internal Server Error"})
+        assert (status, body) == (
+            500,
+            {"statusCode": 500, "error": "Internal Server Error", "message": "Internal Server Error"},
+        )
     finally:
         await listener.stop()
 

@@ -98,9 +98,8 @@ class Butler:
             return tls_context(str(tls.cert), str(tls.key), str(tls.ca) if tls.ca else None)
         except (OSError, ssl.SSLError) as exc:
             ca = f" and CA {tls.ca}" if tls.ca else ""
-            raise StartupError(
-                f"Butler.restServerConfig.tls: cannot load certificate {tls.cert} with key {tls.key}{ca}: {exc}"
-            ) from exc
+            what = f"certificate {tls.cert} with key {tls.key}{ca}"
+            raise StartupError(f"Butler.restServerConfig.tls: cannot load {what}: {exc}") from exc
 
 
 async def run(butler: Butler) -> None:

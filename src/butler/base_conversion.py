@@ -52,5 +52,5 @@ def from_int(number: int, alphabet: str) -> str:
 
 
 def convert(value: str, source: str, target: str) -> str:
-    """Re-write ``value`` from the ``source`` alphabet in the ``target`` one. ValueError on a foreign digit."""
+    """Re-write ``value`` from the ``source`` alphabet in ``target``; ValueError on a foreign digit."""
     return from_int(to_int(value, source), target)

@@ -25,7 +25,9 @@ def _rate_limit(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of requests per minute, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of requests per minute, got {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 (off) or more")
     return value
@@ -33,7 +35,8 @@ def _rate_limit(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="butler", description="Butler for Python: a companion service for Qlik Sense Enterprise on Windows."
+        prog="butler",
+        description="Butler for Python: a companion service for Qlik Sense Enterprise on Windows.",
     )
     parser.add_argument("--version", action="version", version=f"butler {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -86,7 +89,7 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
         import uvloop
     except ImportError:
         return asyncio.run
-    return uvloop.run  # type: ignore[no-any-return]
+    return uvloop.run
 
 
 def serve(args: argparse.Namespace) -> int:

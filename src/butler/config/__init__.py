@@ -150,7 +150,9 @@ _SCHEMA = Section(
                     ),
                     "restServerEndpointsEnable": Key(_flag_section()),
                     "dockerHealthCheck": Key(
-                        Section(keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)})
+                        Section(
+                            keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)}
+                        )
                     ),
                     **{name: Key(_Anything()) for name in _IGNORED_SECTIONS},
                 },

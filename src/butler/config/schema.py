@@ -35,7 +35,9 @@ def describe(value: Any) -> str:
 class Spec:
     """One expected value. ``check`` returns the value to keep (or None after reporting an error)."""
 
-    expected: str = "a value"
+    @property
+    def expected(self) -> str:
+        return "a value"
 
     def check(self, value: Any, path: str, errors: list[str]) -> Any:
         raise NotImplementedError
@@ -46,7 +48,9 @@ class Spec:
 
 @dataclass
 class Bool(Spec):
-    expected: str = "true or false"
+    @property
+    def expected(self) -> str:
+        return "true or false"
 
     def check(self, value: Any, path: str, errors: list[str]) -> Any:
         if isinstance(value, bool):
@@ -60,7 +64,7 @@ class Int(Spec):
     minimum: int | None = None
     maximum: int | None = None
 
-    @property  # type: ignore[override]
+    @property
     def expected(self) -> str:
         if self.minimum is not None and self.maximum is not None:
             return f"an integer {self.minimum}-{self.maximum}"
@@ -85,7 +89,7 @@ class Int(Spec):
 class Str(Spec):
     nullable: bool = False
 
-    @property  # type: ignore[override]
+    @property
     def expected(self) -> str:
         return "a string or null" if self.nullable else "a string"
 
@@ -100,7 +104,7 @@ class Str(Spec):
 class Enum(Spec):
     choices: tuple[str, ...] = ()
 
-    @property  # type: ignore[override]
+    @property
     def expected(self) -> str:
         return "one of " + ", ".join(self.choices)
 
@@ -131,7 +135,10 @@ class Section(Spec):
     keys: dict[str, Key] = field(default_factory=dict)
     tolerated: frozenset[str] = frozenset()
     nullable: bool = False
-    expected: str = "a mapping"
+
+    @property
+    def expected(self) -> str:
+        return "a mapping"
 
     def check(self, value: Any, path: str, errors: list[str]) -> Any:
         if value is None and self.nullable:

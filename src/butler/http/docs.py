@@ -96,7 +96,7 @@ class ApiDocument:
         body = operation.get("requestBody")
         if body is not None:
             content = self._resolve(body).get("content", {})
-            media = content.get("application/json") or next(iter(content.values()), {})
+            media: dict[str, Any] = content.get("application/json") or next(iter(content.values()), {})
             route.validators["body"] = Validator("body", self._resolve_all(media.get("schema", {})))
 
     def published(self, routes: list[Route]) -> dict[str, Any]:
@@ -177,7 +177,11 @@ class DocumentationSite:
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
-        reply = Reply(200, (self._static_dir / name).read_bytes(), content_type,
-                      {"Cache-Control": "public, max-age=86400"})
+        reply = Reply(
+            200,
+            (self._static_dir / name).read_bytes(),
+            content_type,
+            {"Cache-Control": "public, max-age=86400"},
+        )
         self._static_cache[name] = reply
         return reply

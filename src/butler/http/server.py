@@ -176,8 +176,13 @@ def tls_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
 class Listener:
     """One TCP listener (plain or TLS) serving a RestApi."""
 
-    def __init__(self, api: Callable[[BaseRequest], Any], host: str, port: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        api: Callable[[BaseRequest], Any],
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         # BaseRequest refuses bodies over 1 MiB by default, which is the limit wanted here.
         self._server = web.Server(api, access_log=None)
         self._runner = web.ServerRunner(self._server, handle_signals=False)
@@ -187,8 +192,9 @@ class Listener:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
-                           reuse_address=True, backlog=1024)
+        site = web.TCPSite(
+            self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True, backlog=1024
+        )
         await site.start()
         # Port 0 asks the OS for a free port; report the one that was given.
         self.port = self._runner.addresses[0][1]

@@ -54,7 +54,9 @@ def _js_number(value: Any) -> int | float | None:
             return None
         if not math.isfinite(number):
             return None
-        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+        return (
+            int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+        )
     return None
 
 
