@@ -56,7 +56,7 @@ class EndpointFlags:
         return node is True
 
     def enabled_leaf_names(self) -> list[str]:
-        """Leaf names of the enabled flags, depth-first in file order (``/v4/configfile/endpointsenabled``)."""
+        """Leaf names of the enabled flags, depth-first in file order (for the endpointsenabled route)."""
         return list(_true_leaves(self.tree))
 
     @classmethod
