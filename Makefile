@@ -1,0 +1,29 @@
+# Developer entry points. `make serve` and `make test` each set up what they need first.
+PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup serve test lint bench clean
+
+setup:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+serve: setup
+	$(BIN)/butler serve -c config/butler-example.yaml
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: setup lint
+	@scripts/ensure-test-services
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/rest_core.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
