@@ -245,7 +245,7 @@ async def echo_server() -> AsyncIterator[str]:
     router = Router()
     for method in ("PUT", "POST", "DELETE"):
         route = Route(method, "/v4/echo", echo)
-        route.validators["body"] = Validator("body", BODY_SCHEMA)
+        route.body_check = Validator("body", BODY_SCHEMA)
         router.add(route)
     listener = Listener(RestApi(router), "127.0.0.1", 0)
     await listener.start()

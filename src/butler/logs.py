@@ -28,18 +28,22 @@ _NAMES = {number: name for name, number in LEVELS.items()} | {logging.CRITICAL: 
 
 
 class _Clock:
-    """``2026-11-24T03:10:00.123Z``, UTC like upstream's log lines; the date part is rebuilt once a second."""
+    """``2026-11-24T03:10:00.123Z``, UTC like upstream's log lines.
+
+    Under load many lines fall in the same millisecond, so the last stamp is reused while it is current.
+    """
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._millisecond = -1
+        self._stamp = ""
 
     def stamp(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        millisecond = int(now * 1000)
+        if millisecond != self._millisecond:
+            self._millisecond = millisecond
+            second, fraction = divmod(millisecond, 1000)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{fraction:03d}Z"
+        return self._stamp
 
 
 FLUSH_INTERVAL = 0.05
@@ -108,16 +112,28 @@ class RequestLog:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
+        # Request times are taken from perf_counter; the offset turns them into wall-clock time. It is
+        # re-read every minute so that clock adjustments show up in the log.
+        self._wall_offset = time.time() - time.perf_counter()
+        self._offset_expires = time.perf_counter() + 60
 
-    def write(self, method: str, target: str, status: int, seconds: float, client_ip: str) -> None:
+    def write(self, method: str, target: str, status: int, started: float, client_ip: str) -> None:
+        """Log a request that began at ``started`` (a ``time.perf_counter()`` value) and ends now."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
+        now = time.perf_counter()
+        if now > self._offset_expires:
+            self._wall_offset = time.time() - now
+            self._offset_expires = now + 60
+        milliseconds = (now - started) * 1000
         buffer = _buffer
         if buffer is None:
-            self._logger.info("%s %s %d %.2fms %s", method, target, status, seconds * 1000, client_ip)
+            self._logger.info("%s %s %d %.2fms %s", method, target, status, milliseconds, client_ip)
             return
-        stamp = buffer.clock.stamp(time.time())
-        buffer.add(f"{stamp} info: {method} {target} {status} {seconds * 1000:.2f}ms {client_ip}\n")
+        line = "%s info: %s %s %d %.2fms %s\n" % (
+            buffer.clock.stamp(self._wall_offset + now), method, target, status, milliseconds, client_ip
+        )
+        buffer.add(line)
 
 
 _buffer: LogBuffer | None = None

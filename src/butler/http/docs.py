@@ -89,15 +89,17 @@ class ApiDocument:
             raise LookupError(f"{route.method} {route.path} is not in openapi.yaml")
         route.flag = operation.get("x-enable-flag")
         parameters = [self._resolve(p) for p in operation.get("parameters", [])]
-        for location, part in (("query", "querystring"), ("path", "params")):
-            schema = object_schema(parameters, location)
-            if schema is not None:
-                route.validators[part] = Validator(part, self._resolve_all(schema))
+        query = object_schema(parameters, "query")
+        if query is not None:
+            route.query_check = Validator("querystring", self._resolve_all(query))
+        path = object_schema(parameters, "path")
+        if path is not None:
+            route.params_check = Validator("params", self._resolve_all(path))
         body = operation.get("requestBody")
         if body is not None:
             content = self._resolve(body).get("content", {})
             media: dict[str, Any] = content.get("application/json") or next(iter(content.values()), {})
-            route.validators["body"] = Validator("body", self._resolve_all(media.get("schema", {})))
+            route.body_check = Validator("body", self._resolve_all(media.get("schema", {})))
 
     def published(self, routes: list[Route]) -> dict[str, Any]:
         """The document as served: only the registered routes.

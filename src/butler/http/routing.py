@@ -18,7 +18,7 @@ from butler.http.errors import HttpError
 MAX_PARAM_LENGTH = 100
 
 
-@dataclass
+@dataclass(slots=True)
 class ApiRequest:
     """What a handler sees of a request, after validation."""
 
@@ -31,7 +31,7 @@ class ApiRequest:
     client_ip: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     """A handler's answer. ``body`` is sent as it is; ``content_type`` goes into ``headers``.
 
@@ -85,7 +85,9 @@ class Route:
     flag: str | None = None
     rate_limited: bool = True
     documented: bool = True
-    validators: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    query_check: Callable[[Any], Any] | None = None
+    params_check: Callable[[Any], Any] | None = None
+    body_check: Callable[[Any], Any] | None = None
 
     @property
     def segments(self) -> list[str]:

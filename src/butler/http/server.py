@@ -37,7 +37,10 @@ def parse_query(query: str) -> dict[str, Any]:
         if not pair:
             continue
         raw_key, _, raw_value = pair.partition("=")
-        key, value = unquote_plus(raw_key), unquote_plus(raw_value)
+        if "%" in pair or "+" in pair:
+            key, value = unquote_plus(raw_key), unquote_plus(raw_value)
+        else:
+            key, value = raw_key, raw_value
         if key in result:
             previous = result[key]
             result[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
@@ -62,60 +65,48 @@ class RestApi:
             if override:
                 method = override.strip().upper()
         target = request.raw_path
-        path, _, query = target.partition("?")
         client_ip = request.remote or ""
-        extra_headers: dict[str, str] = {}
+        limit_headers: dict[str, str] | None = None
         try:
-            reply = await self._dispatch(request, method, path, query, target, client_ip, extra_headers)
+            path, _, query = target.partition("?")
+            match = self.router.match("GET" if method == "HEAD" else method, path)
+            if match is None:
+                raise RouteNotFound(method, target)
+            route, params = match
+            if self.rate_limiter is not None and route.rate_limited:
+                limit_headers = self._count(client_ip, method, target)
+            if route.params_check is not None:
+                params = route.params_check(params)
+            query_values = parse_query(query) if query else {}
+            if route.query_check is not None:
+                query_values = route.query_check(query_values)
+            body: Any = None
+            if route.body_check is not None and method in _BODY_METHODS:
+                body = route.body_check(await read_body(request))
+            reply = await route.handler(
+                ApiRequest(method, path, query_values, params, body, request.headers, client_ip)
+            )
         except HttpError as exc:
             reply = Reply(exc.status, encode_json(exc.envelope()), JSON_TYPE, exc.headers)
         except Exception:
             log.exception("%s %s from %s failed", method, target, client_ip)
             error = HttpError(500, "Internal Server Error")
             reply = Reply(500, encode_json(error.envelope()), JSON_TYPE)
-        headers = {**reply.headers, **extra_headers} if extra_headers else reply.headers
+        headers = {**reply.headers, **limit_headers} if limit_headers else reply.headers
         response = web.Response(status=reply.status, body=reply.body, headers=headers)
         if reply.status == 413:
             # The rest of an oversized body was never read; the connection cannot be reused.
             response.force_close()
-        self.request_log.write(method, target, reply.status, time.perf_counter() - started, client_ip)
+        self.request_log.write(method, target, reply.status, started, client_ip)
         return response
 
-    async def _dispatch(
-        self,
-        request: BaseRequest,
-        method: str,
-        path: str,
-        query: str,
-        target: str,
-        client_ip: str,
-        extra_headers: dict[str, str],
-    ) -> Reply:
-        match = self.router.match("GET" if method == "HEAD" else method, path)
-        if match is None:
-            raise RouteNotFound(method, target)
-        route, params = match
-        if self.rate_limiter is not None and route.rate_limited:
-            try:
-                extra_headers.update(self.rate_limiter.hit(client_ip))
-            except HttpError:
-                log.warning("Rate limit exceeded: %s %s from %s", method, target, client_ip)
-                raise
-        validators = route.validators
-        check = validators.get("params")
-        if check is not None:
-            params = check(params)
-        query_values = parse_query(query) if query else {}
-        check = validators.get("querystring")
-        if check is not None:
-            query_values = check(query_values)
-        body: Any = None
-        check = validators.get("body")
-        if check is not None and method in _BODY_METHODS:
-            body = check(await read_body(request))
-        return await route.handler(
-            ApiRequest(method, path, query_values, params, body, request.headers, client_ip)
-        )
+    def _count(self, client_ip: str, method: str, target: str) -> dict[str, str]:
+        assert self.rate_limiter is not None
+        try:
+            return self.rate_limiter.hit(client_ip)
+        except HttpError:
+            log.warning("Rate limit exceeded: %s %s from %s", method, target, client_ip)
+            raise
 
 
 async def read_body(request: BaseRequest) -> Any:

@@ -62,6 +62,8 @@ def _js_number(value: Any) -> int | float | None:
 
 def _coerce(value: Any, kind: str) -> tuple[bool, Any]:
     """Return (ok, value) after ajv's scalar coercion of ``value`` to JSON type ``kind``."""
+    if kind == "object":
+        return type(value) is dict, value
     if isinstance(value, list) and len(value) == 1 and kind not in ("array", "object"):
         value = value[0]  # coerceTypes 'array': a one-element array stands for its element
     if kind == "string":
@@ -94,8 +96,6 @@ def _coerce(value: Any, kind: str) -> tuple[bool, Any]:
         if isinstance(value, _SCALARS):
             return True, [value]
         return False, value
-    if kind == "object":
-        return isinstance(value, dict), value
     if kind == "null":
         if value is None or value == "" or value is False or value == 0:
             return True, None
