@@ -2,9 +2,10 @@
 
 The REST server writes a line for every request; at 20,000 requests/s the standard library's per-record
 work (a LogRecord, a lock, a write and flush per line) would cost more than serving the request. So all
-log lines go through one buffer that is written out every 50 ms, and request lines are formatted straight
-into it. Ordering is kept: every line, request or not, passes through the same buffer. Warnings and
-errors, and lines logged with no event loop running, are written at once.
+log lines go through one buffer that is written out every 50 ms. A request only leaves a tuple there;
+the lines are formatted together when the buffer is written, which costs far less than formatting each
+one between requests. Ordering is kept: every line, request or not, passes through the same buffer.
+Warnings and errors, and lines logged with no event loop running, are written at once.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ _NAMES = {number: name for name, number in LEVELS.items()} | {logging.CRITICAL: 
 class _Clock:
     """``2026-11-24T03:10:00.123Z``, UTC like upstream's log lines.
 
-    Under load many lines fall in the same millisecond, so the last stamp is reused while it is current.
+    Under load many lines fall in the same millisecond, and all in the same second: both parts are reused
+    while they are current.
     """
 
     def __init__(self) -> None:
         self._millisecond = -1
+        self._second = -1
+        self._prefix = ""
         self._stamp = ""
 
     def stamp(self, now: float) -> str:
@@ -42,7 +46,10 @@ class _Clock:
         if millisecond != self._millisecond:
             self._millisecond = millisecond
             second, fraction = divmod(millisecond, 1000)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{fraction:03d}Z"
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = f"{self._prefix}.{fraction:03d}Z"
         return self._stamp
 
 
@@ -55,10 +62,11 @@ class LogBuffer:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.clock = _Clock()
-        self._lines: list[str] = []
+        # Finished lines, and request tuples (wall time, method, URL, status, milliseconds, client IP).
+        self._lines: list[str | tuple[float, str, str, int, float, str]] = []
         self._flush_scheduled = False
 
-    def add(self, line: str, urgent: bool = False) -> None:
+    def add(self, line: str | tuple[float, str, str, int, float, str], urgent: bool = False) -> None:
         self._lines.append(line)
         if urgent:
             self.flush()
@@ -76,7 +84,15 @@ class LogBuffer:
         self._flush_scheduled = False
         if not self._lines:
             return
-        text = "".join(self._lines)
+        stamp = self.clock.stamp
+        parts = []
+        for item in self._lines:
+            if isinstance(item, str):
+                parts.append(item)
+            else:
+                wall, method, target, status, milliseconds, ip = item
+                parts.append(f"{stamp(wall)} info: {method} {target} {status} {milliseconds:.2f}ms {ip}\n")
+        text = "".join(parts)
         self._lines.clear()
         try:
             self.stream.write(text)
@@ -130,10 +146,7 @@ class RequestLog:
         if buffer is None:
             self._logger.info("%s %s %d %.2fms %s", method, target, status, milliseconds, client_ip)
             return
-        line = "%s info: %s %s %d %.2fms %s\n" % (
-            buffer.clock.stamp(self._wall_offset + now), method, target, status, milliseconds, client_ip
-        )
-        buffer.add(line)
+        buffer.add((self._wall_offset + now, method, target, status, milliseconds, client_ip))
 
 
 _buffer: LogBuffer | None = None

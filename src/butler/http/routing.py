@@ -45,7 +45,7 @@ class Reply:
 
     def __post_init__(self, content_type: str | None) -> None:
         if content_type:
-            self.headers["Content-Type"] = content_type
+            self.headers = {**self.headers, "Content-Type": content_type}
 
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -56,16 +56,21 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+# Shared by the replies built below; safe because replies are never changed.
+JSON_HEADERS = {"Content-Type": JSON_TYPE}
+TEXT_HEADERS = {"Content-Type": TEXT_TYPE}
+
+
 def encode_json(data: Any) -> bytes:
     return _ENCODER.encode(data).encode()
 
 
 def json_reply(data: Any, status: int = 200) -> Reply:
-    return Reply(status, encode_json(data), JSON_TYPE)
+    return Reply(status, encode_json(data), headers=JSON_HEADERS)
 
 
 def text_reply(text: str, status: int = 200) -> Reply:
-    return Reply(status, text.encode(), TEXT_TYPE)
+    return Reply(status, text.encode(), headers=TEXT_HEADERS)
 
 
 Handler = Callable[[ApiRequest], Awaitable[Reply]]

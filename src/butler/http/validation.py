@@ -17,12 +17,16 @@ from typing import Any
 
 from butler.http.errors import HttpError, validation_error
 
-Checker = Callable[[Any, str], Any]
+Checker = Callable[[Any], Any]
 
 
 class _Invalid(Exception):
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path} {message}")
+    """A validation failure. ``path`` is built while the error travels up, so valid input pays nothing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = ""
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -103,23 +107,56 @@ def _coerce(value: Any, kind: str) -> tuple[bool, Any]:
     raise ValueError(f"unsupported schema type {kind!r}")
 
 
+_CONSTRAINTS = frozenset(
+    {
+        "type",
+        "nullable",
+        "properties",
+        "required",
+        "items",
+        "enum",
+        "default",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+    }
+)
+
+
+def _plain_string(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "string" and not (_CONSTRAINTS & set(schema)) - {"type"}
+
+
 def compile_schema(schema: dict[str, Any]) -> Checker:
-    """Compile a JSON schema into ``check(value, path) -> coerced value`` that raises on the first error."""
+    """Compile a JSON schema into ``check(value) -> coerced value`` that raises on the first error."""
     kind: str | None = schema.get("type")
     nullable = bool(schema.get("nullable"))
-    steps: list[Callable[[Any, str], Any]] = []
+    steps: list[Checker] = []
 
     if kind == "object" or "properties" in schema:
         properties = {name: (compile_schema(sub), sub) for name, sub in schema.get("properties", {}).items()}
+        plain_strings = frozenset(
+            name for name, sub in schema.get("properties", {}).items() if _plain_string(sub)
+        )
         required: list[str] = list(schema.get("required", []))
 
-        def check_object(value: Any, path: str) -> Any:
+        def check_object(value: Any) -> Any:
             for name in required:
                 if name not in value:
-                    raise _Invalid(path, f"must have required property '{name}'")
+                    raise _Invalid(f"must have required property '{name}'")
             for name, (checker, sub) in properties.items():
                 if name in value:
-                    value[name] = checker(value[name], f"{path}/{name}")
+                    item = value[name]
+                    if name in plain_strings and type(item) is str:
+                        continue
+                    try:
+                        value[name] = checker(item)
+                    except _Invalid as exc:
+                        exc.path = f"/{name}{exc.path}"
+                        raise
                 elif "default" in sub:
                     value[name] = sub["default"]
             return value
@@ -129,60 +166,62 @@ def compile_schema(schema: dict[str, Any]) -> Checker:
         item_checker = compile_schema(schema["items"]) if "items" in schema else None
         min_items, max_items = schema.get("minItems"), schema.get("maxItems")
 
-        def check_array(value: Any, path: str) -> Any:
+        def check_array(value: Any) -> Any:
             if min_items is not None and len(value) < min_items:
-                raise _Invalid(path, f"must NOT have fewer than {min_items} items")
+                raise _Invalid(f"must NOT have fewer than {min_items} items")
             if max_items is not None and len(value) > max_items:
-                raise _Invalid(path, f"must NOT have more than {max_items} items")
+                raise _Invalid(f"must NOT have more than {max_items} items")
             if item_checker is not None:
                 for index, item in enumerate(value):
-                    value[index] = item_checker(item, f"{path}/{index}")
+                    try:
+                        value[index] = item_checker(item)
+                    except _Invalid as exc:
+                        exc.path = f"/{index}{exc.path}"
+                        raise
             return value
 
         steps.append(check_array)
     if "minLength" in schema or "maxLength" in schema:
         min_len, max_len = schema.get("minLength"), schema.get("maxLength")
 
-        def check_length(value: Any, path: str) -> Any:
+        def check_length(value: Any) -> Any:
             if max_len is not None and len(value) > max_len:
-                raise _Invalid(path, f"must NOT have more than {max_len} characters")
+                raise _Invalid(f"must NOT have more than {max_len} characters")
             if min_len is not None and len(value) < min_len:
-                raise _Invalid(path, f"must NOT have fewer than {min_len} characters")
+                raise _Invalid(f"must NOT have fewer than {min_len} characters")
             return value
 
         steps.append(check_length)
     if "minimum" in schema or "maximum" in schema:
         low, high = schema.get("minimum"), schema.get("maximum")
 
-        def check_range(value: Any, path: str) -> Any:
+        def check_range(value: Any) -> Any:
             if low is not None and value < low:
-                raise _Invalid(path, f"must be >= {low}")
+                raise _Invalid(f"must be >= {low}")
             if high is not None and value > high:
-                raise _Invalid(path, f"must be <= {high}")
+                raise _Invalid(f"must be <= {high}")
             return value
 
         steps.append(check_range)
     if "enum" in schema:
         allowed = list(schema["enum"])
 
-        def check_enum(value: Any, path: str) -> Any:
+        def check_enum(value: Any) -> Any:
             if value not in allowed:
-                raise _Invalid(path, "must be equal to one of the allowed values")
+                raise _Invalid("must be equal to one of the allowed values")
             return value
 
         steps.append(check_enum)
 
-    def check(value: Any, path: str) -> Any:
+    def check(value: Any) -> Any:
         if value is None and nullable:
             return None
-        if kind == "string" and type(value) is str and not steps:
-            return value  # the common case for query parameters, kept cheap
         if kind is not None:
             ok, value = _coerce(value, kind)
             if not ok:
-                raise _Invalid(path, f"must be {kind}")
+                raise _Invalid(f"must be {kind}")
         for step in steps:
-            value = step(value, path)
+            value = step(value)
         return value
 
     return check
@@ -198,9 +237,9 @@ class Validator:
 
     def __call__(self, value: Any) -> Any:
         try:
-            return self._check(value, self.part)
+            return self._check(value)
         except _Invalid as exc:
-            raise validation_error(str(exc)) from None
+            raise validation_error(f"{self.part}{exc.path} {exc.message}") from None
 
 
 def object_schema(parameters: list[dict[str, Any]], location: str) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from butler.base_conversion import BASE16, BASE62, convert
 from butler.http.errors import HttpError
-from butler.http.routing import JSON_TYPE, ApiRequest, Handler, Reply, Route
+from butler.http.routing import JSON_HEADERS, ApiRequest, Handler, Reply, Route
 from butler.routes import RouteContext
 
 _ALPHABETS = {"base62": BASE62, "base16": BASE16}
@@ -28,9 +28,9 @@ def _converter(source: str, target: str, *, bare: bool) -> Handler:
         # Both values are made of alphabet digits only (convert checked the input), so they need no JSON
         # escaping; formatting the body directly keeps this hot endpoint cheap.
         if bare:
-            return Reply(200, f'"{converted}"'.encode(), JSON_TYPE)
+            return Reply(200, f'"{converted}"'.encode(), headers=JSON_HEADERS)
         base62, base16 = (value, converted) if source == "base62" else (converted, value)
-        return Reply(200, f'{{"base62":"{base62}","base16":"{base16}"}}'.encode(), JSON_TYPE)
+        return Reply(200, f'{{"base62":"{base62}","base16":"{base16}"}}'.encode(), headers=JSON_HEADERS)
 
     return handler
 
