@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -420,3 +421,38 @@ async def test_long_path_parameter(http: aiohttp.ClientSession) -> None:
         assert body["code"] == "FST_ERR_MAX_PARAM_LENGTH"  # type: ignore[index]
     finally:
         await listener.stop()
+
+
+async def test_malformed_http_gets_the_envelope(start_butler: StartButler) -> None:
+    base = await start_butler()
+    host, port = base.removeprefix("http://").split(":")
+
+    async def exchange(raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return answer
+
+    answer = await exchange(b"GET /v4/butlerping HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b"400 Bad Request")
+    envelope = json.loads(body)
+    assert envelope["statusCode"] == 400 and envelope["message"].startswith("Malformed HTTP request: ")
+
+    answer = await exchange(
+        b"GET /v4/base16tobase62?base16=" + b"a" * 17000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+        "statusCode": 400,
+        "error": "Bad Request",
+        "message": "Request line or a header is longer than 16384 bytes",
+    }
+
+
+async def test_long_query_within_limit(start_butler: StartButler, http: aiohttp.ClientSession) -> None:
+    base = await start_butler()
+    status, body, _ = await get(http, f"{base}/v4/base16tobase62?base16={'f' * 12000}")
+    assert status == 200
+    assert body["base16"] == "f" * 12000  # type: ignore[index]

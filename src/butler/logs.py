@@ -54,6 +54,8 @@ class _Clock:
 
 
 FLUSH_INTERVAL = 0.05
+#: URLs longer than this are cut short in request lines.
+MAX_LOGGED_URL = 1000
 
 
 class LogBuffer:
@@ -146,6 +148,8 @@ class RequestLog:
         if buffer is None:
             self._logger.info("%s %s %d %.2fms %s", method, target, status, milliseconds, client_ip)
             return
+        if len(target) > MAX_LOGGED_URL:
+            target = f"{target[:MAX_LOGGED_URL]}...({len(target) - MAX_LOGGED_URL} more characters)"
         buffer.add((self._wall_offset + now, method, target, status, milliseconds, client_ip))
 
 

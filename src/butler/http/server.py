@@ -17,11 +17,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from butler.http.errors import HttpError, RouteNotFound
 from butler.http.ratelimit import RateLimiter
-from butler.http.routing import JSON_TYPE, ApiRequest, Reply, Route, Router, encode_json
+from butler.http.routing import JSON_HEADERS, JSON_TYPE, ApiRequest, Reply, Route, Router, encode_json
 from butler.logs import RequestLog
 
 BODY_LIMIT = 1024 * 1024
@@ -164,6 +166,40 @@ def tls_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
     return context
 
 
+#: Longest request line and header line accepted (Node's limit, which upstream Butler has).
+MAX_LINE = 16384
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection handler, answering malformed HTTP in Butler's envelope, logged in one line."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):
+            text = f"Request line or a header is longer than {MAX_LINE} bytes"
+        else:
+            detail = " ".join(str(getattr(exc, "message", None) or message or exc).split())
+            text = f"Malformed HTTP request: {detail}"
+        log.warning("%s from %s", text, request.remote)
+        response = web.Response(
+            status=status, body=encode_json(HttpError(status, text).envelope()), headers=JSON_HEADERS
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
 class Listener:
     """One TCP listener (plain or TLS) serving a RestApi."""
 
@@ -175,7 +211,7 @@ class Listener:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # BaseRequest refuses bodies over 1 MiB by default, which is the limit wanted here.
-        self._server = web.Server(api, access_log=None)
+        self._server = _Server(api, access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_LINE)
         self._runner = web.ServerRunner(self._server, handle_signals=False)
         self.host = host
         self.port = port
