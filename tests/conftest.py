@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import os
@@ -137,3 +138,59 @@ def run_butler(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
     return subprocess.run(
         [sys.executable, "-m", "butler", *args], capture_output=True, text=True, timeout=30, cwd=cwd
     )
+
+
+# --- The Qlik Sense simulator ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def site_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from qliksim.certs import make_site_certificates
+
+    return make_site_certificates(tmp_path_factory.mktemp("site-certs"), "sense1")
+
+
+class UdpCollector(asyncio.DatagramProtocol):
+    """A real UDP socket that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.datagrams.put_nowait(data)
+
+
+@pytest.fixture
+async def udp_collector() -> AsyncIterator[tuple[UdpCollector, int]]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(UdpCollector, local_addr=("127.0.0.1", 0))
+    yield protocol, transport.get_extra_info("sockname")[1]
+    transport.close()
+
+
+@pytest.fixture
+async def simulator(site_certs: Any, udp_collector: tuple[UdpCollector, int]) -> AsyncIterator[Any]:
+    from qliksim.server import Options, Simulator
+    from qliksim.site import load_site
+
+    options = Options(
+        qrs_port=0,
+        engine_port=0,
+        control_port=0,
+        udp_targets=[("127.0.0.1", udp_collector[1])],
+        session_udp_targets=[("127.0.0.1", udp_collector[1])],
+        time_scale=0.01,
+    )
+    sim = Simulator(load_site(None), site_certs, options)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+def client_tls(certs: Any, with_client_cert: bool = True) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(certs.root))
+    if with_client_cert:
+        context.load_cert_chain(str(certs.client), str(certs.client_key))
+    return context

@@ -1,0 +1,5 @@
+import sys
+
+from qliksim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""The control API (plain HTTP, loopback only) that tests and demos use to watch and steer the site.
+
+GET  /calls                      QRS calls per route, Engine calls per method, task starts, reloads, saves
+POST /calls/reset                zero all counters
+GET  /tasks/{id}                 the task as QRS serves it, and whether it is running
+PUT  /tasks/{id}/next-run        {"outcome": "success|fail|abort", "durationMs": n, "error": "..."}
+PUT  /apps/{id}/next-reload      the same, for the app's next Engine or QRS reload
+POST /sessions                   {"userDirectory", "userId", "proxy"?}: a user opens a session
+DELETE /sessions/{id}            the session ends
+GET  /sessions                   open sessions
+GET  /faults                     current faults
+PUT  /faults/{qrs|engine}        {"latency_ms", "status", "ratio", "drop", "down"}
+DELETE /faults                   clear every fault
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from qliksim.faults import SERVICES
+from qliksim.site import OUTCOMES, RunBehaviour
+from qliksim.udp import SessionEvent
+
+if TYPE_CHECKING:
+    from qliksim.server import Simulator
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=2))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+def _behaviour(body: dict[str, Any]) -> RunBehaviour:
+    outcome = body.get("outcome", "success")
+    if outcome not in OUTCOMES:
+        raise web.HTTPBadRequest(text=f"outcome must be one of {', '.join(OUTCOMES)}")
+    try:
+        duration = int(body.get("durationMs", 1000))
+    except (TypeError, ValueError):
+        raise web.HTTPBadRequest(text="durationMs must be a number") from None
+    return RunBehaviour(outcome, duration, list(body.get("scriptLog", [])), str(body.get("error", "")))
+
+
+def control_application(simulator: Simulator) -> web.Application:
+    site = simulator.site
+    scheduler = simulator.scheduler
+    routes = web.RouteTableDef()
+
+    @routes.get("/calls")
+    async def calls(request: web.Request) -> web.Response:
+        return _json(
+            {
+                "qrs": simulator.qrs.calls,
+                "engine": simulator.engine.calls,
+                "taskStarts": scheduler.started_count,
+                "appReloads": scheduler.app_reloads,
+                "appSaves": simulator.engine.saves,
+                "udpSent": simulator.udp.sent,
+                "engineSessionsOpen": simulator.engine.open_sessions,
+                "faultsInjected": simulator.faults.injected,
+            }
+        )
+
+    @routes.post("/calls/reset")
+    async def reset(request: web.Request) -> web.Response:
+        for counter in (
+            simulator.qrs.calls,
+            simulator.engine.calls,
+            scheduler.started_count,
+            scheduler.app_reloads,
+            simulator.engine.saves,
+        ):
+            counter.clear()
+        return web.Response(status=204)
+
+    @routes.get("/tasks/{id}")
+    async def task(request: web.Request) -> web.Response:
+        found = site.tasks.get(request.match_info["id"])
+        if found is None:
+            return _error(404, "no such task")
+        return _json({"task": found, "running": found["id"] in scheduler.running})
+
+    @routes.put("/tasks/{id}/next-run")
+    async def next_run(request: web.Request) -> web.Response:
+        task_id = request.match_info["id"]
+        if task_id not in site.tasks:
+            return _error(404, "no such task")
+        scheduler.next_outcome[task_id] = _behaviour(await _body(request))
+        return web.Response(status=204)
+
+    @routes.put("/apps/{id}/next-reload")
+    async def next_reload(request: web.Request) -> web.Response:
+        app_id = request.match_info["id"]
+        if app_id not in site.apps:
+            return _error(404, "no such app")
+        scheduler.next_app_outcome[app_id] = _behaviour(await _body(request))
+        return web.Response(status=204)
+
+    @routes.post("/sessions")
+    async def open_session(request: web.Request) -> web.Response:
+        body = await _body(request)
+        if not body.get("userDirectory") or not body.get("userId"):
+            return _error(400, "userDirectory and userId are required")
+        session_id = str(uuid.uuid4())
+        event = SessionEvent(
+            "Start session",
+            str(body.get("proxy", site.hostname)),
+            str(body["userDirectory"]),
+            str(body["userId"]),
+            session_id=session_id,
+        )
+        simulator.sessions[session_id] = event
+        simulator.session_udp.send(event.datagram())
+        return _json({"id": session_id}, 201)
+
+    @routes.delete("/sessions/{id}")
+    async def close_session(request: web.Request) -> web.Response:
+        event = simulator.sessions.pop(request.match_info["id"], None)
+        if event is None:
+            return _error(404, "no such session")
+        event.command = "Stop session"
+        simulator.session_udp.send(event.datagram())
+        return web.Response(status=204)
+
+    @routes.get("/sessions")
+    async def sessions(request: web.Request) -> web.Response:
+        return _json(
+            [
+                {"id": i, "proxy": e.hostname, "userDirectory": e.user_directory, "userId": e.user_id}
+                for i, e in simulator.sessions.items()
+            ]
+        )
+
+    @routes.get("/faults")
+    async def faults(request: web.Request) -> web.Response:
+        return _json({service: simulator.faults.settings[service].as_dict() for service in SERVICES})
+
+    @routes.put("/faults/{service}")
+    async def set_faults(request: web.Request) -> web.Response:
+        service = request.match_info["service"]
+        if service not in SERVICES:
+            return _error(404, f"services are {', '.join(SERVICES)}")
+        try:
+            settings = simulator.faults.update(service, await _body(request))
+        except (TypeError, ValueError) as exc:
+            return _error(400, str(exc))
+        await simulator.set_down(service, settings.down)
+        return _json(settings.as_dict())
+
+    @routes.delete("/faults")
+    async def clear_faults(request: web.Request) -> web.Response:
+        simulator.faults.reset()
+        for service in SERVICES:
+            await simulator.set_down(service, False)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

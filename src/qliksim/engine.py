@@ -1,0 +1,719 @@
+"""The Qlik Associative Engine (QIX): JSON-RPC 2.0 over WebSocket on ``wss://host:4747``.
+
+Accepted paths are those clients use: ``/``, ``/app/``, ``/app/engineData`` and ``/app/<appId>``, with
+the optional ``/identity/<x>`` and ``/ttl/<n>`` suffixes. The upgrade needs the client certificate (TLS)
+and an ``X-Qlik-User`` header. The first frame is the ``OnConnected`` notification. Requests are served
+concurrently and answered as each completes, so clients may pipeline them; ``delta: true`` requests get
+JSON-Patch answers (one root ``add``), as enigma.js expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from qliksim.faults import Faults
+from qliksim.qrs import parse_user
+from qliksim.scheduler import Scheduler
+from qliksim.site import Site
+
+log = logging.getLogger("qliksim.engine")
+
+ENGINE_VERSION = "12.1477.4"
+
+
+class QixError(Exception):
+    def __init__(self, code: int, message: str, parameter: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.parameter = parameter
+
+
+@dataclass
+class QixObject:
+    """An object behind a handle: its interface type and whatever its methods need."""
+
+    kind: (
+        str  # Global, Doc, GenericObject, GenericDimension, GenericMeasure, GenericBookmark, GenericVariable
+    )
+    generic_type: str = ""
+    generic_id: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    layout: dict[str, Any] | None = None
+    children: list[dict[str, Any]] = field(default_factory=list)
+    app_id: str = ""
+
+
+# Parameter names per method, for requests that send named parameters (and for defaults).
+_PARAMETERS: dict[str, list[tuple[str, Any]]] = {
+    "OpenDoc": [
+        ("qDocName", None),
+        ("qUserName", ""),
+        ("qPassword", ""),
+        ("qSerial", ""),
+        ("qNoData", False),
+    ],
+    "DoReload": [("qMode", 0), ("qPartial", False), ("qDebug", False)],
+    "DoReloadEx": [("qParams", {})],
+    "DoSave": [("qFileName", "")],
+    "GetObject": [("qId", None)],
+    "GetDimension": [("qId", None)],
+    "GetMeasure": [("qId", None)],
+    "GetBookmark": [("qId", None)],
+    "GetVariableById": [("qId", None)],
+    "GetVariableByName": [("qName", None)],
+    "GetConnection": [("qConnectionId", None)],
+    "CreateSessionObject": [("qProp", None)],
+    "DestroySessionObject": [("qId", None)],
+    "GetDocList": [],
+    "EngineVersion": [],
+    "ProductVersion": [],
+}
+
+_LIST_DEFS = {
+    "qAppObjectListDef": "qAppObjectList",
+    "qDimensionListDef": "qDimensionList",
+    "qMeasureListDef": "qMeasureList",
+    "qBookmarkListDef": "qBookmarkList",
+    "qVariableListDef": "qVariableList",
+    "qFieldListDef": "qFieldList",
+    "qMediaListDef": "qMediaList",
+    "qUndoInfoDef": "qUndoInfo",
+}
+
+
+def _arguments(method: str, params: Any) -> list[Any]:
+    names = _PARAMETERS.get(method, [])
+    if isinstance(params, dict):
+        return [params.get(name, default) for name, default in names]
+    values = list(params or [])
+    return values + [default for _, default in names[len(values) :]]
+
+
+class AppModel:
+    """The Engine's view of one app of the site: objects, lists and properties built from the site file."""
+
+    def __init__(self, site: Site, app_id: str) -> None:
+        self.site = site
+        self.app_id = app_id
+        self.app = site.apps[app_id]
+        self.content = site.app_content[app_id]
+
+    def app_objects(self, kind: str) -> list[dict[str, Any]]:
+        return [
+            dict(item, type=kind) for item in self.content.get(kind + "s" if kind != "appprops" else kind, [])
+        ]
+
+    def object_properties(self, item: dict[str, Any]) -> dict[str, Any]:
+        extra = {k: v for k, v in item.items() if k not in ("id", "type", "title", "description", "children")}
+        return {
+            "qInfo": {"qId": item["id"], "qType": item["type"]},
+            "qMetaDef": {"title": item.get("title", ""), "description": item.get("description", "")},
+        } | extra
+
+    def find_object(self, object_id: str) -> dict[str, Any] | None:
+        for kind in ("sheet", "story", "masterobject", "appprops"):
+            for item in self.app_objects(kind):
+                if item["id"] == object_id:
+                    return item
+                for child in item.get("children", []):
+                    if child.get("id") == object_id:
+                        return dict(child, type=child.get("type", "object"))
+        return None
+
+    def dimension(self, item: dict[str, Any]) -> dict[str, Any]:
+        label = item.get("label", item["id"])
+        return {
+            "qInfo": {"qId": item["id"], "qType": "dimension"},
+            "qDim": {
+                "qGrouping": "N",
+                "qFieldDefs": item.get("fields", [label]),
+                "qFieldLabels": [label],
+                "title": label,
+            },
+            "qMetaDef": {"title": label, "description": item.get("description", ""), "tags": []},
+        }
+
+    def measure(self, item: dict[str, Any]) -> dict[str, Any]:
+        label = item.get("label", item["id"])
+        return {
+            "qInfo": {"qId": item["id"], "qType": "measure"},
+            "qMeasure": {
+                "qLabel": label,
+                "qDef": item.get("expression", ""),
+                "qGrouping": "N",
+                "qExpressions": [],
+                "qActiveExpression": 0,
+            },
+            "qMetaDef": {"title": label, "description": item.get("description", ""), "tags": []},
+        }
+
+    def bookmark(self, item: dict[str, Any], kind: str) -> dict[str, Any]:
+        return {
+            "qInfo": {"qId": item["id"], "qType": kind},
+            "qMetaDef": {"title": item.get("title", ""), "description": item.get("description", "")},
+        }
+
+    def variable(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "qInfo": {"qId": item["id"], "qType": "variable"},
+            "qName": item["name"],
+            "qComment": item.get("comment", ""),
+            "qDefinition": item.get("definition", ""),
+            "qIncludeInBookmark": False,
+            "qNumberPresentation": {"qType": "U", "qnDec": 10, "qUseThou": 0},
+        }
+
+    def list_layout(self, definition_key: str, definition: dict[str, Any]) -> Any:
+        if definition_key == "qAppObjectListDef":
+            kind = definition.get("qType", "")
+            return {
+                "qItems": [
+                    {
+                        "qInfo": {"qId": i["id"], "qType": kind},
+                        "qMeta": {"title": i.get("title", ""), "description": i.get("description", "")},
+                        "qData": {},
+                    }
+                    for i in self.app_objects(kind)
+                ]
+            }
+        if definition_key == "qDimensionListDef":
+            return {
+                "qItems": [
+                    {
+                        "qInfo": {"qId": i["id"], "qType": "dimension"},
+                        "qMeta": {"title": i.get("label", i["id"])},
+                        "qData": {},
+                    }
+                    for i in self.content["dimensions"]
+                ]
+            }
+        if definition_key == "qMeasureListDef":
+            return {
+                "qItems": [
+                    {
+                        "qInfo": {"qId": i["id"], "qType": "measure"},
+                        "qMeta": {"title": i.get("label", i["id"])},
+                        "qData": {},
+                    }
+                    for i in self.content["measures"]
+                ]
+            }
+        if definition_key == "qBookmarkListDef":
+            kind = definition.get("qType", "bookmark")
+            items = self.content["bookmarks" if kind == "bookmark" else "snapshots"]
+            return {
+                "qItems": [
+                    {
+                        "qInfo": {"qId": i["id"], "qType": kind},
+                        "qMeta": {"title": i.get("title", "")},
+                        "qData": {},
+                    }
+                    for i in items
+                ]
+            }
+        if definition_key == "qVariableListDef":
+            return {
+                "qItems": [
+                    {
+                        "qName": v["name"],
+                        "qDefinition": v.get("definition", ""),
+                        "qDescription": v.get("comment", ""),
+                        "qIsReserved": False,
+                        "qIsConfig": False,
+                        "qIsScriptCreated": bool(v.get("scriptCreated", False)),
+                        "qInfo": {"qId": v["id"], "qType": "variable"},
+                        "qMeta": {},
+                        "qData": {},
+                    }
+                    for v in self.content["variables"]
+                ]
+            }
+        if definition_key == "qFieldListDef":
+            return {
+                "qItems": [
+                    {
+                        "qName": f["name"],
+                        "qCardinal": f.get("cardinal", 0),
+                        "qTags": f.get("tags", []),
+                        "qIsSystem": False,
+                        "qIsHidden": False,
+                        "qIsSemantic": False,
+                        "qSrcTables": f.get("tables", []),
+                    }
+                    for f in self.content["fields"]
+                ]
+            }
+        if definition_key == "qMediaListDef":
+            return {"qItems": [{"qUrlDef": m, "qUrl": m} for m in self.content["media"]]}
+        return {}
+
+    def connections(self) -> list[dict[str, Any]]:
+        out = []
+        for connection_id in self.content["connections"]:
+            c = self.site.data_connections[connection_id]
+            out.append(
+                {
+                    "qId": c["id"],
+                    "qName": c["name"],
+                    "qConnectionString": c["connectionstring"],
+                    "qType": c["type"],
+                    "qUserName": c["username"],
+                    "qModifiedDate": c["modifiedDate"],
+                    "qMeta": {"qName": c["name"]},
+                    "qLogOn": "LOG_ON_SERVICE_USER",
+                }
+            )
+        return out
+
+    def app_properties(self) -> dict[str, Any]:
+        properties: dict[str, Any] = {
+            "qTitle": self.app["name"],
+            "qLastReloadTime": self.app["lastReloadTime"],
+            "qMigrationHash": self.app["migrationHash"],
+            "qSavedInProductVersion": self.app["savedInProductVersion"],
+            "qThumbnail": {"qUrl": ""},
+            "qHasSectionAccess": False,
+            "qUsage": "ANALYTICS",
+            "description": self.app["description"],
+        } | self.content["properties"]
+        return properties
+
+
+class EngineSession:
+    """One WebSocket: its handles and the app it opened."""
+
+    def __init__(self, engine: Engine, path_app: str | None, user: str) -> None:
+        self.engine = engine
+        self.path_app = path_app
+        self.user = user
+        self.handles: dict[int, QixObject] = {-1: QixObject("Global")}
+        self._next_handle = itertools.count(1)
+        self.doc: AppModel | None = None
+        self.session_ids: set[str] = set()
+
+    def new_handle(self, obj: QixObject) -> dict[str, Any]:
+        handle = next(self._next_handle)
+        self.handles[handle] = obj
+        return {
+            "qType": obj.kind,
+            "qHandle": handle,
+            "qGenericType": obj.generic_type,
+            "qGenericId": obj.generic_id,
+        }
+
+    async def call(self, handle: int, method: str, params: Any) -> dict[str, Any]:
+        obj = self.handles.get(handle)
+        if obj is None:
+            raise QixError(-32602, "Invalid handle", "Invalid handle")
+        function: Callable[..., Awaitable[dict[str, Any]]] | None = getattr(
+            self, f"_{obj.kind.lower()}_{method}", None
+        )
+        if function is None:
+            raise QixError(-32601, "Method does not exist", method)
+        return await function(obj, *_arguments(method, params))
+
+    # -- Global ---------------------------------------------------------------------------------------
+
+    async def _global_EngineVersion(self, obj: QixObject) -> dict[str, Any]:
+        return {"qVersion": {"qComponentVersion": ENGINE_VERSION}}
+
+    async def _global_ProductVersion(self, obj: QixObject) -> dict[str, Any]:
+        return {"qReturn": ENGINE_VERSION}
+
+    async def _global_IsDesktopMode(self, obj: QixObject) -> dict[str, Any]:
+        return {"qReturn": False}
+
+    async def _global_GetDocList(self, obj: QixObject) -> dict[str, Any]:
+        site = self.engine.site
+        entries = []
+        for app in site.apps.values():
+            entries.append(
+                {
+                    "qDocName": app["name"],
+                    "qConnectedUsers": 0,
+                    "qFileTime": 45306.3,
+                    "qFileSize": app["fileSize"],
+                    "qDocId": app["id"],
+                    "qMeta": {
+                        "createdDate": app["createdDate"],
+                        "modifiedDate": app["modifiedDate"],
+                        "published": app["published"],
+                        "publishTime": app["publishTime"],
+                        "privileges": ["read", "update"],
+                        "description": app["description"],
+                        "dynamicColor": "",
+                        "stream": app["stream"],
+                    },
+                    "qLastReloadTime": app["lastReloadTime"],
+                    "qTitle": app["name"],
+                    "qThumbnail": {"qUrl": ""},
+                    "qReadOnly": False,
+                    "qHasSectionAccess": False,
+                    "qIsDirectQueryMode": False,
+                    "qUsage": "ANALYTICS",
+                }
+            )
+        return {"qDocList": entries}
+
+    async def _global_OpenDoc(
+        self, obj: QixObject, doc: Any, user: Any, password: Any, serial: Any, no_data: Any
+    ) -> dict[str, Any]:
+        doc_id = str(doc or "").lower()
+        if doc_id not in self.engine.site.apps:
+            raise QixError(1003, "App not found", str(doc))
+        if self.doc is not None:
+            raise QixError(1002, "App already open", str(doc))
+        self.doc = AppModel(self.engine.site, doc_id)
+        return {"qReturn": self.new_handle(QixObject("Doc", "", doc_id, app_id=doc_id))}
+
+    async def _global_GetActiveDoc(self, obj: QixObject) -> dict[str, Any]:
+        if self.doc is None:
+            raise QixError(1007, "App invalid")
+        handle = next(h for h, o in self.handles.items() if o.kind == "Doc")
+        return {"qReturn": {"qType": "Doc", "qHandle": handle, "qGenericId": self.doc.app_id}}
+
+    # -- Doc ------------------------------------------------------------------------------------------
+
+    def _model(self) -> AppModel:
+        assert self.doc is not None
+        return self.doc
+
+    async def _doc_GetAppProperties(self, obj: QixObject) -> dict[str, Any]:
+        return {"qProp": self._model().app_properties()}
+
+    async def _doc_GetAppLayout(self, obj: QixObject) -> dict[str, Any]:
+        properties = self._model().app_properties()
+        return {
+            "qLayout": {
+                "qTitle": properties["qTitle"],
+                "qFileName": self._model().app_id,
+                "qLastReloadTime": properties["qLastReloadTime"],
+                "qHasScript": True,
+            }
+        }
+
+    async def _doc_GetScript(self, obj: QixObject) -> dict[str, Any]:
+        return {"qScript": self._model().content["script"]}
+
+    async def _doc_GetLineage(self, obj: QixObject) -> dict[str, Any]:
+        return {"qLineage": self._model().content["lineage"]}
+
+    async def _doc_GetConnections(self, obj: QixObject) -> dict[str, Any]:
+        return {"qConnections": self._model().connections()}
+
+    async def _doc_GetConnection(self, obj: QixObject, connection_id: Any) -> dict[str, Any]:
+        for connection in self._model().connections():
+            if connection["qId"] == connection_id:
+                return {"qConnection": connection}
+        raise QixError(2001, "Connection not found", str(connection_id))
+
+    async def _doc_GetAllInfos(self, obj: QixObject) -> dict[str, Any]:
+        model = self._model()
+        infos = [
+            {"qId": i["id"], "qType": kind}
+            for kind in ("sheet", "story", "masterobject", "appprops")
+            for i in model.app_objects(kind)
+        ]
+        infos += [{"qId": d["id"], "qType": "dimension"} for d in model.content["dimensions"]]
+        infos += [{"qId": m["id"], "qType": "measure"} for m in model.content["measures"]]
+        infos += [{"qId": b["id"], "qType": "bookmark"} for b in model.content["bookmarks"]]
+        infos += [{"qId": v["id"], "qType": "variable"} for v in model.content["variables"]]
+        return {"qInfos": infos}
+
+    async def _doc_CreateSessionObject(self, obj: QixObject, properties: Any) -> dict[str, Any]:
+        if not isinstance(properties, dict):
+            raise QixError(-32602, "Invalid method parameter(s)", "qProp")
+        properties = json.loads(json.dumps(properties))
+        info = properties.setdefault("qInfo", {})
+        requested = str(info.get("qId") or "")
+        # The engine picks another id when the requested one is taken.
+        if not requested or requested in self.session_ids:
+            requested = f"{requested or info.get('qType', 'obj')}-{len(self.session_ids) + 1}"
+        info["qId"] = requested
+        self.session_ids.add(requested)
+        return {
+            "qReturn": self.new_handle(
+                QixObject("GenericObject", str(info.get("qType", "")), requested, properties=properties)
+            )
+        }
+
+    async def _doc_DestroySessionObject(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
+        found = object_id in self.session_ids
+        self.session_ids.discard(object_id)
+        return {"qSuccess": found}
+
+    async def _doc_GetObject(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
+        model = self._model()
+        item = model.find_object(str(object_id))
+        if item is None:
+            return {"qReturn": {"qType": None, "qHandle": None}}
+        return {
+            "qReturn": self.new_handle(
+                QixObject(
+                    "GenericObject",
+                    item["type"],
+                    item["id"],
+                    properties=model.object_properties(item),
+                    children=[
+                        dict(child, type=child.get("type", "object")) for child in item.get("children", [])
+                    ],
+                )
+            )
+        }
+
+    def _content_item(self, kind: str, object_id: Any) -> dict[str, Any] | None:
+        return next((i for i in self._model().content[kind] if i["id"] == object_id), None)
+
+    async def _doc_GetDimension(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
+        item = self._content_item("dimensions", object_id)
+        if item is None:
+            return {"qReturn": {"qType": None, "qHandle": None}}
+        return {
+            "qReturn": self.new_handle(
+                QixObject(
+                    "GenericDimension", "dimension", item["id"], properties=self._model().dimension(item)
+                )
+            )
+        }
+
+    async def _doc_GetMeasure(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
+        item = self._content_item("measures", object_id)
+        if item is None:
+            return {"qReturn": {"qType": None, "qHandle": None}}
+        return {
+            "qReturn": self.new_handle(
+                QixObject("GenericMeasure", "measure", item["id"], properties=self._model().measure(item))
+            )
+        }
+
+    async def _doc_GetBookmark(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
+        for kind, key in (("bookmark", "bookmarks"), ("snapshot", "snapshots")):
+            item = self._content_item(key, object_id)
+            if item is not None:
+                properties = self._model().bookmark(item, kind)
+                layout = {
+                    "qInfo": properties["qInfo"],
+                    "qMeta": properties["qMetaDef"],
+                    "qBookmark": {"qStateData": item.get("stateData", []), "qUtcModifyTime": 45306.3},
+                }
+                return {
+                    "qReturn": self.new_handle(
+                        QixObject("GenericBookmark", kind, item["id"], properties=properties, layout=layout)
+                    )
+                }
+        return {"qReturn": {"qType": None, "qHandle": None}}
+
+    async def _doc_GetVariableById(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
+        item = self._content_item("variables", object_id)
+        if item is None:
+            raise QixError(2, "Resource not found", str(object_id))
+        return {
+            "qReturn": self.new_handle(
+                QixObject("GenericVariable", "variable", item["id"], properties=self._model().variable(item))
+            )
+        }
+
+    async def _doc_GetVariableByName(self, obj: QixObject, name: Any) -> dict[str, Any]:
+        item = next((v for v in self._model().content["variables"] if v["name"] == name), None)
+        if item is None:
+            raise QixError(2, "Resource not found", str(name))
+        return await self._doc_GetVariableById(obj, item["id"])
+
+    async def _doc_DoReload(self, obj: QixObject, mode: Any, partial: Any, debug: Any) -> dict[str, Any]:
+        return {"qReturn": await self.engine.scheduler.reload_app(self._model().app_id)}
+
+    async def _doc_DoReloadEx(self, obj: QixObject, params: Any) -> dict[str, Any]:
+        success = await self.engine.scheduler.reload_app(self._model().app_id)
+        return {
+            "qResult": {
+                "qSuccess": success,
+                "qScriptLogFile": f"{self._model().app_id}.log",
+                "qEndedWithMemoryConstraint": False,
+            }
+        }
+
+    async def _doc_DoSave(self, obj: QixObject, file_name: Any) -> dict[str, Any]:
+        self.engine.saves[self._model().app_id] = self.engine.saves.get(self._model().app_id, 0) + 1
+        return {}
+
+    # -- Generic objects ------------------------------------------------------------------------------
+
+    def _layout(self, obj: QixObject) -> dict[str, Any]:
+        if obj.layout is not None:
+            return obj.layout
+        layout: dict[str, Any] = {
+            "qInfo": obj.properties.get("qInfo", {}),
+            "qMeta": obj.properties.get("qMetaDef", {}),
+        }
+        model = self._model()
+        for definition_key, layout_key in _LIST_DEFS.items():
+            if definition_key in obj.properties:
+                layout[layout_key] = model.list_layout(definition_key, obj.properties[definition_key])
+        for key, value in obj.properties.items():
+            if key not in _LIST_DEFS and key not in ("qInfo", "qMetaDef"):
+                layout[key] = value
+        return layout
+
+    async def _genericobject_GetLayout(self, obj: QixObject) -> dict[str, Any]:
+        return {"qLayout": self._layout(obj)}
+
+    async def _genericobject_GetProperties(self, obj: QixObject) -> dict[str, Any]:
+        return {"qProp": obj.properties}
+
+    async def _genericobject_GetFullPropertyTree(self, obj: QixObject) -> dict[str, Any]:
+        model = self._model()
+
+        def entry(properties: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "qProperty": properties,
+                "qChildren": [
+                    entry(
+                        model.object_properties(c),
+                        [dict(g, type=g.get("type", "object")) for g in c.get("children", [])],
+                    )
+                    for c in children
+                ],
+                "qEmbeddedSnapshotRef": None,
+            }
+
+        return {"qPropEntry": entry(obj.properties, obj.children)}
+
+    _genericdimension_GetProperties = _genericobject_GetProperties
+    _genericdimension_GetLayout = _genericobject_GetLayout
+    _genericmeasure_GetProperties = _genericobject_GetProperties
+    _genericmeasure_GetLayout = _genericobject_GetLayout
+    _genericbookmark_GetProperties = _genericobject_GetProperties
+    _genericbookmark_GetLayout = _genericobject_GetLayout
+    _genericvariable_GetProperties = _genericobject_GetProperties
+    _genericvariable_GetLayout = _genericobject_GetLayout
+
+
+class Engine:
+    """The WebSocket endpoint and what is shared between sessions."""
+
+    def __init__(self, site: Site, scheduler: Scheduler, faults: Faults) -> None:
+        self.site = site
+        self.scheduler = scheduler
+        self.faults = faults
+        self.calls: dict[str, int] = {}
+        self.saves: dict[str, int] = {}
+        self.open_sessions = 0
+
+    def application(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await self.faults.delay("engine")
+        status = self.faults.forced_status("engine")
+        if status is not None:
+            return web.Response(status=status, text=f"Simulated fault: HTTP {status}")
+        user = parse_user(request.headers.get("X-Qlik-User", ""))
+        if user is None:
+            return web.Response(status=403, text="Forbidden: the X-Qlik-User header is required")
+        app_id = _path_app(request.path)
+        if app_id is False:
+            return web.Response(status=404, text="Not found")
+        socket = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+        await socket.prepare(request)
+        session = EngineSession(self, app_id if isinstance(app_id, str) else None, user)
+        self.open_sessions += 1
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            await socket.send_str(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "OnConnected",
+                        "params": {"qSessionState": "SESSION_CREATED"},
+                    }
+                )
+            )
+            async for message in socket:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                if self.faults.should_drop("engine"):
+                    await socket.close()
+                    break
+                job = asyncio.get_running_loop().create_task(self._answer(session, socket, message.data))
+                pending.add(job)
+                job.add_done_callback(pending.discard)
+        finally:
+            for job in pending:
+                job.cancel()
+            self.open_sessions -= 1
+        return socket
+
+    async def _answer(self, session: EngineSession, socket: web.WebSocketResponse, text: str) -> None:
+        try:
+            request = json.loads(text)
+        except ValueError:
+            await _send(
+                socket,
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": -32700, "parameter": "", "message": "JSON parse error"},
+                },
+            )
+            return
+        if not isinstance(request, dict) or "method" not in request:
+            await _send(
+                socket,
+                {
+                    "jsonrpc": "2.0",
+                    "id": request.get("id") if isinstance(request, dict) else None,
+                    "error": {"code": -32600, "parameter": "", "message": "Invalid JSON request"},
+                },
+            )
+            return
+        method = str(request["method"])
+        self.calls[method] = self.calls.get(method, 0) + 1
+        await self.faults.delay("engine")
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request.get("id")}
+        try:
+            result = await session.call(int(request.get("handle", -1)), method, request.get("params", []))
+        except QixError as exc:
+            answer["error"] = {"code": exc.code, "parameter": exc.parameter, "message": exc.message}
+        except (TypeError, ValueError) as exc:
+            answer["error"] = {
+                "code": -32602,
+                "parameter": str(exc),
+                "message": "Invalid method parameter(s)",
+            }
+        else:
+            if request.get("delta"):
+                answer["delta"] = True
+                result = {key: [{"op": "add", "path": "/", "value": value}] for key, value in result.items()}
+            answer["result"] = result
+        await _send(socket, answer)
+
+
+async def _send(socket: web.WebSocketResponse, message: dict[str, Any]) -> None:
+    if not socket.closed:
+        await socket.send_str(json.dumps(message))
+
+
+def _path_app(path: str) -> str | bool | None:
+    """The app id in an Engine URL path; None for no app; False for a path the engine does not serve."""
+    parts = [p for p in path.split("/") if p]
+    # Optional suffixes enigma.js may add.
+    while len(parts) >= 2 and parts[-2] in ("identity", "ttl"):
+        parts = parts[:-2]
+    if not parts:
+        return None
+    if parts[0] != "app" or len(parts) > 2:
+        return False
+    if len(parts) == 1 or parts[1].lower() == "enginedata":
+        return None
+    return parts[1].lower()

@@ -1,0 +1,354 @@
+"""The Qlik Repository Service: ``https://host:4242/qrs/...``.
+
+What a client must do is what Sense demands: present a client certificate signed by the site CA (the TLS
+handshake fails without one), send a 16-character alphanumeric ``xrfkey`` query parameter equal to the
+``X-Qlik-Xrfkey`` header (else 403 with Qlik's text), and name a user in ``X-Qlik-User``. Query strings are
+decoded as QRS decodes them: ``%XX`` only, ``+`` stays ``+``, and a bare ``&`` inside a value is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from qliksim.faults import Faults
+from qliksim.filter import Comparison, FilterError, apply_filter, parse_filter, parse_orderby, sort_entities
+from qliksim.scheduler import Scheduler
+from qliksim.site import CONDENSERS, EMPTY_GUID, Site
+
+XSRF_FAILED = "XSRF prevention check failed. Possible XSRF discovered."
+_XRFKEY = re.compile(r"[0-9a-zA-Z]{16}")
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_LISTABLE = (
+    "app",
+    "task",
+    "reloadtask",
+    "externalprogramtask",
+    "usersynctask",
+    "tag",
+    "custompropertydefinition",
+    "user",
+    "stream",
+    "dataconnection",
+    "executionresult",
+    "executionsession",
+)
+_JSON = "application/json; charset=utf-8"
+
+Handler = Callable[["QrsRequest"], Awaitable[web.Response]]
+
+
+class QrsRequest:
+    def __init__(self, request: web.Request, parts: list[str], query: dict[str, str], user: str) -> None:
+        self.request = request
+        self.parts = parts
+        self.query = query
+        self.user = user
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(), headers={"Content-Type": _JSON})
+
+
+def text_response(text: str, status: int) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain")
+
+
+def decode_query(raw: str) -> dict[str, str]:
+    """QRS's query decoding; keys are lower-cased. ValueError for a piece without ``=``."""
+    values: dict[str, str] = {}
+    for piece in raw.split("&"):
+        if not piece:
+            continue
+        key, separator, value = piece.partition("=")
+        if not separator:
+            raise ValueError(piece)
+        values[unquote(key).lower()] = unquote(value)
+    return values
+
+
+def parse_user(header: str) -> str | None:
+    """``UserDirectory=LAB; UserId=goran`` as ``LAB\\goran``; None if either part is missing."""
+    parts: dict[str, str] = {}
+    for item in header.split(";"):
+        key, _, value = item.strip().partition("=")
+        parts[key.strip().lower()] = unquote(value.strip())
+    directory, user_id = parts.get("userdirectory"), parts.get("userid")
+    if not directory or not user_id:
+        return None
+    return f"{directory}\\{user_id}"
+
+
+class Qrs:
+    """The QRS routes over a Site, with the call counts the control API reports."""
+
+    def __init__(self, site: Site, scheduler: Scheduler, faults: Faults) -> None:
+        self.site = site
+        self.scheduler = scheduler
+        self.faults = faults
+        self.calls: dict[str, int] = {}
+        self.tickets: dict[str, str] = {}
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self.faults.middleware("qrs")])
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/").lower()
+        if not path.startswith("/qrs/"):
+            return text_response("No matching endpoint found", 404)
+        try:
+            query = decode_query(request.raw_path.partition("?")[2])
+        except ValueError:
+            return text_response("Missing parameter value(s)", 400)
+        key = query.get("xrfkey", "")
+        if not _XRFKEY.fullmatch(key) or request.headers.get("X-Qlik-Xrfkey") != key:
+            return text_response(XSRF_FAILED, 403)
+        user = parse_user(request.headers.get("X-Qlik-User", ""))
+        if user is None:
+            return text_response(
+                "Forbidden: the X-Qlik-User header (UserDirectory=...; UserId=...) is required", 403
+            )
+        parts = path.split("/")[2:]
+        handler, route = self._route(request.method, parts)
+        self.calls[f"{request.method} {route}"] = self.calls.get(f"{request.method} {route}", 0) + 1
+        if handler is None:
+            return text_response("No matching endpoint found", 404)
+        try:
+            return await handler(QrsRequest(request, parts, query, user))
+        except FilterError:
+            return text_response(
+                f"Cannot parse the expression: {query.get('filter', query.get('orderby', ''))}", 400
+            )
+
+    def _route(self, method: str, parts: list[str]) -> tuple[Handler | None, str]:
+        head = parts[0] if parts else ""
+        size = len(parts)
+        if method == "GET":
+            if parts == ["about"]:
+                return self.about, "about"
+            if head in ("servicestatus",) and size <= 2:
+                return self.service_status, "/".join(parts)
+            if head == "reloadtask" and size == 3 and parts[2] in ("scriptlog", "scriptlogfile"):
+                return self.script_log_ticket, f"reloadtask/{{id}}/{parts[2]}"
+            if head == "download" and size == 4 and parts[1] == "reloadtask":
+                return self.download, "download/reloadtask/{ticket}/{file}"
+            if head in _LISTABLE:
+                if size == 1:
+                    return self.list_condensed, head
+                if size == 2 and parts[1] == "full":
+                    return self.list_full, f"{head}/full"
+                if size == 2 and parts[1] == "count":
+                    return self.count, f"{head}/count"
+                if size == 2:
+                    return self.by_id, f"{head}/{{id}}"
+        if method == "POST":
+            if head == "task" and size == 3 and parts[2] == "start":
+                return self.start_one, "task/{id}/start"
+            if head == "task" and size == 4 and parts[2:] == ["start", "synchronous"]:
+                return self.start_one_synchronous, "task/{id}/start/synchronous"
+            if parts == ["task", "start"]:
+                return self.start_by_name, "task/start"
+            if parts == ["task", "start", "synchronous"]:
+                return self.start_by_name_synchronous, "task/start/synchronous"
+            if parts == ["task", "start", "many"]:
+                return self.start_many, "task/start/many"
+            if head == "task" and size == 3 and parts[2] == "stop":
+                return self.stop_one, "task/{id}/stop"
+            if parts == ["task", "stop", "many"]:
+                return self.stop_many, "task/stop/many"
+            if head == "app" and size == 3 and parts[2] == "reload":
+                return self.reload_app, "app/{id}/reload"
+        return None, "/".join(parts)
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def _selected(self, request: QrsRequest) -> list[dict[str, Any]]:
+        table = self.site.collection(request.parts[0])
+        text = request.query.get("filter", "")
+        node = parse_filter(text, allow_not=self.site.allow_not)
+        fast = _id_lookup(node)
+        if fast is not None:
+            entity = table.get(fast)
+            entities = [entity] if entity is not None else []
+        else:
+            entities = apply_filter(node, list(table.values()))
+        if "orderby" in request.query and request.query["orderby"].strip():
+            entities = sort_entities(entities, parse_orderby(request.query["orderby"]))
+        return entities
+
+    def _shaped(
+        self, request: QrsRequest, entities: list[dict[str, Any]], full: bool
+    ) -> list[dict[str, Any]]:
+        condense = None if full else CONDENSERS.get(request.parts[0])
+        shaped = [condense(e) if condense else e for e in entities]
+        if request.query.get("privileges", "").lower() == "true":
+            shaped = [
+                e | {"privileges": ["create", "read", "update", "delete", "exportappdata"]} for e in shaped
+            ]
+        return shaped
+
+    async def list_condensed(self, request: QrsRequest) -> web.Response:
+        return json_response(self._shaped(request, self._selected(request), full=False))
+
+    async def list_full(self, request: QrsRequest) -> web.Response:
+        return json_response(self._shaped(request, self._selected(request), full=True))
+
+    async def count(self, request: QrsRequest) -> web.Response:
+        return json_response({"value": len(self._selected(request))})
+
+    async def by_id(self, request: QrsRequest) -> web.Response:
+        entity = self.site.collection(request.parts[0]).get(request.parts[1])
+        if entity is None:
+            return text_response("Not found", 404)
+        return json_response(self._shaped(request, [entity], full=True)[0])
+
+    async def about(self, request: QrsRequest) -> web.Response:
+        return json_response(
+            {
+                "schemaPath": "About",
+                "buildVersion": "14.187.4",
+                "buildDate": "9/20/2024 10:00:00 AM",
+                "databaseProvider": "Devart.Data.PostgreSql",
+                "nodeType": 1,
+                "sharedPersistence": True,
+                "requiresBootstrap": False,
+                "singleNodeOnly": False,
+            }
+        )
+
+    async def service_status(self, request: QrsRequest) -> web.Response:
+        node = {
+            "id": "4e3f2a1b-0c9d-4e8f-a7b6-c5d4e3f2a1b0",
+            "name": "Central",
+            "hostName": self.site.hostname,
+            "privileges": None,
+        }
+        statuses = [
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.site.hostname}/{kind}")),
+                "serverNodeConfiguration": node,
+                "serviceType": kind,
+                "serviceState": 2,
+                "timestamp": "2024-01-15T08:00:00.000Z",
+                "privileges": None,
+                "schemaPath": "ServiceStatus",
+            }
+            for kind in range(6)
+        ]
+        return json_response(statuses)
+
+    async def script_log_ticket(self, request: QrsRequest) -> web.Response:
+        task = self.site.tasks.get(request.parts[1])
+        if task is None or task["schemaPath"] != "ReloadTask":
+            return text_response("Not found", 404)
+        if request.parts[2] == "scriptlog":
+            reference = request.query.get("filereferenceid", "")
+        else:
+            result = self.site.execution_results.get(request.query.get("executionresultid", ""))
+            reference = result["fileReferenceID"] if result else ""
+        if reference not in self.site.script_logs:
+            return text_response("Not found", 404)
+        ticket = str(uuid.uuid4())
+        self.tickets[ticket] = reference
+        return json_response({"value": ticket})
+
+    async def download(self, request: QrsRequest) -> web.Response:
+        reference = self.tickets.pop(request.parts[2], None)
+        if reference is None:
+            return text_response("Not found", 404)
+        return web.Response(
+            body=self.site.script_logs[reference].encode(), headers={"Content-Type": "application/unknown"}
+        )
+
+    # -- starting and stopping ----------------------------------------------------------------------------
+
+    def _task(self, task_id: str) -> dict[str, Any] | None:
+        return self.site.tasks.get(task_id) if _GUID.fullmatch(task_id) else None
+
+    async def start_one(self, request: QrsRequest) -> web.Response:
+        if self._task(request.parts[1]) is None:
+            return text_response("Not found", 404)
+        self.scheduler.start(request.parts[1], request.user)
+        return web.Response(status=204)
+
+    async def start_one_synchronous(self, request: QrsRequest) -> web.Response:
+        if self._task(request.parts[1]) is None:
+            return text_response("Not found", 404)
+        session = self.scheduler.start(request.parts[1], request.user)
+        return json_response({"value": session or EMPTY_GUID}, 201)
+
+    def _named(self, request: QrsRequest) -> dict[str, Any] | None:
+        name = request.query.get("name", "")
+        return next((t for t in self.site.tasks.values() if t["name"] == name), None)
+
+    async def start_by_name(self, request: QrsRequest) -> web.Response:
+        task = self._named(request)
+        if task is None:
+            return text_response("Not found", 404)
+        self.scheduler.start(task["id"], request.user)
+        return web.Response(status=204)
+
+    async def start_by_name_synchronous(self, request: QrsRequest) -> web.Response:
+        task = self._named(request)
+        if task is None:
+            return text_response("Not found", 404)
+        return json_response({"value": self.scheduler.start(task["id"], request.user) or EMPTY_GUID}, 201)
+
+    async def _id_list(self, request: QrsRequest) -> list[str] | None:
+        try:
+            ids = json.loads(await request.request.read() or b"[]")
+        except ValueError:
+            return None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        return [i.lower() for i in ids]
+
+    async def start_many(self, request: QrsRequest) -> web.Response:
+        ids = await self._id_list(request)
+        if ids is None:
+            return text_response("The body must be a JSON array of task ids", 400)
+        for task_id in ids:
+            if self._task(task_id) is not None:
+                self.scheduler.start(task_id, request.user)
+        return web.Response(status=204)
+
+    async def stop_one(self, request: QrsRequest) -> web.Response:
+        if self._task(request.parts[1]) is None:
+            return text_response("Not found", 404)
+        self.scheduler.stop(request.parts[1])
+        return web.Response(status=204)
+
+    async def stop_many(self, request: QrsRequest) -> web.Response:
+        ids = await self._id_list(request)
+        if ids is None:
+            return text_response("The body must be a JSON array of task ids", 400)
+        for task_id in ids:
+            self.scheduler.stop(task_id)
+        return web.Response(status=204)
+
+    async def reload_app(self, request: QrsRequest) -> web.Response:
+        app_id = request.parts[1]
+        if app_id not in self.site.apps:
+            return text_response("Not found", 404)
+        self.scheduler.reload_app_soon(app_id)
+        return web.Response(status=204)
+
+
+def _id_lookup(node: Any) -> str | None:
+    """The id of a plain ``id eq <guid>`` filter, served by a dictionary lookup instead of a scan."""
+    if (
+        isinstance(node, Comparison)
+        and node.path == ("id",)
+        and node.operator == "eq"
+        and node.literal.kind in ("guid", "string")
+    ):
+        return str(node.literal.value).lower()
+    return None

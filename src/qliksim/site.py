@@ -1,0 +1,481 @@
+"""The simulated site: its entities as QRS serves them, and what each app and task does when run.
+
+A site is described in a YAML file (see ``demo_site.yaml`` for a complete example). Entities are kept
+as the full JSON objects QRS returns, so serving them costs nothing; condensed forms are derived. Ids not
+given in the file are derived from names, so a site file always yields the same ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import random
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NEVER = "1753-01-01T00:00:00.000Z"
+EMPTY_GUID = "00000000-0000-0000-0000-000000000000"
+_NAMESPACE = uuid.UUID("3d3c3d36-7a53-4b55-9e37-9f1a4d5e2c11")
+
+TASK_TYPES = {
+    "reload": (0, "ReloadTask"),
+    "externalprogram": (1, "ExternalProgramTask"),
+    "usersync": (2, "UserSyncTask"),
+}
+OUTCOMES = {"success": 7, "fail": 8, "abort": 6}
+
+
+class SiteError(ValueError):
+    """The site file is not usable; the message names the entry."""
+
+
+def stable_id(kind: str, name: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{kind}/{name}"))
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class RunBehaviour:
+    """What happens when an app reloads or a task runs."""
+
+    outcome: str = "success"
+    duration_ms: int = 1000
+    script_log: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Site:
+    hostname: str = "sense1"
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    custom_properties: dict[str, dict[str, Any]] = field(default_factory=dict)
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data_connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    app_content: dict[str, dict[str, Any]] = field(default_factory=dict)
+    app_behaviour: dict[str, RunBehaviour] = field(default_factory=dict)
+    task_behaviour: dict[str, RunBehaviour] = field(default_factory=dict)
+    execution_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    execution_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    script_logs: dict[str, str] = field(default_factory=dict)
+    allow_not: bool = False
+
+    # -- lookups --------------------------------------------------------------------------------------
+
+    def collection(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Entities of a QRS type, by id. ``task`` holds every task type."""
+        tables = {
+            "app": self.apps,
+            "task": self.tasks,
+            "tag": self.tags,
+            "custompropertydefinition": self.custom_properties,
+            "user": self.users,
+            "stream": self.streams,
+            "dataconnection": self.data_connections,
+            "executionresult": self.execution_results,
+            "executionsession": self.execution_sessions,
+        }
+        if kind in tables:
+            return tables[kind]
+        for type_name, (_, schema) in TASK_TYPES.items():
+            if kind == f"{type_name}task":
+                return {i: t for i, t in self.tasks.items() if t["schemaPath"] == schema}
+        raise KeyError(kind)
+
+    def find_by_name(self, table: dict[str, dict[str, Any]], name: str, what: str) -> dict[str, Any]:
+        for entity in table.values():
+            if entity.get("name") == name:
+                return entity
+        raise SiteError(f"unknown {what} {name!r}")
+
+    def user_by_key(self, key: str) -> dict[str, Any]:
+        directory, _, user_id = key.partition("\\")
+        for user in self.users.values():
+            if (
+                user["userDirectory"].lower() == directory.lower()
+                and user["userId"].lower() == user_id.lower()
+            ):
+                return user
+        raise SiteError(f"unknown user {key!r} (write DIRECTORY\\userid)")
+
+
+# -- building entities ----------------------------------------------------------------------------------
+
+
+def _standard(entity_id: str, schema: str, created: str) -> dict[str, Any]:
+    return {
+        "id": entity_id,
+        "createdDate": created,
+        "modifiedDate": created,
+        "modifiedByUserName": "INTERNAL\\sa_repository",
+        "schemaPath": schema,
+        "privileges": None,
+    }
+
+
+def condensed_tag(tag: dict[str, Any]) -> dict[str, Any]:
+    return {"id": tag["id"], "name": tag["name"], "privileges": None}
+
+
+def condensed_user(user: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: user[key] for key in ("id", "userId", "userDirectory", "userDirectoryConnectorName", "name")
+    } | {"privileges": None}
+
+
+def condensed_stream(stream: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if stream is None else {"id": stream["id"], "name": stream["name"], "privileges": None}
+
+
+def condensed_app(app: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "id",
+        "name",
+        "appId",
+        "publishTime",
+        "published",
+        "stream",
+        "savedInProductVersion",
+        "migrationHash",
+        "availabilityStatus",
+    )
+    return {key: app[key] for key in keys} | {"privileges": None}
+
+
+def condensed_task(task: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "name", "taskType", "enabled", "taskSessionTimeout", "maxRetries")
+    return {key: task[key] for key in keys} | {"privileges": None}
+
+
+CONDENSERS = {
+    "app": condensed_app,
+    "tag": condensed_tag,
+    "user": condensed_user,
+    "task": condensed_task,
+    "reloadtask": condensed_task,
+    "externalprogramtask": condensed_task,
+    "usersynctask": condensed_task,
+}
+
+
+def never_run_result() -> dict[str, Any]:
+    return {
+        "id": EMPTY_GUID,
+        "executingNodeName": "",
+        "status": 0,
+        "startTime": NEVER,
+        "stopTime": NEVER,
+        "duration": 0,
+        "fileReferenceID": EMPTY_GUID,
+        "scriptLogAvailable": False,
+        "details": [],
+        "scriptLogLocation": "",
+        "scriptLogSize": 0,
+        "privileges": None,
+    }
+
+
+def _behaviour(spec: dict[str, Any] | None, where: str) -> RunBehaviour:
+    spec = spec or {}
+    outcome = spec.get("outcome", "success")
+    if outcome not in OUTCOMES:
+        raise SiteError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    log = spec.get("scriptLog", [])
+    if isinstance(log, str):
+        log = log.splitlines()
+    return RunBehaviour(
+        outcome, int(spec.get("durationMs", 1000)), [str(line) for line in log], str(spec.get("error", ""))
+    )
+
+
+def _custom_values(site: Site, spec: dict[str, Any] | None, created: str, where: str) -> list[dict[str, Any]]:
+    values = []
+    for name, assigned in (spec or {}).items():
+        definition = site.find_by_name(site.custom_properties, name, f"custom property (in {where})")
+        for value in assigned if isinstance(assigned, list) else [assigned]:
+            entry = _standard(stable_id("cpvalue", f"{where}/{name}/{value}"), "CustomPropertyValue", created)
+            entry.pop("privileges")
+            entry |= {
+                "value": str(value),
+                "definition": {
+                    "id": definition["id"],
+                    "name": definition["name"],
+                    "valueType": definition["valueType"],
+                    "choiceValues": definition["choiceValues"],
+                    "privileges": None,
+                },
+            }
+            values.append(entry)
+    return values
+
+
+def _tags(site: Site, names: list[str] | None, where: str) -> list[dict[str, Any]]:
+    return [condensed_tag(site.find_by_name(site.tags, name, f"tag (in {where})")) for name in names or []]
+
+
+def build_site(document: dict[str, Any]) -> Site:
+    """A Site from a parsed site file."""
+    if not isinstance(document, dict):
+        raise SiteError("a site file is a mapping")
+    site = Site(
+        hostname=str(document.get("hostname", "sense1")), allow_not=bool(document.get("filterNot", False))
+    )
+    created = str(document.get("created", "2024-01-15T08:00:00.000Z"))
+    for name in document.get("tags", []):
+        site.tags[stable_id("tag", name)] = _standard(stable_id("tag", name), "Tag", created) | {"name": name}
+    for spec in document.get("customProperties", []):
+        cp_id = spec.get("id") or stable_id("cp", spec["name"])
+        site.custom_properties[cp_id] = _standard(cp_id, "CustomPropertyDefinition", created) | {
+            "name": spec["name"],
+            "valueType": spec.get("valueType", "Text"),
+            "choiceValues": [str(v) for v in spec.get("choiceValues", [])],
+            "objectTypes": spec.get("objectTypes", ["App", "ReloadTask"]),
+            "description": spec.get("description", ""),
+        }
+    for spec in document.get("streams", []):
+        stream_id = spec.get("id") or stable_id("stream", spec["name"])
+        site.streams[stream_id] = _standard(stream_id, "Stream", created) | {
+            "name": spec["name"],
+            "customProperties": [],
+            "tags": [],
+            "owner": None,
+        }
+    for spec in document.get("users", []):
+        key = f"{spec['userDirectory']}\\{spec['userId']}"
+        user_id = spec.get("id") or stable_id("user", key.lower())
+        user = _standard(user_id, "User", created) | {
+            "customProperties": [],
+            "userId": spec["userId"],
+            "userDirectory": spec["userDirectory"],
+            "userDirectoryConnectorName": spec["userDirectory"],
+            "name": spec.get("name", spec["userId"]),
+            "roles": spec.get("roles", []),
+            "attributes": [],
+            "inactive": False,
+            "removedExternally": False,
+            "blacklisted": False,
+            "deleteProhibited": False,
+            "tags": [],
+            "favorites": [],
+        }
+        if spec.get("email"):
+            attribute = _standard(stable_id("attr", key + "/email"), "UserAttribute", created)
+            attribute.pop("privileges")
+            user["attributes"].append(
+                attribute
+                | {"attributeType": "Email", "attributeValue": spec["email"], "externalId": spec["email"]}
+            )
+        site.users[user_id] = user
+    for spec in document.get("dataConnections", []):
+        connection_id = spec.get("id") or stable_id("dataconnection", spec["name"])
+        site.data_connections[connection_id] = _standard(connection_id, "DataConnection", created) | {
+            "name": spec["name"],
+            "connectionstring": spec.get("connectionString", ""),
+            "type": spec.get("type", "folder"),
+            "username": spec.get("userName", ""),
+            "customProperties": [],
+            "tags": [],
+            "owner": None,
+        }
+    for spec in document.get("apps", []):
+        _add_app(site, spec, created)
+    for spec in document.get("tasks", []):
+        _add_task(site, spec, created)
+    generated = document.get("generate")
+    if generated:
+        _generate(site, generated, created)
+    return site
+
+
+def _add_app(site: Site, spec: dict[str, Any], created: str) -> None:
+    name = spec["name"]
+    app_id = spec.get("id") or stable_id("app", name)
+    where = f"app {name}"
+    owner = site.user_by_key(spec.get("owner", "INTERNAL\\sa_repository")) if site.users else None
+    stream = (
+        site.find_by_name(site.streams, spec["stream"], f"stream (in {where})")
+        if spec.get("stream")
+        else None
+    )
+    app = _standard(app_id, "App", created) | {
+        "customProperties": _custom_values(site, spec.get("customProperties"), created, where),
+        "owner": condensed_user(owner)
+        if owner
+        else {
+            "id": EMPTY_GUID,
+            "userId": "sa_repository",
+            "userDirectory": "INTERNAL",
+            "userDirectoryConnectorName": "",
+            "name": "sa_repository",
+            "privileges": None,
+        },
+        "name": name,
+        "appId": "",
+        "sourceAppId": EMPTY_GUID,
+        "targetAppId": EMPTY_GUID,
+        "publishTime": created if stream else NEVER,
+        "published": stream is not None,
+        "tags": _tags(site, spec.get("tags"), where),
+        "description": spec.get("description", ""),
+        "stream": condensed_stream(stream),
+        "fileSize": int(spec.get("fileSize", 262144)),
+        "lastReloadTime": spec.get("lastReloadTime", created),
+        "thumbnail": "",
+        "savedInProductVersion": "12.1477.4",
+        "migrationHash": "9e9a5a58a7b5d9ff4a9b3e3ea5a3b3e4c7b0c6e1",
+        "dynamicColor": "",
+        "availabilityStatus": 1,
+        "lastDataDistribution": None,
+    }
+    site.apps[app_id] = app
+    site.app_behaviour[app_id] = _behaviour(spec.get("reload"), where)
+    content = {
+        key: copy.deepcopy(spec.get(key, []))
+        for key in (
+            "sheets",
+            "stories",
+            "masterobjects",
+            "appprops",
+            "dimensions",
+            "measures",
+            "bookmarks",
+            "snapshots",
+            "variables",
+            "fields",
+            "media",
+            "lineage",
+        )
+    }
+    content["script"] = spec.get(
+        "script", "///$tab Main\r\nSET ThousandSep=',';\r\nLOAD 1 as Dummy AutoGenerate 1;\r\n"
+    )
+    content["properties"] = spec.get("properties", {})
+    content["connections"] = [
+        site.find_by_name(site.data_connections, c, f"data connection (in {where})")["id"]
+        for c in spec.get("dataConnections", [])
+    ]
+    site.app_content[app_id] = content
+
+
+def _add_task(site: Site, spec: dict[str, Any], created: str) -> None:
+    name = spec["name"]
+    kind = spec.get("type", "reload")
+    if kind not in TASK_TYPES:
+        raise SiteError(f"task {name}: type must be one of {', '.join(TASK_TYPES)}, got {kind!r}")
+    task_id = spec.get("id") or stable_id("task", name)
+    where = f"task {name}"
+    task_type, schema = TASK_TYPES[kind]
+    task = _standard(task_id, schema, created) | {
+        "customProperties": _custom_values(site, spec.get("customProperties"), created, where),
+        "isManuallyTriggered": False,
+        "operational": {
+            "id": stable_id("operational", task_id),
+            "lastExecutionResult": never_run_result(),
+            "nextExecution": NEVER,
+            "privileges": None,
+        },
+        "name": name,
+        "taskType": task_type,
+        "enabled": bool(spec.get("enabled", True)),
+        "taskSessionTimeout": int(spec.get("taskSessionTimeout", 1440)),
+        "maxRetries": int(spec.get("maxRetries", 0)),
+        "tags": _tags(site, spec.get("tags"), where),
+    }
+    if kind == "reload":
+        app = site.find_by_name(site.apps, spec["app"], f"app (in {where})") if "app" in spec else None
+        if app is None:
+            raise SiteError(f"{where}: a reload task needs an app")
+        task |= {"app": condensed_app(app), "isPartialReload": bool(spec.get("partial", False))}
+    elif kind == "externalprogram":
+        task |= {
+            "path": spec.get("path", "C:\\Scripts\\run.cmd"),
+            "parameters": spec.get("parameters", ""),
+            "qlikUser": None,
+        }
+    else:
+        task |= {
+            "userDirectory": {
+                "id": stable_id("userdirectory", spec.get("userDirectory", "LAB")),
+                "name": spec.get("userDirectory", "LAB"),
+                "type": "Repository.UserDirectoryConnectors.ODBC.ODBCSql",
+                "privileges": None,
+            }
+        }
+    # Move the standard trailer keys last, as QRS writes them.
+    for key in ("privileges", "schemaPath"):
+        task[key] = task.pop(key)
+    site.tasks[task_id] = task
+    behaviour_spec = spec.get("run") or {}
+    if kind == "reload" and not behaviour_spec:
+        app_behaviour = site.app_behaviour[task["app"]["id"]]
+        behaviour = copy.deepcopy(app_behaviour)
+    else:
+        behaviour = _behaviour(behaviour_spec, where)
+    site.task_behaviour[task_id] = behaviour
+
+
+def _generate(site: Site, spec: dict[str, Any], created: str) -> None:
+    """Extra apps and tasks so that lists look like a real site's; deterministic for a given seed."""
+    rng = random.Random(int(spec.get("seed", 1)))
+    streams = list(site.streams.values())
+    owners = list(site.users.values())
+    areas = [
+        "Sales",
+        "Finance",
+        "HR",
+        "Logistics",
+        "Marketing",
+        "Procurement",
+        "Production",
+        "Quality",
+        "Service",
+    ]
+    kinds = ["Dashboard", "Analysis", "Extract", "Transform", "Monitor", "Report"]
+    for number in range(int(spec.get("apps", 0))):
+        name = f"{rng.choice(areas)} {rng.choice(kinds)} {number + 1:02d}"
+        stream = rng.choice(streams)["name"] if streams and rng.random() < 0.7 else None
+        owner = rng.choice(owners) if owners else None
+        outcome = "fail" if rng.random() < 0.1 else "success"
+        _add_app(
+            site,
+            {
+                "name": name,
+                "stream": stream,
+                "owner": f"{owner['userDirectory']}\\{owner['userId']}"
+                if owner
+                else "INTERNAL\\sa_repository",
+                "reload": {"outcome": outcome, "durationMs": rng.randint(500, 5000)},
+                "sheets": [
+                    {"id": stable_id("sheet", f"{name}/{i}"), "title": f"Sheet {i + 1}"}
+                    for i in range(rng.randint(1, 4))
+                ],
+            },
+            created,
+        )
+        _add_task(site, {"name": f"Reload {name}", "app": name}, created)
+
+
+def load_site(path: Path | None) -> Site:
+    """The site described by a YAML file; the built-in demo site when ``path`` is None."""
+    if path is None:
+        text = resources.files("qliksim").joinpath("demo_site.yaml").read_text(encoding="utf-8")
+    else:
+        text = path.read_text(encoding="utf-8")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SiteError(f"not valid YAML: {exc}") from exc
+    try:
+        return build_site(document)
+    except KeyError as exc:
+        raise SiteError(f"missing key {exc}") from exc
