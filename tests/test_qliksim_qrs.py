@@ -124,15 +124,14 @@ async def test_refusals(qrs: Any, simulator: Any, site_certs: Any) -> None:
                 await response.read()
 
 
-async def wait_for_status(qrs: Any, task_id: str, statuses: set[int], timeout: float = 5) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        _, task = await qrs("GET", f"reloadtask/{task_id}")
-        result: dict[str, Any] = task["operational"]["lastExecutionResult"]
-        if result["status"] in statuses:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, result
-        await asyncio.sleep(0.02)
+async def wait_for_status(qrs: Any, task_id: str, statuses: set[int]) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            _, task = await qrs("GET", f"reloadtask/{task_id}")
+            result: dict[str, Any] = task["operational"]["lastExecutionResult"]
+            if result["status"] in statuses:
+                return result
+            await asyncio.sleep(0.02)
 
 
 async def test_task_run_script_log_and_udp(
