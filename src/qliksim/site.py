@@ -92,11 +92,13 @@ class Site:
                 return {i: t for i, t in self.tasks.items() if t["schemaPath"] == schema}
         raise KeyError(kind)
 
-    def find_by_name(self, table: dict[str, dict[str, Any]], name: str, what: str) -> dict[str, Any]:
+    def find_by_name(
+        self, table: dict[str, dict[str, Any]], name: str, what: str, where: str
+    ) -> dict[str, Any]:
         for entity in table.values():
             if entity.get("name") == name:
                 return entity
-        raise SiteError(f"unknown {what} {name!r}")
+        raise SiteError(f"{where}: unknown {what} {name!r}")
 
     def user_by_key(self, key: str) -> dict[str, Any]:
         directory, _, user_id = key.partition("\\")
@@ -201,7 +203,7 @@ def _behaviour(spec: dict[str, Any] | None, where: str) -> RunBehaviour:
 def _custom_values(site: Site, spec: dict[str, Any] | None, created: str, where: str) -> list[dict[str, Any]]:
     values = []
     for name, assigned in (spec or {}).items():
-        definition = site.find_by_name(site.custom_properties, name, f"custom property (in {where})")
+        definition = site.find_by_name(site.custom_properties, name, "custom property", where)
         for value in assigned if isinstance(assigned, list) else [assigned]:
             entry = _standard(stable_id("cpvalue", f"{where}/{name}/{value}"), "CustomPropertyValue", created)
             entry.pop("privileges")
@@ -220,7 +222,7 @@ def _custom_values(site: Site, spec: dict[str, Any] | None, created: str, where:
 
 
 def _tags(site: Site, names: list[str] | None, where: str) -> list[dict[str, Any]]:
-    return [condensed_tag(site.find_by_name(site.tags, name, f"tag (in {where})")) for name in names or []]
+    return [condensed_tag(site.find_by_name(site.tags, name, "tag", where)) for name in names or []]
 
 
 def build_site(document: dict[str, Any]) -> Site:
@@ -302,11 +304,7 @@ def _add_app(site: Site, spec: dict[str, Any], created: str) -> None:
     app_id = spec.get("id") or stable_id("app", name)
     where = f"app {name}"
     owner = site.user_by_key(spec.get("owner", "INTERNAL\\sa_repository")) if site.users else None
-    stream = (
-        site.find_by_name(site.streams, spec["stream"], f"stream (in {where})")
-        if spec.get("stream")
-        else None
-    )
+    stream = site.find_by_name(site.streams, spec["stream"], "stream", where) if spec.get("stream") else None
     app = _standard(app_id, "App", created) | {
         "customProperties": _custom_values(site, spec.get("customProperties"), created, where),
         "owner": condensed_user(owner)
@@ -361,7 +359,7 @@ def _add_app(site: Site, spec: dict[str, Any], created: str) -> None:
     )
     content["properties"] = spec.get("properties", {})
     content["connections"] = [
-        site.find_by_name(site.data_connections, c, f"data connection (in {where})")["id"]
+        site.find_by_name(site.data_connections, c, "data connection", where)["id"]
         for c in spec.get("dataConnections", [])
     ]
     site.app_content[app_id] = content
@@ -392,7 +390,7 @@ def _add_task(site: Site, spec: dict[str, Any], created: str) -> None:
         "tags": _tags(site, spec.get("tags"), where),
     }
     if kind == "reload":
-        app = site.find_by_name(site.apps, spec["app"], f"app (in {where})") if "app" in spec else None
+        app = site.find_by_name(site.apps, spec["app"], "app", where) if "app" in spec else None
         if app is None:
             raise SiteError(f"{where}: a reload task needs an app")
         task |= {"app": condensed_app(app), "isPartialReload": bool(spec.get("partial", False))}
