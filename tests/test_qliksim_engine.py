@@ -185,6 +185,10 @@ async def test_reload_through_the_engine(engine: Any, simulator: Any) -> None:
     ]["qHandle"]
     assert (await failing.call(fail_handle, "DoReload", [0, False, False]))["result"] == {"qReturn": False}
     assert simulator.engine.saves == {app_id(simulator, "App2"): 1}
+    assert simulator.scheduler.reload_kinds == {
+        app_id(simulator, "App2"): ["partial"],
+        app_id(simulator, "Failing App"): ["full"],
+    }
 
 
 async def test_refusals(engine: Any, simulator: Any, site_certs: Any) -> None:

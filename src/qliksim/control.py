@@ -72,6 +72,7 @@ def control_application(simulator: Simulator) -> web.Application:
                 "engine": simulator.engine.calls,
                 "taskStarts": scheduler.started_count,
                 "appReloads": scheduler.app_reloads,
+                "appReloadKinds": scheduler.reload_kinds,
                 "appSaves": simulator.engine.saves,
                 "udpSent": simulator.udp.sent,
                 "engineSessionsOpen": simulator.engine.open_sessions,

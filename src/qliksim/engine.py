@@ -529,10 +529,11 @@ class EngineSession:
         return await self._doc_GetVariableById(obj, item["id"])
 
     async def _doc_DoReload(self, obj: QixObject, mode: Any, partial: Any, debug: Any) -> dict[str, Any]:
-        return {"qReturn": await self.engine.scheduler.reload_app(self._model().app_id)}
+        return {"qReturn": await self.engine.scheduler.reload_app(self._model().app_id, bool(partial))}
 
     async def _doc_DoReloadEx(self, obj: QixObject, params: Any) -> dict[str, Any]:
-        success = await self.engine.scheduler.reload_app(self._model().app_id)
+        partial = isinstance(params, dict) and bool(params.get("qPartial"))
+        success = await self.engine.scheduler.reload_app(self._model().app_id, partial)
         return {
             "qResult": {
                 "qSuccess": success,

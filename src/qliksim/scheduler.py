@@ -59,6 +59,7 @@ class Scheduler:
         self.started_count: dict[str, int] = {}
         self.next_app_outcome: dict[str, RunBehaviour] = {}
         self.app_reloads: dict[str, int] = {}
+        self.reload_kinds: dict[str, list[str]] = {}
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -85,11 +86,17 @@ class Scheduler:
         execution.task.cancel()
         return True
 
-    async def reload_app(self, app_id: str) -> bool:
-        """Reload an app outside any task (Engine ``DoReload``, QRS ``app/{id}/reload``); True on success."""
+    async def reload_app(self, app_id: str, partial: bool = False) -> bool:
+        """Reload an app outside any task (Engine ``DoReload``, QRS ``app/{id}/reload``); True on success.
+
+        A partial reload keeps the app's data and only adds to it, so it takes a tenth of the time; the
+        kind of each reload is kept for the control API.
+        """
         behaviour = self.next_app_outcome.pop(app_id, None) or self.site.app_behaviour[app_id]
         self.app_reloads[app_id] = self.app_reloads.get(app_id, 0) + 1
-        await asyncio.sleep(behaviour.duration_ms / 1000 * self.time_scale)
+        self.reload_kinds.setdefault(app_id, []).append("partial" if partial else "full")
+        duration = behaviour.duration_ms / (10 if partial else 1)
+        await asyncio.sleep(duration / 1000 * self.time_scale)
         if behaviour.outcome != "success":
             return False
         self.site.apps[app_id]["lastReloadTime"] = now_iso()
