@@ -87,6 +87,7 @@ def control_application(simulator: Simulator) -> web.Application:
             simulator.engine.calls,
             scheduler.started_count,
             scheduler.app_reloads,
+            scheduler.reload_kinds,
             simulator.engine.saves,
         ):
             counter.clear()
