@@ -24,6 +24,7 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python bench/rest_core.py
+	$(BIN)/python bench/qliksim_throughput.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

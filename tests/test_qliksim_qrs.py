@@ -254,3 +254,24 @@ async def test_session_events(simulator: Any, udp_collector: tuple[UdpCollector,
             assert response.status == 204
         stop = (await asyncio.wait_for(udp_collector[0].datagrams.get(), 5)).decode().split(";")
         assert stop[2] == "Stop session"
+
+
+async def test_stopped_task_is_aborted(
+    qrs: Any, simulator: Any, udp_collector: tuple[UdpCollector, int]
+) -> None:
+    control = f"http://127.0.0.1:{simulator.control_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{control}/tasks/{TASK3}/next-run", json={"durationMs": 60000}) as response:
+            assert response.status == 204
+        assert (await qrs("POST", f"task/{TASK3}/start"))[0] == 204
+        await wait_for_status(qrs, TASK3, {2})
+        assert (await qrs("POST", f"task/{TASK3}/stop"))[0] == 204
+        result = await wait_for_status(qrs, TASK3, {6})
+        assert [d["message"] for d in result["details"]][-3:] == [
+            "Changing task state from Started to AbortInitiated",
+            "Changing task state from AbortInitiated to Aborting",
+            "Changing task state from Aborting to Aborted",
+        ]
+        fields = (await asyncio.wait_for(udp_collector[0].datagrams.get(), 5)).decode().split(";")
+        assert fields[0] == "/scheduler-task-aborted/" and "Execution State Change to Aborting" in fields[10]
+        assert fields[8] == "WARN" and fields[5] == TASK3
