@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -100,21 +99,22 @@ def control_application(simulator: Simulator) -> web.Application:
             return _error(404, "no such task")
         return _json({"task": found, "running": found["id"] in scheduler.running})
 
+    async def set_next(
+        request: web.Request, known: dict[str, Any], plans: dict[str, RunBehaviour]
+    ) -> web.Response:
+        target = request.match_info["id"]
+        if target not in known:
+            return _error(404, "no such task or app")
+        plans[target] = _behaviour(await _body(request))
+        return web.Response(status=204)
+
     @routes.put("/tasks/{id}/next-run")
     async def next_run(request: web.Request) -> web.Response:
-        task_id = request.match_info["id"]
-        if task_id not in site.tasks:
-            return _error(404, "no such task")
-        scheduler.next_outcome[task_id] = _behaviour(await _body(request))
-        return web.Response(status=204)
+        return await set_next(request, site.tasks, scheduler.next_outcome)
 
     @routes.put("/apps/{id}/next-reload")
     async def next_reload(request: web.Request) -> web.Response:
-        app_id = request.match_info["id"]
-        if app_id not in site.apps:
-            return _error(404, "no such app")
-        scheduler.next_app_outcome[app_id] = _behaviour(await _body(request))
-        return web.Response(status=204)
+        return await set_next(request, site.apps, scheduler.next_app_outcome)
 
     @routes.post("/sessions")
     async def open_session(request: web.Request) -> web.Response:
@@ -177,6 +177,3 @@ def control_application(simulator: Simulator) -> web.Application:
     app = web.Application()
     app.add_routes(routes)
     return app
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

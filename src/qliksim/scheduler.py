@@ -21,7 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qliksim.site import EMPTY_GUID, OUTCOMES, RunBehaviour, Site, condensed_app, now_iso
+from qliksim.site import (
+    EMPTY_GUID,
+    NEVER,
+    OUTCOMES,
+    RunBehaviour,
+    Site,
+    condensed_app,
+    never_run_result,
+    now_iso,
+)
 from qliksim.udp import TaskEvent, UdpSender
 
 log = logging.getLogger("qliksim.scheduler")
@@ -136,23 +145,14 @@ class Scheduler:
     def _begin(self, task: dict[str, Any], execution: Execution, user: str) -> None:
         now = now_iso()
         app_id = task.get("app", {}).get("id", "")
-        result = {
+        result = never_run_result() | {
             "id": execution.result_id,
             "createdDate": now,
             "modifiedDate": now,
             "modifiedByUserName": "INTERNAL\\sa_scheduler",
             "schemaPath": "ExecutionResult",
             "executingNodeName": self.site.hostname,
-            "status": 0,
             "startTime": now,
-            "stopTime": "1753-01-01T00:00:00.000Z",
-            "duration": 0,
-            "fileReferenceID": EMPTY_GUID,
-            "scriptLogAvailable": False,
-            "details": [],
-            "scriptLogLocation": "",
-            "scriptLogSize": 0,
-            "privileges": None,
             "taskID": task["id"],
             "executionID": execution.session_id,
             "appID": app_id or EMPTY_GUID,
@@ -168,7 +168,7 @@ class Scheduler:
             "schemaPath": "ExecutionSession",
             "executingNode": {"id": result["executingNodeID"], "privileges": None},
             "executionResult": _condensed_result(result),
-            "abortAt": "1753-01-01T00:00:00.000Z",
+            "abortAt": NEVER,
             "retries": 0,
             "abortReason": 0,
             "app": task.get("app"),
