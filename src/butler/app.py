@@ -15,12 +15,13 @@ from butler.http.docs import ApiDocument, DocumentationSite, load_openapi
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Router
 from butler.http.server import Listener, RestApi, tls_context
-from butler.routes import RouteContext, base_conversion, butler_status
+from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
+from butler.routes import RouteContext, base_conversion, butler_status, key_value
 
 log = logging.getLogger("butler")
 
 #: Route modules, one per feature.
-ROUTE_MODULES = (butler_status, base_conversion)
+ROUTE_MODULES = (butler_status, base_conversion, key_value)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
@@ -51,14 +52,21 @@ class Butler:
     settings: Settings
     rate_limit: int = DEFAULT_RATE_LIMIT
     listeners: list[Listener] = field(default_factory=list)
+    key_values: KeyValueStore | None = None
 
     def build_api(self) -> RestApi:
-        context = RouteContext(self.settings)
+        context = RouteContext(self.settings, key_values=self.key_values)
         router = build_router(context, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         return RestApi(router, limiter)
 
     async def start(self) -> None:
+        if self.settings.endpoints.enabled("keyValueStore"):
+            try:
+                self.key_values = await open_store(self.settings.key_value)
+            except StoreUnavailable as exc:
+                raise StartupError(str(exc)) from exc
+            log.info("key-value store: %s", self.settings.key_value.backend)
         rest = self.settings.rest
         if rest.enable:
             listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context())
@@ -75,6 +83,9 @@ class Butler:
         for listener in reversed(self.listeners):
             await listener.stop()
         self.listeners.clear()
+        if self.key_values is not None:
+            await self.key_values.close()
+            self.key_values = None
 
     async def _open(self, listener: Listener, what: str) -> None:
         try:

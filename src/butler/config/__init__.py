@@ -16,6 +16,7 @@ from butler.config.schema import Bool, Enum, Int, Key, Section, Str, validate
 from butler.config.settings import (
     EndpointFlags,
     HealthCheckSettings,
+    KeyValueSettings,
     RestServerSettings,
     Settings,
     TlsSettings,
@@ -77,7 +78,6 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
         "incidentTool",
         "webhookNotification",
         "scheduler",
-        "keyValueStore",
         "mqttConfig",
         "udpServerConfig",
         "fileCopyApprovedDirectories",
@@ -149,6 +149,24 @@ _SCHEMA = Section(
                         required=True,
                     ),
                     "restServerEndpointsEnable": Key(_flag_section()),
+                    "keyValueStore": Key(
+                        Section(
+                            keys={
+                                "enable": Key(Bool(), default=False),
+                                "maxKeysPerNamespace": Key(Int(1), default=1000),
+                                "backend": Key(Enum(choices=("sqlite", "memory", "redis")), default="sqlite"),
+                                "sqlite": Key(Section(keys={"path": Key(Str(), default="butler-kv.sqlite")})),
+                                "redis": Key(
+                                    Section(
+                                        keys={
+                                            "url": Key(Str(), default="redis://127.0.0.1:6379/0"),
+                                            "keyPrefix": Key(Str(), default="butler:kv:"),
+                                        }
+                                    )
+                                ),
+                            }
+                        )
+                    ),
                     "dockerHealthCheck": Key(
                         Section(
                             keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)}
@@ -209,6 +227,7 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
                 [f"Butler.restServerConfig.tls.{name}: required when tls.enable is true" for name in missing]
             )
     health = butler["dockerHealthCheck"]
+    kv = butler["keyValueStore"]
     present = document["Butler"]
     return Settings(
         log_level=butler["logLevel"],
@@ -221,6 +240,13 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
         ),
         endpoints=EndpointFlags(butler["restServerEndpointsEnable"]),
         health_check=HealthCheckSettings(enable=health["enable"], port=health["port"]),
+        key_value=KeyValueSettings(
+            max_keys_per_namespace=kv["maxKeysPerNamespace"],
+            backend=kv["backend"],
+            sqlite_path=_path(kv["sqlite"]["path"], base_dir) or base_dir / "butler-kv.sqlite",
+            redis_url=kv["redis"]["url"],
+            redis_prefix=kv["redis"]["keyPrefix"],
+        ),
         source=source,
         unsupported_sections=tuple(name for name in present if name in UPSTREAM_SECTIONS),
     )

@@ -38,6 +38,17 @@ class HealthCheckSettings:
 
 
 @dataclass(frozen=True)
+class KeyValueSettings:
+    """``Butler.keyValueStore``. ``backend``, ``sqlite`` and ``redis`` are additions to upstream's keys."""
+
+    max_keys_per_namespace: int = 1000
+    backend: str = "sqlite"
+    sqlite_path: Path = Path("butler-kv.sqlite")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "butler:kv:"
+
+
+@dataclass(frozen=True)
 class EndpointFlags:
     """``Butler.restServerEndpointsEnable`` as written in the file, order kept.
 
@@ -87,5 +98,6 @@ class Settings:
     rest: RestServerSettings = field(default_factory=RestServerSettings)
     endpoints: EndpointFlags = field(default_factory=EndpointFlags)
     health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
+    key_value: KeyValueSettings = field(default_factory=KeyValueSettings)
     source: Path | None = None
     unsupported_sections: tuple[str, ...] = ()

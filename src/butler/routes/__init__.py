@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from butler import __version__
 from butler.config import Settings
+from butler.kvstore import KeyValueStore
 
 
 @dataclass(frozen=True)
@@ -18,5 +19,6 @@ class RouteContext:
     """What route modules may use: the settings and, as features are added, their services."""
 
     settings: Settings
+    key_values: KeyValueStore | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
