@@ -212,6 +212,7 @@ async def test_concurrent_writers_lose_nothing(kv: Any) -> None:
 
     await asyncio.gather(*(writer(n) for n in range(20)))
     status, listing = await kv("GET", "/v4/keylist/busy")
+    assert status == 200
     assert [k["key"] for k in listing["keys"]] == [f"w{n}" for n in range(5)]
     for n in range(5):
         _, pair = await kv("GET", f"/v4/keyvalues/busy?key=w{n}")
