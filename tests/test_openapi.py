@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 from butler.app import build_router
 from butler.config import parse_config
 from butler.http.docs import ApiDocument, load_openapi
+from butler.kvstore.memory import MemoryStore
 from butler.routes import RouteContext
 from tests.conftest import StartButler, base_config
 
@@ -20,7 +21,7 @@ def test_document_is_valid_openapi() -> None:
 def test_every_route_is_documented_and_every_operation_served(tmp_path: object) -> None:
     settings = parse_config(base_config(), base_dir=tmp_path)  # type: ignore[arg-type]
     document = ApiDocument(load_openapi())
-    router = build_router(RouteContext(settings), document)
+    router = build_router(RouteContext(settings, key_values=MemoryStore()), document)
     registered = {(r.method, r.path) for r in router.routes if r.documented}
     assert registered == set(document.operations())
     for route in router.routes:

@@ -23,7 +23,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from butler.http.errors import HttpError
 from butler.http.routing import JSON_TYPE, ApiRequest, Reply, Route
-from butler.http.validation import Validator, object_schema
+from butler.http.validation import Validator, object_schema, plain_string
 
 _HTML = """<!DOCTYPE html>
 <html lang="en">
@@ -93,7 +93,8 @@ class ApiDocument:
         if query is not None:
             route.query_check = Validator("querystring", self._resolve_all(query))
         path = object_schema(parameters, "path")
-        if path is not None:
+        # The router only yields strings; plain string parameters need no check.
+        if path is not None and not all(plain_string(p) for p in path["properties"].values()):
             route.params_check = Validator("params", self._resolve_all(path))
         body = operation.get("requestBody")
         if body is not None:

@@ -8,6 +8,7 @@ parameterised one. HEAD is answered by every GET route.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import Any
@@ -82,6 +83,8 @@ class Route:
 
     ``rate_limited`` is False for the few surfaces that monitoring and browsers poll (health, API docs).
     ``documented`` is False for the API-docs pages themselves, which are not part of the API.
+    ``errors`` maps exceptions of the domain code the handler calls to the status they answer with (first
+    match wins; the message is the exception's text), so handlers need no try blocks for them.
     """
 
     method: str
@@ -90,19 +93,41 @@ class Route:
     flag: str | None = None
     rate_limited: bool = True
     documented: bool = True
+    errors: tuple[tuple[type[Exception], int], ...] = ()
     query_check: Callable[[Any], Any] | None = None
     params_check: Callable[[Any], Any] | None = None
     body_check: Callable[[Any], Any] | None = None
 
-    @property
-    def segments(self) -> list[str]:
-        return self.path.split("/")
+    def error_for(self, exc: Exception) -> HttpError | None:
+        for kind, status in self.errors:
+            if isinstance(exc, kind):
+                return HttpError(status, str(exc))
+        return None
+
+
+@dataclass
+class _Pattern:
+    route: Route
+    regex: re.Pattern[str]
+    names: tuple[str, ...]
+
+
+def _compile(route: Route) -> _Pattern:
+    names = []
+    pieces = []
+    for segment in route.path.split("/"):
+        if segment.startswith("{"):
+            names.append(segment[1:-1])
+            pieces.append("([^/]*)")
+        else:
+            pieces.append(re.escape(segment))
+    return _Pattern(route, re.compile("/".join(pieces)), tuple(names))
 
 
 class Router:
     def __init__(self) -> None:
         self._static: dict[tuple[str, str], Route] = {}
-        self._dynamic: dict[str, list[Route]] = {}
+        self._dynamic: dict[str, list[_Pattern]] = {}
         self.routes: list[Route] = []
 
     def add(self, route: Route) -> None:
@@ -110,40 +135,29 @@ class Router:
         if "{" not in route.path:
             self._static[(route.method, route.path)] = route
             return
-        candidates = self._dynamic.setdefault(route.method, [])
-        candidates.append(route)
+        patterns = self._dynamic.setdefault(route.method, [])
+        patterns.append(_compile(route))
         # More static segments first, so /v4/schedules/startall wins over /v4/schedules/{id}.
-        candidates.sort(key=lambda r: -sum(1 for s in r.segments if not s.startswith("{")))
+        patterns.sort(key=lambda p: -sum(1 for s in p.route.path.split("/") if not s.startswith("{")))
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         route = self._static.get((method, path))
         if route is not None:
             return route, {}
-        if method not in self._dynamic:
-            return None
-        parts = path.split("/")
-        for candidate in self._dynamic[method]:
-            params = _match_segments(candidate.segments, parts, path)
-            if params is not None:
-                return candidate, params
+        for pattern in self._dynamic.get(method, ()):
+            found = pattern.regex.fullmatch(path)
+            if found is None:
+                continue
+            params = {}
+            for name, raw in zip(pattern.names, found.groups(), strict=True):
+                value = unquote(raw) if "%" in raw else raw
+                if len(value) > MAX_PARAM_LENGTH:
+                    raise HttpError(
+                        414,
+                        f"'{path}' is exceeding the max param length",
+                        code="FST_ERR_MAX_PARAM_LENGTH",
+                        error="Bad Request",
+                    )
+                params[name] = value
+            return pattern.route, params
         return None
-
-
-def _match_segments(pattern: list[str], parts: list[str], path: str) -> dict[str, str] | None:
-    if len(pattern) != len(parts):
-        return None
-    params: dict[str, str] = {}
-    for expected, actual in zip(pattern, parts, strict=True):
-        if expected.startswith("{"):
-            value = unquote(actual)
-            if len(value) > MAX_PARAM_LENGTH:
-                raise HttpError(
-                    414,
-                    f"'{path}' is exceeding the max param length",
-                    code="FST_ERR_MAX_PARAM_LENGTH",
-                    error="Bad Request",
-                )
-            params[expected[1:-1]] = value
-        elif expected != actual:
-            return None
-    return params

@@ -69,6 +69,7 @@ class RestApi:
         target = request.raw_path
         client_ip = request.remote or ""
         limit_headers: dict[str, str] | None = None
+        route: Route | None = None
         try:
             path, _, query = target.partition("?")
             match = self.router.match("GET" if method == "HEAD" else method, path)
@@ -90,10 +91,12 @@ class RestApi:
             )
         except HttpError as exc:
             reply = Reply(exc.status, encode_json(exc.envelope()), JSON_TYPE, exc.headers)
-        except Exception:
-            log.exception("%s %s from %s failed", method, target, client_ip)
-            error = HttpError(500, "Internal Server Error")
-            reply = Reply(500, encode_json(error.envelope()), JSON_TYPE)
+        except Exception as exc:
+            mapped = route.error_for(exc) if route is not None else None
+            if mapped is None:
+                log.exception("%s %s from %s failed", method, target, client_ip)
+                mapped = HttpError(500, "Internal Server Error")
+            reply = Reply(mapped.status, encode_json(mapped.envelope()), JSON_TYPE)
         headers = {**reply.headers, **limit_headers} if limit_headers else reply.headers
         response = web.Response(status=reply.status, body=reply.body, headers=headers)
         if reply.status == 413:

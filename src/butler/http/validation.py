@@ -126,7 +126,8 @@ _CONSTRAINTS = frozenset(
 )
 
 
-def _plain_string(schema: dict[str, Any]) -> bool:
+def plain_string(schema: dict[str, Any]) -> bool:
+    """True for a schema that any string satisfies unchanged."""
     return schema.get("type") == "string" and not (_CONSTRAINTS & set(schema)) - {"type"}
 
 
@@ -139,7 +140,7 @@ def compile_schema(schema: dict[str, Any]) -> Checker:
     if kind == "object" or "properties" in schema:
         properties = {name: (compile_schema(sub), sub) for name, sub in schema.get("properties", {}).items()}
         plain_strings = frozenset(
-            name for name, sub in schema.get("properties", {}).items() if _plain_string(sub)
+            name for name, sub in schema.get("properties", {}).items() if plain_string(sub)
         )
         required: list[str] = list(schema.get("required", []))
 
