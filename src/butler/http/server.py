@@ -8,7 +8,6 @@ Butler's error envelope, and one log line per request.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
@@ -139,8 +139,8 @@ async def read_body(request: BaseRequest) -> Any:
                 code="FST_ERR_CTP_EMPTY_JSON_BODY",
             )
         try:
-            return json.loads(raw)
-        except ValueError:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
             raise HttpError(
                 400,
                 "Body is not valid JSON but content-type is set to 'application/json'",
