@@ -25,6 +25,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/rest_core.py
 	$(BIN)/python bench/qliksim_throughput.py
+	$(BIN)/python bench/key_value.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -68,7 +68,9 @@ def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
 def run_wrk(url: str, script: Path, duration: int, core: str) -> tuple[float, float, int]:
     out = subprocess.run(
         ["taskset", "-c", core, "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
@@ -97,46 +99,95 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
     failures = []
-    print(f"Butler on core {server_core} (with redis-server for the Redis backend), wrk on core {load_core}, "
-          f"32 connections, {args.duration} s, logging at info")
+    print(
+        f"Butler on core {server_core} (with redis-server for the Redis backend), wrk on core {load_core}, "
+        f"32 connections, {args.duration} s, logging at info"
+    )
     try:
         for backend in args.backends.split(","):
             redis_url = "redis://127.0.0.1:1/0"
             if backend == "redis":
                 redis_port = free_port()
                 redis = subprocess.Popen(
-                    ["taskset", "-c", server_core, shutil.which("redis-server") or "redis-server", "--port",
-                     str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [
+                        "taskset",
+                        "-c",
+                        server_core,
+                        shutil.which("redis-server") or "redis-server",
+                        "--port",
+                        str(redis_port),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(workdir),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 processes.append(redis)
                 wait_port(redis_port, redis)
                 redis_url = f"redis://127.0.0.1:{redis_port}/0"
             port = free_port()
             config = workdir / f"{backend}.yaml"
-            config.write_text(json.dumps({"Butler": {
-                "logLevel": "info",
-                "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
-                "restServerEndpointsEnable": {"keyValueStore": True},
-                "keyValueStore": {"enable": True, "backend": backend, "sqlite": {"path": str(workdir / "kv.sqlite")},
-                                  "redis": {"url": redis_url}},
-            }}))
+            config.write_text(
+                json.dumps(
+                    {
+                        "Butler": {
+                            "logLevel": "info",
+                            "restServerConfig": {
+                                "enable": True,
+                                "serverHost": "127.0.0.1",
+                                "serverPort": port,
+                            },
+                            "restServerEndpointsEnable": {"keyValueStore": True},
+                            "keyValueStore": {
+                                "enable": True,
+                                "backend": backend,
+                                "sqlite": {"path": str(workdir / "kv.sqlite")},
+                                "redis": {"url": redis_url},
+                            },
+                        }
+                    }
+                )
+            )
             log = (workdir / f"{backend}.log").open("w")
             butler = subprocess.Popen(
-                ["taskset", "-c", server_core, sys.executable, "-m", "butler", "serve", "-c", str(config),
-                 "--api-rate-limit", "0"], stdout=log, stderr=log)
+                [
+                    "taskset",
+                    "-c",
+                    server_core,
+                    sys.executable,
+                    "-m",
+                    "butler",
+                    "serve",
+                    "-c",
+                    str(config),
+                    "--api-rate-limit",
+                    "0",
+                ],
+                stdout=log,
+                stderr=log,
+            )
             processes.append(butler)
             wait_port(port, butler)
             base = f"http://127.0.0.1:{port}"
             for number in range(500):
-                request = urllib.request.Request(f"{base}/v4/keyvalues/bench", method="POST",
-                                                 data=json.dumps({"key": f"k{number}", "value": "v"}).encode(),
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"{base}/v4/keyvalues/bench",
+                    method="POST",
+                    data=json.dumps({"key": f"k{number}", "value": "v"}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
                 urllib.request.urlopen(request).read()
             post = run_wrk(f"{base}/v4/keyvalues/bench", workdir / "post.lua", args.duration, load_core)
             get = run_wrk(base, workdir / "get.lua", args.duration, load_core)
             targets = TARGETS.get(backend)
-            for name, (rps, p99, errors), target in (("POST /v4/keyvalues/bench", post, targets and targets[0]),
-                                                    ("GET  /v4/keyvalues/bench?key=", get, targets and targets[1])):
+            for name, (rps, p99, errors), target in (
+                ("POST /v4/keyvalues/bench", post, targets and targets[0]),
+                ("GET  /v4/keyvalues/bench?key=", get, targets and targets[1]),
+            ):
                 verdict = ""
                 if target:
                     ok = rps >= target and errors == 0
