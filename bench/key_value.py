@@ -28,7 +28,8 @@ POST_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
-  local body = string.format('{"key":"k%d","value":"value %d","ttl":0}', math.random(0, 499), math.random(1, 1e6))
+  local key, value = math.random(0, 499), math.random(1, 1e6)
+  local body = string.format('{"key":"k%d","value":"value %d","ttl":0}', key, value)
   return wrk.format(nil, nil, nil, body)
 end
 """
