@@ -23,9 +23,13 @@ from butler.config import ENDPOINT_FLAGS, parse_config
 TEMPLATE = Path(__file__).resolve().parent / "data" / "production_template.yaml"
 
 
+#: Endpoints that need a Qlik Sense site (and so certificates in the config).
+QLIK_FLAGS = frozenset({"senseStartTask", "senseAppReload", "senseAppDump", "senseListApps"})
+
+
 def base_config(**flags: bool) -> dict[str, Any]:
-    """A minimal config document with the given endpoint flags (default: every flag on)."""
-    enabled = flags or {name: True for name in ENDPOINT_FLAGS}
+    """A minimal config document with the given endpoint flags (default: every flag on but the Qlik ones)."""
+    enabled = flags or {name: name not in QLIK_FLAGS for name in ENDPOINT_FLAGS}
     tree: dict[str, Any] = {}
     for name, value in enabled.items():
         *parents, leaf = name.split(".")

@@ -213,7 +213,8 @@ async def test_concurrent_writers_lose_nothing(kv: Any) -> None:
     await asyncio.gather(*(writer(n) for n in range(20)))
     status, listing = await kv("GET", "/v4/keylist/busy")
     assert status == 200
-    assert [k["key"] for k in listing["keys"]] == [f"w{n}" for n in range(5)]
+    # Concurrent first writes may land in any order; each key is listed once.
+    assert sorted(k["key"] for k in listing["keys"]) == [f"w{n}" for n in range(5)]
     for n in range(5):
         _, pair = await kv("GET", f"/v4/keyvalues/busy?key=w{n}")
         writer_number, round_ = pair["value"][: pair["value"].index(":") + 2].split(":")

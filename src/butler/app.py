@@ -16,12 +16,15 @@ from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Router
 from butler.http.server import Listener, RestApi, tls_context
 from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
-from butler.routes import RouteContext, base_conversion, butler_status, key_value
+from butler.qlik.qrs import QrsClient
+from butler.qlik.tls import CertificateError
+from butler.routes import RouteContext, base_conversion, butler_status, key_value, task_start
+from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler")
 
 #: Route modules, one per feature.
-ROUTE_MODULES = (butler_status, base_conversion, key_value)
+ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
@@ -53,9 +56,11 @@ class Butler:
     rate_limit: int = DEFAULT_RATE_LIMIT
     listeners: list[Listener] = field(default_factory=list)
     key_values: KeyValueStore | None = None
+    qrs: QrsClient | None = None
+    task_starter: TaskStarter | None = None
 
     def build_api(self) -> RestApi:
-        context = RouteContext(self.settings, key_values=self.key_values)
+        context = RouteContext(self.settings, key_values=self.key_values, task_starter=self.task_starter)
         router = build_router(context, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         return RestApi(router, limiter)
@@ -67,6 +72,12 @@ class Butler:
             except StoreUnavailable as exc:
                 raise StartupError(str(exc)) from exc
             log.info("key-value store: %s", self.settings.key_value.backend)
+        if self.settings.endpoints.enabled("senseStartTask"):
+            try:
+                self.qrs = QrsClient(self.settings.qrs, self.settings.certificates)
+            except CertificateError as exc:
+                raise StartupError(str(exc)) from exc
+            self.task_starter = TaskStarter(self.qrs, self.settings.start_task_filter, self.key_values)
         rest = self.settings.rest
         if rest.enable:
             listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context())
@@ -86,6 +97,9 @@ class Butler:
         if self.key_values is not None:
             await self.key_values.close()
             self.key_values = None
+        if self.qrs is not None:
+            await self.qrs.close()
+            self.qrs = None
 
     async def _open(self, listener: Listener, what: str) -> None:
         try:

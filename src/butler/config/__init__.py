@@ -12,13 +12,16 @@ from typing import Any
 
 import yaml
 
-from butler.config.schema import Bool, Enum, Int, Key, Section, Str, validate
+from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Str, validate
 from butler.config.settings import (
+    CertificateSettings,
     EndpointFlags,
     HealthCheckSettings,
     KeyValueSettings,
+    QrsSettings,
     RestServerSettings,
     Settings,
+    StartTaskFilter,
     TlsSettings,
 )
 
@@ -84,12 +87,9 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
         "fileMoveApprovedDirectories",
         "fileDeleteApprovedDirectories",
         "restServerEndpointsConfig",
-        "startTaskFilter",
         "serviceMonitor",
         "qlikSenseCloud",
-        "cert",
         "configEngine",
-        "configQRS",
         "configDirectories",
     }
 )
@@ -98,6 +98,7 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
 _IGNORED_SECTIONS = frozenset({"restServerApiDocGenerate"})
 
 _PORT = Int(1, 65535)
+_HEADER_LIST = ListOf(Section(keys={"name": Key(Str(), required=True), "value": Key(Str(), required=True)}))
 
 
 class _Anything(Section):
@@ -167,6 +168,55 @@ _SCHEMA = Section(
                             }
                         )
                     ),
+                    "cert": Key(
+                        Section(
+                            keys={
+                                "clientCert": Key(Str(nullable=True)),
+                                "clientCertKey": Key(Str(nullable=True)),
+                                "clientCertCA": Key(Str(nullable=True)),
+                            }
+                        )
+                    ),
+                    "configQRS": Key(
+                        Section(
+                            keys={
+                                "authentication": Key(Str(), default="certificates"),
+                                "host": Key(Str(), default="localhost"),
+                                "useSSL": Key(Bool(), default=True),
+                                "port": Key(_PORT, default=4242),
+                                "headers": Key(Section(keys={"static": Key(_HEADER_LIST)})),
+                                "rejectUnauthorized": Key(Bool(), default=False),
+                                "timeoutSeconds": Key(Int(1, 3600), default=30),
+                                "retries": Key(Int(0, 10), default=2),
+                            }
+                        )
+                    ),
+                    "startTaskFilter": Key(
+                        Section(
+                            keys={
+                                "enable": Key(Bool(), default=False),
+                                "allowTask": Key(
+                                    Section(
+                                        keys={
+                                            "taskId": Key(ListOf(Str())),
+                                            "tag": Key(ListOf(Str())),
+                                            "customProperty": Key(
+                                                ListOf(
+                                                    Section(
+                                                        keys={
+                                                            "name": Key(Str(), required=True),
+                                                            "value": Key(Str(), required=True),
+                                                        }
+                                                    )
+                                                )
+                                            ),
+                                        },
+                                        nullable=True,
+                                    )
+                                ),
+                            }
+                        )
+                    ),
                     "dockerHealthCheck": Key(
                         Section(
                             keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)}
@@ -228,6 +278,9 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             )
     health = butler["dockerHealthCheck"]
     kv = butler["keyValueStore"]
+    cert = butler["cert"]
+    qrs = butler["configQRS"]
+    allow = butler["startTaskFilter"]["allowTask"]
     present = document["Butler"]
     return Settings(
         log_level=butler["logLevel"],
@@ -246,6 +299,26 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             sqlite_path=_path(kv["sqlite"]["path"], base_dir) or base_dir / "butler-kv.sqlite",
             redis_url=kv["redis"]["url"],
             redis_prefix=kv["redis"]["keyPrefix"],
+        ),
+        certificates=CertificateSettings(
+            client_cert=_path(cert["clientCert"], base_dir),
+            client_key=_path(cert["clientCertKey"], base_dir),
+            root_ca=_path(cert["clientCertCA"], base_dir),
+        ),
+        qrs=QrsSettings(
+            host=qrs["host"],
+            port=qrs["port"],
+            use_ssl=qrs["useSSL"],
+            headers=tuple((h["name"], h["value"]) for h in qrs["headers"]["static"]) or QrsSettings.headers,
+            reject_unauthorized=qrs["rejectUnauthorized"],
+            timeout_seconds=qrs["timeoutSeconds"],
+            retries=qrs["retries"],
+        ),
+        start_task_filter=StartTaskFilter(
+            enable=butler["startTaskFilter"]["enable"],
+            task_ids=frozenset(allow["taskId"]),
+            tags=frozenset(allow["tag"]),
+            custom_properties=frozenset((cp["name"], cp["value"]) for cp in allow["customProperty"]),
         ),
         source=source,
         unsupported_sections=tuple(name for name in present if name in UPSTREAM_SECTIONS),

@@ -116,6 +116,25 @@ class Enum(Spec):
 
 
 @dataclass
+class ListOf(Spec):
+    """A list of items; a null (an empty YAML entry with only comments below it) is an empty list."""
+
+    item: Spec = field(default_factory=Spec)
+
+    @property
+    def expected(self) -> str:
+        return f"a list of {self.item.expected}"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(value, path, errors)
+            return []
+        return [self.item.check(item, f"{path}[{index}]", errors) for index, item in enumerate(value)]
+
+
+@dataclass
 class Key:
     """A key of a section: its spec, whether it must be present, and the default when it is not."""
 
@@ -179,6 +198,8 @@ def _fill_defaults(key: Key) -> Any:
     """The value of an absent optional key; an absent section gets its own defaults filled in."""
     if isinstance(key.spec, Section) and key.default is None:
         return key.spec.check({}, "", [])
+    if isinstance(key.spec, ListOf) and key.default is None:
+        return []
     return key.default
 
 

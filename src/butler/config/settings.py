@@ -49,6 +49,38 @@ class KeyValueSettings:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """``Butler.cert``: the client certificate exported from the QMC, and the site's root CA."""
+
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    root_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class QrsSettings:
+    """``Butler.configQRS``. ``timeoutSeconds`` and ``retries`` are additions to upstream's keys."""
+
+    host: str = "localhost"
+    port: int = 4242
+    use_ssl: bool = True
+    headers: tuple[tuple[str, str], ...] = (("X-Qlik-User", "UserDirectory=Internal;UserId=sa_repository"),)
+    reject_unauthorized: bool = False
+    timeout_seconds: float = 30.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class StartTaskFilter:
+    """``Butler.startTaskFilter``: which task ids, tags and custom-property values may be started by REST."""
+
+    enable: bool = False
+    task_ids: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    custom_properties: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True)
 class EndpointFlags:
     """``Butler.restServerEndpointsEnable`` as written in the file, order kept.
 
@@ -99,5 +131,8 @@ class Settings:
     endpoints: EndpointFlags = field(default_factory=EndpointFlags)
     health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
     key_value: KeyValueSettings = field(default_factory=KeyValueSettings)
+    certificates: CertificateSettings = field(default_factory=CertificateSettings)
+    qrs: QrsSettings = field(default_factory=QrsSettings)
+    start_task_filter: StartTaskFilter = field(default_factory=StartTaskFilter)
     source: Path | None = None
     unsupported_sections: tuple[str, ...] = ()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from butler import __version__
 from butler.config import Settings
 from butler.kvstore import KeyValueStore
+from butler.task_start import TaskStarter
 
 
 @dataclass(frozen=True)
@@ -20,5 +21,6 @@ class RouteContext:
 
     settings: Settings
     key_values: KeyValueStore | None = None
+    task_starter: TaskStarter | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)

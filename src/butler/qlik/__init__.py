@@ -1,0 +1,1 @@
+"""Clients of Qlik Sense: the Repository Service (QRS) and, later, the Engine."""

@@ -1,0 +1,250 @@
+"""Starting Sense tasks by id, tag or custom property, with the allow-list filter, and passing key-value
+parameters to the apps they reload. Shared by the REST API, MQTT and the scheduler; knows nothing of HTTP.
+
+What callers see follows upstream Butler (the task-start examples of its documentation give the same
+answers here), with these differences:
+
+- every requested id is looked up in one QRS call (chunked for long lists), tag and custom-property
+  lookups run concurrently, and the tasks are started concurrently;
+- each start waits for QRS to accept it: a task QRS refused is not reported as started but listed under
+  ``tasksStartFailed`` with Qlik's status and message (the key is present only when not empty);
+- a task asked for several times in one request is listed each time, as upstream lists it, but started
+  once;
+- a QRS that cannot be reached or does not answer is an error of the whole request (QrsError), not a
+  list of "invalid" tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from butler.config.settings import StartTaskFilter
+from butler.kvstore import KeyValueStore
+from butler.qlik.qrs import QrsClient, QrsError, quote_filter_value
+
+log = logging.getLogger("butler.tasks")
+
+#: Upstream's task-id rule: a lowercase GUID (version 0-5, variant 0/8/9/a/b).
+TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-5][0-9a-f]{3}-[089ab][0-9a-f]{3}-[0-9a-f]{12}")
+#: Ids looked up per QRS call; keeps the filter well inside URL length limits.
+LOOKUP_CHUNK = 40
+
+
+class TaskRequestError(ValueError):
+    """A malformed item in a task-start request; the message says which and what to fix."""
+
+
+@dataclass
+class StartOutcome:
+    """The answer to a task-start request, in upstream's shape."""
+
+    started: list[dict[str, str]] = field(default_factory=list)
+    invalid: list[dict[str, str]] = field(default_factory=list)
+    denied: list[dict[str, str]] = field(default_factory=list)
+    tags: list[dict[str, str]] = field(default_factory=list)
+    tags_denied: list[dict[str, str]] = field(default_factory=list)
+    custom_properties: list[dict[str, str]] = field(default_factory=list)
+    custom_properties_denied: list[dict[str, str]] = field(default_factory=list)
+    start_failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "tasksId": {"started": self.started, "invalid": self.invalid, "denied": self.denied},
+            "tasksTag": self.tags,
+            "tasksTagDenied": self.tags_denied,
+            "tasksCP": self.custom_properties,
+            "tasksCPDenied": self.custom_properties_denied,
+        }
+        if self.start_failed:
+            answer["tasksStartFailed"] = self.start_failed
+        return answer
+
+
+def js_string(value: Any) -> str:
+    """A key-value item's value as text: strings as they are, JSON for the rest."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return orjson.dumps(value).decode()
+
+
+class TaskStarter:
+    def __init__(
+        self, qrs: QrsClient, task_filter: StartTaskFilter, key_values: KeyValueStore | None
+    ) -> None:
+        self.qrs = qrs
+        self.filter = task_filter
+        self.key_values = key_values
+
+    async def start(
+        self, url_task_id: str, items: list[dict[str, Any]], all_ids_must_exist: bool = False
+    ) -> StartOutcome:
+        outcome = StartOutcome()
+        requested: list[str] = [] if url_task_id == "-" else [url_task_id]
+        tags: list[str] = []
+        properties: list[tuple[str, str]] = []
+        pairs: list[tuple[str, str, str, int]] = []
+        for index, item in enumerate(items):
+            kind = item.get("type")
+            if kind is None:
+                continue
+            payload = item.get("payload")
+            if not isinstance(payload, dict):
+                raise TaskRequestError(f"body/{index}/payload must be object")
+            if kind == "starttaskid":
+                requested.append(_text(payload, "taskId", index))
+            elif kind == "starttasktag":
+                tags.append(_text(payload, "tag", index))
+            elif kind == "starttaskcustomproperty":
+                properties.append(
+                    (
+                        _text(payload, "customPropertyName", index),
+                        _text(payload, "customPropertyValue", index),
+                    )
+                )
+            elif kind == "keyvaluestore":
+                pair = _pair(payload, index)
+                if pair is not None:
+                    pairs.append(pair)
+
+        candidates = await self._by_id(requested, outcome)
+        tag_lookups = [self._lookup_tag(tag, outcome) for tag in tags]
+        property_lookups = [self._lookup_property(name, value, outcome) for name, value in properties]
+        found = await asyncio.gather(*tag_lookups, *property_lookups)
+        for matches in found[: len(tags)]:
+            outcome.tags.extend(matches)
+        for matches in found[len(tags) :]:
+            outcome.custom_properties.extend(matches)
+
+        await self._store_pairs(pairs)
+
+        if all_ids_must_exist and outcome.invalid:
+            outcome.denied.extend({"taskId": c["taskId"]} for c in candidates)
+        else:
+            outcome.started.extend(candidates)
+        await self._start_all(outcome)
+        return outcome
+
+    # -- looking tasks up -----------------------------------------------------------------------------
+
+    async def _by_id(self, requested: list[str], outcome: StartOutcome) -> list[dict[str, str]]:
+        """Classify requested ids in request order: invalid, denied, or a candidate with its name."""
+        to_look_up = []
+        for task_id in requested:
+            if not TASK_ID.fullmatch(task_id):
+                continue
+            if self.filter.enable and task_id not in self.filter.task_ids:
+                continue
+            to_look_up.append(task_id)
+        names = await self._names(sorted(set(to_look_up)))
+        candidates = []
+        for task_id in requested:
+            if not TASK_ID.fullmatch(task_id):
+                outcome.invalid.append({"taskId": task_id})
+            elif self.filter.enable and task_id not in self.filter.task_ids:
+                outcome.denied.append({"taskId": task_id})
+            elif task_id in names:
+                candidates.append({"taskId": task_id, "taskName": names[task_id]})
+            else:
+                outcome.invalid.append({"taskId": task_id})
+        return candidates
+
+    async def _names(self, task_ids: list[str]) -> dict[str, str]:
+        chunks = [task_ids[i : i + LOOKUP_CHUNK] for i in range(0, len(task_ids), LOOKUP_CHUNK)]
+        results = await asyncio.gather(
+            *(
+                self.qrs.get_json("task", {"filter": " or ".join(f"id eq {task_id}" for task_id in chunk)})
+                for chunk in chunks
+            )
+        )
+        return {task["id"]: task["name"] for tasks in results for task in tasks}
+
+    async def _lookup_tag(self, tag: str, outcome: StartOutcome) -> list[dict[str, str]]:
+        if self.filter.enable and tag not in self.filter.tags:
+            outcome.tags_denied.append({"tag": tag})
+            return []
+        tasks = await self.qrs.get_json("task/full", {"filter": f"tags.name eq {quote_filter_value(tag)}"})
+        return [{"taskId": t["id"], "taskName": t["name"]} for t in tasks]
+
+    async def _lookup_property(self, name: str, value: str, outcome: StartOutcome) -> list[dict[str, str]]:
+        if self.filter.enable and (name, value) not in self.filter.custom_properties:
+            outcome.custom_properties_denied.append({"name": name, "value": value})
+            return []
+        expression = (
+            f"(customProperties.definition.name eq {quote_filter_value(name)}) and "
+            f"(customProperties.value eq {quote_filter_value(value)})"
+        )
+        tasks = await self.qrs.get_json("task/full", {"filter": expression})
+        return [{"taskId": t["id"], "taskName": t["name"]} for t in tasks]
+
+    # -- acting -----------------------------------------------------------------------------------------
+
+    async def _store_pairs(self, pairs: list[tuple[str, str, str, int]]) -> None:
+        if not pairs:
+            return
+        if self.key_values is None:
+            log.warning("task start: key-value items ignored, the key-value store is not enabled")
+            return
+        # Stored before any task starts: the apps read them when they reload.
+        for namespace, key, value, ttl in pairs:
+            await self.key_values.set(namespace, key, value, ttl)
+
+    async def _start_all(self, outcome: StartOutcome) -> None:
+        listed = [outcome.started, outcome.tags, outcome.custom_properties]
+        unique: dict[str, str] = {}
+        for entries in listed:
+            for entry in entries:
+                unique.setdefault(entry["taskId"], entry["taskName"])
+        results = await asyncio.gather(*(self._start_one(task_id) for task_id in unique))
+        failed = {task_id: problem for task_id, problem in zip(unique, results, strict=True) if problem}
+        if not failed:
+            return
+        for entries in listed:
+            entries[:] = [e for e in entries if e["taskId"] not in failed]
+        outcome.start_failed.extend(
+            {"taskId": task_id, "taskName": unique[task_id], **problem} for task_id, problem in failed.items()
+        )
+
+    async def _start_one(self, task_id: str) -> dict[str, Any] | None:
+        """Start one task; None once QRS accepted it, else what went wrong."""
+        try:
+            response = await self.qrs.request("POST", f"task/{task_id}/start")
+        except QrsError as exc:
+            log.warning("task %s not started: %s", task_id, exc)
+            return {"status": None, "message": str(exc)}
+        if response.status == 204:
+            return None
+        log.warning("task %s not started: QRS answered %s %s", task_id, response.status, response.text[:200])
+        return {"status": response.status, "message": response.text[:500]}
+
+
+def _text(payload: dict[str, Any], name: str, index: int) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not value:
+        raise TaskRequestError(f"body/{index}/payload/{name} must be a non-empty string")
+    return value
+
+
+def _pair(payload: dict[str, Any], index: int) -> tuple[str, str, str, int] | None:
+    """A key-value item as (namespace, key, value, ttl); None when upstream would skip it (an empty
+    namespace, key or value)."""
+    namespace, key, value = payload.get("namespace"), payload.get("key"), payload.get("value")
+    if not namespace or not key or value in (None, "", False, 0):
+        log.warning("task start: key-value item %d skipped: namespace, key and value are all needed", index)
+        return None
+    ttl = payload.get("ttl", 0)
+    try:
+        number = float(ttl) if ttl not in (None, "") else 0.0
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise TaskRequestError(f"body/{index}/payload/ttl must be a number of milliseconds")
+    return str(namespace), str(key), js_string(value), int(number)
