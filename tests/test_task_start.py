@@ -1,0 +1,418 @@
+"""Starting Sense tasks through Butler against the simulated site: every example of seed 003, faults, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import StartButler, base_config
+
+APP1 = {"taskId": "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e", "taskName": "Reload task of App1"}
+APP2 = {"taskId": "7552d9fc-d1bb-4975-9a38-18357de531ea", "taskName": "Reload task of App2"}
+APP3 = {"taskId": "fb0f317d-da91-4b86-aafa-0174ae1e8c8f", "taskName": "Reload task of App3"}
+OPS = {"taskId": "fbf645f0-0c92-40a4-af9a-6e3eb1d3c35c", "taskName": "Reload Operations Monitor"}
+SHORT = "fb0f317d-da91-4b86-aafa-0174ae1e8c8"
+NOT_ALLOWED = "8b4fe424-d90c-493f-a61d-0ce91cd485c9"
+ALLOW = {
+    "taskId": [APP1["taskId"], APP2["taskId"], APP3["taskId"]],
+    "tag": ["startTask1", "startTask2"],
+    "customProperty": [{"name": "taskGroup", "value": "tasks1"}, {"name": "taskGroup", "value": "tasks2"}],
+}
+
+
+def answer(
+    started: list[Any] = (),
+    invalid: list[str] = (),
+    denied: list[str] = (),
+    tags: list[Any] = (),
+    tags_denied: list[str] = (),
+    cps: list[Any] = (),
+    cps_denied: list[Any] = (),
+) -> dict[str, Any]:
+    return {
+        "tasksId": {
+            "started": list(started),
+            "invalid": [{"taskId": t} for t in invalid],
+            "denied": [{"taskId": t} for t in denied],
+        },
+        "tasksTag": list(tags),
+        "tasksTagDenied": [{"tag": t} for t in tags_denied],
+        "tasksCP": list(cps),
+        "tasksCPDenied": list(cps_denied),
+    }
+
+
+def butler_config(simulator: Any, certs: Any, filter_on: bool = False, **flags: bool) -> dict[str, Any]:
+    document = base_config(senseStartTask=True, keyValueStore=True, **flags)
+    butler = document["Butler"]
+    butler["cert"] = {
+        "clientCert": str(certs.client),
+        "clientCertKey": str(certs.client_key),
+        "clientCertCA": str(certs.root),
+    }
+    butler["configQRS"] = {
+        "host": "127.0.0.1",
+        "port": simulator.qrs_port,
+        "useSSL": True,
+        "rejectUnauthorized": True,
+        "timeoutSeconds": 2,
+        "retries": 1,
+        "headers": {
+            "static": [{"name": "X-Qlik-User", "value": "UserDirectory=Internal;UserId=sa_repository"}]
+        },
+    }
+    butler["startTaskFilter"] = {"enable": filter_on, "allowTask": ALLOW}
+    return document
+
+
+@pytest.fixture
+async def butler(start_butler: StartButler, simulator: Any, site_certs: Any) -> Any:
+    async def start(filter_on: bool = False) -> Any:
+        base = await start_butler(butler_config(simulator, site_certs, filter_on))
+        return base
+
+    return start
+
+
+async def put(base: str, path: str, body: Any, **kwargs: Any) -> tuple[int, Any, str]:
+    async with aiohttp.ClientSession() as http, http.put(base + path, json=body, **kwargs) as response:
+        text = await response.text()
+        return response.status, json.loads(text), text
+
+
+async def started_counts(simulator: Any) -> dict[str, int]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{simulator.control_port}/calls") as r,
+    ):
+        counts: dict[str, int] = (await r.json())["taskStarts"]
+        return counts
+
+
+SEED_SINGLE = """{
+  "tasksId": {
+    "started": [
+      {
+        "taskId": "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e",
+        "taskName": "Reload task of App1"
+      }
+    ],
+    "invalid": [],
+    "denied": []
+  },
+  "tasksTag": [],
+  "tasksTagDenied": [],
+  "tasksCP": [],
+  "tasksCPDenied": []
+}"""
+
+
+async def test_seed_start_one_task_by_id(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    status, body, text = await put(
+        base,
+        f"/v4/reloadtask/{APP1['taskId']}/start",
+        [],
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert status == 200
+    assert text == SEED_SINGLE
+    assert await started_counts(simulator) == {APP1["taskId"]: 1}
+
+
+async def test_seed_invalid_task_id(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    assert (await put(base, "/v4/reloadtask/abc123/start", []))[:2] == (200, answer(invalid=["abc123"]))
+    assert await started_counts(simulator) == {}
+
+
+async def test_seed_ids_in_body(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    body = [
+        {"type": "starttaskid", "payload": {"taskId": APP2["taskId"]}},
+        {"type": "starttaskid", "payload": {"taskId": APP3["taskId"]}},
+    ]
+    assert (await put(base, "/v4/reloadtask/-/start", body))[:2] == (200, answer(started=[APP2, APP3]))
+
+
+@pytest.mark.parametrize("filter_on", [True, False])
+async def test_seed_all_ids_must_exist(butler: Any, simulator: Any, filter_on: bool) -> None:
+    base = await butler(filter_on)
+    body = [
+        {"type": "starttaskid", "payload": {"taskId": APP2["taskId"]}},
+        {"type": "starttaskid", "payload": {"taskId": SHORT}},
+    ]
+    status, result, _ = await put(
+        base, f"/v4/reloadtask/{APP1['taskId']}/start?allTaskIdsMustExist=true", body
+    )
+    assert (status, result) == (200, answer(invalid=[SHORT], denied=[APP1["taskId"], APP2["taskId"]]))
+    assert await started_counts(simulator) == {}
+
+
+async def test_seed_filter_on(butler: Any, simulator: Any) -> None:
+    base = await butler(filter_on=True)
+    body = [
+        {"type": "starttaskid", "payload": {"taskId": APP2["taskId"]}},
+        {"type": "starttaskid", "payload": {"taskId": SHORT}},
+        {"type": "starttaskid", "payload": {"taskId": NOT_ALLOWED}},
+    ]
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", body)
+    assert (status, result) == (200, answer(started=[APP1, APP2], invalid=[SHORT], denied=[NOT_ALLOWED]))
+    assert await started_counts(simulator) == {APP1["taskId"]: 1, APP2["taskId"]: 1}
+
+
+async def test_seed_tags(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    body = [{"type": "starttasktag", "payload": {"tag": "startTask1"}}]
+    assert (await put(base, "/v4/reloadtask/-/start", body))[:2] == (200, answer(tags=[APP1, APP2, APP3]))
+
+
+async def test_seed_custom_properties(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    body = [
+        {
+            "type": "starttaskcustomproperty",
+            "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks1"},
+        },
+        {
+            "type": "starttaskcustomproperty",
+            "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks2"},
+        },
+    ]
+    result = await put(base, "/v4/reloadtask/-/start?allTaskIdsMustExist=false", body)
+    assert result[:2] == (200, answer(cps=[APP1, APP2, APP3, APP2]))
+    # Listed twice, as the seed shows, but started once.
+    assert await started_counts(simulator) == {APP1["taskId"]: 1, APP2["taskId"]: 1, APP3["taskId"]: 1}
+
+
+async def test_seed_parameters_to_apps(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    body = [
+        {
+            "type": "keyvaluestore",
+            "payload": {
+                "value": "TheValue",
+                "namespace": "MyFineNamespace",
+                "key": "AnImportantKey",
+                "ttl": 10000,
+            },
+        },
+        {"type": "keyvaluestore", "payload": {"value": "Bar", "namespace": "MyFineNamespace", "key": "Foo"}},
+    ]
+    assert (await put(base, f"/v4/reloadtask/{OPS['taskId']}/start", body))[:2] == (
+        200,
+        answer(started=[OPS]),
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v4/keylist/MyFineNamespace") as r:
+            assert json.loads(await r.text())["keys"] == [{"key": "AnImportantKey"}, {"key": "Foo"}]
+        async with http.get(f"{base}/v4/keyvalues/MyFineNamespace?key=Foo") as r:
+            assert (await r.json())["value"] == "Bar"
+
+
+@pytest.mark.parametrize("filter_on", [False, True])
+async def test_seed_a_bit_of_everything(butler: Any, simulator: Any, filter_on: bool) -> None:
+    base = await butler(filter_on)
+    body = [
+        {"type": "starttaskid", "payload": {"taskId": APP2["taskId"]}},
+        {"type": "starttaskid", "payload": {"taskId": APP3["taskId"]}},
+        {"type": "starttasktag", "payload": {"tag": "startTask1"}},
+        {"type": "starttasktag", "payload": {"tag": "startTask2"}},
+        {
+            "type": "starttaskcustomproperty",
+            "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks1"},
+        },
+        {
+            "type": "starttaskcustomproperty",
+            "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks2"},
+        },
+        {
+            "type": "keyvaluestore",
+            "payload": {
+                "value": "TheValue",
+                "namespace": "MyFineNamespace",
+                "key": "AnImportantKey",
+                "ttl": 10000,
+            },
+        },
+        {"type": "keyvaluestore", "payload": {"namespace": "MyFineNamespace", "key": "Foo", "value": "Bar"}},
+    ]
+    status, result, _ = await put(
+        base, f"/v4/reloadtask/{APP1['taskId']}/start?allTaskIdsMustExist=true", body
+    )
+    assert (status, result) == (
+        200,
+        answer(started=[APP1, APP2, APP3], tags=[APP1, APP2, APP3, APP3], cps=[APP1, APP2, APP3, APP2]),
+    )
+    assert await started_counts(simulator) == {APP1["taskId"]: 1, APP2["taskId"]: 1, APP3["taskId"]: 1}
+
+
+async def test_filter_denies_tags_and_properties(butler: Any, simulator: Any) -> None:
+    base = await butler(filter_on=True)
+    body = [
+        {"type": "starttasktag", "payload": {"tag": "nightly"}},
+        {
+            "type": "starttaskcustomproperty",
+            "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks3"},
+        },
+    ]
+    assert (await put(base, "/v4/reloadtask/-/start", body))[:2] == (
+        200,
+        answer(tags_denied=["nightly"], cps_denied=[{"name": "taskGroup", "value": "tasks3"}]),
+    )
+
+
+async def test_method_override_and_post(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{base}/v4/reloadtask/{APP1['taskId']}/start", json=[], headers={"X-HTTP-Method-Override": "PUT"}
+        ) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        async with http.post(f"{base}/v4/reloadtask/{APP2['taskId']}/start", json=[]) as r:
+            assert r.status == 200
+        async with http.get(f"{base}/v2/senseStartTask?taskId={APP3['taskId']}") as r:
+            assert (r.status, await r.json()) == (200, {"taskId": APP3["taskId"]})
+        async with http.get(f"{base}/v2/senseStartTask?taskId=nope") as r:
+            assert r.status == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/v4/reloadtask//start",
+            [],
+            'Required parameter (task ID) missing. Should be a task ID or "-" if task info is passed in body',
+        ),
+        ("/v4/reloadtask/-/start", None, "body/0 must be object"),
+        ("/v4/reloadtask/-/start", {"type": "starttaskid"}, "body must be array"),
+        (
+            "/v4/reloadtask/-/start",
+            [{"type": "nonsense"}],
+            "body/0/type must be equal to one of the allowed values",
+        ),
+        ("/v4/reloadtask/-/start", [{"type": "starttaskid"}], "body/0/payload must be object"),
+        (
+            "/v4/reloadtask/-/start",
+            [{"type": "starttasktag", "payload": {"tag": 5}}],
+            "body/0/payload/tag must be a non-empty string",
+        ),
+        (
+            "/v4/reloadtask/-/start",
+            [
+                {
+                    "type": "keyvaluestore",
+                    "payload": {"namespace": "n", "key": "k", "value": "v", "ttl": "soon"},
+                }
+            ],
+            "body/0/payload/ttl must be a number of milliseconds",
+        ),
+        (
+            "/v4/reloadtask/-/start?allTaskIdsMustExist=maybe",
+            [],
+            "querystring/allTaskIdsMustExist must be boolean",
+        ),
+        (
+            "/v4/reloadtask/-/start",
+            [{"type": "starttaskid", "payload": {"taskId": "x"}}] * 1001,
+            "body must NOT have more than 1000 items",
+        ),
+    ],
+)
+async def test_bad_requests(butler: Any, simulator: Any, path: str, body: Any, message: str) -> None:
+    base = await butler()
+    async with aiohttp.ClientSession() as http:
+        kwargs: dict[str, Any] = (
+            {"json": body} if body is not None else {"skip_auto_headers": ["Content-Type"]}
+        )
+        async with http.put(base + path, **kwargs) as r:
+            assert r.status == 400
+            assert (await r.json())["message"] == message
+    assert await started_counts(simulator) == {}
+
+
+async def test_items_without_type_are_ignored(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    assert (await put(base, "/v4/reloadtask/-/start", [{"payload": {"taskId": APP1["taskId"]}}]))[:2] == (
+        200,
+        answer(),
+    )
+
+
+async def set_faults(simulator: Any, **faults: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"http://127.0.0.1:{simulator.control_port}/faults/qrs", json=faults) as r,
+    ):
+        assert r.status == 200
+
+
+async def test_refused_starts_are_reported(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    # QRS answers 503 to every call for a moment: lookups (GET) are retried, starts are not.
+    await set_faults(simulator, status=503, ratio=1.0)
+    status, body, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert status == 502
+    assert "503" in body["message"] and "Qlik Sense QRS" in body["message"]
+    await set_faults(simulator, status=None)
+
+
+async def test_start_failure_listed_separately(butler: Any, simulator: Any, monkeypatch: Any) -> None:
+    base = await butler()
+    # QRS refuses the start of one task (lookups still work).
+    original = simulator.qrs.start_one
+
+    async def refuse(request: Any) -> Any:
+        if request.parts[1] == APP2["taskId"]:
+            return web.Response(status=409, text="Task is locked")
+        return await original(request)
+
+    monkeypatch.setattr(simulator.qrs, "start_one", refuse)
+    body = [{"type": "starttasktag", "payload": {"tag": "startTask1"}}]
+    status, result, _ = await put(base, "/v4/reloadtask/-/start", body)
+    assert status == 200
+    assert result["tasksTag"] == [APP1, APP3]
+    assert result["tasksStartFailed"] == [{**APP2, "status": 409, "message": "Task is locked"}]
+
+
+async def test_qrs_down_and_slow(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    await set_faults(simulator, down=True)
+    status, body, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert status == 502 and "cannot connect to Qlik Sense QRS" in body["message"]
+    await set_faults(simulator, down=False, latency_ms=3000)
+    started = asyncio.get_running_loop().time()
+    status, body, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert status == 504 and "did not answer" in body["message"]
+    assert asyncio.get_running_loop().time() - started < 6
+    await set_faults(simulator, latency_ms=0)
+    assert (await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []))[0] == 200
+
+
+async def test_dropped_connections_are_retried_for_lookups(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    await set_faults(simulator, drop=0.3)
+    outcomes = [await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []) for _ in range(10)]
+    await set_faults(simulator, drop=0)
+    # Some requests may fail with a clear 502; none hangs, none is a 500.
+    assert {status for status, _, _ in outcomes} <= {200, 502}
+    assert any(status == 200 for status, _, _ in outcomes)
+
+
+async def test_wrong_certificate_authority(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Any
+) -> None:
+    from qliksim.certs import make_site_certificates
+
+    other = make_site_certificates(tmp_path / "other", "elsewhere")
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["cert"]["clientCertCA"] = str(other.root)
+    base = await start_butler(document)
+    status, body, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert status == 502 and "certificate" in body["message"].lower()
