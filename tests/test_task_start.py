@@ -1,4 +1,4 @@
-"""Starting Sense tasks through Butler against the simulated site: every example of seed 003, faults, bad input."""
+"""Starting Sense tasks through Butler against the simulated site: seed 003's examples, faults, bad input."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ SEED_SINGLE = """{
 
 async def test_seed_start_one_task_by_id(butler: Any, simulator: Any) -> None:
     base = await butler()
-    status, body, text = await put(
+    status, _, text = await put(
         base,
         f"/v4/reloadtask/{APP1['taskId']}/start",
         [],
