@@ -416,3 +416,57 @@ async def test_wrong_certificate_authority(
     base = await start_butler(document)
     status, body, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
     assert status == 502 and "certificate" in body["message"].lower()
+
+
+async def next_run(simulator: Any, task_id: str, **run: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"http://127.0.0.1:{simulator.control_port}/tasks/{task_id}/next-run", json=run) as r,
+    ):
+        assert r.status == 204
+
+
+async def test_start_and_wait(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    await next_run(simulator, APP2["taskId"], outcome="fail", durationMs=100, error="Field 'x' not found")
+    body = [{"type": "starttaskid", "payload": {"taskId": APP2["taskId"]}}]
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start?wait=true&timeout=20", body)
+    assert status == 200
+    assert result["tasksId"]["started"] == [APP1, APP2]
+    runs = {run["taskId"]: run for run in result["executions"]}
+    assert runs[APP1["taskId"]]["status"] == "FinishedSuccess" and runs[APP1["taskId"]]["finished"] is True
+    assert runs[APP1["taskId"]]["scriptLogTail"][-1].endswith("Execution finished.")
+    assert runs[APP1["taskId"]]["duration"] >= 0
+    assert runs[APP2["taskId"]]["status"] == "FinishedFail" and runs[APP2["taskId"]]["statusCode"] == 8
+    assert "Field 'x' not found" in runs[APP2["taskId"]]["details"]
+
+
+async def test_wait_ends_at_the_timeout(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    await next_run(simulator, APP3["taskId"], durationMs=600_000)  # 6 s at the tests' time scale
+    started = asyncio.get_running_loop().time()
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP3['taskId']}/start?wait=true&timeout=1", [])
+    assert status == 200
+    assert asyncio.get_running_loop().time() - started < 3
+    [run] = result["executions"]
+    assert run["finished"] is False and run["status"] in ("Triggered", "Started")
+    # A second start while it runs: QRS does not start it again, and Butler says so.
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP3['taskId']}/start?wait=true&timeout=1", [])
+    assert result["tasksId"]["started"] == []
+    assert result["tasksStartFailed"][0]["taskId"] == APP3["taskId"]
+
+
+async def test_task_status(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v4/reloadtask/{OPS['taskId']}/status") as r:
+            never = await r.json()
+        assert never["status"] == "NeverStarted" and never["taskName"] == OPS["taskName"]
+        await put(base, f"/v4/reloadtask/{OPS['taskId']}/start?wait=true&timeout=20", [])
+        async with http.get(f"{base}/v4/reloadtask/{OPS['taskId']}/status") as r:
+            last = await r.json()
+        assert last["status"] == "FinishedSuccess" and last["scriptLogTail"]
+        async with http.get(f"{base}/v4/reloadtask/00000000-0000-4000-8000-000000000000/status") as r:
+            assert r.status == 404
+        async with http.get(f"{base}/v4/reloadtask/NOT-A-GUID/status") as r:
+            assert r.status == 400

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from butler.config.settings import StartTaskFilter
+from butler.executions import EMPTY_GUID, FINAL, ExecutionWatcher
 from butler.kvstore import KeyValueStore
 from butler.qlik.qrs import QrsClient, QrsError, quote_filter_value
 
@@ -53,6 +54,7 @@ class StartOutcome:
     custom_properties: list[dict[str, str]] = field(default_factory=list)
     custom_properties_denied: list[dict[str, str]] = field(default_factory=list)
     start_failed: list[dict[str, Any]] = field(default_factory=list)
+    executions: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -64,6 +66,8 @@ class StartOutcome:
         }
         if self.start_failed:
             answer["tasksStartFailed"] = self.start_failed
+        if self.executions is not None:
+            answer["executions"] = self.executions
         return answer
 
 
@@ -83,10 +87,17 @@ class TaskStarter:
         self.qrs = qrs
         self.filter = task_filter
         self.key_values = key_values
+        self.watcher = ExecutionWatcher(qrs)
 
     async def start(
-        self, url_task_id: str, items: list[dict[str, Any]], all_ids_must_exist: bool = False
+        self,
+        url_task_id: str,
+        items: list[dict[str, Any]],
+        all_ids_must_exist: bool = False,
+        wait_seconds: float | None = None,
     ) -> StartOutcome:
+        """Start what the request asks for. With ``wait_seconds``, start synchronously and wait up to that
+        long for the runs to end, reporting each run under ``executions``."""
         outcome = StartOutcome()
         requested: list[str] = [] if url_task_id == "-" else [url_task_id]
         tags: list[str] = []
@@ -130,7 +141,7 @@ class TaskStarter:
             outcome.denied.extend({"taskId": c["taskId"]} for c in candidates)
         else:
             outcome.started.extend(candidates)
-        await self._start_all(outcome)
+        await self._start_all(outcome, wait_seconds)
         return outcome
 
     # -- looking tasks up -----------------------------------------------------------------------------
@@ -197,33 +208,74 @@ class TaskStarter:
         for namespace, key, value, ttl in pairs:
             await self.key_values.set(namespace, key, value, ttl)
 
-    async def _start_all(self, outcome: StartOutcome) -> None:
+    async def _start_all(self, outcome: StartOutcome, wait_seconds: float | None) -> None:
         listed = [outcome.started, outcome.tags, outcome.custom_properties]
         unique: dict[str, str] = {}
         for entries in listed:
             for entry in entries:
                 unique.setdefault(entry["taskId"], entry["taskName"])
-        results = await asyncio.gather(*(self._start_one(task_id) for task_id in unique))
-        failed = {task_id: problem for task_id, problem in zip(unique, results, strict=True) if problem}
-        if not failed:
-            return
-        for entries in listed:
-            entries[:] = [e for e in entries if e["taskId"] not in failed]
-        outcome.start_failed.extend(
-            {"taskId": task_id, "taskName": unique[task_id], **problem} for task_id, problem in failed.items()
-        )
+        waiting = wait_seconds is not None
+        results = await asyncio.gather(*(self._start_one(task_id, waiting) for task_id in unique))
+        sessions = {
+            task_id: session for task_id, (_, session) in zip(unique, results, strict=True) if session
+        }
+        failed = {task_id: problem for task_id, (problem, _) in zip(unique, results, strict=True) if problem}
+        if failed:
+            for entries in listed:
+                entries[:] = [e for e in entries if e["taskId"] not in failed]
+            outcome.start_failed.extend(
+                {"taskId": task_id, "taskName": unique[task_id], **problem}
+                for task_id, problem in failed.items()
+            )
+        if waiting:
+            outcome.executions = await self._wait(sessions, unique, wait_seconds or 0)
 
-    async def _start_one(self, task_id: str) -> dict[str, Any] | None:
-        """Start one task; None once QRS accepted it, else what went wrong."""
+    async def _wait(
+        self, sessions: dict[str, str], names: dict[str, str], seconds: float
+    ) -> list[dict[str, Any]]:
+        reports: dict[str, dict[str, Any]] = {task_id: {} for task_id in sessions}
+        followers = [
+            asyncio.ensure_future(self.watcher.follow(task_id, session, reports[task_id]))
+            for task_id, session in sessions.items()
+        ]
+        if followers:
+            done, pending = await asyncio.wait(followers, timeout=seconds)
+            for follower in pending:
+                follower.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for follower in done:
+                follower.exception()  # a QRS error while following leaves the report as it was
+        return [
+            {
+                "taskId": task_id,
+                "taskName": names[task_id],
+                **report,
+                "finished": report.get("statusCode") in FINAL,
+            }
+            for task_id, report in reports.items()
+        ]
+
+    async def _start_one(self, task_id: str, synchronous: bool) -> tuple[dict[str, Any] | None, str | None]:
+        """Start one task: (None, session id or None) once QRS accepted it, else (what went wrong, None)."""
+        path = f"task/{task_id}/start/synchronous" if synchronous else f"task/{task_id}/start"
         try:
-            response = await self.qrs.request("POST", f"task/{task_id}/start")
+            response = await self.qrs.request("POST", path)
         except QrsError as exc:
             log.warning("task %s not started: %s", task_id, exc)
-            return {"status": None, "message": str(exc)}
-        if response.status == 204:
-            return None
+            return {"status": None, "message": str(exc)}, None
+        if response.status == 204 and not synchronous:
+            return None, None
+        if response.status == 201 and synchronous:
+            session = str((response.json() or {}).get("value", ""))
+            if session and session != EMPTY_GUID:
+                return None, session
+            return {
+                "status": 201,
+                "message": "QRS did not start the task (disabled, already running, or no "
+                "scheduler available)",
+            }, None
         log.warning("task %s not started: QRS answered %s %s", task_id, response.status, response.text[:200])
-        return {"status": response.status, "message": response.text[:500]}
+        return {"status": response.status, "message": response.text[:500]}, None
 
 
 def _text(payload: dict[str, Any], name: str, index: int) -> str:

@@ -8,9 +8,11 @@ from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
 from butler.qlik.qrs import QrsError, QrsTimeout
 from butler.routes import RouteContext
-from butler.task_start import TaskRequestError
+from butler.task_start import TASK_ID, TaskRequestError
 
 MISSING_ID = 'Required parameter (task ID) missing. Should be a task ID or "-" if task info is passed in body'
+#: Seconds ``?wait=true`` waits when no ``timeout`` is given.
+DEFAULT_WAIT = 300.0
 ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (TaskRequestError, 400),
     (QrsTimeout, 504),
@@ -27,7 +29,9 @@ def routes(context: RouteContext) -> list[Route]:
         task_id = request.params["taskId"]
         if not task_id:
             raise HttpError(400, MISSING_ID)
-        outcome = await starter.start(task_id, request.body, bool(request.query.get("allTaskIdsMustExist")))
+        query = request.query
+        wait = float(query.get("timeout", DEFAULT_WAIT)) if query.get("wait") else None
+        outcome = await starter.start(task_id, request.body, bool(query.get("allTaskIdsMustExist")), wait)
         # Upstream sends this answer as pretty-printed JSON text with a text/plain content type.
         return Reply(200, orjson.dumps(outcome.as_dict(), option=orjson.OPT_INDENT_2), TEXT_TYPE)
 
@@ -41,7 +45,17 @@ def routes(context: RouteContext) -> list[Route]:
             raise HttpError(400, f"Task {task_id}: {problem}")
         return json_reply({"taskId": task_id})
 
+    async def status(request: ApiRequest) -> Reply:
+        task_id = request.params["taskId"]
+        if not TASK_ID.fullmatch(task_id):
+            raise HttpError(400, f"Not a task id (a lowercase GUID): {task_id}")
+        result = await starter.watcher.last_result(task_id)
+        if result is None:
+            raise HttpError(404, f"Task {task_id} not found in Qlik Sense")
+        return json_reply(result)
+
     return [
+        Route("GET", "/v4/reloadtask/{taskId}/status", status, errors=ERRORS),
         Route("PUT", "/v4/reloadtask/{taskId}/start", start, errors=ERRORS),
         Route("POST", "/v4/reloadtask/{taskId}/start", start, errors=ERRORS),
         Route("GET", "/v2/senseStartTask", v2_start, errors=ERRORS),
