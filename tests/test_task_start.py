@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StartButler, base_config
+from tests.conftest import StartButler, base_config, free_port
 
 APP1 = {"taskId": "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e", "taskName": "Reload task of App1"}
 APP2 = {"taskId": "7552d9fc-d1bb-4975-9a38-18357de531ea", "taskName": "Reload task of App2"}
@@ -470,3 +473,41 @@ async def test_task_status(butler: Any, simulator: Any) -> None:
             assert r.status == 404
         async with http.get(f"{base}/v4/reloadtask/NOT-A-GUID/status") as r:
             assert r.status == 400
+
+
+async def test_butler_demo(tmp_path: Any) -> None:
+    """The README's first command: simulator and Butler start, the seed's curl works, Ctrl-C stops both."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "butler",
+        "demo",
+        "--port",
+        str(port),
+        "--state",
+        str(tmp_path / "state"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    output = b""
+    async with asyncio.timeout(60):
+        while b"Ctrl-C stops both" not in output:
+            line = await process.stdout.readline()
+            assert line, output.decode()
+            output += line
+    text = output.decode()
+    control = next(w for w in text.split() if w.startswith("http://127.0.0.1:") and w.endswith("/calls"))
+    status, result, _ = await put(f"http://localhost:{port}", f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert (status, result) == (200, answer(started=[APP1]))
+    async with aiohttp.ClientSession() as http, http.get(control) as r:
+        assert (await r.json())["taskStarts"] == {APP1["taskId"]: 1}
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 20) == 0
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as http, http.get(control) as r:
+            await r.read()
+    assert (tmp_path / "state" / "certs" / "client.pem").is_file()
+    assert (tmp_path / "state" / "butler-demo.yaml").is_file()

@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from butler.config import Settings
@@ -127,14 +128,16 @@ class Butler:
             raise StartupError(f"Butler.restServerConfig.tls: cannot load {what}: {exc}") from exc
 
 
-async def run(butler: Butler) -> None:
-    """Start Butler and serve until SIGINT or SIGTERM."""
+async def run(butler: Butler, started: Callable[[], None] | None = None) -> None:
+    """Start Butler, call ``started`` once it listens, and serve until SIGINT or SIGTERM."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C raises KeyboardInterrupt instead
             loop.add_signal_handler(sig, stopping.set)
     await butler.start()
+    if started is not None:
+        started()
     # Start-up objects live as long as the process: keep the garbage collector from re-scanning them.
     gc.freeze()
     try:

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from butler import __version__
 from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
 from butler.config import ConfigError, Settings, load_config
+from butler.demo import run_demo
 from butler.logs import LEVELS, setup_logging
 
 log = logging.getLogger("butler")
@@ -50,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_RATE_LIMIT,
         metavar="N",
         help=f"REST requests per minute per client IP, 0 = no limit (default {DEFAULT_RATE_LIMIT})",
+    )
+
+    demo = commands.add_parser("demo", help="run a simulated Qlik Sense site and Butler connected to it")
+    demo.add_argument("--port", type=int, default=8080, help="Butler's REST port (default 8080)")
+    demo.add_argument("--host", default="127.0.0.1", help="Butler's REST address (default 127.0.0.1)")
+    demo.add_argument(
+        "--state",
+        type=Path,
+        default=Path(".butler-demo"),
+        help="folder for the demo's certificates, config file and key-value store",
     )
 
     config = commands.add_parser("config", help="work with config files")
@@ -110,6 +122,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    setup_logging("info")
+    state = args.state.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    try:
+        _event_loop_runner()(run_demo(state, args.host, args.port))
+        return 0
+    except StartupError as exc:
+        log.error("the demo cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # Upstream Butler is started as `butler -c FILE`; that still works and means `butler serve -c FILE`.
@@ -121,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "config":
         return check_config(args.file)
+    if args.command == "demo":
+        return demo(args)
     parser.print_help()
     return 2
 
