@@ -5,7 +5,8 @@ What callers see follows upstream Butler (the task-start examples of its documen
 answers here), with these differences:
 
 - every requested id is looked up in one QRS call (chunked for long lists), tag and custom-property
-  lookups run concurrently, and the tasks are started concurrently;
+  lookups run concurrently, and the tasks are started concurrently; tasks requested by id are started
+  while their names are looked up (unless ``allTaskIdsMustExist``), so that costs one QRS round trip;
 - each start waits for QRS to accept it: a task QRS refused is not reported as started but listed under
   ``tasksStartFailed`` with Qlik's status and message (the key is present only when not empty);
 - a task asked for several times in one request is listed each time, as upstream lists it, but started
@@ -126,36 +127,71 @@ class TaskStarter:
                 if pair is not None:
                     pairs.append(pair)
 
-        candidates = await self._by_id(requested, outcome)
-        tag_lookups = [self._lookup_tag(tag, outcome) for tag in tags]
-        property_lookups = [self._lookup_property(name, value, outcome) for name, value in properties]
-        found = await asyncio.gather(*tag_lookups, *property_lookups)
-        for matches in found[: len(tags)]:
-            outcome.tags.extend(matches)
-        for matches in found[len(tags) :]:
-            outcome.custom_properties.extend(matches)
-
+        # Stored before any task starts: the apps read them when they reload.
         await self._store_pairs(pairs)
+        waiting = wait_seconds is not None
+        starts: dict[str, asyncio.Task[tuple[dict[str, Any] | None, str | None]]] = {}
 
+        def launch(task_id: str) -> None:
+            if task_id not in starts:
+                starts[task_id] = asyncio.ensure_future(self._start_one(task_id, waiting))
+
+        startable = list(dict.fromkeys(t for t in requested if self._may_start(t)))
+        names_lookup = asyncio.ensure_future(self._names(startable))
+        if all_ids_must_exist:
+            # Nothing may start before every requested id is known to exist.
+            await names_lookup
+        else:
+            # Start while the names are looked up: one QRS round trip instead of two. An id QRS does not
+            # know is refused by its start as well, and reported as invalid.
+            for task_id in startable:
+                launch(task_id)
+        try:
+            found = await asyncio.gather(
+                *(self._lookup_tag(tag, outcome) for tag in tags),
+                *(self._lookup_property(name, value, outcome) for name, value in properties),
+            )
+            names = await names_lookup
+        except BaseException:
+            # Starts already sent run to their end; the caller gets the lookup's error.
+            await asyncio.gather(names_lookup, *starts.values(), return_exceptions=True)
+            raise
+        candidates = self._classify(requested, names, outcome)
         if all_ids_must_exist and outcome.invalid:
             outcome.denied.extend({"taskId": c["taskId"]} for c in candidates)
         else:
             outcome.started.extend(candidates)
-        await self._start_all(outcome, wait_seconds)
+        for matches in found[: len(tags)]:
+            outcome.tags.extend(matches)
+        for matches in found[len(tags) :]:
+            outcome.custom_properties.extend(matches)
+        for entries in (outcome.started, outcome.tags, outcome.custom_properties):
+            for entry in entries:
+                launch(entry["taskId"])
+        results = {task_id: await start for task_id, start in starts.items()}
+        self._settle(outcome, results)
+        if waiting:
+            sessions = {task_id: session for task_id, (_, session) in results.items() if session}
+            listed = {
+                e["taskId"]: e["taskName"]
+                for e in (*outcome.started, *outcome.tags, *outcome.custom_properties)
+            }
+            outcome.executions = await self._wait(
+                {t: s for t, s in sessions.items() if t in listed}, listed, wait_seconds or 0
+            )
         return outcome
 
     # -- looking tasks up -----------------------------------------------------------------------------
 
-    async def _by_id(self, requested: list[str], outcome: StartOutcome) -> list[dict[str, str]]:
-        """Classify requested ids in request order: invalid, denied, or a candidate with its name."""
-        to_look_up = []
-        for task_id in requested:
-            if not TASK_ID.fullmatch(task_id):
-                continue
-            if self.filter.enable and task_id not in self.filter.task_ids:
-                continue
-            to_look_up.append(task_id)
-        names = await self._names(sorted(set(to_look_up)))
+    def _may_start(self, task_id: str) -> bool:
+        return bool(TASK_ID.fullmatch(task_id)) and (
+            not self.filter.enable or task_id in self.filter.task_ids
+        )
+
+    def _classify(
+        self, requested: list[str], names: dict[str, str], outcome: StartOutcome
+    ) -> list[dict[str, str]]:
+        """Sort requested ids, in request order, into invalid, denied, and candidates with their names."""
         candidates = []
         for task_id in requested:
             if not TASK_ID.fullmatch(task_id):
@@ -208,27 +244,22 @@ class TaskStarter:
         for namespace, key, value, ttl in pairs:
             await self.key_values.set(namespace, key, value, ttl)
 
-    async def _start_all(self, outcome: StartOutcome, wait_seconds: float | None) -> None:
+    def _settle(
+        self, outcome: StartOutcome, results: dict[str, tuple[dict[str, Any] | None, str | None]]
+    ) -> None:
+        """Move the tasks QRS refused out of the started lists and into ``start_failed``."""
         listed = [outcome.started, outcome.tags, outcome.custom_properties]
-        unique: dict[str, str] = {}
-        for entries in listed:
-            for entry in entries:
-                unique.setdefault(entry["taskId"], entry["taskName"])
-        waiting = wait_seconds is not None
-        results = await asyncio.gather(*(self._start_one(task_id, waiting) for task_id in unique))
-        sessions = {
-            task_id: session for task_id, (_, session) in zip(unique, results, strict=True) if session
+        names = {e["taskId"]: e["taskName"] for entries in listed for e in entries}
+        failed = {
+            task_id: problem for task_id, (problem, _) in results.items() if problem and task_id in names
         }
-        failed = {task_id: problem for task_id, (problem, _) in zip(unique, results, strict=True) if problem}
-        if failed:
-            for entries in listed:
-                entries[:] = [e for e in entries if e["taskId"] not in failed]
-            outcome.start_failed.extend(
-                {"taskId": task_id, "taskName": unique[task_id], **problem}
-                for task_id, problem in failed.items()
-            )
-        if waiting:
-            outcome.executions = await self._wait(sessions, unique, wait_seconds or 0)
+        if not failed:
+            return
+        for entries in listed:
+            entries[:] = [e for e in entries if e["taskId"] not in failed]
+        outcome.start_failed.extend(
+            {"taskId": task_id, "taskName": names[task_id], **problem} for task_id, problem in failed.items()
+        )
 
     async def _wait(
         self, sessions: dict[str, str], names: dict[str, str], seconds: float
