@@ -368,7 +368,7 @@ async def test_refused_starts_are_reported(butler: Any, simulator: Any) -> None:
 
 async def test_start_failure_listed_separately(butler: Any, simulator: Any, monkeypatch: Any) -> None:
     base = await butler()
-    # QRS refuses the start of one task (lookups still work).
+    # QRS refuses the start of one task, and so the batch start that includes it (lookups still work).
     original = simulator.qrs.start_one
 
     async def refuse(request: Any) -> Any:
@@ -376,7 +376,11 @@ async def test_start_failure_listed_separately(butler: Any, simulator: Any, monk
             return web.Response(status=409, text="Task is locked")
         return await original(request)
 
+    async def refuse_batch(request: Any) -> Any:
+        return web.Response(status=409, text="Task is locked")
+
     monkeypatch.setattr(simulator.qrs, "start_one", refuse)
+    monkeypatch.setattr(simulator.qrs, "start_many", refuse_batch)
     body = [{"type": "starttasktag", "payload": {"tag": "startTask1"}}]
     status, result, _ = await put(base, "/v4/reloadtask/-/start", body)
     assert status == 200

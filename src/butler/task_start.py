@@ -39,6 +39,10 @@ TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-5][0-9a-f]{3}-[089ab][0-9a-f]{
 LOOKUP_CHUNK = 40
 
 
+#: How a start ended: (None, session id or None) when QRS accepted it, else (what went wrong, None).
+StartResult = tuple[dict[str, Any] | None, str | None]
+
+
 class TaskRequestError(ValueError):
     """A malformed item in a task-start request; the message says which and what to fix."""
 
@@ -130,11 +134,14 @@ class TaskStarter:
         # Stored before any task starts: the apps read them when they reload.
         await self._store_pairs(pairs)
         waiting = wait_seconds is not None
-        starts: dict[str, asyncio.Task[tuple[dict[str, Any] | None, str | None]]] = {}
+        batches: list[asyncio.Future[dict[str, StartResult]]] = []
+        launched: set[str] = set()
 
-        def launch(task_id: str) -> None:
-            if task_id not in starts:
-                starts[task_id] = asyncio.ensure_future(self._start_one(task_id, waiting))
+        def launch(task_ids: list[str]) -> None:
+            fresh = [t for t in dict.fromkeys(task_ids) if t not in launched]
+            if fresh:
+                launched.update(fresh)
+                batches.append(asyncio.ensure_future(self._start_batch(fresh, waiting)))
 
         startable = list(dict.fromkeys(t for t in requested if self._may_start(t)))
         names_lookup = asyncio.ensure_future(self._names(startable))
@@ -143,9 +150,8 @@ class TaskStarter:
             await names_lookup
         else:
             # Start while the names are looked up: one QRS round trip instead of two. An id QRS does not
-            # know is refused by its start as well, and reported as invalid.
-            for task_id in startable:
-                launch(task_id)
+            # know is not in the lookup's answer, so it is reported as invalid all the same.
+            launch(startable)
         try:
             found = await asyncio.gather(
                 *(self._lookup_tag(tag, outcome) for tag in tags),
@@ -154,7 +160,7 @@ class TaskStarter:
             names = await names_lookup
         except BaseException:
             # Starts already sent run to their end; the caller gets the lookup's error.
-            await asyncio.gather(names_lookup, *starts.values(), return_exceptions=True)
+            await asyncio.gather(names_lookup, *batches, return_exceptions=True)
             raise
         candidates = self._classify(requested, names, outcome)
         if all_ids_must_exist and outcome.invalid:
@@ -165,10 +171,8 @@ class TaskStarter:
             outcome.tags.extend(matches)
         for matches in found[len(tags) :]:
             outcome.custom_properties.extend(matches)
-        for entries in (outcome.started, outcome.tags, outcome.custom_properties):
-            for entry in entries:
-                launch(entry["taskId"])
-        results = {task_id: await start for task_id, start in starts.items()}
+        launch([e["taskId"] for e in (*outcome.started, *outcome.tags, *outcome.custom_properties)])
+        results = {task_id: result for batch in batches for task_id, result in (await batch).items()}
         self._settle(outcome, results)
         if waiting:
             sessions = {task_id: session for task_id, (_, session) in results.items() if session}
@@ -286,7 +290,23 @@ class TaskStarter:
             for task_id, report in reports.items()
         ]
 
-    async def _start_one(self, task_id: str, synchronous: bool) -> tuple[dict[str, Any] | None, str | None]:
+    async def _start_batch(self, task_ids: list[str], synchronous: bool) -> dict[str, StartResult]:
+        """Start several tasks. Asynchronous starts of several tasks go to QRS in one ``task/start/many``
+        call; if QRS does not accept that call as a whole, each task is started on its own, so that the
+        ones QRS refuses are known. Synchronous starts are one call per task (each gives a session id)."""
+        if not synchronous and len(task_ids) > 1:
+            try:
+                response = await self.qrs.request("POST", "task/start/many", json_body=task_ids)
+            except QrsError as exc:
+                log.warning("task/start/many failed (%s); starting the tasks one by one", exc)
+            else:
+                if response.status == 204:
+                    return dict.fromkeys(task_ids, (None, None))
+                log.warning("task/start/many answered %s; starting the tasks one by one", response.status)
+        results = await asyncio.gather(*(self._start_one(task_id, synchronous) for task_id in task_ids))
+        return dict(zip(task_ids, results, strict=True))
+
+    async def _start_one(self, task_id: str, synchronous: bool) -> StartResult:
         """Start one task: (None, session id or None) once QRS accepted it, else (what went wrong, None)."""
         path = f"task/{task_id}/start/synchronous" if synchronous else f"task/{task_id}/start"
         try:

@@ -68,6 +68,7 @@ def control_application(simulator: Simulator) -> web.Application:
         return _json(
             {
                 "qrs": simulator.qrs.calls,
+                "qrsConnections": simulator.qrs.connections,
                 "engine": simulator.engine.calls,
                 "taskStarts": scheduler.started_count,
                 "appReloads": scheduler.app_reloads,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -18,7 +19,15 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from qliksim.faults import Faults
-from qliksim.filter import Comparison, FilterError, apply_filter, parse_filter, parse_orderby, sort_entities
+from qliksim.filter import (
+    Comparison,
+    FilterError,
+    Junction,
+    apply_filter,
+    parse_filter,
+    parse_orderby,
+    sort_entities,
+)
 from qliksim.scheduler import Scheduler
 from qliksim.site import CONDENSERS, EMPTY_GUID, Site
 
@@ -94,6 +103,9 @@ class Qrs:
         self.faults = faults
         self.calls: dict[str, int] = {}
         self.tickets: dict[str, str] = {}
+        # Connections (so TLS handshakes) seen, for clients that should keep theirs alive.
+        self.connections = 0
+        self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.faults.middleware("qrs")])
@@ -101,6 +113,10 @@ class Qrs:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None and transport not in self._transports:
+            self._transports.add(transport)
+            self.connections += 1
         path = request.path.rstrip("/").lower()
         if not path.startswith("/qrs/"):
             return text_response("No matching endpoint found", 404)
@@ -176,8 +192,13 @@ class Qrs:
         node = parse_filter(text, allow_not=self.site.allow_not)
         fast = _id_lookup(node)
         if fast is not None:
-            entity = table.get(fast)
-            entities = [entity] if entity is not None else []
+            wanted = set(fast)
+            # In the collection's own order, as a scan would give them.
+            entities = (
+                [table[i] for i in table if i in wanted]
+                if len(wanted) > 1
+                else [table[i] for i in wanted if i in table]
+            )
         else:
             entities = apply_filter(node, list(table.values()))
         if "orderby" in request.query and request.query["orderby"].strip():
@@ -342,13 +363,19 @@ class Qrs:
         return web.Response(status=204)
 
 
-def _id_lookup(node: Any) -> str | None:
-    """The id of a plain ``id eq <guid>`` filter, served by a dictionary lookup instead of a scan."""
+def _id_lookup(node: Any) -> list[str] | None:
+    """The ids of an ``id eq <guid>`` filter, or of several joined with ``or``, served by dictionary lookups
+    instead of a scan (clients look tasks up this way)."""
+    if isinstance(node, Junction) and node.operator == "or":
+        ids = [_id_lookup(operand) for operand in node.operands]
+        if all(i is not None for i in ids):
+            return [task_id for found in ids for task_id in found or []]
+        return None
     if (
         isinstance(node, Comparison)
         and node.path == ("id",)
         and node.operator == "eq"
         and node.literal.kind in ("guid", "string")
     ):
-        return str(node.literal.value).lower()
+        return [str(node.literal.value).lower()]
     return None

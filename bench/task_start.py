@@ -1,0 +1,273 @@
+"""Benchmark of task starts against the simulator, at simulated QRS latency 0 and 20 ms.
+
+Butler and qliksim share one core, the load generators use the other. Two loads:
+- 10 ``starttaskid`` items per request, 8 connections (wrk), for ``--duration`` seconds;
+- one ``starttasktag`` item matching 10 tasks, sequential requests (one keep-alive connection).
+Also reported: QRS calls and new QRS connections (TLS handshakes) per request, Butler's memory.
+
+    python bench/task_start.py [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+TAGGED = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def site_file(path: Path) -> list[str]:
+    """A site with 20 tasks; the first TAGGED carry the tag ``bench``. Returns the task ids."""
+    ids = [f"{n:08x}-0000-4000-8000-{n:012x}" for n in range(1, 21)]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "hostname": "bench",
+                "tags": ["bench"],
+                "apps": [{"name": f"App {n}", "reload": {"durationMs": 100}} for n in range(20)],
+                "tasks": [
+                    {
+                        "id": task_id,
+                        "name": f"Reload {n}",
+                        "app": f"App {n}",
+                        "tags": ["bench"] if n < TAGGED else [],
+                    }
+                    for n, task_id in enumerate(ids)
+                ],
+            }
+        )
+    )
+    return ids
+
+
+def control(base: str, method: str, path: str, body: object = None) -> object:
+    request = urllib.request.Request(
+        base + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as response:
+        text = response.read()
+        return json.loads(text) if text else None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def qrs_counts(base: str) -> tuple[int, int]:
+    calls = control(base, "GET", "/calls")
+    assert isinstance(calls, dict)
+    return sum(calls["qrs"].values()), int(calls["qrsConnections"])
+
+
+def run_wrk(url: str, script: Path, duration: int, core: str) -> tuple[float, float, int, int]:
+    out = subprocess.run(
+        ["taskset", "-c", core, "wrk", "-t1", "-c8", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"50%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p50 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rps, p50, total, int(errors.group(1)) if errors else 0
+
+
+async def sequential_tag_starts(url: str, count: int) -> list[float]:
+    body = [{"type": "starttasktag", "payload": {"tag": "bench"}}]
+    timings = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(count):
+            started = time.perf_counter()
+            async with http.put(url, json=body) as response:
+                result = json.loads(await response.text())
+                assert response.status == 200 and len(result["tasksTag"]) == TAGGED, result
+            timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--sequential", type=int, default=200, help="tag-start requests per latency")
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    server_core, load_core = (str(cores[0]), str(cores[1])) if len(cores) > 1 else ("0", "0")
+    workdir = Path(tempfile.mkdtemp(prefix="butler-task-bench-"))
+    ids = site_file(workdir / "site.yaml")
+    qrs_port, engine_port, control_port, port = free_port(), free_port(), free_port(), free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def stop_all(*_: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait(10)
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
+    failures = []
+    try:
+        simulator = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                server_core,
+                sys.executable,
+                "-m",
+                "qliksim",
+                "serve",
+                "--site",
+                str(workdir / "site.yaml"),
+                "--certs",
+                str(workdir / "certs"),
+                "--qrs-port",
+                str(qrs_port),
+                "--engine-port",
+                str(engine_port),
+                "--control-port",
+                str(control_port),
+                "--time-scale",
+                "1",
+                "--loglevel",
+                "warning",
+            ]
+        )
+        processes.append(simulator)
+        wait_port(qrs_port, simulator)
+        certs = workdir / "certs"
+        config = workdir / "butler.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "Butler": {
+                        "logLevel": "info",
+                        "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
+                        "restServerEndpointsEnable": {"senseStartTask": True},
+                        "cert": {
+                            "clientCert": str(certs / "client.pem"),
+                            "clientCertKey": str(certs / "client_key.pem"),
+                            "clientCertCA": str(certs / "root.pem"),
+                        },
+                        "configQRS": {"host": "localhost", "port": qrs_port, "rejectUnauthorized": True},
+                    }
+                }
+            )
+        )
+        log = (workdir / "butler.log").open("w")
+        butler = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                server_core,
+                sys.executable,
+                "-m",
+                "butler",
+                "serve",
+                "-c",
+                str(config),
+                "--api-rate-limit",
+                "0",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        processes.append(butler)
+        wait_port(port, butler)
+        base = f"http://127.0.0.1:{port}"
+        control_base = f"http://127.0.0.1:{control_port}"
+        body = json.dumps([{"type": "starttaskid", "payload": {"taskId": task_id}} for task_id in ids[:10]])
+        script = workdir / "start.lua"
+        script.write_text(
+            f'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [==[{body}]==]\n"
+        )
+        print(f"Butler and qliksim on core {server_core}, load on core {load_core}")
+        for latency in (0, 20):
+            control(control_base, "PUT", "/faults/qrs", {"latency_ms": latency})
+            calls_before, connections_before = qrs_counts(control_base)
+            cpu_before = cpu_seconds(butler.pid), cpu_seconds(simulator.pid)
+            rps, p50, total, errors = run_wrk(
+                f"{base}/v4/reloadtask/-/start", script, args.duration, load_core
+            )
+            cpu_butler = (cpu_seconds(butler.pid) - cpu_before[0]) / total * 1000
+            cpu_simulator = (cpu_seconds(simulator.pid) - cpu_before[1]) / total * 1000
+            calls, connections = qrs_counts(control_base)
+            ok = rps >= 400 and errors == 0
+            failures += [] if ok else [f"10 ids at {latency} ms"]
+            print(
+                f"QRS latency {latency:2d} ms, 10 starttaskid items, 8 connections: {rps:,.0f} req/s, "
+                f"p50 {p50:.1f} ms, non-2xx {errors}; {(calls - calls_before) / total:.1f} QRS calls and "
+                f"{(connections - connections_before) / total:.3f} new QRS connections per request; CPU per "
+                f"request: Butler {cpu_butler:.2f} ms, simulator {cpu_simulator:.2f} ms "
+                f"(target >= 400 req/s) {'ok' if ok else 'BELOW TARGET'}"
+            )
+            calls_before, connections_before = qrs_counts(control_base)
+            timings = asyncio.run(sequential_tag_starts(f"{base}/v4/reloadtask/-/start", args.sequential))
+            calls, connections = qrs_counts(control_base)
+            median = statistics.median(timings)
+            ok = latency != 20 or median < 45
+            failures += [] if ok else ["tag at 20 ms"]
+            print(
+                f"QRS latency {latency:2d} ms, one starttasktag matching {TAGGED} tasks, sequential: median "
+                f"{median:.1f} ms, p95 {sorted(timings)[int(len(timings) * 0.95)]:.1f} ms; "
+                f"{(calls - calls_before) / len(timings):.1f} QRS calls and "
+                f"{(connections - connections_before) / len(timings):.3f} new QRS connections per request"
+                + (f" (target < 45 ms) {'ok' if ok else 'BELOW TARGET'}" if latency == 20 else "")
+            )
+        print(f"Butler resident memory after the run: {rss_mb(butler.pid):.1f} MB")
+    finally:
+        stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
