@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StartButler, base_config, free_port
+from tests.conftest import StartButler, base_config, free_port, run_butler, write_config
 
 APP1 = {"taskId": "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e", "taskName": "Reload task of App1"}
 APP2 = {"taskId": "7552d9fc-d1bb-4975-9a38-18357de531ea", "taskName": "Reload task of App2"}
@@ -515,3 +515,14 @@ async def test_butler_demo(tmp_path: Any) -> None:
             await r.read()
     assert (tmp_path / "state" / "certs" / "client.pem").is_file()
     assert (tmp_path / "state" / "butler-demo.yaml").is_file()
+
+
+def test_missing_client_certificate_stops_start_up(tmp_path: Any) -> None:
+    document = base_config(senseStartTask=True)
+    document["Butler"]["cert"] = {
+        "clientCert": str(tmp_path / "nope.pem"),
+        "clientCertKey": str(tmp_path / "k.pem"),
+    }
+    result = run_butler("serve", "-c", str(write_config(tmp_path / "b.yaml", document)))
+    assert result.returncode == 1
+    assert f"Butler.cert.clientCert: file not found: {tmp_path / 'nope.pem'}" in result.stderr
