@@ -48,7 +48,7 @@ def test_upstream_template_loads_unchanged() -> None:
         8081,
     )
     assert settings.endpoints.enabled_leaf_names() == []
-    assert "mqttConfig" in settings.unsupported_sections
+    assert "udpServerConfig" in settings.unsupported_sections
     assert "restServerConfig" not in settings.unsupported_sections
 
 
@@ -199,7 +199,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     good = run_butler("config", "check", str(TEMPLATE))
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout
-    assert "not supported by this version" in good.stdout and "mqttConfig" in good.stdout
+    assert "not supported by this version" in good.stdout and "udpServerConfig" in good.stdout
 
     document = filled_template()
     document["Butler"]["restServerConfig"]["serverPort"] = "abc"

@@ -18,6 +18,7 @@ from butler.config.settings import (
     EndpointFlags,
     HealthCheckSettings,
     KeyValueSettings,
+    MqttSettings,
     QrsSettings,
     RestServerSettings,
     Settings,
@@ -76,12 +77,10 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
         "qlikSenseVersion",
         "qlikSenseLicense",
         "teamsNotification",
-        "slackNotification",
         "emailNotification",
         "incidentTool",
         "webhookNotification",
         "scheduler",
-        "mqttConfig",
         "udpServerConfig",
         "fileCopyApprovedDirectories",
         "fileMoveApprovedDirectories",
@@ -98,6 +97,25 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
 _IGNORED_SECTIONS = frozenset({"restServerApiDocGenerate"})
 
 _PORT = Int(1, 65535)
+#: mqttConfig keys of upstream features this version does not have (alerts, Azure, Qlik Cloud).
+_MQTT_UPSTREAM_KEYS = frozenset(
+    {
+        "azureEventGrid",
+        "taskFailureSendFull",
+        "taskAbortedSendFull",
+        "taskFailureTopic",
+        "taskFailureFullTopic",
+        "taskFailureServerStatusTopic",
+        "taskAbortedTopic",
+        "taskAbortedFullTopic",
+        "serviceRunningTopic",
+        "serviceStoppedTopic",
+        "serviceStatusTopic",
+        "qlikSenseServerLicenseTopic",
+        "qlikSenseServerLicenseExpireTopic",
+        "qlikSenseCloud",
+    }
+)
 _HEADER_LIST = ListOf(Section(keys={"name": Key(Str(), required=True), "value": Key(Str(), required=True)}))
 
 
@@ -217,6 +235,49 @@ _SCHEMA = Section(
                             }
                         )
                     ),
+                    "mqttConfig": Key(
+                        Section(
+                            keys={
+                                "enable": Key(Bool(), default=False),
+                                "brokerHost": Key(Str(), default="localhost"),
+                                "brokerPort": Key(_PORT, default=1883),
+                                "username": Key(Str(nullable=True)),
+                                "password": Key(Str(nullable=True)),
+                                "clientId": Key(Str(nullable=True)),
+                                "qos": Key(Int(0, 2), default=0),
+                                "queueSize": Key(Int(1, 10_000_000), default=10000),
+                                "tls": Key(
+                                    Section(
+                                        keys={
+                                            "enable": Key(Bool(), default=False),
+                                            "ca": Key(Str(nullable=True)),
+                                            "cert": Key(Str(nullable=True)),
+                                            "key": Key(Str(nullable=True)),
+                                        }
+                                    )
+                                ),
+                                "subscriptionRootTopic": Key(Str(), default="qliksense/#"),
+                                "taskStartTopic": Key(Str(), default="qliksense/start_task"),
+                                "taskStartResultTopic": Key(Str(), default="qliksense/start_task/result"),
+                            },
+                            tolerated=_MQTT_UPSTREAM_KEYS,
+                        )
+                    ),
+                    "slackNotification": Key(
+                        Section(
+                            keys={"restMessage": Key(Section(keys={"webhookURL": Key(Str(nullable=True))}))},
+                            tolerated=frozenset(
+                                {
+                                    "enable",
+                                    "reloadTaskFailure",
+                                    "reloadTaskAborted",
+                                    "serviceStopped",
+                                    "serviceStarted",
+                                    "userSessionEvents",
+                                }
+                            ),
+                        )
+                    ),
                     "dockerHealthCheck": Key(
                         Section(
                             keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)}
@@ -281,6 +342,7 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
     cert = butler["cert"]
     qrs = butler["configQRS"]
     allow = butler["startTaskFilter"]["allowTask"]
+    mqtt = butler["mqttConfig"]
     present = document["Butler"]
     return Settings(
         log_level=butler["logLevel"],
@@ -320,6 +382,24 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             tags=frozenset(allow["tag"]),
             custom_properties=frozenset((cp["name"], cp["value"]) for cp in allow["customProperty"]),
         ),
+        mqtt=MqttSettings(
+            enable=mqtt["enable"],
+            host=mqtt["brokerHost"],
+            port=mqtt["brokerPort"],
+            username=mqtt["username"],
+            password=mqtt["password"],
+            client_id=mqtt["clientId"],
+            qos=mqtt["qos"],
+            tls=mqtt["tls"]["enable"],
+            tls_ca=_path(mqtt["tls"]["ca"], base_dir),
+            tls_cert=_path(mqtt["tls"]["cert"], base_dir),
+            tls_key=_path(mqtt["tls"]["key"], base_dir),
+            queue_size=mqtt["queueSize"],
+            subscription_root_topic=mqtt["subscriptionRootTopic"],
+            task_start_topic=mqtt["taskStartTopic"],
+            task_start_result_topic=mqtt["taskStartResultTopic"],
+        ),
+        slack_webhook=butler["slackNotification"]["restMessage"]["webhookURL"],
         source=source,
         unsupported_sections=tuple(name for name in present if name in UPSTREAM_SECTIONS),
     )

@@ -81,6 +81,28 @@ class StartTaskFilter:
 
 
 @dataclass(frozen=True)
+class MqttSettings:
+    """``Butler.mqttConfig``. ``username``, ``password``, ``clientId``, ``qos``, ``tls``, ``queueSize`` and
+    ``taskStartResultTopic`` are additions to upstream's keys."""
+
+    enable: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    qos: int = 0
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    queue_size: int = 10000
+    subscription_root_topic: str = "qliksense/#"
+    task_start_topic: str = "qliksense/start_task"
+    task_start_result_topic: str = "qliksense/start_task/result"
+
+
+@dataclass(frozen=True)
 class EndpointFlags:
     """``Butler.restServerEndpointsEnable`` as written in the file, order kept.
 
@@ -134,5 +156,7 @@ class Settings:
     certificates: CertificateSettings = field(default_factory=CertificateSettings)
     qrs: QrsSettings = field(default_factory=QrsSettings)
     start_task_filter: StartTaskFilter = field(default_factory=StartTaskFilter)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    slack_webhook: str | None = None
     source: Path | None = None
     unsupported_sections: tuple[str, ...] = ()
