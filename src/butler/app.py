@@ -17,15 +17,18 @@ from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Router
 from butler.http.server import Listener, RestApi, tls_context
 from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
+from butler.mqtt import MqttClient
+from butler.mqtt_tasks import MqttTaskStarts
 from butler.qlik.qrs import QrsClient
 from butler.qlik.tls import CertificateError
-from butler.routes import RouteContext, base_conversion, butler_status, key_value, task_start
+from butler.routes import RouteContext, base_conversion, butler_status, key_value, messaging, task_start
+from butler.slack import SlackWebhook
 from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler")
 
 #: Route modules, one per feature.
-ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start)
+ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start, messaging)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
@@ -59,9 +62,17 @@ class Butler:
     key_values: KeyValueStore | None = None
     qrs: QrsClient | None = None
     task_starter: TaskStarter | None = None
+    mqtt: MqttClient | None = None
+    slack: SlackWebhook | None = None
 
     def build_api(self) -> RestApi:
-        context = RouteContext(self.settings, key_values=self.key_values, task_starter=self.task_starter)
+        context = RouteContext(
+            self.settings,
+            key_values=self.key_values,
+            task_starter=self.task_starter,
+            mqtt=self.mqtt,
+            slack=self.slack,
+        )
         router = build_router(context, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         return RestApi(router, limiter)
@@ -73,12 +84,20 @@ class Butler:
             except StoreUnavailable as exc:
                 raise StartupError(str(exc)) from exc
             log.info("key-value store: %s", self.settings.key_value.backend)
-        if self.settings.endpoints.enabled("senseStartTask"):
+        mqtt_settings = self.settings.mqtt
+        if self.settings.endpoints.enabled("senseStartTask") or mqtt_settings.enable:
             try:
                 self.qrs = QrsClient(self.settings.qrs, self.settings.certificates)
             except CertificateError as exc:
                 raise StartupError(str(exc)) from exc
             self.task_starter = TaskStarter(self.qrs, self.settings.start_task_filter, self.key_values)
+        if mqtt_settings.enable:
+            self.mqtt = MqttClient(mqtt_settings)
+            assert self.task_starter is not None
+            self.mqtt.on_message = MqttTaskStarts(self.task_starter, self.mqtt).on_message
+            self.mqtt.start()
+        if self.settings.slack_webhook and self.settings.endpoints.enabled("slackPostMessage"):
+            self.slack = SlackWebhook(self.settings.slack_webhook)
         rest = self.settings.rest
         if rest.enable:
             listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context())
@@ -98,6 +117,12 @@ class Butler:
         if self.key_values is not None:
             await self.key_values.close()
             self.key_values = None
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+            self.mqtt = None
+        if self.slack is not None:
+            await self.slack.close()
+            self.slack = None
         if self.qrs is not None:
             await self.qrs.close()
             self.qrs = None

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from butler import __version__
 from butler.config import Settings
 from butler.kvstore import KeyValueStore
+from butler.mqtt import MqttClient
+from butler.slack import SlackWebhook
 from butler.task_start import TaskStarter
 
 
@@ -22,5 +24,7 @@ class RouteContext:
     settings: Settings
     key_values: KeyValueStore | None = None
     task_starter: TaskStarter | None = None
+    mqtt: MqttClient | None = None
+    slack: SlackWebhook | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
