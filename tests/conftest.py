@@ -243,3 +243,50 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(10)
+
+
+# --- Mosquitto ---------------------------------------------------------------------------------------------
+
+
+class Broker:
+    """A mosquitto of the tests' own on a free port; can be stopped and started again on the same port."""
+
+    def __init__(self, directory: Path, extra: str = "") -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.config = directory / "mosquitto.conf"
+        # `user root`: started as root, mosquitto would otherwise switch to its own user, which cannot read
+        # files in the tests' private temporary folders (no effect when not root).
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\npersistence false\nuser root\n"
+            + (extra or "allow_anonymous true\n")
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen(
+            [binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("mosquitto did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    running = Broker(tmp_path)
+    running.start()
+    yield running
+    running.stop()

@@ -85,7 +85,9 @@ class Butler:
                 raise StartupError(str(exc)) from exc
             log.info("key-value store: %s", self.settings.key_value.backend)
         mqtt_settings = self.settings.mqtt
-        if self.settings.endpoints.enabled("senseStartTask") or mqtt_settings.enable:
+        # MQTT task starts need QRS too, but an MQTT-only set-up without certificates is fine without them.
+        mqtt_starts = mqtt_settings.enable and self.settings.certificates.client_cert is not None
+        if self.settings.endpoints.enabled("senseStartTask") or mqtt_starts:
             try:
                 self.qrs = QrsClient(self.settings.qrs, self.settings.certificates)
             except CertificateError as exc:
@@ -93,8 +95,12 @@ class Butler:
             self.task_starter = TaskStarter(self.qrs, self.settings.start_task_filter, self.key_values)
         if mqtt_settings.enable:
             self.mqtt = MqttClient(mqtt_settings)
-            assert self.task_starter is not None
-            self.mqtt.on_message = MqttTaskStarts(self.task_starter, self.mqtt).on_message
+            if self.task_starter is not None:
+                self.mqtt.on_message = MqttTaskStarts(self.task_starter, self.mqtt).on_message
+            else:
+                log.warning(
+                    "MQTT task starts are off: Butler.cert is not set, so Qlik Sense cannot be reached"
+                )
             self.mqtt.start()
         if self.settings.slack_webhook and self.settings.endpoints.enabled("slackPostMessage"):
             self.slack = SlackWebhook(self.settings.slack_webhook)

@@ -11,7 +11,6 @@ queue is dropped, counted and logged. On every connect Butler announces itself o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -57,8 +56,8 @@ class MqttClient:
     async def stop(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            # A connection to a broker that vanished can take long to wind down; shutdown does not wait.
+            await asyncio.wait({self._runner}, timeout=3)
             self._runner = None
         for handler in list(self._handlers):
             handler.cancel()
