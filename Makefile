@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python bench/qliksim_throughput.py
 	$(BIN)/python bench/key_value.py
 	$(BIN)/python bench/task_start.py
+	$(BIN)/python bench/mqtt.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
