@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from harness import free_port, rss_mb, run_wrk, wait_port
 
 TARGETS = {"sqlite": (10_000, 15_000)}
 POST_SCRIPT = """
@@ -38,46 +37,6 @@ request = function()
   return wrk.format("GET", string.format("/v4/keyvalues/bench?key=k%d", math.random(0, 499)))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def run_wrk(url: str, script: Path, duration: int, core: str) -> tuple[float, float, int]:
-    out = subprocess.run(
-        ["taskset", "-c", core, "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, p99, int(errors.group(1)) if errors else 0
 
 
 def main() -> int:
@@ -182,13 +141,16 @@ def main() -> int:
                     headers={"Content-Type": "application/json"},
                 )
                 urllib.request.urlopen(request).read()
-            post = run_wrk(f"{base}/v4/keyvalues/bench", workdir / "post.lua", args.duration, load_core)
-            get = run_wrk(base, workdir / "get.lua", args.duration, load_core)
+            post = run_wrk(
+                f"{base}/v4/keyvalues/bench", args.duration, load_core, script=workdir / "post.lua"
+            )
+            get = run_wrk(base, args.duration, load_core, script=workdir / "get.lua")
             targets = TARGETS.get(backend)
-            for name, (rps, p99, errors), target in (
+            for name, result, target in (
                 ("POST /v4/keyvalues/bench", post, targets and targets[0]),
                 ("GET  /v4/keyvalues/bench?key=", get, targets and targets[1]),
             ):
+                rps, p99, errors = result.rps, result.p99_ms, result.non_2xx
                 verdict = ""
                 if target:
                     ok = rps >= target and errors == 0

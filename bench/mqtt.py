@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import aiomqtt
 import yaml
 from aiohttp import web
 
+from harness import free_port
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import load_site
@@ -39,12 +39,6 @@ from qliksim.site import load_site
 
 def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_port(port: int, seconds: float = 20) -> None:

@@ -24,20 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import cpu_seconds, free_port
+
 TASK = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
 XRF = "0123456789abcdef"
 HEADERS = {"X-Qlik-Xrfkey": XRF, "X-Qlik-User": "UserDirectory=Internal; UserId=sa_repository"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tls(certs: Path) -> ssl.SSLContext:

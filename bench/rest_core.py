@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from harness import free_port, rss_mb, run_wrk
 
 TARGETS = {
     "GET /v4/butlerping": ("/v4/butlerping", 20_000),
@@ -40,19 +40,6 @@ Butler:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def wait_for_answer(url: str, timeout: float) -> float:
     """Seconds until ``url`` first answers 200."""
     started = time.perf_counter()
@@ -64,21 +51,6 @@ def wait_for_answer(url: str, timeout: float) -> float:
         except OSError:
             time.sleep(0.005)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
-def run_wrk(url: str, duration: int, connections: int, core: str) -> tuple[float, float, int]:
-    """(requests/s, p99 ms, non-2xx responses) from one wrk run."""
-    out = subprocess.run(
-        ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, p99, int(non2xx.group(1)) if non2xx else 0
 
 
 def main() -> int:
@@ -125,7 +97,8 @@ def main() -> int:
             f"{args.duration} s, logging at info"
         )
         for name, (path, target) in TARGETS.items():
-            rps, p99, errors = run_wrk(base + path, args.duration, args.connections, load_core)
+            result = run_wrk(base + path, args.duration, load_core, args.connections)
+            rps, p99, errors = result.rps, result.p99_ms, result.non_2xx
             verdict = "ok" if rps >= target and errors == 0 else "BELOW TARGET"
             print(
                 f"{name}: {rps:,.0f} req/s, p99 {p99:.2f} ms, non-2xx {errors} "

@@ -14,10 +14,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,33 +27,9 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from harness import cpu_seconds, free_port, rss_mb, run_wrk, wait_port
+
 TAGGED = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def site_file(path: Path) -> list[str]:
@@ -94,30 +68,10 @@ def control(base: str, method: str, path: str, body: object = None) -> object:
         return json.loads(text) if text else None
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def qrs_counts(base: str) -> tuple[int, int]:
     calls = control(base, "GET", "/calls")
     assert isinstance(calls, dict)
     return sum(calls["qrs"].values()), int(calls["qrsConnections"])
-
-
-def run_wrk(url: str, script: Path, duration: int, core: str) -> tuple[float, float, int, int]:
-    out = subprocess.run(
-        ["taskset", "-c", core, "wrk", "-t1", "-c8", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"50%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p50 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, p50, total, int(errors.group(1)) if errors else 0
 
 
 async def sequential_tag_starts(url: str, count: int) -> list[float]:
@@ -234,9 +188,8 @@ def main() -> int:
             control(control_base, "PUT", "/faults/qrs", {"latency_ms": latency})
             calls_before, connections_before = qrs_counts(control_base)
             cpu_before = cpu_seconds(butler.pid), cpu_seconds(simulator.pid)
-            rps, p50, total, errors = run_wrk(
-                f"{base}/v4/reloadtask/-/start", script, args.duration, load_core
-            )
+            result = run_wrk(f"{base}/v4/reloadtask/-/start", args.duration, load_core, 8, script)
+            rps, p50, total, errors = result.rps, result.p50_ms, result.requests, result.non_2xx
             cpu_butler = (cpu_seconds(butler.pid) - cpu_before[0]) / total * 1000
             cpu_simulator = (cpu_seconds(simulator.pid) - cpu_before[1]) / total * 1000
             calls, connections = qrs_counts(control_base)
