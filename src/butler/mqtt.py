@@ -25,6 +25,10 @@ from butler.config.settings import MqttSettings
 log = logging.getLogger("butler.mqtt")
 
 STATUS_TOPIC = "qliksense/butler/mqtt/status"
+SEND_TIMEOUT_SECONDS = 5.0
+BACKPRESSURE_DEPTH = 500
+#: A queued message: topic, payload, QoS, retain, and the future of a caller waiting for it to go out.
+_Outgoing = tuple[str, bytes, int, bool, "asyncio.Future[None] | None"]
 MessageHandler = Callable[[str, bytes], Coroutine[Any, Any, None]]
 
 
@@ -40,8 +44,8 @@ class MqttClient:
         self.connected = asyncio.Event()
         self.dropped = 0
         self.published = 0
-        self._queue: asyncio.Queue[tuple[str, bytes, int, bool]] = asyncio.Queue(settings.queue_size)
-        self._unsent: tuple[str, bytes, int, bool] | None = None
+        self._queue: asyncio.Queue[_Outgoing] = asyncio.Queue(settings.queue_size)
+        self._unsent: _Outgoing | None = None
         self._runner: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._last_drop_log = 0.0
@@ -63,11 +67,19 @@ class MqttClient:
             handler.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
-    def enqueue(self, topic: str, payload: bytes | str, qos: int | None = None, retain: bool = False) -> bool:
-        """Queue a message for the broker; False (counted and logged) when the queue is full."""
+    def enqueue(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int | None = None,
+        retain: bool = False,
+        sent: asyncio.Future[None] | None = None,
+    ) -> bool:
+        """Queue a message for the broker; False (counted and logged) when the queue is full. ``sent``, if
+        given, is resolved once the message has been handed to the connection."""
         data = payload.encode() if isinstance(payload, str) else payload
         try:
-            self._queue.put_nowait((topic, data, self.settings.qos if qos is None else qos, retain))
+            self._queue.put_nowait((topic, data, self.settings.qos if qos is None else qos, retain, sent))
             return True
         except asyncio.QueueFull:
             self.dropped += 1
@@ -81,14 +93,23 @@ class MqttClient:
                 )
             return False
 
-    def publish_now(self, topic: str, payload: bytes | str) -> None:
-        """Publish for a caller that must know it went out now: MqttUnavailable when the broker is away."""
+    async def publish_now(self, topic: str, payload: bytes | str) -> None:
+        """Publish for a caller that must know the message went out: returns once it has been handed to the
+        broker connection, MqttUnavailable when the broker is away. Waiting here also slows callers down
+        to the pace the connection can take, instead of letting the queue overflow."""
         if not self.connected.is_set():
             raise MqttUnavailable(
                 f"The MQTT broker at {self.where} cannot be reached; the message was not sent"
             )
-        if not self.enqueue(topic, payload):
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.enqueue(topic, payload, sent=sent):
             raise MqttUnavailable("Butler's MQTT queue is full; the message was not sent")
+        try:
+            await asyncio.wait_for(sent, SEND_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise MqttUnavailable(
+                f"The MQTT broker at {self.where} did not take the message within {SEND_TIMEOUT_SECONDS:g} s"
+            ) from None
 
     # -- the connection -------------------------------------------------------------------------------
 
@@ -138,14 +159,29 @@ class MqttClient:
             backoff = min(backoff * 2, 30.0)
 
     async def _send(self, client: aiomqtt.Client) -> None:
+        paho = client._client  # paho itself: see the QoS 0 branch below
+        handed = 0
         while True:
             # A message whose publish failed stays in ``_unsent`` and goes first on the next connection.
             message = self._unsent or await self._queue.get()
             self._unsent = message
-            topic, payload, qos, retain = message
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            topic, payload, qos, retain, sent = message
+            if qos == 0:
+                # aiomqtt's publish() waits an event-loop turn per QoS 0 message for the socket write, which
+                # caps a sender at a few thousand messages/s; handing QoS 0 messages straight to paho's
+                # buffer (written by the same loop) does not wait and keeps their order.
+                info = paho.publish(topic, payload, qos, retain)
+                if info.rc != 0:
+                    raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                handed += 1
+                if handed % 64 == 0 or self._queue.empty():
+                    await asyncio.sleep(0)  # let the connection write what was handed over
+            else:
+                await client.publish(topic, payload, qos=qos, retain=retain)
             self._unsent = None
             self.published += 1
+            if sent is not None and not sent.done():
+                sent.set_result(None)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -20,13 +20,13 @@ def routes(context: RouteContext) -> list[Route]:
         if mqtt is None:
             raise HttpError(503, "MQTT is not enabled (Butler.mqttConfig.enable); the message was not sent")
         body = request.body
-        mqtt.publish_now(body["topic"], body["message"])
+        await mqtt.publish_now(body["topic"], body["message"])
         return json_reply(body, 201)
 
     async def v2_mqtt_publish(request: ApiRequest) -> Reply:
         if mqtt is None:
             raise HttpError(503, "MQTT is not enabled (Butler.mqttConfig.enable); the message was not sent")
-        mqtt.publish_now(request.query["topic"], request.query["message"])
+        await mqtt.publish_now(request.query["topic"], request.query["message"])
         return json_reply({"topic": request.query["topic"], "message": request.query["message"]})
 
     found += [
