@@ -174,8 +174,8 @@ class MqttClient:
                 if info.rc != 0:
                     raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
                 handed += 1
-                if handed % 64 == 0 or self._queue.empty():
-                    await asyncio.sleep(0)  # let the connection write what was handed over
+                if handed % 64 == 0:
+                    await asyncio.sleep(0)  # let the connection write what was handed over so far
             else:
                 await client.publish(topic, payload, qos=qos, retain=retain)
             self._unsent = None
