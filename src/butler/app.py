@@ -21,14 +21,22 @@ from butler.mqtt import MqttClient
 from butler.mqtt_tasks import MqttTaskStarts
 from butler.qlik.qrs import QrsClient
 from butler.qlik.tls import CertificateError
-from butler.routes import RouteContext, base_conversion, butler_status, key_value, messaging, task_start
+from butler.routes import (
+    RouteContext,
+    base_conversion,
+    butler_status,
+    files,
+    key_value,
+    messaging,
+    task_start,
+)
 from butler.slack import SlackWebhook
 from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler")
 
 #: Route modules, one per feature.
-ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start, messaging)
+ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start, messaging, files)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
@@ -78,6 +86,11 @@ class Butler:
         return RestApi(router, limiter)
 
     async def start(self) -> None:
+        if self.settings.endpoints.enabled("createDir") and self.settings.files.create_dir is None:
+            log.warning(
+                "POST /v4/createdir can create folders anywhere Butler may write; "
+                "Butler.createDirApprovedDirectories limits it"
+            )
         if self.settings.endpoints.enabled("keyValueStore"):
             try:
                 self.key_values = await open_store(self.settings.key_value)

@@ -25,6 +25,7 @@ from butler.config.settings import (
     StartTaskFilter,
     TlsSettings,
 )
+from butler.files import FileSettings
 
 __all__ = ["ENDPOINT_FLAGS", "ConfigError", "Settings", "load_config", "parse_config"]
 
@@ -82,14 +83,10 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
         "webhookNotification",
         "scheduler",
         "udpServerConfig",
-        "fileCopyApprovedDirectories",
-        "fileMoveApprovedDirectories",
-        "fileDeleteApprovedDirectories",
         "restServerEndpointsConfig",
         "serviceMonitor",
         "qlikSenseCloud",
         "configEngine",
-        "configDirectories",
     }
 )
 
@@ -115,6 +112,9 @@ _MQTT_UPSTREAM_KEYS = frozenset(
         "qlikSenseServerLicenseExpireTopic",
         "qlikSenseCloud",
     }
+)
+_DIRECTORY_PAIR = Section(
+    keys={"fromDirectory": Key(Str(), required=True), "toDirectory": Key(Str(), required=True)}
 )
 _HEADER_LIST = ListOf(Section(keys={"name": Key(Str(), required=True), "value": Key(Str(), required=True)}))
 
@@ -278,6 +278,11 @@ _SCHEMA = Section(
                             ),
                         )
                     ),
+                    "fileCopyApprovedDirectories": Key(ListOf(_DIRECTORY_PAIR)),
+                    "fileMoveApprovedDirectories": Key(ListOf(_DIRECTORY_PAIR)),
+                    "fileDeleteApprovedDirectories": Key(ListOf(Str())),
+                    "createDirApprovedDirectories": Key(ListOf(Str()), default=None),
+                    "configDirectories": Key(Section(keys={"qvdPath": Key(Str(nullable=True))})),
                     "dockerHealthCheck": Key(
                         Section(
                             keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)}
@@ -337,13 +342,13 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             raise ConfigError(
                 [f"Butler.restServerConfig.tls.{name}: required when tls.enable is true" for name in missing]
             )
+    present = document["Butler"]
     health = butler["dockerHealthCheck"]
     kv = butler["keyValueStore"]
     cert = butler["cert"]
     qrs = butler["configQRS"]
     allow = butler["startTaskFilter"]["allowTask"]
     mqtt = butler["mqttConfig"]
-    present = document["Butler"]
     return Settings(
         log_level=butler["logLevel"],
         rest=RestServerSettings(
@@ -400,6 +405,24 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             task_start_result_topic=mqtt["taskStartResultTopic"],
         ),
         slack_webhook=butler["slackNotification"]["restMessage"]["webhookURL"],
+        files=FileSettings(
+            copy=tuple(
+                (Path(p["fromDirectory"]), Path(p["toDirectory"]))
+                for p in butler["fileCopyApprovedDirectories"]
+            ),
+            move=tuple(
+                (Path(p["fromDirectory"]), Path(p["toDirectory"]))
+                for p in butler["fileMoveApprovedDirectories"]
+            ),
+            delete=tuple(Path(d) for d in butler["fileDeleteApprovedDirectories"]),
+            qvd_path=Path(butler["configDirectories"]["qvdPath"])
+            if butler["configDirectories"]["qvdPath"]
+            else None,
+            create_dir=None
+            if "createDirApprovedDirectories" not in present
+            or present["createDirApprovedDirectories"] is None
+            else tuple(Path(d) for d in butler["createDirApprovedDirectories"]),
+        ),
         source=source,
         unsupported_sections=tuple(name for name in present if name in UPSTREAM_SECTIONS),
     )

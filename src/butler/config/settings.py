@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from butler.files import FileSettings
+
 
 @dataclass(frozen=True)
 class TlsSettings:
@@ -158,5 +160,6 @@ class Settings:
     start_task_filter: StartTaskFilter = field(default_factory=StartTaskFilter)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     slack_webhook: str | None = None
+    files: FileSettings = field(default_factory=FileSettings)
     source: Path | None = None
     unsupported_sections: tuple[str, ...] = ()

@@ -1,0 +1,102 @@
+"""Files and folders for load scripts: ``/v4/filecopy``, ``/v4/filemove``, ``/v4/filedelete``,
+``/v4/createdir``, ``/v4/createdirqvd`` and the old ``/v2/createDir``, ``/v2/createDirQVD``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from butler.files import FileAccessDenied, FileRequestError, FileService
+from butler.http.errors import HttpError
+from butler.http.routing import ApiRequest, Reply, Route, json_reply
+from butler.routes import RouteContext
+
+MISSING = "Required parameter missing"
+ERRORS: tuple[tuple[type[Exception], int], ...] = ((FileRequestError, 400), (FileAccessDenied, 403))
+
+
+def _failed(what: str, exc: OSError) -> HttpError:
+    return HttpError(500, f"{what}: {exc.strerror or exc}")
+
+
+def routes(context: RouteContext) -> list[Route]:
+    files = FileService(context.settings.files)
+
+    def required(body: dict[str, Any], *names: str) -> list[str]:
+        values = [body.get(name) for name in names]
+        if not all(values):
+            raise HttpError(400, MISSING)
+        return [str(v) for v in values]
+
+    async def copy(request: ApiRequest) -> Reply:
+        from_file, to_file = required(request.body, "fromFile", "toFile")
+        overwrite, preserve = (
+            request.body.get("overwrite") is True,
+            request.body.get("preserveTimestamp") is True,
+        )
+        try:
+            source, target = await files.copy(from_file, to_file, overwrite, preserve)
+        except OSError as exc:
+            if isinstance(exc, FileAccessDenied):
+                raise
+            raise _failed("Failed copying file", exc) from None
+        return json_reply(
+            {"fromFile": source, "toFile": target, "overwrite": overwrite, "preserveTimestamp": preserve}, 201
+        )
+
+    async def move(request: ApiRequest) -> Reply:
+        from_file, to_file = required(request.body, "fromFile", "toFile")
+        overwrite = request.body.get("overwrite") is True
+        try:
+            source, target = await files.move(from_file, to_file, overwrite)
+        except OSError as exc:
+            if isinstance(exc, FileAccessDenied):
+                raise
+            raise _failed("Failed moving file", exc) from None
+        return json_reply({"fromFile": source, "toFile": target, "overwrite": overwrite}, 201)
+
+    async def delete(request: ApiRequest) -> Reply:
+        (path,) = required(request.body, "deleteFile")
+        try:
+            await files.delete(path)
+        except OSError as exc:
+            if isinstance(exc, FileAccessDenied):
+                raise
+            raise _failed("Failed deleting file", exc) from None
+        return Reply(204)
+
+    async def make(directory: Any, qvd: bool) -> None:
+        if directory is None:
+            raise HttpError(400, MISSING)
+        try:
+            await (files.create_qvd_dir if qvd else files.create_dir)(str(directory))
+        except OSError as exc:
+            if isinstance(exc, FileAccessDenied):
+                raise
+            raise HttpError(400, f"Failed to create directory: {exc.strerror or exc}") from None
+
+    async def create_dir(request: ApiRequest) -> Reply:
+        await make(request.body.get("directory"), qvd=False)
+        return json_reply({"directory": request.body["directory"]}, 201)
+
+    async def create_qvd_dir(request: ApiRequest) -> Reply:
+        await make(request.body.get("directory"), qvd=True)
+        return json_reply({"directory": request.body["directory"]}, 201)
+
+    async def v2_create_dir(request: ApiRequest) -> Reply:
+        await make(request.query.get("directory"), qvd=False)
+        return json_reply({"directory": request.query["directory"]})
+
+    async def v2_create_qvd_dir(request: ApiRequest) -> Reply:
+        await make(request.query.get("directory"), qvd=True)
+        return json_reply({"directory": request.query["directory"]})
+
+    handlers = [
+        ("PUT", "/v4/filecopy", copy),
+        ("PUT", "/v4/filemove", move),
+        ("DELETE", "/v4/filedelete", delete),
+        ("POST", "/v4/createdir", create_dir),
+        ("POST", "/v4/createdirqvd", create_qvd_dir),
+        ("GET", "/v2/createDir", v2_create_dir),
+        ("GET", "/v2/createDirQVD", v2_create_qvd_dir),
+    ]
+    return [Route(method, path, handler, errors=ERRORS) for method, path, handler in handlers]

@@ -1,0 +1,253 @@
+"""Files and folders over a real socket on a real file system, and a corpus of hostile paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import StartButler, base_config
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> dict[str, Path]:
+    names = ("from", "to", "delete", "qvd", "outside", "made")
+    made = {name: tmp_path / name for name in names}
+    for path in made.values():
+        path.mkdir()
+    (made["outside"] / "secret.txt").write_text("secret")
+    return made
+
+
+@pytest.fixture
+async def files(start_butler: StartButler, folders: dict[str, Path]) -> Any:
+    document = base_config(fileCopy=True, fileMove=True, fileDelete=True, createDir=True, createDirQVD=True)
+    butler = document["Butler"]
+    pair = [{"fromDirectory": str(folders["from"]), "toDirectory": str(folders["to"])}]
+    butler["fileCopyApprovedDirectories"] = pair
+    butler["fileMoveApprovedDirectories"] = pair
+    butler["fileDeleteApprovedDirectories"] = [str(folders["delete"])]
+    butler["configDirectories"] = {"qvdPath": str(folders["qvd"])}
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http:
+
+        async def call(method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+            async with http.request(method, base + path, **kwargs) as response:
+                text = await response.text()
+                return response.status, (await response.json() if text else None)
+
+        yield call
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(root.rglob("*"))}
+
+
+async def test_copy(files: Any, folders: dict[str, Path]) -> None:
+    source = folders["from"] / "data.qvd"
+    source.write_bytes(b"x" * 100_000)
+    os.utime(source, (1_600_000_000, 1_600_000_000))
+    target = folders["to"] / "sub" / "data.qvd"
+    body = {"fromFile": str(source), "toFile": str(target), "overwrite": False, "preserveTimestamp": True}
+    assert await files("PUT", "/v4/filecopy", json=body) == (201, body)
+    assert target.read_bytes() == source.read_bytes()
+    assert int(target.stat().st_mtime) == 1_600_000_000
+    source.write_bytes(b"new")
+    assert (await files("PUT", "/v4/filecopy", json=body))[0] == 201
+    assert target.read_bytes() == b"x" * 100_000  # no overwrite: left alone
+    body |= {"overwrite": "true", "preserveTimestamp": False}
+    status, answer = await files("PUT", "/v4/filecopy", json=body)
+    assert status == 201 and answer["overwrite"] is True
+    assert target.read_bytes() == b"new"
+    assert int(target.stat().st_mtime) != 1_600_000_000
+    assert not [p for p in folders["to"].rglob("*.part")]  # no temporary left behind
+
+
+async def test_move_and_delete(files: Any, folders: dict[str, Path]) -> None:
+    source = folders["from"] / "a.txt"
+    source.write_text("a")
+    target = folders["to"] / "a.txt"
+    body = {"fromFile": str(source), "toFile": str(target)}
+    assert await files("PUT", "/v4/filemove", json=body) == (201, body | {"overwrite": False})
+    assert not source.exists() and target.read_text() == "a"
+    source.write_text("b")
+    status, answer = await files("PUT", "/v4/filemove", json=body)
+    assert (status, answer["message"]) == (400, "toFile exists and overwrite is false")
+    assert source.read_text() == "b"
+    assert (await files("PUT", "/v4/filemove", json=body | {"overwrite": True}))[0] == 201
+    assert target.read_text() == "b"
+
+    doomed = folders["delete"] / "old" / "file.txt"
+    doomed.parent.mkdir()
+    doomed.write_text("bye")
+    assert await files("DELETE", "/v4/filedelete", json={"deleteFile": str(doomed)}) == (204, None)
+    assert not doomed.exists()
+    status, answer = await files("DELETE", "/v4/filedelete", json={"deleteFile": str(doomed)})
+    assert (status, answer["message"]) == (400, "Delete failed, file does not exist")
+    assert (await files("DELETE", "/v4/filedelete", json={"deleteFile": str(folders["delete"])}))[0] == 403
+    assert folders["delete"].is_dir()
+
+
+def other_file_system(here: Path) -> Path | None:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and shm.stat().st_dev != here.stat().st_dev else None
+
+
+async def test_cross_device_move(start_butler: StartButler, folders: dict[str, Path], tmp_path: Path) -> None:
+    shm = other_file_system(tmp_path)
+    if shm is None:
+        pytest.skip("no second file system here")
+    other = shm / f"butler-test-{os.getpid()}"
+    other.mkdir()
+    try:
+        document = base_config(fileMove=True)
+        document["Butler"]["fileMoveApprovedDirectories"] = [
+            {"fromDirectory": str(folders["from"]), "toDirectory": str(other)}
+        ]
+        base = await start_butler(document)
+        source = folders["from"] / "big.bin"
+        content = os.urandom(1_000_000)
+        source.write_bytes(content)
+        async with aiohttp.ClientSession() as http:
+            body = {"fromFile": str(source), "toFile": str(other / "big.bin")}
+            async with http.put(f"{base}/v4/filemove", json=body) as response:
+                assert response.status == 201
+        assert (other / "big.bin").read_bytes() == content
+        assert not source.exists()
+        assert [p.name for p in other.iterdir()] == ["big.bin"]  # no temporary left behind
+        # A symlink in an approved folder that leads elsewhere is judged by where it leads.
+        (folders["to"] / "link").symlink_to(folders["outside"])
+        async with aiohttp.ClientSession() as http:
+            body = {"fromFile": str(folders["to"] / "link" / "secret.txt"), "toFile": str(other / "s.txt")}
+            async with http.put(f"{base}/v4/filemove", json=body) as response:
+                assert response.status == 403
+        assert (folders["outside"] / "secret.txt").exists()
+    finally:
+        for item in other.iterdir():
+            item.unlink()
+        other.rmdir()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"toFile": "/x"}, 400, "Required parameter missing"),
+        ({"fromFile": "", "toFile": "/x"}, 400, "Required parameter missing"),
+        (
+            {"fromFile": "//server/share/x", "toFile": "/x"},
+            400,
+            "UNC paths not supported for file copy operations when running Butler on non-Windows OS. "
+            "Path: //server/share/x",
+        ),
+    ],
+)
+async def test_copy_bad_requests(files: Any, body: dict[str, Any], status: int, message: str) -> None:
+    code, answer = await files("PUT", "/v4/filecopy", json=body)
+    assert (code, answer["message"]) == (status, message)
+
+
+async def test_existence_is_not_revealed_outside(files: Any, folders: dict[str, Path]) -> None:
+    outside = folders["outside"]
+    for name in ("secret.txt", "missing.txt"):
+        status, answer = await files(
+            "PUT", "/v4/filecopy", json={"fromFile": str(outside / name), "toFile": str(folders["to"] / name)}
+        )
+        assert (status, answer["message"]) == (403, "No approved fromDir/toDir for file copy")
+
+
+async def test_create_folders(files: Any, folders: dict[str, Path]) -> None:
+    made = folders["made"] / "a" / "b"
+    assert await files("POST", "/v4/createdir", json={"directory": str(made)}) == (
+        201,
+        {"directory": str(made)},
+    )
+    assert made.is_dir()
+    assert await files("GET", f"/v2/createDir?directory={made}c") == (200, {"directory": f"{made}c"})
+    assert await files("POST", "/v4/createdirqvd", json={"directory": "abc/def"}) == (
+        201,
+        {"directory": "abc/def"},
+    )
+    assert (folders["qvd"] / "abc" / "def").is_dir()
+    assert await files("GET", "/v2/createDirQVD?directory=abc/def") == (200, {"directory": "abc/def"})
+    assert (await files("POST", "/v4/createdirqvd", json={"directory": "/abs/path"}))[0] == 201
+    assert (folders["qvd"] / "abs" / "path").is_dir()
+    for escape in ("../../escape", "a/../../qvd2", "..", "%2e%2e/x"):
+        status, answer = await files("POST", "/v4/createdirqvd", json={"directory": escape})
+        assert (status, answer["message"]) == (403, "Directory must be within the QVD folder")
+    assert (await files("POST", "/v4/createdir", json={}))[1]["message"] == "Required parameter missing"
+
+
+def hostile_paths(folders: dict[str, Path]) -> list[str]:
+    """Forty paths that must never be approved as sources (documented corpus)."""
+    src, out = str(folders["from"]), str(folders["outside"])
+    secret = f"{out}/secret.txt"
+    (folders["from"] / "escape").symlink_to(folders["outside"])
+    (folders["from"] / "secret-link.txt").symlink_to(folders["outside"] / "secret.txt")
+    return [
+        secret,
+        f"{src}/../outside/secret.txt",
+        f"{src}/./../outside/secret.txt",
+        f"{src}/../../outside/secret.txt",
+        f"{src}//..//outside//secret.txt",
+        f"{src}\\..\\outside\\secret.txt",
+        f"{src}/..\\outside/secret.txt",
+        f"{src}/escape/secret.txt",
+        f"{src}/escape/../../outside/secret.txt",
+        f"{src}/secret-link.txt",
+        f"{src}/%2e%2e/outside/secret.txt",
+        f"{src}/%2E%2E/outside/secret.txt",
+        f"{src}%2f..%2foutside/secret.txt",
+        f"{src}/..%2f..%2foutside/secret.txt",
+        f"{src}/..%5coutside/secret.txt",
+        f"{src}/%00/secret.txt",
+        "C:\\Windows\\win.ini",
+        "c:/windows/win.ini",
+        "C:secret.txt",
+        "D:\\data\\x.qvd",
+        "../outside/secret.txt",
+        "./secret.txt",
+        "secret.txt",
+        "outside/secret.txt",
+        "~/secret.txt",
+        "/etc/passwd",
+        "/etc/shadow",
+        "/",
+        "/proc/self/environ",
+        "/root/.ssh/id_rsa",
+        f"{src}fromevil/secret.txt",
+        f"{src}-other/secret.txt",
+        f"{src[:-1]}/secret.txt",
+        f"{out}/../from/../outside/secret.txt",
+        f"{src}/escape/",
+        f"{src}/escape/.",
+        f"{src}/escape/./secret.txt",
+        f"{src}/nested/../../outside/secret.txt",
+        "/dev/null",
+        "/tmp",
+    ]
+
+
+async def test_hostile_paths_are_refused(files: Any, folders: dict[str, Path], tmp_path: Path) -> None:
+    corpus = hostile_paths(folders)
+    assert len(corpus) >= 40
+    before = snapshot(tmp_path)
+    for hostile in corpus:
+        for method, path, body in (
+            ("PUT", "/v4/filecopy", {"fromFile": hostile, "toFile": str(folders["to"] / "x")}),
+            ("PUT", "/v4/filemove", {"fromFile": hostile, "toFile": str(folders["to"] / "x")}),
+            ("PUT", "/v4/filecopy", {"fromFile": str(folders["from"]), "toFile": hostile}),
+            ("DELETE", "/v4/filedelete", {"deleteFile": hostile}),
+        ):
+            status, answer = await files(method, path, json=body)
+            assert status == 403, (hostile, method, path, answer)
+    assert snapshot(tmp_path) == before
+    # UNC forms and NUL bytes are refused as well, with upstream's 400 and a message saying why.
+    for odd in ("\\\\server\\share\\x", "//server/share/x", f"{folders['from']}/a\x00b"):
+        status, _ = await files(
+            "PUT", "/v4/filecopy", json={"fromFile": odd, "toFile": str(folders["to"] / "x")}
+        )
+        assert status == 400
+    assert snapshot(tmp_path) == before
