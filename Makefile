@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/key_value.py
 	$(BIN)/python bench/task_start.py
 	$(BIN)/python bench/mqtt.py
+	$(BIN)/python bench/files.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

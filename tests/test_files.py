@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import StartButler, base_config
+from tests.conftest import StartButler, base_config, free_port, write_config
 
 
 @pytest.fixture
@@ -251,3 +254,85 @@ async def test_hostile_paths_are_refused(files: Any, folders: dict[str, Path], t
         )
         assert status == 400
     assert snapshot(tmp_path) == before
+
+
+def _write_big(path: Path, size: int) -> None:
+    chunk = os.urandom(1 << 20)
+    with path.open("wb") as out:
+        for _ in range(size >> 20):
+            out.write(chunk)
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+async def test_killed_cross_device_move_keeps_the_source(
+    folders: dict[str, Path], tmp_path: Path, butler_process: Any
+) -> None:
+    """Butler is killed while it copies a file to another file system: the source is intact."""
+    shm = other_file_system(tmp_path)
+    if shm is None:
+        pytest.skip("no second file system here")
+    other = shm / f"butler-kill-{os.getpid()}"
+    other.mkdir()
+    try:
+        source = folders["from"] / "big.bin"
+        await asyncio.to_thread(_write_big, source, 400 << 20)
+        before = await asyncio.to_thread(_digest, source)
+        port = free_port()
+        document = base_config(fileMove=True)
+        document["Butler"]["restServerConfig"]["serverPort"] = port
+        document["Butler"]["fileMoveApprovedDirectories"] = [
+            {"fromDirectory": str(folders["from"]), "toDirectory": str(other)}
+        ]
+        process = butler_process("serve", "-c", str(write_config(tmp_path / "b.yaml", document)))
+        await asyncio.to_thread(process.wait_for_port, port)
+        async with aiohttp.ClientSession() as http:
+            move = asyncio.ensure_future(
+                http.put(
+                    f"http://127.0.0.1:{port}/v4/filemove",
+                    json={"fromFile": str(source), "toFile": str(other / "big.bin")},
+                )
+            )
+            await asyncio.sleep(0.15)
+            process.proc.send_signal(signal.SIGKILL)
+            with pytest.raises(aiohttp.ClientError):
+                await move
+        assert await asyncio.to_thread(_digest, source) == before
+        assert not (other / "big.bin").exists()  # never a half file under the target name
+    finally:
+        for item in other.iterdir():
+            item.unlink()
+        other.rmdir()
+
+
+async def test_createdir_limited_to_approved_folders(
+    start_butler: StartButler, folders: dict[str, Path]
+) -> None:
+    document = base_config(createDir=True)
+    document["Butler"]["createDirApprovedDirectories"] = [str(folders["made"])]
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{base}/v4/createdir", json={"directory": str(folders["made"] / "x" / "y")}
+        ) as r:
+            assert r.status == 201
+        for outside in (str(folders["outside"] / "x"), f"{folders['made']}/../outside/y", "relative/dir"):
+            async with http.post(f"{base}/v4/createdir", json={"directory": outside}) as r:
+                assert r.status == 403
+    assert (folders["made"] / "x" / "y").is_dir()
+    assert not (folders["outside"] / "x").exists() and not (folders["outside"] / "y").exists()
+
+
+async def test_copy_a_folder(files: Any, folders: dict[str, Path]) -> None:
+    tree = folders["from"] / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("a")
+    body = {"fromFile": str(tree), "toFile": str(folders["to"] / "tree")}
+    assert (await files("PUT", "/v4/filecopy", json=body))[0] == 201
+    assert (folders["to"] / "tree" / "sub" / "a.txt").read_text() == "a"
