@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from harness import cores, free_port, wait_port
+from harness import cores, free_port, start_butler, wait_port
 
 
 def write_file(path: Path, size_mb: int) -> None:
@@ -76,23 +76,7 @@ def main() -> int:
             }
         )
     )
-    butler = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            server_core,
-            sys.executable,
-            "-m",
-            "butler",
-            "serve",
-            "-c",
-            str(config),
-            "--api-rate-limit",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    butler = start_butler(config, server_core, subprocess.DEVNULL)
     try:
         wait_port(port, butler)
         seconds, latencies = asyncio.run(

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,3 +78,21 @@ def run_wrk(
         requests=int(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
         non_2xx=int(errors.group(1)) if errors else 0,
     )
+
+
+def start_butler(config: Path, core: str, log: object = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """``butler serve`` with the rate limit off, pinned to ``core``; output to ``log``."""
+    command = [
+        "taskset",
+        "-c",
+        core,
+        sys.executable,
+        "-m",
+        "butler",
+        "serve",
+        "-c",
+        str(config),
+        "--api-rate-limit",
+        "0",
+    ]
+    return subprocess.Popen(command, stdout=log, stderr=log)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from harness import free_port, rss_mb, run_wrk, wait_port
+from harness import free_port, rss_mb, run_wrk, start_butler, wait_port
 
 TARGETS = {"sqlite": (10_000, 15_000)}
 POST_SCRIPT = """
@@ -113,23 +113,7 @@ def main() -> int:
                 )
             )
             log = (workdir / f"{backend}.log").open("w")
-            butler = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    server_core,
-                    sys.executable,
-                    "-m",
-                    "butler",
-                    "serve",
-                    "-c",
-                    str(config),
-                    "--api-rate-limit",
-                    "0",
-                ],
-                stdout=log,
-                stderr=log,
-            )
+            butler = start_butler(config, server_core, log)
             processes.append(butler)
             wait_port(port, butler)
             base = f"http://127.0.0.1:{port}"

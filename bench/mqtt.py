@@ -31,7 +31,7 @@ import aiomqtt
 import yaml
 from aiohttp import web
 
-from harness import free_port
+from harness import free_port, start_butler
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import load_site
@@ -131,25 +131,7 @@ async def run(args: argparse.Namespace) -> int:
             )
         )
         log = (workdir / "butler.log").open("w")
-        processes.append(
-            spawn(
-                [
-                    "taskset",
-                    "-c",
-                    butler_core,
-                    sys.executable,
-                    "-m",
-                    "butler",
-                    "serve",
-                    "-c",
-                    str(config),
-                    "--api-rate-limit",
-                    "0",
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        )
+        processes.append(start_butler(config, butler_core, log))
         await wait_port(port)
         await asyncio.sleep(1.5)  # Butler connects to the broker in the background
 

@@ -12,14 +12,13 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from harness import free_port, rss_mb, run_wrk
+from harness import free_port, rss_mb, run_wrk, start_butler
 
 TARGETS = {
     "GET /v4/butlerping": ("/v4/butlerping", 20_000),
@@ -71,9 +70,8 @@ def main() -> int:
     config.write_text(CONFIG.format(port=port))
     log_file = (workdir / "butler.log").open("w")
     base = f"http://127.0.0.1:{port}"
-    butler_cmd = [sys.executable, "-m", "butler", "serve", "-c", str(config), "--api-rate-limit", "0"]
     started = time.perf_counter()
-    server = subprocess.Popen(["taskset", "-c", server_core, *butler_cmd], stdout=log_file, stderr=log_file)
+    server = start_butler(config, server_core, log_file)
 
     def stop(*_: object) -> None:
         server.terminate()

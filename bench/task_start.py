@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from harness import cpu_seconds, free_port, rss_mb, run_wrk, wait_port
+from harness import cpu_seconds, free_port, rss_mb, run_wrk, start_butler, wait_port
 
 TAGGED = 10
 
@@ -156,23 +156,7 @@ def main() -> int:
             )
         )
         log = (workdir / "butler.log").open("w")
-        butler = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                server_core,
-                sys.executable,
-                "-m",
-                "butler",
-                "serve",
-                "-c",
-                str(config),
-                "--api-rate-limit",
-                "0",
-            ],
-            stdout=log,
-            stderr=log,
-        )
+        butler = start_butler(config, server_core, log)
         processes.append(butler)
         wait_port(port, butler)
         base = f"http://127.0.0.1:{port}"
