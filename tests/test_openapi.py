@@ -7,8 +7,9 @@ import yaml
 from openapi_spec_validator import validate
 
 from butler.app import build_router
+from butler.apps import AppService
 from butler.config import ENDPOINT_FLAGS, parse_config
-from butler.config.settings import CertificateSettings, QrsSettings, StartTaskFilter
+from butler.config.settings import CertificateSettings, EngineSettings, QrsSettings, StartTaskFilter
 from butler.http.docs import ApiDocument, load_openapi
 from butler.kvstore.memory import MemoryStore
 from butler.qlik.qrs import QrsClient
@@ -28,7 +29,9 @@ def test_every_route_is_documented_and_every_operation_served(tmp_path: object) 
     # Services need not work here, only exist, so that every route module registers its routes.
     qrs = QrsClient(QrsSettings(use_ssl=False), CertificateSettings())
     starter = TaskStarter(qrs, StartTaskFilter(), None)
-    router = build_router(RouteContext(settings, key_values=MemoryStore(), task_starter=starter), document)
+    apps = AppService(EngineSettings(use_ssl=False), CertificateSettings(), starter)
+    context = RouteContext(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
+    router = build_router(context, document)
     registered = {(r.method, r.path) for r in router.routes if r.documented}
     assert registered == set(document.operations())
     for route in router.routes:

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from butler.apps import AppService
 from butler.config import Settings
 from butler.http.docs import ApiDocument, DocumentationSite, load_openapi
 from butler.http.ratelimit import RateLimiter
@@ -23,6 +24,7 @@ from butler.qlik.qrs import QrsClient
 from butler.qlik.tls import CertificateError
 from butler.routes import (
     RouteContext,
+    apps,
     base_conversion,
     butler_status,
     files,
@@ -36,7 +38,7 @@ from butler.task_start import TaskStarter
 log = logging.getLogger("butler")
 
 #: Route modules, one per feature.
-ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start, messaging, files)
+ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start, messaging, files, apps)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
@@ -72,6 +74,7 @@ class Butler:
     task_starter: TaskStarter | None = None
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
+    apps: AppService | None = None
 
     def build_api(self) -> RestApi:
         context = RouteContext(
@@ -80,6 +83,7 @@ class Butler:
             task_starter=self.task_starter,
             mqtt=self.mqtt,
             slack=self.slack,
+            apps=self.apps,
         )
         router = build_router(context, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
@@ -115,6 +119,14 @@ class Butler:
                     "MQTT task starts are off: Butler.cert is not set, so Qlik Sense cannot be reached"
                 )
             self.mqtt.start()
+        flags = self.settings.endpoints
+        if any(flags.enabled(f) for f in ("senseListApps", "senseAppDump", "senseAppReload")):
+            try:
+                self.apps = AppService(self.settings.engine, self.settings.certificates, self.task_starter)
+                # Certificates are checked now, not at the first request.
+                self.apps._session("")
+            except CertificateError as exc:
+                raise StartupError(str(exc)) from exc
         if self.settings.slack_webhook and self.settings.endpoints.enabled("slackPostMessage"):
             self.slack = SlackWebhook(self.settings.slack_webhook)
         rest = self.settings.rest
@@ -142,6 +154,9 @@ class Butler:
         if self.slack is not None:
             await self.slack.close()
             self.slack = None
+        if self.apps is not None:
+            await self.apps.close()
+            self.apps = None
         if self.qrs is not None:
             await self.qrs.close()
             self.qrs = None

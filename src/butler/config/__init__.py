@@ -16,6 +16,7 @@ from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Str, val
 from butler.config.settings import (
     CertificateSettings,
     EndpointFlags,
+    EngineSettings,
     HealthCheckSettings,
     KeyValueSettings,
     MqttSettings,
@@ -86,7 +87,6 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
         "restServerEndpointsConfig",
         "serviceMonitor",
         "qlikSenseCloud",
-        "configEngine",
     }
 )
 
@@ -283,6 +283,19 @@ _SCHEMA = Section(
                     "fileDeleteApprovedDirectories": Key(ListOf(Str())),
                     "createDirApprovedDirectories": Key(ListOf(Str()), default=None),
                     "configDirectories": Key(Section(keys={"qvdPath": Key(Str(nullable=True))})),
+                    "configEngine": Key(
+                        Section(
+                            keys={
+                                "engineVersion": Key(Str(), default="12.612.0"),
+                                "host": Key(Str(), default="localhost"),
+                                "port": Key(_PORT, default=4747),
+                                "useSSL": Key(Bool(), default=True),
+                                "headers": Key(Section(keys={"static": Key(_HEADER_LIST)})),
+                                "rejectUnauthorized": Key(Bool(), default=False),
+                                "timeoutSeconds": Key(Int(1, 3600), default=30),
+                            }
+                        )
+                    ),
                     "dockerHealthCheck": Key(
                         Section(
                             keys={"enable": Key(Bool(), default=False), "port": Key(_PORT, default=12398)}
@@ -405,6 +418,15 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             task_start_result_topic=mqtt["taskStartResultTopic"],
         ),
         slack_webhook=butler["slackNotification"]["restMessage"]["webhookURL"],
+        engine=EngineSettings(
+            host=butler["configEngine"]["host"],
+            port=butler["configEngine"]["port"],
+            use_ssl=butler["configEngine"]["useSSL"],
+            headers=tuple((h["name"], h["value"]) for h in butler["configEngine"]["headers"]["static"])
+            or EngineSettings.headers,
+            reject_unauthorized=butler["configEngine"]["rejectUnauthorized"],
+            timeout_seconds=butler["configEngine"]["timeoutSeconds"],
+        ),
         files=FileSettings(
             copy=tuple(
                 (Path(p["fromDirectory"]), Path(p["toDirectory"]))

@@ -73,6 +73,18 @@ class QrsSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """``Butler.configEngine``; ``timeoutSeconds`` is an addition to upstream's keys."""
+
+    host: str = "localhost"
+    port: int = 4747
+    use_ssl: bool = True
+    headers: tuple[tuple[str, str], ...] = (("X-Qlik-User", "UserDirectory=Internal;UserId=sa_repository"),)
+    reject_unauthorized: bool = False
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class StartTaskFilter:
     """``Butler.startTaskFilter``: which task ids, tags and custom-property values may be started by REST."""
 
@@ -161,5 +173,6 @@ class Settings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     slack_webhook: str | None = None
     files: FileSettings = field(default_factory=FileSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     source: Path | None = None
     unsupported_sections: tuple[str, ...] = ()

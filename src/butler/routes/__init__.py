@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from butler import __version__
+from butler.apps import AppService
 from butler.config import Settings
 from butler.kvstore import KeyValueStore
 from butler.mqtt import MqttClient
@@ -26,5 +27,6 @@ class RouteContext:
     task_starter: TaskStarter | None = None
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
+    apps: AppService | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)

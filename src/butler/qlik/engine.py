@@ -1,0 +1,149 @@
+"""The Engine (QIX) client: JSON-RPC 2.0 over a WebSocket to ``wss://host:4747``.
+
+One socket per operation, always closed. Requests are pipelined: ``call`` may be awaited concurrently and
+each answer is matched to its request by id; notifications (``OnConnected`` and others) are skipped.
+Qlik's error objects become EngineError with Qlik's code and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from butler.config.settings import CertificateSettings, EngineSettings
+from butler.qlik.tls import client_tls
+
+APP_NOT_FOUND = 1003
+
+
+class EngineError(Exception):
+    """The Engine answered a request with an error."""
+
+    def __init__(self, code: int, message: str, parameter: str = "") -> None:
+        super().__init__(
+            f"Qlik Sense Engine error {code}: {message}" + (f" ({parameter})" if parameter else "")
+        )
+        self.code = code
+        self.qlik_message = message
+        self.parameter = parameter
+
+
+class EngineUnavailable(Exception):
+    """The Engine cannot be reached, or the socket closed before an answer came."""
+
+
+class EngineTimeout(EngineUnavailable):
+    """The Engine did not answer in time."""
+
+
+class EngineSession:
+    def __init__(self, settings: EngineSettings, certificates: CertificateSettings, path: str = "") -> None:
+        self.settings = settings
+        scheme = "wss" if settings.use_ssl else "ws"
+        self.url = f"{scheme}://{settings.host}:{settings.port}{path}"
+        self._ssl: ssl.SSLContext | bool = (
+            client_tls(certificates, settings.reject_unauthorized) if settings.use_ssl else False
+        )
+        self._http: aiohttp.ClientSession | None = None
+        self._socket: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._connected: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> EngineSession:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
+        try:
+            self._socket = await self._http.ws_connect(
+                self.url, ssl=self._ssl, headers=dict(self.settings.headers), max_msg_size=0, autoping=True
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await self._http.close()
+            raise EngineUnavailable(f"cannot connect to the Qlik Sense Engine at {self.url}: {exc}") from exc
+        self._connected = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected), self.settings.timeout_seconds)
+        except TimeoutError:
+            await self.__aexit__(None, None, None)
+            raise EngineTimeout(f"the Qlik Sense Engine at {self.url} did not greet the session") from None
+        except EngineUnavailable:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._http is not None:
+            await self._http.close()
+
+    async def _read(self) -> None:
+        assert self._socket is not None
+        problem: Exception = EngineUnavailable(f"the Qlik Sense Engine at {self.url} closed the session")
+        try:
+            async for message in self._socket:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = orjson.loads(message.data)
+                if data.get("method") == "OnConnected" and self._connected and not self._connected.done():
+                    self._connected.set_result(None)
+                    continue
+                waiter = self._pending.pop(data.get("id", -1), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(data)
+        except (aiohttp.ClientError, ValueError) as exc:
+            problem = EngineUnavailable(f"the Qlik Sense Engine session at {self.url} failed: {exc}")
+        waiters: list[asyncio.Future[Any]] = [*self._pending.values()]
+        if self._connected is not None:
+            waiters.append(self._connected)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(problem)
+        self._pending.clear()
+
+    async def call(self, handle: int, method: str, *params: Any) -> dict[str, Any]:
+        """Send one request and return its ``result``; EngineError for Qlik's error answer."""
+        assert self._socket is not None
+        request_id = next(self._ids)
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = waiter
+        payload = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "handle": handle,
+            "method": method,
+            "params": list(params),
+        }
+        try:
+            await self._socket.send_str(orjson.dumps(payload).decode())
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self._pending.pop(request_id, None)
+            raise EngineUnavailable(f"cannot send to the Qlik Sense Engine: {exc}") from exc
+        try:
+            answer = await asyncio.wait_for(waiter, self.settings.timeout_seconds)
+        except TimeoutError:
+            self._pending.pop(request_id, None)
+            raise EngineTimeout(
+                f"the Qlik Sense Engine did not answer {method} within {self.settings.timeout_seconds:g} s"
+            ) from None
+        if "error" in answer:
+            error = answer["error"]
+            raise EngineError(
+                int(error.get("code", 0)), str(error.get("message", "")), str(error.get("parameter", ""))
+            )
+        result: dict[str, Any] = answer.get("result", {})
+        return result

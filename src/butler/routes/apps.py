@@ -1,0 +1,82 @@
+"""Apps through the Engine: ``/v4/apps/list``, ``/v4/app/{appId}/dump``, ``/v4/app/{appId}/reload``, their
+aliases and the old ``/v2/senseListApps`` and ``/v2/senseAppDump``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from butler.http.errors import HttpError
+from butler.http.routing import JSON_HEADERS, ApiRequest, Reply, Route, encode_json, json_reply
+from butler.qlik.engine import APP_NOT_FOUND, EngineError, EngineTimeout, EngineUnavailable
+from butler.qlik.qrs import QrsError
+from butler.routes import RouteContext
+
+ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (EngineTimeout, 504),
+    (EngineUnavailable, 502),
+    (EngineError, 502),
+    (QrsError, 502),
+)
+
+
+def routes(context: RouteContext) -> list[Route]:
+    apps = context.apps
+    if apps is None:  # the endpoints are switched off
+        return []
+
+    async def list_apps(request: ApiRequest) -> Reply:
+        return json_reply(await apps.list_apps())
+
+    async def dump_app(app_id: str) -> Reply:
+        try:
+            dump = await apps.dump(app_id)
+        except EngineError as exc:
+            if exc.code == APP_NOT_FOUND:
+                raise HttpError(
+                    404, f"App not found: {app_id} (Qlik Sense Engine: {exc.qlik_message})"
+                ) from None
+            raise
+        return Reply(200, encode_json(dump), headers=JSON_HEADERS)
+
+    async def dump(request: ApiRequest) -> Reply:
+        return await dump_app(request.params["appId"])
+
+    async def v2_dump(request: ApiRequest) -> Reply:
+        return await dump_app(request.query["appId"])
+
+    async def reload(request: ApiRequest) -> Reply:
+        app_id = request.params["appId"]
+        body: dict[str, Any] = request.body
+        mode = body.get("reloadMode", 0)
+        try:
+            outcome = await apps.reload(
+                app_id,
+                mode if 0 <= mode <= 2 else 0,
+                body.get("partialReload") is True,
+                _ids(body.get("startQSEoWTaskOnSuccess")),
+                _ids(body.get("startQSEoWTaskOnFailure")),
+                bool(request.query.get("wait")),
+            )
+        except EngineError as exc:
+            if exc.code == APP_NOT_FOUND:
+                raise HttpError(
+                    404, f"App not found: {app_id} (Qlik Sense Engine: {exc.qlik_message})"
+                ) from None
+            raise
+        return json_reply(outcome, 201)
+
+    return [
+        Route("GET", "/v4/apps/list", list_apps, errors=ERRORS),
+        Route("GET", "/v4/senselistapps", list_apps, errors=ERRORS),
+        Route("GET", "/v2/senseListApps", list_apps, errors=ERRORS),
+        Route("GET", "/v4/app/{appId}/dump", dump, errors=ERRORS),
+        Route("GET", "/v4/senseappdump/{appId}", dump, errors=ERRORS),
+        Route("GET", "/v2/senseAppDump", v2_dump, errors=ERRORS),
+        Route("PUT", "/v4/app/{appId}/reload", reload, errors=ERRORS),
+    ]
+
+
+def _ids(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
