@@ -1,0 +1,125 @@
+"""Apps through the Engine, against the simulated site over mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import StartButler
+from tests.test_task_start import APP1, APP2, butler_config
+
+
+def app_id(simulator: Any, name: str) -> str:
+    return next(a["id"] for a in simulator.site.apps.values() if a["name"] == name)
+
+
+@pytest.fixture
+async def butler(start_butler: StartButler, simulator: Any, site_certs: Any) -> str:
+    document = butler_config(
+        simulator, site_certs, senseListApps=True, senseAppDump=True, senseAppReload=True
+    )
+    document["Butler"]["configEngine"] = {
+        "host": "127.0.0.1",
+        "port": simulator.engine_port,
+        "useSSL": True,
+        "rejectUnauthorized": True,
+        "timeoutSeconds": 3,
+        "headers": {
+            "static": [{"name": "X-Qlik-User", "value": "UserDirectory=Internal;UserId=sa_repository"}]
+        },
+    }
+    return await start_butler(document)
+
+
+async def get(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_list_apps(butler: str, simulator: Any) -> None:
+    expected = [{"id": a["id"], "name": a["name"]} for a in simulator.site.apps.values()]
+    for path in ("/v4/apps/list", "/v4/senselistapps", "/v2/senseListApps"):
+        assert await get(butler + path) == (200, expected)
+
+
+async def test_dump(butler: str, simulator: Any) -> None:
+    app1 = app_id(simulator, "App1")
+    status, dump = await get(f"{butler}/v4/app/{app1}/dump")
+    assert status == 200
+    assert list(dump)[:3] == ["properties", "loadScript", "lineage"] and list(dump)[-1] == "appId"
+    assert dump["appId"] == app1 and dump["properties"]["qTitle"] == "App1"
+    assert dump["loadScript"] == simulator.site.app_content[app1]["script"]
+    assert [s["qProperty"]["qMetaDef"]["title"] for s in dump["sheets"]] == ["Overview", "Details"]
+    assert [d["qDim"]["qFieldDefs"] for d in dump["dimensions"]] == [["Region"], ["Product"]]
+    assert [m["qMeasure"]["qDef"] for m in dump["measures"]] == ["Sum(Amount)"]
+    assert [v["qName"] for v in dump["variables"]] == ["vToday"]
+    assert dump["bookmarks"][0]["qMetaDef"]["title"] == "North region"
+    assert "qBookMark" in dump["bookmarks"][0]["qData"]
+    assert [f["qName"] for f in dump["fields"]] == ["Region", "Product", "Amount"]
+    assert [c["qName"] for c in dump["dataconnections"]] == ["DataFiles"]
+    assert await get(f"{butler}/v4/senseappdump/{app1}") == (200, dump)
+    assert await get(f"{butler}/v2/senseAppDump?appId={app1}") == (200, dump)
+    status, body = await get(f"{butler}/v4/app/00000000-0000-4000-8000-00000000dead/dump")
+    assert status == 404 and "App not found" in body["message"]
+    assert simulator.engine.open_sessions == 0  # every socket closed
+
+
+async def reload(butler: str, app: str, body: dict[str, Any], wait: bool = True) -> tuple[int, Any]:
+    url = f"{butler}/v4/app/{app}/reload" + ("?wait=true" if wait else "")
+    async with aiohttp.ClientSession() as http, http.put(url, json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_reload_with_follow_up_tasks(butler: str, simulator: Any) -> None:
+    body = {
+        "reloadMode": 0,
+        "partialReload": True,
+        "startQSEoWTaskOnSuccess": [APP1["taskId"]],
+        "startQSEoWTaskOnFailure": [APP2["taskId"]],
+    }
+    status, outcome = await reload(butler, app_id(simulator, "App2"), body)
+    assert status == 201 and outcome["success"] is True
+    assert outcome["tasksStarted"]["started"] == [APP1]
+    assert simulator.scheduler.started_count == {APP1["taskId"]: 1}
+    assert simulator.engine.saves == {app_id(simulator, "App2"): 1}
+    assert simulator.scheduler.reload_kinds[app_id(simulator, "App2")] == ["partial"]
+
+    status, outcome = await reload(butler, app_id(simulator, "Failing App"), body)
+    assert status == 201 and outcome["success"] is False
+    assert outcome["tasksStarted"]["started"] == [APP2]
+    assert simulator.engine.saves.get(app_id(simulator, "Failing App")) is None
+
+    # Without wait the answer comes once the app is open; the reload goes on.
+    status, outcome = await reload(butler, app_id(simulator, "App3"), {}, wait=False)
+    assert (status, outcome) == (201, {"appId": app_id(simulator, "App3")})
+    for _ in range(100):
+        if simulator.engine.saves.get(app_id(simulator, "App3")):
+            break
+        await asyncio.sleep(0.05)
+    assert simulator.engine.saves.get(app_id(simulator, "App3")) == 1
+
+
+async def test_reload_errors(butler: str, simulator: Any) -> None:
+    status, body = await reload(butler, "00000000-0000-4000-8000-00000000dead", {})
+    assert status == 404 and "App not found" in body["message"]
+    async with aiohttp.ClientSession() as http, http.put(f"{butler}/v4/app/x/reload") as response:
+        assert response.status == 415 or (await response.json())["message"] == "body must be object"
+
+
+async def test_engine_down_and_slow(butler: str, simulator: Any) -> None:
+    control = f"http://127.0.0.1:{simulator.control_port}/faults/engine"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(control, json={"down": True}) as r:
+            assert r.status == 200
+        status, body = await get(f"{butler}/v4/apps/list")
+        assert status == 502 and "Engine" in body["message"]
+        async with http.put(control, json={"down": False, "latency_ms": 4000}) as r:
+            assert r.status == 200
+        status, body = await get(f"{butler}/v4/app/{app_id(simulator, 'App1')}/dump")
+        assert status == 504
+        async with http.put(control, json={"latency_ms": 0}) as r:
+            assert r.status == 200
+        assert (await get(f"{butler}/v4/apps/list"))[0] == 200
