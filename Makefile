@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/task_start.py
 	$(BIN)/python bench/mqtt.py
 	$(BIN)/python bench/files.py
+	$(BIN)/python bench/app_dump.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

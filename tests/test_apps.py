@@ -123,3 +123,19 @@ async def test_engine_down_and_slow(butler: str, simulator: Any) -> None:
         async with http.put(control, json={"latency_ms": 0}) as r:
             assert r.status == 200
         assert (await get(f"{butler}/v4/apps/list"))[0] == 200
+
+
+async def test_dropped_engine_socket_mid_dump(butler: str, simulator: Any) -> None:
+    control = f"http://127.0.0.1:{simulator.control_port}/faults/engine"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(control, json={"drop": 0.05}) as r:
+            assert r.status == 200
+        statuses = []
+        for _ in range(5):
+            status, _ = await get(f"{butler}/v4/app/{app_id(simulator, 'App1')}/dump")
+            statuses.append(status)
+        async with http.put(control, json={"drop": 0}) as r:
+            assert r.status == 200
+    assert set(statuses) <= {200, 502} and 502 in statuses
+    await asyncio.sleep(0.2)
+    assert simulator.engine.open_sessions == 0  # no socket left open on either side
