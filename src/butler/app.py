@@ -123,8 +123,6 @@ class Butler:
         if any(flags.enabled(f) for f in ("senseListApps", "senseAppDump", "senseAppReload")):
             try:
                 self.apps = AppService(self.settings.engine, self.settings.certificates, self.task_starter)
-                # Certificates are checked now, not at the first request.
-                self.apps._session("")
             except CertificateError as exc:
                 raise StartupError(str(exc)) from exc
         if self.settings.slack_webhook and self.settings.endpoints.enabled("slackPostMessage"):

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from butler.config.settings import CertificateSettings, EngineSettings
-from butler.qlik.engine import EngineSession
+from butler.qlik.engine import EngineSession, engine_tls
 from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler.apps")
@@ -27,12 +27,12 @@ class AppService:
         self, settings: EngineSettings, certificates: CertificateSettings, starter: TaskStarter | None
     ) -> None:
         self.settings = settings
-        self.certificates = certificates
         self.starter = starter
+        self._tls = engine_tls(settings, certificates)  # CertificateError here, at start-up
         self._background: set[asyncio.Task[Any]] = set()
 
     def _session(self, path: str) -> EngineSession:
-        return EngineSession(self.settings, self.certificates, path)
+        return EngineSession(self.settings, self._tls, path)
 
     async def list_apps(self) -> list[dict[str, str]]:
         async with self._session("") as engine:

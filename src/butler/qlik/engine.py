@@ -43,14 +43,18 @@ class EngineTimeout(EngineUnavailable):
     """The Engine did not answer in time."""
 
 
+def engine_tls(settings: EngineSettings, certificates: CertificateSettings) -> ssl.SSLContext | None:
+    """The TLS context for Engine sockets (None for plain ``ws://``); made once and shared by sessions, as
+    loading the certificates costs more than a request."""
+    return client_tls(certificates, settings.reject_unauthorized) if settings.use_ssl else None
+
+
 class EngineSession:
-    def __init__(self, settings: EngineSettings, certificates: CertificateSettings, path: str = "") -> None:
+    def __init__(self, settings: EngineSettings, tls: ssl.SSLContext | None, path: str = "") -> None:
         self.settings = settings
         scheme = "wss" if settings.use_ssl else "ws"
         self.url = f"{scheme}://{settings.host}:{settings.port}{path}"
-        self._ssl: ssl.SSLContext | bool = (
-            client_tls(certificates, settings.reject_unauthorized) if settings.use_ssl else False
-        )
+        self._ssl: ssl.SSLContext | bool = tls if tls is not None else False
         self._http: aiohttp.ClientSession | None = None
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
