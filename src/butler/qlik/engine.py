@@ -35,6 +35,13 @@ class EngineError(Exception):
         self.parameter = parameter
 
 
+class AppNotFound(EngineError):
+    """The Engine does not know the app (Qlik's error 1003)."""
+
+    def __str__(self) -> str:
+        return f"App not found: {self.parameter} (Qlik Sense Engine: {self.qlik_message})"
+
+
 class EngineUnavailable(Exception):
     """The Engine cannot be reached, or the socket closed before an answer came."""
 
@@ -146,8 +153,8 @@ class EngineSession:
             ) from None
         if "error" in answer:
             error = answer["error"]
-            raise EngineError(
-                int(error.get("code", 0)), str(error.get("message", "")), str(error.get("parameter", ""))
-            )
+            code = int(error.get("code", 0))
+            kind = AppNotFound if code == APP_NOT_FOUND else EngineError
+            raise kind(code, str(error.get("message", "")), str(error.get("parameter", "")))
         result: dict[str, Any] = answer.get("result", {})
         return result

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from butler.http.errors import HttpError
 from butler.http.routing import JSON_HEADERS, ApiRequest, Reply, Route, encode_json, json_reply
-from butler.qlik.engine import APP_NOT_FOUND, EngineError, EngineTimeout, EngineUnavailable
+from butler.qlik.engine import AppNotFound, EngineError, EngineTimeout, EngineUnavailable
 from butler.qlik.qrs import QrsError
 from butler.routes import RouteContext
 
 ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (AppNotFound, 404),
     (EngineTimeout, 504),
     (EngineUnavailable, 502),
     (EngineError, 502),
@@ -28,15 +28,7 @@ def routes(context: RouteContext) -> list[Route]:
         return json_reply(await apps.list_apps())
 
     async def dump_app(app_id: str) -> Reply:
-        try:
-            dump = await apps.dump(app_id)
-        except EngineError as exc:
-            if exc.code == APP_NOT_FOUND:
-                raise HttpError(
-                    404, f"App not found: {app_id} (Qlik Sense Engine: {exc.qlik_message})"
-                ) from None
-            raise
-        return Reply(200, encode_json(dump), headers=JSON_HEADERS)
+        return Reply(200, encode_json(await apps.dump(app_id)), headers=JSON_HEADERS)
 
     async def dump(request: ApiRequest) -> Reply:
         return await dump_app(request.params["appId"])
@@ -48,21 +40,14 @@ def routes(context: RouteContext) -> list[Route]:
         app_id = request.params["appId"]
         body: dict[str, Any] = request.body
         mode = body.get("reloadMode", 0)
-        try:
-            outcome = await apps.reload(
-                app_id,
-                mode if 0 <= mode <= 2 else 0,
-                body.get("partialReload") is True,
-                _ids(body.get("startQSEoWTaskOnSuccess")),
-                _ids(body.get("startQSEoWTaskOnFailure")),
-                bool(request.query.get("wait")),
-            )
-        except EngineError as exc:
-            if exc.code == APP_NOT_FOUND:
-                raise HttpError(
-                    404, f"App not found: {app_id} (Qlik Sense Engine: {exc.qlik_message})"
-                ) from None
-            raise
+        outcome = await apps.reload(
+            app_id,
+            mode if 0 <= mode <= 2 else 0,
+            body.get("partialReload") is True,
+            _ids(body.get("startQSEoWTaskOnSuccess")),
+            _ids(body.get("startQSEoWTaskOnFailure")),
+            bool(request.query.get("wait")),
+        )
         return json_reply(outcome, 201)
 
     return [
