@@ -36,7 +36,7 @@ class FileRequestError(ValueError):
     """The request cannot be carried out as asked (400); the message says why."""
 
 
-class FileAccessDenied(PermissionError):
+class FileAccessDenied(Exception):
     """The path is not inside an approved folder, or is a form that is never approved (403)."""
 
 

@@ -36,8 +36,6 @@ def routes(context: RouteContext) -> list[Route]:
         try:
             source, target = await files.copy(from_file, to_file, overwrite, preserve)
         except OSError as exc:
-            if isinstance(exc, FileAccessDenied):
-                raise
             raise _failed("Failed copying file", exc) from None
         return json_reply(
             {"fromFile": source, "toFile": target, "overwrite": overwrite, "preserveTimestamp": preserve}, 201
@@ -49,8 +47,6 @@ def routes(context: RouteContext) -> list[Route]:
         try:
             source, target = await files.move(from_file, to_file, overwrite)
         except OSError as exc:
-            if isinstance(exc, FileAccessDenied):
-                raise
             raise _failed("Failed moving file", exc) from None
         return json_reply({"fromFile": source, "toFile": target, "overwrite": overwrite}, 201)
 
@@ -59,8 +55,6 @@ def routes(context: RouteContext) -> list[Route]:
         try:
             await files.delete(path)
         except OSError as exc:
-            if isinstance(exc, FileAccessDenied):
-                raise
             raise _failed("Failed deleting file", exc) from None
         return Reply(204)
 
@@ -70,8 +64,6 @@ def routes(context: RouteContext) -> list[Route]:
         try:
             await (files.create_qvd_dir if qvd else files.create_dir)(str(directory))
         except OSError as exc:
-            if isinstance(exc, FileAccessDenied):
-                raise
             raise HttpError(400, f"Failed to create directory: {exc.strerror or exc}") from None
 
     async def create_dir(request: ApiRequest) -> Reply:
