@@ -348,12 +348,17 @@ async def test_items_without_type_are_ignored(butler: Any, simulator: Any) -> No
     )
 
 
-async def set_faults(simulator: Any, **faults: Any) -> None:
+async def control(simulator: Any, path: str, body: dict[str, Any], status: int) -> None:
+    """PUT to the simulator's control API and check the status."""
     async with (
         aiohttp.ClientSession() as http,
-        http.put(f"http://127.0.0.1:{simulator.control_port}/faults/qrs", json=faults) as r,
+        http.put(f"http://127.0.0.1:{simulator.control_port}{path}", json=body) as r,
     ):
-        assert r.status == 200
+        assert r.status == status
+
+
+async def set_faults(simulator: Any, **faults: Any) -> None:
+    await control(simulator, "/faults/qrs", faults, 200)
 
 
 async def test_refused_starts_are_reported(butler: Any, simulator: Any) -> None:
@@ -426,11 +431,7 @@ async def test_wrong_certificate_authority(
 
 
 async def next_run(simulator: Any, task_id: str, **run: Any) -> None:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.put(f"http://127.0.0.1:{simulator.control_port}/tasks/{task_id}/next-run", json=run) as r,
-    ):
-        assert r.status == 204
+    await control(simulator, f"/tasks/{task_id}/next-run", run, 204)
 
 
 async def test_start_and_wait(butler: Any, simulator: Any) -> None:
