@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
-from harness import free_port, start_butler
+from harness import free_port, start_butler, write_butler_config
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import build_site
@@ -67,25 +66,12 @@ async def run(objects: int) -> int:
     await simulator.start()
     port = free_port()
     config = workdir / "butler.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "Butler": {
-                    "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
-                    "restServerEndpointsEnable": {"senseAppDump": True},
-                    "cert": {
-                        "clientCert": str(certs.client),
-                        "clientCertKey": str(certs.client_key),
-                        "clientCertCA": str(certs.root),
-                    },
-                    "configEngine": {
-                        "host": "localhost",
-                        "port": simulator.engine_port,
-                        "rejectUnauthorized": True,
-                    },
-                }
-            }
-        )
+    write_butler_config(
+        config,
+        port,
+        ["senseAppDump"],
+        certs.directory,
+        configEngine={"host": "localhost", "port": simulator.engine_port, "rejectUnauthorized": True},
     )
     butler = start_butler(config, "0")
     failures = 0

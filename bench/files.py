@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
-from harness import cores, free_port, start_butler, wait_port
+from harness import cores, free_port, start_butler, wait_port, write_butler_config
 
 
 def write_file(path: Path, size_mb: int) -> None:
@@ -63,18 +62,13 @@ def main() -> int:
     write_file(source, args.size_mb)
     port = free_port()
     config = workdir / "butler.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "Butler": {
-                    "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
-                    "restServerEndpointsEnable": {"butlerping": True, "fileCopy": True},
-                    "fileCopyApprovedDirectories": [
-                        {"fromDirectory": str(workdir / "from"), "toDirectory": str(workdir / "to")}
-                    ],
-                }
-            }
-        )
+    write_butler_config(
+        config,
+        port,
+        ["butlerping", "fileCopy"],
+        fileCopyApprovedDirectories=[
+            {"fromDirectory": str(workdir / "from"), "toDirectory": str(workdir / "to")}
+        ],
     )
     butler = start_butler(config, server_core, subprocess.DEVNULL)
     try:

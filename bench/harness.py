@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -96,3 +98,23 @@ def start_butler(config: Path, core: str, log: object = subprocess.DEVNULL) -> s
         "0",
     ]
     return subprocess.Popen(command, stdout=log, stderr=log)  # type: ignore[arg-type]
+
+
+def write_butler_config(
+    path: Path, port: int, endpoints: list[str], certs: Path | None = None, **sections: object
+) -> Path:
+    """A Butler config file: REST on 127.0.0.1:``port`` with ``endpoints`` on, the QMC-style certificates of
+    the folder ``certs`` (if given), and any further ``Butler`` sections."""
+    butler: dict[str, object] = {
+        "logLevel": "info",
+        "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
+        "restServerEndpointsEnable": dict.fromkeys(endpoints, True),
+    }
+    if certs is not None:
+        butler["cert"] = {
+            "clientCert": str(certs / "client.pem"),
+            "clientCertKey": str(certs / "client_key.pem"),
+            "clientCertCA": str(certs / "root.pem"),
+        }
+    path.write_text(yaml.safe_dump({"Butler": {**butler, **sections}}))
+    return path

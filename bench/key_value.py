@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from harness import free_port, rss_mb, run_wrk, start_butler, wait_port
+from harness import free_port, rss_mb, run_wrk, start_butler, wait_port, write_butler_config
 
 TARGETS = {"sqlite": (10_000, 15_000)}
 POST_SCRIPT = """
@@ -91,26 +91,16 @@ def main() -> int:
                 redis_url = f"redis://127.0.0.1:{redis_port}/0"
             port = free_port()
             config = workdir / f"{backend}.yaml"
-            config.write_text(
-                json.dumps(
-                    {
-                        "Butler": {
-                            "logLevel": "info",
-                            "restServerConfig": {
-                                "enable": True,
-                                "serverHost": "127.0.0.1",
-                                "serverPort": port,
-                            },
-                            "restServerEndpointsEnable": {"keyValueStore": True},
-                            "keyValueStore": {
-                                "enable": True,
-                                "backend": backend,
-                                "sqlite": {"path": str(workdir / "kv.sqlite")},
-                                "redis": {"url": redis_url},
-                            },
-                        }
-                    }
-                )
+            write_butler_config(
+                config,
+                port,
+                ["keyValueStore"],
+                keyValueStore={
+                    "enable": True,
+                    "backend": backend,
+                    "sqlite": {"path": str(workdir / "kv.sqlite")},
+                    "redis": {"url": redis_url},
+                },
             )
             log = (workdir / f"{backend}.log").open("w")
             butler = start_butler(config, server_core, log)

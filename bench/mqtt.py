@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import yaml
 from aiohttp import web
 
-from harness import free_port, start_butler
+from harness import free_port, start_butler, write_butler_config
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import load_site
@@ -103,32 +102,18 @@ async def run(args: argparse.Namespace) -> int:
 
         port = free_port()
         config = workdir / "butler.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "Butler": {
-                        "logLevel": "info",
-                        "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
-                        "restServerEndpointsEnable": {"mqttPublishMessage": True},
-                        "cert": {
-                            "clientCert": str(certs.client),
-                            "clientCertKey": str(certs.client_key),
-                            "clientCertCA": str(certs.root),
-                        },
-                        "configQRS": {
-                            "host": "localhost",
-                            "port": simulator.qrs_port,
-                            "rejectUnauthorized": True,
-                        },
-                        "mqttConfig": {
-                            "enable": True,
-                            "brokerHost": "127.0.0.1",
-                            "brokerPort": broker_port,
-                            "queueSize": 100000,
-                        },
-                    }
-                }
-            )
+        write_butler_config(
+            config,
+            port,
+            ["mqttPublishMessage"],
+            certs.directory,
+            configQRS={"host": "localhost", "port": simulator.qrs_port, "rejectUnauthorized": True},
+            mqttConfig={
+                "enable": True,
+                "brokerHost": "127.0.0.1",
+                "brokerPort": broker_port,
+                "queueSize": 100000,
+            },
         )
         log = (workdir / "butler.log").open("w")
         processes.append(start_butler(config, butler_core, log))

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from harness import cpu_seconds, free_port, rss_mb, run_wrk, start_butler, wait_port
+from harness import cpu_seconds, free_port, rss_mb, run_wrk, start_butler, wait_port, write_butler_config
 
 TAGGED = 10
 
@@ -138,22 +138,12 @@ def main() -> int:
         wait_port(qrs_port, simulator)
         certs = workdir / "certs"
         config = workdir / "butler.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "Butler": {
-                        "logLevel": "info",
-                        "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": port},
-                        "restServerEndpointsEnable": {"senseStartTask": True},
-                        "cert": {
-                            "clientCert": str(certs / "client.pem"),
-                            "clientCertKey": str(certs / "client_key.pem"),
-                            "clientCertCA": str(certs / "root.pem"),
-                        },
-                        "configQRS": {"host": "localhost", "port": qrs_port, "rejectUnauthorized": True},
-                    }
-                }
-            )
+        write_butler_config(
+            config,
+            port,
+            ["senseStartTask"],
+            certs,
+            configQRS={"host": "localhost", "port": qrs_port, "rejectUnauthorized": True},
         )
         log = (workdir / "butler.log").open("w")
         butler = start_butler(config, server_core, log)
