@@ -192,6 +192,32 @@ async def simulator(site_certs: Any, udp_collector: tuple[UdpCollector, int]) ->
     await sim.stop()
 
 
+XRF = "abcdefghij123456"
+HEADERS = {
+    "X-Qlik-Xrfkey": XRF,
+    "X-Qlik-User": "UserDirectory=Internal;UserId=sa_repository",
+    "Content-Type": "application/json",
+}
+
+
+@pytest.fixture
+async def qrs(simulator: Any, site_certs: Any) -> Any:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls(site_certs))) as session:
+        base = f"https://127.0.0.1:{simulator.qrs_port}/qrs/"
+
+        async def call(method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+            separator = "&" if "?" in path else "?"
+            url = f"{base}{path}{separator}xrfkey={XRF}" if "xrfkey" not in path else base + path
+            async with session.request(
+                method, aiohttp.client.URL(url, encoded=True), headers=headers or HEADERS, **kwargs
+            ) as response:
+                text = await response.text()
+                body = await response.json() if response.content_type == "application/json" else text
+                return response.status, body
+
+        yield call
+
+
 def client_tls(certs: Any, with_client_cert: bool = True) -> Any:
     import ssl
 

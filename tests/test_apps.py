@@ -60,6 +60,12 @@ async def test_dump(butler: str, simulator: Any) -> None:
     assert "qBookMark" in dump["bookmarks"][0]["qData"]
     assert [f["qName"] for f in dump["fields"]] == ["Region", "Product", "Amount"]
     assert [c["qName"] for c in dump["dataconnections"]] == ["DataFiles"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{butler}/v4/app/{app1}/dump") as response:
+            size = len(await response.read())
+        async with http.head(f"{butler}/v4/app/{app1}/dump") as response:
+            assert response.status == 200 and response.content_length == size
+            assert await response.read() == b""
     assert await get(f"{butler}/v4/senseappdump/{app1}") == (200, dump)
     assert await get(f"{butler}/v2/senseAppDump?appId={app1}") == (200, dump)
     status, body = await get(f"{butler}/v4/app/00000000-0000-4000-8000-00000000dead/dump")
@@ -139,3 +145,25 @@ async def test_dropped_engine_socket_mid_dump(butler: str, simulator: Any) -> No
     assert set(statuses) <= {200, 502} and 502 in statuses
     await asyncio.sleep(0.2)
     assert simulator.engine.open_sessions == 0  # no socket left open on either side
+
+
+async def test_app_deleted_mid_dump(butler: str, simulator: Any, qrs: Any) -> None:
+    app3 = app_id(simulator, "App3")
+    control = f"http://127.0.0.1:{simulator.control_port}/faults/engine"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(control, json={"latency_ms": 150}) as r:
+            assert r.status == 200
+        dump = asyncio.ensure_future(get(f"{butler}/v4/app/{app3}/dump"))
+        for _ in range(100):  # until the dump has the app open
+            if any(s.doc is not None for s in simulator.engine.sessions):
+                break
+            await asyncio.sleep(0.02)
+        assert await qrs("DELETE", f"app/{app3}") == (204, "")
+        status, body = await dump
+        async with http.put(control, json={"latency_ms": 0}) as r:
+            assert r.status == 200
+    assert status == 404
+    assert "deleted or replaced" in body["message"] and "Invalid handle" in body["message"]
+    assert app3 not in [a["id"] for a in (await get(f"{butler}/v4/apps/list"))[1]]
+    await asyncio.sleep(0.2)
+    assert simulator.engine.open_sessions == 0

@@ -9,35 +9,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import UdpCollector, client_tls
+from tests.conftest import HEADERS, XRF, UdpCollector, client_tls
 
-XRF = "abcdefghij123456"
-HEADERS = {
-    "X-Qlik-Xrfkey": XRF,
-    "X-Qlik-User": "UserDirectory=Internal;UserId=sa_repository",
-    "Content-Type": "application/json",
-}
 TASK1 = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
 TASK2 = "7552d9fc-d1bb-4975-9a38-18357de531ea"
 TASK3 = "fb0f317d-da91-4b86-aafa-0174ae1e8c8f"
-
-
-@pytest.fixture
-async def qrs(simulator: Any, site_certs: Any) -> Any:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls(site_certs))) as session:
-        base = f"https://127.0.0.1:{simulator.qrs_port}/qrs/"
-
-        async def call(method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
-            separator = "&" if "?" in path else "?"
-            url = f"{base}{path}{separator}xrfkey={XRF}" if "xrfkey" not in path else base + path
-            async with session.request(
-                method, aiohttp.client.URL(url, encoded=True), headers=headers or HEADERS, **kwargs
-            ) as response:
-                text = await response.text()
-                body = await response.json() if response.content_type == "application/json" else text
-                return response.status, body
-
-        yield call
 
 
 def encoded(text: str) -> str:
@@ -89,6 +65,18 @@ async def test_about_and_lists(qrs: Any) -> None:
     assert {d["name"] for d in definitions} == {"taskGroup", "ButlerAlert"}
     status, user = await qrs("GET", "user/full?filter=" + encoded("userId eq 'goran'"))
     assert user[0]["attributes"][0]["attributeType"] == "Email"
+
+
+async def test_delete_app_with_its_tasks(qrs: Any) -> None:
+    _, apps = await qrs("GET", "app?filter=" + encoded("name eq 'App2'"))
+    app2 = apps[0]["id"]
+    assert await qrs("DELETE", f"app/{app2}") == (204, "")
+    assert await qrs("DELETE", f"app/{app2}") == (404, "Not found")
+    assert await qrs("GET", f"app/{app2}") == (404, "Not found")
+    _, tasks = await qrs("GET", "reloadtask/full")
+    assert "Reload task of App2" not in [t["name"] for t in tasks] and "Reload task of App3" in [
+        t["name"] for t in tasks
+    ]
 
 
 async def test_query_decoding(qrs: Any) -> None:

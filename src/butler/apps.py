@@ -11,15 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from butler.config.settings import CertificateSettings, EngineSettings
-from butler.qlik.engine import EngineSession, engine_tls
+from butler.json_encoding import encode_json
+from butler.qlik.engine import AppClosed, EngineSession, engine_tls
 from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler.apps")
 
-APP_OBJECT_TYPES = ("sheet", "story", "masterobject", "appprops")
+# The dump's keys for app objects, and the object type each lists.
+APP_OBJECT_TYPES = {
+    "sheets": "sheet",
+    "stories": "story",
+    "masterobjects": "masterobject",
+    "appprops": "appprops",
+}
 
 
 class AppService:
@@ -39,7 +47,8 @@ class AppService:
             result = await engine.call(-1, "GetDocList")
         return [{"id": d["qDocId"], "name": d["qDocName"]} for d in result.get("qDocList", [])]
 
-    async def dump(self, app_id: str) -> dict[str, Any]:
+    async def dump(self, app_id: str) -> list[bytes]:
+        """The app's metadata (§6) as JSON, in pieces to be sent one after the other."""
         async with self._session("/app/engineData") as engine:
             opened = await engine.call(-1, "OpenDoc", app_id, "", "", "", True)
             return await _Dump(engine, opened["qReturn"]["qHandle"]).run(app_id)
@@ -107,8 +116,31 @@ class AppService:
         await asyncio.gather(*self._background, return_exceptions=True)
 
 
+async def _all(*work: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run ``work`` together; the first failure cancels the rest (nothing keeps using a closing socket)
+    and is raised as itself, not wrapped in an exception group."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w) for w in work]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+# Objects read at once per list. Enough to keep the socket busy at any latency, while the coroutines of an
+# app with tens of thousands of objects are not all alive together.
+ITEMS_AT_ONCE = 32
+
+Fragment = bytes | list[bytes]  # one encoded JSON value, or the encoded items of an array
+
+
 class _Dump:
-    """Collects §6's keys with all Engine calls of a kind issued together."""
+    """Collects §6's keys with the Engine calls of every list issued together.
+
+    Each answer is encoded to JSON as soon as it arrives and only the bytes are kept, so the dump costs
+    about its own size, not the several times its size its parsed form would take; the pieces are sent
+    as they are, never joined.
+    """
 
     def __init__(self, engine: EngineSession, doc: int) -> None:
         self.engine = engine
@@ -119,7 +151,19 @@ class _Dump:
         layout = await self.engine.call(created["qReturn"]["qHandle"], "GetLayout")
         return dict(layout["qLayout"])
 
-    async def _app_objects(self, kind: str) -> list[Any]:
+    async def _each(self, items: list[Any], read: Callable[[Any], Awaitable[bytes | None]]) -> list[bytes]:
+        """``read`` every item, ITEMS_AT_ONCE at a time, in the order of ``items``; None is left out."""
+        found: list[bytes | None] = [None] * len(items)
+        queue = iter(enumerate(items))
+
+        async def worker() -> None:
+            for index, item in queue:
+                found[index] = await read(item)
+
+        await _all(*(worker() for _ in range(min(ITEMS_AT_ONCE, len(items)))))
+        return [f for f in found if f is not None]
+
+    async def _app_objects(self, kind: str) -> list[bytes]:
         layout = await self._list(
             {
                 "qAppObjectListDef": {"qType": kind, "qData": {"id": "/qInfo/qId"}},
@@ -129,22 +173,21 @@ class _Dump:
             }
         )
 
-        async def tree(object_id: str) -> Any:
-            found = await self.engine.call(self.doc, "GetObject", object_id)
+        async def tree(item: dict[str, Any]) -> bytes | None:
+            found = await self.engine.call(self.doc, "GetObject", item["qInfo"]["qId"])
             handle = found["qReturn"]["qHandle"]
             if handle is None:
                 return None
-            return (await self.engine.call(handle, "GetFullPropertyTree"))["qPropEntry"]
+            return encode_json((await self.engine.call(handle, "GetFullPropertyTree"))["qPropEntry"])
 
-        items = layout.get("qAppObjectList", {}).get("qItems", [])
-        return [t for t in await asyncio.gather(*(tree(i["qInfo"]["qId"]) for i in items)) if t is not None]
+        return await self._each(layout.get("qAppObjectList", {}).get("qItems", []), tree)
 
     async def _generic(
         self, definition: dict[str, Any], layout_key: str, getter: str, with_layout: bool = False
-    ) -> list[Any]:
+    ) -> list[bytes]:
         layout = await self._list(definition)
 
-        async def properties(item: dict[str, Any]) -> Any:
+        async def properties(item: dict[str, Any]) -> bytes | None:
             found = await self.engine.call(self.doc, getter, item["qInfo"]["qId"])
             handle = found["qReturn"]["qHandle"]
             if handle is None:
@@ -155,30 +198,53 @@ class _Dump:
                 props["qData"] = {**props.get("qData", {}), "qBookMark": bookmark}
             if getter == "GetVariableById":
                 props |= {k: item[k] for k in ("qIsScriptCreated", "qIsReserved", "qIsConfig") if item.get(k)}
-            return props
+            return encode_json(props)
 
-        items = layout.get(layout_key, {}).get("qItems", [])
-        return [p for p in await asyncio.gather(*(properties(i) for i in items)) if p is not None]
+        return await self._each(layout.get(layout_key, {}).get("qItems", []), properties)
 
-    async def _connections(self) -> list[Any]:
+    async def _connections(self) -> list[bytes]:
         listed = (await self.engine.call(self.doc, "GetConnections"))["qConnections"]
-        found = await asyncio.gather(*(self.engine.call(self.doc, "GetConnection", c["qId"]) for c in listed))
-        return [f["qConnection"] for f in found]
 
-    async def _lineage(self) -> list[Any] | None:
+        async def connection(listed_connection: dict[str, Any]) -> bytes:
+            found = await self.engine.call(self.doc, "GetConnection", listed_connection["qId"])
+            return encode_json(found["qConnection"])
+
+        return await self._each(listed, connection)
+
+    async def _lineage(self) -> bytes | None:
         try:
-            return list((await self.engine.call(self.doc, "GetLineage"))["qLineage"])
+            return encode_json(list((await self.engine.call(self.doc, "GetLineage"))["qLineage"]))
+        except AppClosed:
+            raise
         except Exception:  # upstream leaves lineage out when the Engine cannot give it
             return None
 
-    async def run(self, app_id: str) -> dict[str, Any]:
-        fields = {"qShowSystem": True, "qShowHidden": True, "qShowSrcTables": True, "qShowSemantic": True}
-        gathered: list[Any] = await asyncio.gather(
-            self.engine.call(self.doc, "GetAppProperties"),
-            self.engine.call(self.doc, "GetScript"),
-            self._lineage(),
-            *(self._app_objects(kind) for kind in APP_OBJECT_TYPES),
-            self._generic(
+    async def _properties(self) -> bytes:
+        return encode_json((await self.engine.call(self.doc, "GetAppProperties"))["qProp"])
+
+    async def _script(self) -> bytes:
+        return encode_json((await self.engine.call(self.doc, "GetScript"))["qScript"])
+
+    async def _media(self) -> list[bytes]:
+        media = await self._list({"qInfo": {"qId": "mediaList", "qType": "MediaList"}, "qMediaListDef": {}})
+        items = media.get("qMediaList", {}).get("qItems", [])
+        return [encode_json(m) for m in items if str(m.get("qUrlDef", "")).startswith("/media/")]
+
+    async def _fields(self) -> list[bytes]:
+        definition = {"qShowSystem": True, "qShowHidden": True, "qShowSrcTables": True, "qShowSemantic": True}
+        fields = await self._list(
+            {"qInfo": {"qId": "FieldList", "qType": "FieldList"}, "qFieldListDef": definition}
+        )
+        return [encode_json(f) for f in fields.get("qFieldList", {}).get("qItems", [])]
+
+    async def run(self, app_id: str) -> list[bytes]:
+        """The dump as pieces of JSON, keys in upstream's order."""
+        parts: dict[str, Coroutine[Any, Any, Fragment | None]] = {
+            "properties": self._properties(),
+            "loadScript": self._script(),
+            "lineage": self._lineage(),
+            **{key: self._app_objects(kind) for key, kind in APP_OBJECT_TYPES.items()},
+            "dimensions": self._generic(
                 {
                     "qDimensionListDef": {"qType": "dimension", "qData": {"info": "/qDimInfos"}, "qMeta": {}},
                     "qInfo": {"qId": "DimensionList", "qType": "DimensionList"},
@@ -186,7 +252,7 @@ class _Dump:
                 "qDimensionList",
                 "GetDimension",
             ),
-            self._generic(
+            "measures": self._generic(
                 {
                     "qMeasureListDef": {"qType": "measure", "qData": {"info": "/qMeasure"}, "qMeta": {}},
                     "qInfo": {"qId": "MeasureList", "qType": "MeasureList"},
@@ -194,7 +260,7 @@ class _Dump:
                 "qMeasureList",
                 "GetMeasure",
             ),
-            self._generic(
+            "bookmarks": self._generic(
                 {
                     "qBookmarkListDef": {"qType": "bookmark", "qData": {}},
                     "qInfo": {"qId": "BookmarkList", "qType": "BookmarkList"},
@@ -203,8 +269,8 @@ class _Dump:
                 "GetBookmark",
                 with_layout=True,
             ),
-            self._list({"qInfo": {"qId": "mediaList", "qType": "MediaList"}, "qMediaListDef": {}}),
-            self._generic(
+            "embeddedmedia": self._media(),
+            "snapshots": self._generic(
                 {
                     "qBookmarkListDef": {"qType": "snapshot", "qData": {}},
                     "qInfo": {"qId": "BookmarkList", "qType": "BookmarkList"},
@@ -212,9 +278,9 @@ class _Dump:
                 "qBookmarkList",
                 "GetBookmark",
             ),
-            self._list({"qInfo": {"qId": "FieldList", "qType": "FieldList"}, "qFieldListDef": fields}),
-            self._connections(),
-            self._generic(
+            "fields": self._fields(),
+            "dataconnections": self._connections(),
+            "variables": self._generic(
                 {
                     "qVariableListDef": {
                         "qType": "variable",
@@ -228,42 +294,27 @@ class _Dump:
                 "qVariableList",
                 "GetVariableById",
             ),
-        )
-        (
-            sheets,
-            stories,
-            masterobjects,
-            appprops,
-            dimensions,
-            measures,
-            bookmarks,
-            media,
-            snapshots,
-            field_list,
-            connections,
-            variables,
-        ) = gathered[3:]
-        properties, script, lineage = gathered[:3]
-        dump: dict[str, Any] = {"properties": properties["qProp"], "loadScript": script["qScript"]}
-        if lineage is not None:
-            dump["lineage"] = lineage
-        dump |= {
-            "sheets": sheets,
-            "stories": stories,
-            "masterobjects": masterobjects,
-            "appprops": appprops,
-            "dimensions": dimensions,
-            "measures": measures,
-            "bookmarks": bookmarks,
-            "embeddedmedia": [
-                m
-                for m in media.get("qMediaList", {}).get("qItems", [])
-                if str(m.get("qUrlDef", "")).startswith("/media/")
-            ],
-            "snapshots": snapshots,
-            "fields": field_list.get("qFieldList", {}).get("qItems", []),
-            "dataconnections": connections,
-            "variables": variables,
-            "appId": app_id,
         }
-        return dump
+        values = dict(zip(parts, await _all(*parts.values()), strict=True))
+        values["appId"] = encode_json(app_id)
+        return list(_object(values))
+
+
+def _object(values: dict[str, Fragment | None]) -> Iterator[bytes]:
+    """The pieces of a JSON object of already encoded values; None values are left out."""
+    separator = b"{"
+    for key, value in values.items():
+        if value is None:
+            continue
+        yield separator + encode_json(key) + b":"
+        separator = b","
+        if isinstance(value, bytes):
+            yield value
+            continue
+        yield b"["
+        for index, item in enumerate(value):
+            if index:
+                yield b","
+            yield item
+        yield b"]"
+    yield b"}" if separator == b"," else b"{}"

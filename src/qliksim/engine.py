@@ -106,6 +106,17 @@ class AppModel:
         self.app_id = app_id
         self.app = site.apps[app_id]
         self.content = site.app_content[app_id]
+        # Lookups by id, built once: an app with thousands of objects is read one object per call.
+        self._objects: dict[str, dict[str, Any]] = {}
+        for kind in ("sheet", "story", "masterobject", "appprops"):
+            for item in self.app_objects(kind):
+                self._objects.setdefault(item["id"], item)
+                for child in item.get("children", []):
+                    self._objects.setdefault(child.get("id"), dict(child, type=child.get("type", "object")))
+        self._items = {
+            key: {item["id"]: item for item in self.content[key]}
+            for key in ("dimensions", "measures", "bookmarks", "snapshots", "variables")
+        }
 
     def app_objects(self, kind: str) -> list[dict[str, Any]]:
         return [
@@ -120,14 +131,10 @@ class AppModel:
         } | extra
 
     def find_object(self, object_id: str) -> dict[str, Any] | None:
-        for kind in ("sheet", "story", "masterobject", "appprops"):
-            for item in self.app_objects(kind):
-                if item["id"] == object_id:
-                    return item
-                for child in item.get("children", []):
-                    if child.get("id") == object_id:
-                        return dict(child, type=child.get("type", "object"))
-        return None
+        return self._objects.get(object_id)
+
+    def content_item(self, key: str, object_id: Any) -> dict[str, Any] | None:
+        return self._items[key].get(object_id) if isinstance(object_id, str) else None
 
     def dimension(self, item: dict[str, Any]) -> dict[str, Any]:
         label = item.get("label", item["id"])
@@ -299,6 +306,15 @@ class EngineSession:
         self._next_handle = itertools.count(1)
         self.doc: AppModel | None = None
         self.session_ids: set[str] = set()
+        # Handles the engine closed on its own, told to the client in the next answer's "close".
+        self.closed: list[int] = []
+
+    def close_doc(self) -> None:
+        """The app was deleted: its Doc and every object of it go; only the Global handle stays."""
+        self.closed += [h for h in self.handles if h != -1]
+        self.handles = {-1: self.handles[-1]}
+        self.doc = None
+        self.session_ids.clear()
 
     def new_handle(self, obj: QixObject) -> dict[str, Any]:
         handle = next(self._next_handle)
@@ -471,7 +487,7 @@ class EngineSession:
         }
 
     def _content_item(self, kind: str, object_id: Any) -> dict[str, Any] | None:
-        return next((i for i in self._model().content[kind] if i["id"] == object_id), None)
+        return self._model().content_item(kind, object_id)
 
     async def _doc_GetDimension(self, obj: QixObject, object_id: Any) -> dict[str, Any]:
         item = self._content_item("dimensions", object_id)
@@ -607,7 +623,16 @@ class Engine:
         self.faults = faults
         self.calls: dict[str, int] = {}
         self.saves: dict[str, int] = {}
-        self.open_sessions = 0
+        self.sessions: set[EngineSession] = set()
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self.sessions)
+
+    def close_app(self, app_id: str) -> None:
+        for session in self.sessions:
+            if session.doc is not None and session.doc.app_id == app_id:
+                session.close_doc()
 
     def application(self) -> web.Application:
         app = web.Application()
@@ -628,7 +653,7 @@ class Engine:
         socket = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
         await socket.prepare(request)
         session = EngineSession(self, app_id if isinstance(app_id, str) else None, user)
-        self.open_sessions += 1
+        self.sessions.add(session)
         pending: set[asyncio.Task[None]] = set()
         try:
             await socket.send_str(
@@ -652,7 +677,7 @@ class Engine:
         finally:
             for job in pending:
                 job.cancel()
-            self.open_sessions -= 1
+            self.sessions.discard(session)
         return socket
 
     async def _answer(self, session: EngineSession, socket: web.WebSocketResponse, text: str) -> None:
@@ -697,6 +722,8 @@ class Engine:
                 answer["delta"] = True
                 result = {key: [{"op": "add", "path": "/", "value": value}] for key, value in result.items()}
             answer["result"] = result
+        if session.closed:
+            answer["close"], session.closed = session.closed, []
         await _send(socket, answer)
 
 

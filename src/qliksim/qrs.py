@@ -97,10 +97,17 @@ def parse_user(header: str) -> str | None:
 class Qrs:
     """The QRS routes over a Site, with the call counts the control API reports."""
 
-    def __init__(self, site: Site, scheduler: Scheduler, faults: Faults) -> None:
+    def __init__(
+        self,
+        site: Site,
+        scheduler: Scheduler,
+        faults: Faults,
+        app_deleted: Callable[[str], None] = lambda app_id: None,
+    ) -> None:
         self.site = site
         self.scheduler = scheduler
         self.faults = faults
+        self.app_deleted = app_deleted
         self.calls: dict[str, int] = {}
         self.tickets: dict[str, str] = {}
         # Connections (so TLS handshakes) seen, for clients that should keep theirs alive.
@@ -182,6 +189,8 @@ class Qrs:
                 return self.stop_many, "task/stop/many"
             if head == "app" and size == 3 and parts[2] == "reload":
                 return self.reload_app, "app/{id}/reload"
+        if method == "DELETE" and head == "app" and size == 2:
+            return self.delete_app, "app/{id}"
         return None, "/".join(parts)
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -360,6 +369,13 @@ class Qrs:
         if app_id not in self.site.apps:
             return text_response("Not found", 404)
         self.scheduler.reload_app_soon(app_id)
+        return web.Response(status=204)
+
+    async def delete_app(self, request: QrsRequest) -> web.Response:
+        app_id = request.parts[1]
+        if not self.site.delete_app(app_id):
+            return text_response("Not found", 404)
+        self.app_deleted(app_id)  # the Engine closes the app in every session that has it open
         return web.Response(status=204)
 
 

@@ -75,8 +75,8 @@ class Simulator:
         self.udp = UdpSender(options.udp_targets)
         self.session_udp = UdpSender(options.session_udp_targets)
         self.scheduler = Scheduler(site, self.udp, options.time_scale, options.success_type_typo)
-        self.qrs = Qrs(site, self.scheduler, self.faults)
         self.engine = Engine(site, self.scheduler, self.faults)
+        self.qrs = Qrs(site, self.scheduler, self.faults, self.engine.close_app)
         self.sessions: dict[str, SessionEvent] = {}
         context = server_tls(certificates)
         self.listeners = {

@@ -110,6 +110,19 @@ class Site:
                 return user
         raise SiteError(f"unknown user {key!r} (write DIRECTORY\\userid)")
 
+    # -- changes --------------------------------------------------------------------------------------
+
+    def delete_app(self, app_id: str) -> bool:
+        """Remove an app with its content and, as QRS does, the reload tasks of the app."""
+        if self.apps.pop(app_id, None) is None:
+            return False
+        self.app_content.pop(app_id, None)
+        self.app_behaviour.pop(app_id, None)
+        for task_id in [i for i, t in self.tasks.items() if (t.get("app") or {}).get("id") == app_id]:
+            del self.tasks[task_id]
+            self.task_behaviour.pop(task_id, None)
+        return True
+
 
 # -- building entities ----------------------------------------------------------------------------------
 

@@ -7,16 +7,14 @@ parameterised one. HEAD is answered by every GET route.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-import orjson
-
 from butler.http.errors import HttpError
+from butler.json_encoding import encode_json
 
 MAX_PARAM_LENGTH = 100
 
@@ -38,11 +36,14 @@ class ApiRequest:
 class Reply:
     """A handler's answer. ``body`` is sent as it is; ``content_type`` goes into ``headers``.
 
+    A body given as a list of pieces is sent piece by piece, waiting for the client to take each: a large
+    answer is then never copied whole, neither joined nor into the socket's send buffer.
+
     Replies may be built once and returned for every request, so nothing changes them after construction.
     """
 
     status: int
-    body: bytes = b""
+    body: bytes | list[bytes] = b""
     content_type: InitVar[str | None] = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -55,21 +56,9 @@ JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
 
-# orjson encodes a reply ten times faster than the standard library, which matters at 15,000 requests/s;
-# the standard encoder remains for the rare value orjson refuses (integers beyond 64 bits).
-_FALLBACK = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 # Shared by the replies built below; safe because replies are never changed.
 JSON_HEADERS = {"Content-Type": JSON_TYPE}
 TEXT_HEADERS = {"Content-Type": TEXT_TYPE}
-
-
-def encode_json(data: Any) -> bytes:
-    try:
-        return orjson.dumps(data)
-    except TypeError:
-        return _FALLBACK.encode(data).encode()
 
 
 def json_reply(data: Any, status: int = 200) -> Reply:

@@ -23,7 +23,8 @@ from aiohttp.web_request import BaseRequest
 
 from butler.http.errors import HttpError, RouteNotFound
 from butler.http.ratelimit import RateLimiter
-from butler.http.routing import JSON_HEADERS, JSON_TYPE, ApiRequest, Reply, Route, Router, encode_json
+from butler.http.routing import JSON_HEADERS, JSON_TYPE, ApiRequest, Reply, Route, Router
+from butler.json_encoding import encode_json
 from butler.logs import RequestLog
 
 BODY_LIMIT = 1024 * 1024
@@ -98,11 +99,13 @@ class RestApi:
                 mapped = HttpError(500, "Internal Server Error")
             reply = Reply(mapped.status, encode_json(mapped.envelope()), JSON_TYPE)
         headers = {**reply.headers, **limit_headers} if limit_headers else reply.headers
+        self.request_log.write(method, target, reply.status, started, client_ip)
+        if isinstance(reply.body, list):
+            return await _send_pieces(request, reply.status, reply.body, headers)
         response = web.Response(status=reply.status, body=reply.body, headers=headers)
         if reply.status == 413:
             # The rest of an oversized body was never read; the connection cannot be reused.
             response.force_close()
-        self.request_log.write(method, target, reply.status, started, client_ip)
         return response
 
     def _count(self, client_ip: str, method: str, target: str) -> dict[str, str]:
@@ -112,6 +115,19 @@ class RestApi:
         except HttpError:
             log.warning("Rate limit exceeded: %s %s from %s", method, target, client_ip)
             raise
+
+
+async def _send_pieces(
+    request: BaseRequest, status: int, pieces: list[bytes], headers: dict[str, str]
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = sum(len(p) for p in pieces)
+    await response.prepare(request)
+    if request.method != "HEAD":
+        for piece in pieces:
+            await response.write(piece)  # waits while the socket's buffer is full
+    await response.write_eof()
+    return response
 
 
 async def read_body(request: BaseRequest) -> Any:

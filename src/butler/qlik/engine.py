@@ -42,6 +42,16 @@ class AppNotFound(EngineError):
         return f"App not found: {self.parameter} (Qlik Sense Engine: {self.qlik_message})"
 
 
+class AppClosed(AppNotFound):
+    """The Engine closed the app while it was in use: it was deleted (or replaced) meanwhile."""
+
+    def __str__(self) -> str:
+        return (
+            "App closed by the Qlik Sense Engine while in use; it was deleted or replaced meanwhile"
+            f" (Qlik Sense Engine error {self.code}: {self.qlik_message})"
+        )
+
+
 class EngineUnavailable(Exception):
     """The Engine cannot be reached, or the socket closed before an answer came."""
 
@@ -67,6 +77,8 @@ class EngineSession:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        # Handles the Engine said it closed (an answer's "close" list): calls on them fail as AppClosed.
+        self._closed: set[int] = set()
         self._connected: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> EngineSession:
@@ -110,21 +122,31 @@ class EngineSession:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue
                 data = orjson.loads(message.data)
+                if not isinstance(data, dict):
+                    continue
                 if data.get("method") == "OnConnected" and self._connected and not self._connected.done():
                     self._connected.set_result(None)
                     continue
+                if isinstance(data.get("close"), list):
+                    self._closed.update(data["close"])
                 waiter = self._pending.pop(data.get("id", -1), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(data)
         except (aiohttp.ClientError, ValueError) as exc:
             problem = EngineUnavailable(f"the Qlik Sense Engine session at {self.url} failed: {exc}")
-        waiters: list[asyncio.Future[Any]] = [*self._pending.values()]
-        if self._connected is not None:
-            waiters.append(self._connected)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(problem)
-        self._pending.clear()
+        except asyncio.CancelledError:
+            # The session is being closed; calls still waiting fail now rather than at their timeout.
+            if self._connected is not None:
+                self._connected.cancel()
+            raise
+        finally:
+            waiters: list[asyncio.Future[Any]] = [*self._pending.values()]
+            if self._connected is not None:
+                waiters.append(self._connected)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(problem)
+            self._pending.clear()
 
     async def call(self, handle: int, method: str, *params: Any) -> dict[str, Any]:
         """Send one request and return its ``result``; EngineError for Qlik's error answer."""
@@ -154,7 +176,9 @@ class EngineSession:
         if "error" in answer:
             error = answer["error"]
             code = int(error.get("code", 0))
-            kind = AppNotFound if code == APP_NOT_FOUND else EngineError
+            kind = (
+                AppClosed if handle in self._closed else AppNotFound if code == APP_NOT_FOUND else EngineError
+            )
             raise kind(code, str(error.get("message", "")), str(error.get("parameter", "")))
         result: dict[str, Any] = answer.get("result", {})
         return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from butler.http.routing import JSON_HEADERS, ApiRequest, Reply, Route, encode_json, json_reply
+from butler.http.routing import JSON_HEADERS, ApiRequest, Reply, Route, json_reply
 from butler.qlik.engine import AppNotFound, EngineError, EngineTimeout, EngineUnavailable
 from butler.qlik.qrs import QrsError
 from butler.routes import RouteContext
@@ -28,7 +28,7 @@ def routes(context: RouteContext) -> list[Route]:
         return json_reply(await apps.list_apps())
 
     async def dump_app(app_id: str) -> Reply:
-        return Reply(200, encode_json(await apps.dump(app_id)), headers=JSON_HEADERS)
+        return Reply(200, await apps.dump(app_id), headers=JSON_HEADERS)
 
     async def dump(request: ApiRequest) -> Reply:
         return await dump_app(request.params["appId"])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from butler.http.errors import HttpError
-from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, encode_json, json_reply
+from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
+from butler.json_encoding import encode_json
 from butler.kvstore import KeyValueError, StoreUnavailable
 from butler.routes import RouteContext
 
