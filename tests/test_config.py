@@ -48,7 +48,14 @@ def test_upstream_template_loads_unchanged() -> None:
         8081,
     )
     assert settings.endpoints.enabled_leaf_names() == []
-    assert "udpServerConfig" in settings.unsupported_sections
+    assert (
+        "udpServerConfig" not in settings.unsupported_sections
+        and "scheduler" in settings.unsupported_sections
+    )
+    assert (
+        settings.udp.enable is False and settings.udp.task_port == 9998 and settings.udp.session_port == 9997
+    )
+    assert settings.mqtt.events.task_failure_full == "qliksense/task_failure_full"
     assert "restServerConfig" not in settings.unsupported_sections
 
 
@@ -199,7 +206,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     good = run_butler("config", "check", str(TEMPLATE))
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout
-    assert "not supported by this version" in good.stdout and "udpServerConfig" in good.stdout
+    assert "not supported by this version" in good.stdout and "serviceMonitor" in good.stdout
 
     document = filled_template()
     document["Butler"]["restServerConfig"]["serverPort"] = "abc"

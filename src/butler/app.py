@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from butler.apps import AppService
 from butler.config import Settings
+from butler.events.service import SenseEvents
 from butler.http.docs import ApiDocument, DocumentationSite, load_openapi
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Router
@@ -24,6 +25,7 @@ from butler.qlik.qrs import QrsClient
 from butler.qlik.tls import CertificateError
 from butler.routes import (
     RouteContext,
+    active_users,
     apps,
     base_conversion,
     butler_status,
@@ -38,7 +40,16 @@ from butler.task_start import TaskStarter
 log = logging.getLogger("butler")
 
 #: Route modules, one per feature.
-ROUTE_MODULES = (butler_status, base_conversion, key_value, task_start, messaging, files, apps)
+ROUTE_MODULES = (
+    butler_status,
+    base_conversion,
+    key_value,
+    task_start,
+    messaging,
+    files,
+    apps,
+    active_users,
+)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
@@ -75,6 +86,7 @@ class Butler:
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
     apps: AppService | None = None
+    events: SenseEvents | None = None
 
     def build_api(self) -> RestApi:
         context = RouteContext(
@@ -84,12 +96,20 @@ class Butler:
             mqtt=self.mqtt,
             slack=self.slack,
             apps=self.apps,
+            events=self.events,
         )
         router = build_router(context, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         return RestApi(router, limiter)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # what did start is stopped again: no listener or connection is left over
+            raise
+
+    async def _start(self) -> None:
         if self.settings.endpoints.enabled("createDir") and self.settings.files.create_dir is None:
             log.warning(
                 "POST /v4/createdir can create folders anywhere Butler may write; "
@@ -102,9 +122,16 @@ class Butler:
                 raise StartupError(str(exc)) from exc
             log.info("key-value store: %s", self.settings.key_value.backend)
         mqtt_settings = self.settings.mqtt
-        # MQTT task starts need QRS too, but an MQTT-only set-up without certificates is fine without them.
-        mqtt_starts = mqtt_settings.enable and self.settings.certificates.client_cert is not None
-        if self.settings.endpoints.enabled("senseStartTask") or mqtt_starts:
+        udp = self.settings.udp
+        # MQTT task starts and task-event enrichment need QRS too, but set-ups without certificates are
+        # fine without them.
+        has_certificates = self.settings.certificates.client_cert is not None
+        mqtt_starts = mqtt_settings.enable and has_certificates
+        if (
+            self.settings.endpoints.enabled("senseStartTask")
+            or mqtt_starts
+            or (udp.enable and has_certificates)
+        ):
             try:
                 self.qrs = QrsClient(self.settings.qrs, self.settings.certificates)
             except CertificateError as exc:
@@ -125,6 +152,14 @@ class Butler:
                 self.apps = AppService(self.settings.engine, self.settings.certificates, self.task_starter)
             except CertificateError as exc:
                 raise StartupError(str(exc)) from exc
+        if udp.enable:
+            self.events = SenseEvents(udp, self.qrs, self.mqtt, mqtt_settings.events)
+            try:
+                await self.events.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"Butler.udpServerConfig: cannot listen for events on {udp.host}: {exc.strerror or exc}"
+                ) from exc
         if self.settings.slack_webhook and self.settings.endpoints.enabled("slackPostMessage"):
             self.slack = SlackWebhook(self.settings.slack_webhook)
         rest = self.settings.rest
@@ -143,6 +178,9 @@ class Butler:
         for listener in reversed(self.listeners):
             await listener.stop()
         self.listeners.clear()
+        if self.events is not None:
+            await self.events.stop()
+            self.events = None
         if self.key_values is not None:
             await self.key_values.close()
             self.key_values = None

@@ -51,6 +51,21 @@ def describe(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def script_log(qrs: QrsClient, task_id: str, result: dict[str, Any]) -> list[str] | None:
+    """The lines of the script log of an execution result; None when it has none or QRS cannot give it."""
+    reference = result.get("fileReferenceID")
+    if not reference or reference == EMPTY_GUID:
+        return None
+    try:
+        ticket = await qrs.get_json(f"reloadtask/{task_id}/scriptlog", {"fileReferenceId": reference})
+        response = await qrs.request("GET", f"download/reloadtask/{ticket['value']}/scriptlog.txt")
+    except (QrsError, KeyError, TypeError):
+        return None
+    if response.status != 200:
+        return None
+    return response.text.replace("\r\n", "\n").rstrip("\n").split("\n")
+
+
 class ExecutionWatcher:
     def __init__(self, qrs: QrsClient, poll_seconds: float = 0.5) -> None:
         self.qrs = qrs
@@ -78,20 +93,8 @@ class ExecutionWatcher:
             report["scriptLogTail"] = tail
 
     async def script_log_tail(self, task_id: str, result: dict[str, Any]) -> list[str] | None:
-        reference = result.get("fileReferenceID")
-        if not reference or reference == EMPTY_GUID:
-            return None
-        try:
-            ticket = await self.qrs.get_json(
-                f"reloadtask/{task_id}/scriptlog", {"fileReferenceId": reference}
-            )
-            response = await self.qrs.request("GET", f"download/reloadtask/{ticket['value']}/scriptlog.txt")
-        except (QrsError, KeyError, TypeError):
-            return None
-        if response.status != 200:
-            return None
-        lines = response.text.replace("\r\n", "\n").rstrip("\n").split("\n")
-        return lines[-SCRIPT_LOG_TAIL:]
+        lines = await script_log(self.qrs, task_id, result)
+        return None if lines is None else lines[-SCRIPT_LOG_TAIL:]
 
     async def last_result(self, task_id: str) -> dict[str, Any] | None:
         """The task's name and last execution; None when QRS has no such task."""

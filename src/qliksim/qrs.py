@@ -199,7 +199,12 @@ class Qrs:
         table = self.site.collection(request.parts[0])
         text = request.query.get("filter", "")
         node = parse_filter(text, allow_not=self.site.allow_not)
-        fast = _id_lookup(node)
+        fast = _id_lookup(node, "id")
+        if fast is None and request.parts[0] == "executionresult":
+            # Indexed as QRS's database indexes it: results are looked up by execution id after each run.
+            by_execution = self.site.results_by_execution
+            looked_up = _id_lookup(node, "executionid")
+            fast = None if looked_up is None else [by_execution[e] for e in looked_up if e in by_execution]
         if fast is not None:
             wanted = set(fast)
             # In the collection's own order, as a scan would give them.
@@ -379,17 +384,17 @@ class Qrs:
         return web.Response(status=204)
 
 
-def _id_lookup(node: Any) -> list[str] | None:
-    """The ids of an ``id eq <guid>`` filter, or of several joined with ``or``, served by dictionary lookups
-    instead of a scan (clients look tasks up this way)."""
+def _id_lookup(node: Any, key: str) -> list[str] | None:
+    """The values of a ``<key> eq <guid>`` filter, or of several joined with ``or``, served by dictionary
+    lookups instead of a scan (clients look tasks up this way)."""
     if isinstance(node, Junction) and node.operator == "or":
-        ids = [_id_lookup(operand) for operand in node.operands]
+        ids = [_id_lookup(operand, key) for operand in node.operands]
         if all(i is not None for i in ids):
             return [task_id for found in ids for task_id in found or []]
         return None
     if (
         isinstance(node, Comparison)
-        and node.path == ("id",)
+        and node.path == (key,)
         and node.operator == "eq"
         and node.literal.kind in ("guid", "string")
     ):

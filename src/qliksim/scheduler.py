@@ -160,6 +160,7 @@ class Scheduler:
         }
         self._change(result, 1)
         self.site.execution_results[result["id"]] = result
+        self.site.results_by_execution[execution.session_id] = result["id"]
         self.site.execution_sessions[execution.session_id] = {
             "id": execution.session_id,
             "createdDate": now,

@@ -66,6 +66,7 @@ class Site:
     app_behaviour: dict[str, RunBehaviour] = field(default_factory=dict)
     task_behaviour: dict[str, RunBehaviour] = field(default_factory=dict)
     execution_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results_by_execution: dict[str, str] = field(default_factory=dict)  # execution id -> result id
     execution_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     script_logs: dict[str, str] = field(default_factory=dict)
     allow_not: bool = False

@@ -17,6 +17,7 @@ from butler.config.settings import (
     CertificateSettings,
     EndpointFlags,
     EngineSettings,
+    EventTopics,
     HealthCheckSettings,
     KeyValueSettings,
     MqttSettings,
@@ -24,7 +25,9 @@ from butler.config.settings import (
     RestServerSettings,
     Settings,
     StartTaskFilter,
+    TaskOutcomeSettings,
     TlsSettings,
+    UdpServerSettings,
 )
 from butler.files import FileSettings
 
@@ -32,8 +35,11 @@ __all__ = ["ENDPOINT_FLAGS", "ConfigError", "Settings", "load_config", "parse_co
 
 LOG_LEVELS = ("silly", "debug", "verbose", "info", "warn", "error")
 
-#: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order.
+#: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order (the first
+#: two are upstream v6's).
 ENDPOINT_FLAGS: tuple[str, ...] = (
+    "activeUserCount",
+    "activeUsers",
     "apiListEnabledEndpoints",
     "base62ToBase16",
     "base16ToBase62",
@@ -83,7 +89,6 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
         "incidentTool",
         "webhookNotification",
         "scheduler",
-        "udpServerConfig",
         "restServerEndpointsConfig",
         "serviceMonitor",
         "qlikSenseCloud",
@@ -98,13 +103,6 @@ _PORT = Int(1, 65535)
 _MQTT_UPSTREAM_KEYS = frozenset(
     {
         "azureEventGrid",
-        "taskFailureSendFull",
-        "taskAbortedSendFull",
-        "taskFailureTopic",
-        "taskFailureFullTopic",
-        "taskFailureServerStatusTopic",
-        "taskAbortedTopic",
-        "taskAbortedFullTopic",
         "serviceRunningTopic",
         "serviceStoppedTopic",
         "serviceStatusTopic",
@@ -113,6 +111,27 @@ _MQTT_UPSTREAM_KEYS = frozenset(
         "qlikSenseCloud",
     }
 )
+#: mqttConfig keys of the event topics, with their defaults (one place for schema and settings).
+_EVENT_TOPIC_KEYS = {
+    "sessionStartTopic": "session_start",
+    "sessionStopTopic": "session_stop",
+    "connectionOpenTopic": "connection_open",
+    "connectionCloseTopic": "connection_close",
+    "activeUserCountTopic": "active_user_count",
+    "activeUsersTopic": "active_users",
+    "activeUsersPerServerTopic": "active_users_per_server",
+    "taskFailureTopic": "task_failure",
+    "taskFailureFullTopic": "task_failure_full",
+    "taskFailureSendFull": "task_failure_send_full",
+    "taskAbortedTopic": "task_aborted",
+    "taskAbortedFullTopic": "task_aborted_full",
+    "taskAbortedSendFull": "task_aborted_send_full",
+    "taskSuccessTopic": "task_success",
+    "taskSuccessFullTopic": "task_success_full",
+    "taskSuccessSendFull": "task_success_send_full",
+    "taskFailureServerStatusTopic": "task_event_server_status",
+    "sessionServerStatusTopic": "session_server_status",
+}
 _DIRECTORY_PAIR = Section(
     keys={"fromDirectory": Key(Str(), required=True), "toDirectory": Key(Str(), required=True)}
 )
@@ -259,6 +278,13 @@ _SCHEMA = Section(
                                 "subscriptionRootTopic": Key(Str(), default="qliksense/#"),
                                 "taskStartTopic": Key(Str(), default="qliksense/start_task"),
                                 "taskStartResultTopic": Key(Str(), default="qliksense/start_task/result"),
+                                **{
+                                    key: Key(
+                                        Bool() if key.endswith("SendFull") else Str(),
+                                        default=getattr(EventTopics(), name),
+                                    )
+                                    for key, name in _EVENT_TOPIC_KEYS.items()
+                                },
                             },
                             tolerated=_MQTT_UPSTREAM_KEYS,
                         )
@@ -294,6 +320,57 @@ _SCHEMA = Section(
                                 "rejectUnauthorized": Key(Bool(), default=False),
                                 "timeoutSeconds": Key(Int(1, 3600), default=30),
                             }
+                        )
+                    ),
+                    "udpServerConfig": Key(
+                        Section(
+                            keys={
+                                "enable": Key(Bool(), default=False),
+                                "serverHost": Key(Str(), default="0.0.0.0"),
+                                "portTaskFailure": Key(Int(0, 65535), default=9998),
+                                "portSessionConnectionEvents": Key(Int(0, 65535), default=9997),
+                                "maxMessageSize": Key(Int(64, 65527), default=65507),
+                                "enableSourceValidation": Key(Bool(), default=False),
+                                "allowedSources": Key(ListOf(Str())),
+                                "messageQueue": Key(
+                                    Section(
+                                        keys={
+                                            "maxConcurrent": Key(Int(1, 1000), default=10),
+                                            "maxSize": Key(Int(1, 1_000_000), default=200),
+                                            "backpressureThreshold": Key(Int(0, 100), default=80),
+                                        }
+                                    )
+                                ),
+                                "rateLimit": Key(
+                                    Section(
+                                        keys={
+                                            "enable": Key(Bool(), default=False),
+                                            "maxMessagesPerMinute": Key(Int(1), default=600),
+                                        }
+                                    )
+                                ),
+                                "deduplication": Key(
+                                    Section(
+                                        keys={
+                                            "enable": Key(Bool(), default=True),
+                                            "ttlMinutes": Key(Int(1, 10080), default=10),
+                                        }
+                                    )
+                                ),
+                                "sessionExpirySeconds": Key(Int(1), default=4 * 3600),
+                                "activeUsersPublishSeconds": Key(Int(0, 3600), default=1),
+                                "taskEvents": Key(
+                                    Section(
+                                        keys={
+                                            "enrichTimeoutSeconds": Key(Int(1, 3600), default=10),
+                                            "metadataCacheSeconds": Key(Int(0, 86400), default=60),
+                                            "scriptLogHeadLines": Key(Int(0, 1000), default=10),
+                                            "scriptLogTailLines": Key(Int(0, 1000), default=20),
+                                        }
+                                    )
+                                ),
+                            },
+                            tolerated=frozenset({"queueMetrics"}),
                         )
                     ),
                     "dockerHealthCheck": Key(
@@ -416,6 +493,7 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             subscription_root_topic=mqtt["subscriptionRootTopic"],
             task_start_topic=mqtt["taskStartTopic"],
             task_start_result_topic=mqtt["taskStartResultTopic"],
+            events=EventTopics(**{name: mqtt[key] for key, name in _EVENT_TOPIC_KEYS.items()}),
         ),
         slack_webhook=butler["slackNotification"]["restMessage"]["webhookURL"],
         engine=EngineSettings(
@@ -427,6 +505,7 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             reject_unauthorized=butler["configEngine"]["rejectUnauthorized"],
             timeout_seconds=butler["configEngine"]["timeoutSeconds"],
         ),
+        udp=_udp_settings(butler["udpServerConfig"]),
         files=FileSettings(
             copy=tuple(
                 (Path(p["fromDirectory"]), Path(p["toDirectory"]))
@@ -447,6 +526,34 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
         ),
         source=source,
         unsupported_sections=tuple(name for name in present if name in UPSTREAM_SECTIONS),
+    )
+
+
+def _udp_settings(udp: dict[str, Any]) -> UdpServerSettings:
+    queue, events = udp["messageQueue"], udp["taskEvents"]
+    return UdpServerSettings(
+        enable=udp["enable"],
+        host=udp["serverHost"],
+        task_port=udp["portTaskFailure"],
+        session_port=udp["portSessionConnectionEvents"],
+        max_message_size=udp["maxMessageSize"],
+        allowed_sources=tuple(udp["allowedSources"]) if udp["enableSourceValidation"] else None,
+        max_per_source_per_minute=udp["rateLimit"]["maxMessagesPerMinute"]
+        if udp["rateLimit"]["enable"]
+        else None,
+        session_expiry_seconds=udp["sessionExpirySeconds"],
+        active_users_publish_seconds=udp["activeUsersPublishSeconds"],
+        task_events=TaskOutcomeSettings(
+            workers=queue["maxConcurrent"],
+            queue_size=queue["maxSize"],
+            backpressure_percent=queue["backpressureThreshold"],
+            dedup=udp["deduplication"]["enable"],
+            dedup_seconds=udp["deduplication"]["ttlMinutes"] * 60,
+            timeout_seconds=events["enrichTimeoutSeconds"],
+            cache_seconds=events["metadataCacheSeconds"],
+            script_log_head=events["scriptLogHeadLines"],
+            script_log_tail=events["scriptLogTailLines"],
+        ),
     )
 
 

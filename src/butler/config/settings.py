@@ -95,9 +95,49 @@ class StartTaskFilter:
 
 
 @dataclass(frozen=True)
+class TaskOutcomeSettings:
+    """The task-event pipeline: ``Butler.udpServerConfig`` messageQueue, deduplication, taskEvents."""
+
+    workers: int = 10
+    queue_size: int = 200
+    backpressure_percent: int = 80
+    dedup: bool = True
+    dedup_seconds: float = 600.0
+    timeout_seconds: float = 10.0
+    cache_seconds: float = 60.0
+    script_log_head: int = 10
+    script_log_tail: int = 20
+
+
+@dataclass(frozen=True)
+class EventTopics:
+    """The ``Butler.mqttConfig`` topics that events are published on."""
+
+    session_start: str = "qliksense/session/start"
+    session_stop: str = "qliksense/session/stop"
+    connection_open: str = "qliksense/connection/open"
+    connection_close: str = "qliksense/connection/close"
+    active_user_count: str = "qliksense/users/active/count"
+    active_users: str = "qliksense/users/active/usernames"
+    active_users_per_server: str = "qliksense/users/activeperserver"
+    task_failure: str = "qliksense/task_failure"
+    task_failure_full: str = "qliksense/task_failure_full"
+    task_failure_send_full: bool = True
+    task_aborted: str = "qliksense/task_aborted"
+    task_aborted_full: str = "qliksense/task_aborted_full"
+    task_aborted_send_full: bool = True
+    task_success: str = "qliksense/task_success"
+    task_success_full: str = "qliksense/task_success_full"
+    task_success_send_full: bool = True
+    task_event_server_status: str = "qliksense/butler/task_failure_server"
+    session_server_status: str = "qliksense/butler/session_server"
+
+
+@dataclass(frozen=True)
 class MqttSettings:
-    """``Butler.mqttConfig``. ``username``, ``password``, ``clientId``, ``qos``, ``tls``, ``queueSize`` and
-    ``taskStartResultTopic`` are additions to upstream's keys."""
+    """``Butler.mqttConfig``. ``username``, ``password``, ``clientId``, ``qos``, ``tls``, ``queueSize``,
+    ``taskStartResultTopic`` and the ``taskSuccess*`` keys are additions to upstream's keys; the session
+    and active-user topics are upstream v6's."""
 
     enable: bool = False
     host: str = "localhost"
@@ -114,6 +154,27 @@ class MqttSettings:
     subscription_root_topic: str = "qliksense/#"
     task_start_topic: str = "qliksense/start_task"
     task_start_result_topic: str = "qliksense/start_task/result"
+    events: EventTopics = field(default_factory=EventTopics)
+
+
+@dataclass(frozen=True)
+class UdpServerSettings:
+    """``Butler.udpServerConfig``: the listeners for Sense's log-appender events.
+
+    ``portSessionConnectionEvents`` is upstream v6's key; ``sessionExpirySeconds``,
+    ``activeUsersPublishSeconds`` and the ``taskEvents`` section are additions to upstream's keys.
+    """
+
+    enable: bool = False
+    host: str = "0.0.0.0"
+    task_port: int = 9998
+    session_port: int = 9997
+    max_message_size: int = 65507
+    allowed_sources: tuple[str, ...] | None = None
+    max_per_source_per_minute: int | None = None
+    session_expiry_seconds: float = 4 * 3600
+    active_users_publish_seconds: float = 1.0
+    task_events: TaskOutcomeSettings = field(default_factory=TaskOutcomeSettings)
 
 
 @dataclass(frozen=True)
@@ -174,5 +235,6 @@ class Settings:
     slack_webhook: str | None = None
     files: FileSettings = field(default_factory=FileSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    udp: UdpServerSettings = field(default_factory=UdpServerSettings)
     source: Path | None = None
     unsupported_sections: tuple[str, ...] = ()

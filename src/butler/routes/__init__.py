@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from butler import __version__
 from butler.apps import AppService
 from butler.config import Settings
+from butler.events.service import SenseEvents
 from butler.kvstore import KeyValueStore
 from butler.mqtt import MqttClient
 from butler.slack import SlackWebhook
@@ -28,5 +29,6 @@ class RouteContext:
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
     apps: AppService | None = None
+    events: SenseEvents | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)

@@ -36,6 +36,9 @@ def health_route(context: RouteContext) -> Route:
 
     async def health(request: ApiRequest) -> Reply:
         uptime = round(time.monotonic() - context.started, 1)
-        return json_reply({"status": "ok", "version": context.version, "uptimeSeconds": uptime})
+        status = {"status": "ok", "version": context.version, "uptimeSeconds": uptime}
+        if context.events is not None:
+            status["udpEvents"] = context.events.stats()
+        return json_reply(status)
 
     return Route("GET", "/health", health, rate_limited=False)

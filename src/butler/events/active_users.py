@@ -1,0 +1,153 @@
+"""Active users, from the proxy's session events.
+
+A user is a user directory and a user id (compared case-insensitively, as Sense does), so the same id in
+two directories is two users. Each proxy host keeps its own sessions: ``Start session`` and ``Open
+connection`` mark the user active on that host, ``Stop session`` ends it there, and any event refreshes
+it. A session that has seen no event for ``expiry_seconds`` is dropped, so a proxy that dies without
+sending ``Stop session`` does not leave its users counted. No broker is involved: the count is kept
+here and read by the REST API and the MQTT publisher alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from butler.events.parsing import SessionEvent
+
+log = logging.getLogger("butler.activeusers")
+
+UserKey = tuple[str, str]  # (directory, user id), case-folded
+
+
+@dataclass
+class _Session:
+    directory: str
+    user_id: str
+    since: float
+    last_seen: float
+
+
+def _iso(epoch: float) -> str:
+    return (
+        datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
+
+
+@dataclass
+class ActiveUsers:
+    """Sessions per proxy host, and the active users they make."""
+
+    expiry_seconds: float = 4 * 3600
+    #: Called after every change, with no arguments (the MQTT publisher batches what it sends).
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+    _hosts: dict[str, dict[UserKey, _Session]] = field(default_factory=dict)
+    _sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    def apply(self, event: SessionEvent, now: float | None = None) -> bool:
+        """Take one event; True when it changed who is active."""
+        now = time.time() if now is None else now
+        key = (event.user_directory.casefold(), event.user_id.casefold())
+        sessions = self._hosts.setdefault(event.host.casefold(), {})
+        if event.command == "Stop session":
+            changed = sessions.pop(key, None) is not None
+            if not sessions:
+                del self._hosts[event.host.casefold()]
+        else:
+            session = sessions.get(key)
+            changed = session is None and event.command in ("Start session", "Open connection")
+            if changed:
+                sessions[key] = _Session(event.user_directory, event.user_id, now, now)
+            elif session is not None:
+                session.last_seen = now
+            elif not sessions:
+                del self._hosts[event.host.casefold()]
+        if changed:
+            self._changed()
+        return changed
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop sessions without an event for ``expiry_seconds``; how many were dropped."""
+        limit = (time.time() if now is None else now) - self.expiry_seconds
+        dropped = 0
+        for host, sessions in list(self._hosts.items()):
+            for key in [k for k, s in sessions.items() if s.last_seen < limit]:
+                del sessions[key]
+                dropped += 1
+            if not sessions:
+                del self._hosts[host]
+        if dropped:
+            log.info("%d user sessions expired after %g s without an event", dropped, self.expiry_seconds)
+            self._changed()
+        return dropped
+
+    def count(self, host: str | None = None) -> int:
+        return len(self._users(host))
+
+    def counts_per_host(self) -> dict[str, int]:
+        return {host: len(sessions) for host, sessions in sorted(self._hosts.items())}
+
+    def users(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Each active user once: directory, id, the proxy hosts with a session, since and last seen."""
+        merged: dict[UserKey, dict[str, Any]] = {}
+        for name, sessions in self._hosts.items():
+            if host is not None and name != host.casefold():
+                continue
+            for key, session in sessions.items():
+                user = merged.get(key)
+                if user is None:
+                    merged[key] = {
+                        "userDirectory": session.directory,
+                        "userId": session.user_id,
+                        "proxyHosts": [name],
+                        "since": session.since,
+                        "lastSeen": session.last_seen,
+                    }
+                else:
+                    user["proxyHosts"].append(name)
+                    user["since"] = min(user["since"], session.since)
+                    user["lastSeen"] = max(user["lastSeen"], session.last_seen)
+        return [
+            user
+            | {
+                "proxyHosts": sorted(user["proxyHosts"]),
+                "since": _iso(user["since"]),
+                "lastSeen": _iso(user["lastSeen"]),
+            }
+            for _, user in sorted(merged.items())
+        ]
+
+    def user_ids(self, host: str | None = None) -> list[str]:
+        """The user ids of the active users, sorted (an id active in two directories appears twice)."""
+        return [user["userId"] for user in self.users(host)]
+
+    def _users(self, host: str | None) -> set[UserKey]:
+        if host is not None:
+            return set(self._hosts.get(host.casefold(), {}))
+        return {key for sessions in self._hosts.values() for key in sessions}
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    async def _sweep_forever(self) -> None:
+        period = max(0.1, min(60.0, self.expiry_seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.expire()

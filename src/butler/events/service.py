@@ -1,0 +1,122 @@
+"""Sense events, assembled: both UDP listeners, active users, the task-outcome pipeline and MQTT out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from butler.config.settings import EventTopics, UdpServerSettings
+from butler.events.active_users import ActiveUsers
+from butler.events.mqtt_out import EventPublisher
+from butler.events.parsing import (
+    EngineReloadFailed,
+    SessionEvent,
+    TaskEvent,
+    parse_session_datagram,
+    parse_task_datagram,
+)
+from butler.events.task_outcomes import TaskEnricher, TaskOutcomes
+from butler.events.udp import UdpLimits, UdpListener, resolve_sources
+from butler.mqtt import MqttClient
+from butler.qlik.qrs import QrsClient
+
+log = logging.getLogger("butler.events")
+
+
+class SenseEvents:
+    def __init__(
+        self,
+        settings: UdpServerSettings,
+        qrs: QrsClient | None,
+        mqtt: MqttClient | None,
+        topics: EventTopics,
+    ) -> None:
+        self.settings = settings
+        self.users = ActiveUsers(settings.session_expiry_seconds)
+        enricher = TaskEnricher(qrs, settings.task_events) if qrs is not None else None
+        self.outcomes = TaskOutcomes(enricher, settings.task_events)
+        self.publisher = (
+            EventPublisher(mqtt, topics, self.users, settings.active_users_publish_seconds)
+            if mqtt is not None
+            else None
+        )
+        if self.publisher is not None:
+            self.outcomes.consumers.append(self.publisher.task_outcome)
+        self.task_listener: UdpListener[TaskEvent | EngineReloadFailed] | None = None
+        self.session_listener: UdpListener[SessionEvent] | None = None
+
+    async def start(self) -> None:
+        """Open both listeners (OSError when a port cannot be had) and start the pipeline."""
+        settings = self.settings
+        allowed = (
+            await resolve_sources(list(settings.allowed_sources))
+            if settings.allowed_sources is not None
+            else None
+        )
+        limits = UdpLimits(settings.max_message_size, allowed, settings.max_per_source_per_minute)
+        tasks: UdpListener[TaskEvent | EngineReloadFailed] = UdpListener(
+            "task event", limits, parse_task_datagram, self._task_event, _task_type
+        )
+        sessions: UdpListener[SessionEvent] = UdpListener(
+            "session event", limits, parse_session_datagram, self._session_event, lambda e: e.command
+        )
+        await tasks.open(settings.host, settings.task_port)
+        self.task_listener = tasks
+        await sessions.open(settings.host, settings.session_port)
+        self.session_listener = sessions
+        self.users.start()
+        self.outcomes.start()
+        if self.outcomes.enricher is None:
+            log.warning("task events are not enriched: Butler.cert is not set, so QRS cannot be reached")
+        for name, listener in (("task", tasks), ("session", sessions)):
+            log.info(
+                "UDP %s events on %s:%d (receive buffer %d KiB)",
+                name,
+                settings.host,
+                listener.port,
+                listener.receive_buffer // 1024,
+            )
+            if self.publisher is not None:
+                self.publisher.server_status(name, "start")
+
+    async def stop(self) -> None:
+        for listener in (self.task_listener, self.session_listener):
+            if listener is not None:
+                listener.close()
+        await self.outcomes.stop()
+        await self.users.stop()
+        if self.publisher is not None:
+            self.publisher.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "taskEvents": self.task_listener.stats.as_dict() if self.task_listener else None,
+            "sessionEvents": self.session_listener.stats.as_dict() if self.session_listener else None,
+            "taskEventQueue": self.outcomes.queued,
+            "taskEventsHandled": self.outcomes.handled,
+            "taskEventsPartial": self.outcomes.partial,
+            "activeUsers": self.users.count(),
+        }
+
+    def _task_event(self, event: TaskEvent | EngineReloadFailed) -> str | None:
+        if isinstance(event, EngineReloadFailed):
+            log.warning(
+                "Engine reload of app %s failed on %s (user %s/%s): %s",
+                event.app_id,
+                event.host,
+                event.user_directory,
+                event.user_id,
+                event.message,
+            )
+            return None
+        return self.outcomes.submit(event)
+
+    def _session_event(self, event: SessionEvent) -> str | None:
+        self.users.apply(event)
+        if self.publisher is not None:
+            self.publisher.session_event(event)
+        return None
+
+
+def _task_type(event: TaskEvent | EngineReloadFailed) -> str:
+    return "/engine-reload-failed/" if isinstance(event, EngineReloadFailed) else event.message_type

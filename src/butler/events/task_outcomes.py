@@ -1,0 +1,336 @@
+"""Task outcomes: scheduler events, enriched from QRS once, handed to every consumer.
+
+A scheduler event names a task, an app and an execution. Before anyone is told, the event is enriched
+from QRS: the task and the app (names, type, tags, custom properties), the execution result (status,
+times, duration), and for failed and aborted reload tasks the head and tail of the script log. Task and
+app metadata are cached for ``cache_seconds``; lookups made while others are on their way are gathered
+into one QRS call (``id eq a or id eq b ...``), so a burst of events costs a few QRS calls, not a few
+per event. Enrichment is bounded by ``timeout_seconds``: with QRS slow or down, the event goes out with
+what is known, marked ``partial``, and what is missing named.
+
+Events are deduplicated on execution id and outcome for ``dedup_seconds`` (the same event from two
+appenders or nodes alerts once); an execution id is held only while its event is queued or handled, so
+an event dropped for a full queue can come again. The queue is bounded; ``workers`` events are enriched
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from butler.config.settings import TaskOutcomeSettings
+from butler.events.parsing import TaskEvent
+from butler.executions import describe, script_log
+from butler.qlik.qrs import QrsClient, QrsError
+
+log = logging.getLogger("butler.taskevents")
+
+TASK_TYPES = {0: "Reload", 1: "ExternalProgram", 2: "UserSync", 3: "Distribution", 4: "Preload"}
+MAX_BATCH = 40
+
+
+@dataclass
+class TaskOutcome:
+    """A scheduler event and what QRS told about it. ``missing`` names what could not be fetched."""
+
+    event: TaskEvent
+    task: dict[str, Any] | None = None
+    app: dict[str, Any] | None = None
+    execution: dict[str, Any] | None = None
+    script_log_head: list[str] | None = None
+    script_log_tail: list[str] | None = None
+    missing: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+    @property
+    def task_name(self) -> str:
+        return str((self.task or {}).get("name") or self.event.task_name)
+
+    @property
+    def app_name(self) -> str:
+        return str((self.app or {}).get("name") or self.event.app_name)
+
+    @property
+    def task_type(self) -> str | None:
+        code = (self.task or {}).get("taskType")
+        return TASK_TYPES.get(code, str(code)) if code is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The full JSON: upstream's keys (``taskFailureFullTopic``), then this project's additions."""
+        event = self.event
+        task, app = self.task or {}, self.app or {}
+        return {
+            "hostName": event.host,
+            "user": event.user.replace("\\", "/"),
+            "taskName": self.task_name,
+            "taskId": event.task_id,
+            "appName": self.app_name,
+            "appId": event.app_id,
+            "logTimeStamp": event.timestamp,
+            "logLevel": event.level,
+            "executionId": event.execution_id,
+            "logMessage": event.message,
+            "qs_appTags": _tag_names(app),
+            "qs_appCustomProperties": _custom_properties(app),
+            "qs_taskTags": _tag_names(task),
+            "qs_taskCustomProperties": _custom_properties(task),
+            "qs_taskMetadata": task,
+            "qs_appMetadata": app,
+            "outcome": event.outcome,
+            "taskType": self.task_type,
+            "executionResult": self.execution,
+            "scriptLog": {"head": self.script_log_head, "tail": self.script_log_tail},
+            "partial": self.partial,
+            "missing": self.missing,
+            **({"enrichmentError": self.error} if self.error else {}),
+        }
+
+
+def _tag_names(entity: dict[str, Any]) -> list[str]:
+    return [str(t.get("name")) for t in entity.get("tags") or [] if isinstance(t, dict)]
+
+
+def _custom_properties(entity: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": (cp.get("definition") or {}).get("name"), "value": cp.get("value")}
+        for cp in entity.get("customProperties") or []
+        if isinstance(cp, dict)
+    ]
+
+
+class _Lookup:
+    """Entities of one QRS type by one field, looked up in batches and optionally cached."""
+
+    def __init__(self, qrs: QrsClient, path: str, field_name: str, key_of: str, cache_seconds: float) -> None:
+        self.qrs = qrs
+        self.path = path
+        self.field_name = field_name
+        self.key_of = key_of
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._scheduled = False
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        waiter = self._waiting.get(key)
+        if waiter is None:
+            waiter = self._waiting[key] = asyncio.get_running_loop().create_future()
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        return await asyncio.shield(waiter)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, {}
+        keys = list(waiting)
+        for start in range(0, len(keys), MAX_BATCH):
+            batch = {k: waiting[k] for k in keys[start : start + MAX_BATCH]}
+            asyncio.get_running_loop().create_task(self._fetch(batch))
+
+    async def _fetch(self, batch: dict[str, asyncio.Future[dict[str, Any] | None]]) -> None:
+        condition = " or ".join(f"{self.field_name} eq {key}" for key in batch)
+        try:
+            found = await self.qrs.get_json(self.path, {"filter": condition})
+        except (QrsError, TimeoutError, ValueError) as exc:
+            for waiter in batch.values():
+                if not waiter.done():
+                    waiter.set_exception(QrsError(str(exc)))
+                    waiter.exception()  # a waiter whose event timed out no longer looks
+            return
+        by_key: dict[str, dict[str, Any]] = {}
+        for entity in found if isinstance(found, list) else []:
+            by_key[str(entity.get(self.key_of, "")).lower()] = entity  # the last (newest) wins
+        expires = time.monotonic() + self.cache_seconds
+        for key, waiter in batch.items():
+            value = by_key.get(key)
+            if self.cache_seconds > 0:
+                self._cache[key] = (expires, value)
+            if not waiter.done():
+                waiter.set_result(value)
+        if len(self._cache) > 10_000:
+            now = time.monotonic()
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+
+
+class TaskEnricher:
+    """What QRS knows of a scheduler event."""
+
+    def __init__(self, qrs: QrsClient, settings: TaskOutcomeSettings) -> None:
+        self.qrs = qrs
+        self.settings = settings
+        self._tasks = _Lookup(qrs, "task/full", "id", "id", settings.cache_seconds)
+        self._apps = _Lookup(qrs, "app/full", "id", "id", settings.cache_seconds)
+        self._results = _Lookup(qrs, "executionresult/full", "ExecutionId", "executionID", 0)
+
+    async def enrich(self, event: TaskEvent) -> TaskOutcome:
+        outcome = TaskOutcome(event)
+        parts: dict[str, asyncio.Task[None]] = {
+            "task": asyncio.ensure_future(self._task(outcome)),
+        }
+        if event.app_id:
+            parts["app"] = asyncio.ensure_future(self._app(outcome))
+        if event.execution_id:
+            parts["executionResult"] = asyncio.ensure_future(self._execution(outcome))
+        _, pending = await asyncio.wait(parts.values(), timeout=self.settings.timeout_seconds)
+        for task in pending:
+            task.cancel()
+        errors = []
+        for name, task in parts.items():
+            if task in pending:
+                outcome.missing.append(name)
+                errors.append(f"{name}: QRS did not answer within {self.settings.timeout_seconds:g} s")
+            elif task.exception() is not None:
+                outcome.missing.append(name)
+                errors.append(f"{name}: {task.exception()}")
+        if (
+            "executionResult" in outcome.missing
+            and "scriptLog" not in outcome.missing
+            and self._wants_log(outcome)
+        ):
+            outcome.missing.append("scriptLog")
+        if errors:
+            outcome.error = "; ".join(errors)
+        return outcome
+
+    async def _task(self, outcome: TaskOutcome) -> None:
+        outcome.task = await self._tasks.get(outcome.event.task_id)
+
+    async def _app(self, outcome: TaskOutcome) -> None:
+        outcome.app = await self._apps.get(outcome.event.app_id)
+
+    def _wants_log(self, outcome: TaskOutcome) -> bool:
+        return outcome.event.outcome in ("failed", "aborted") and outcome.event.app_id != ""
+
+    async def _execution(self, outcome: TaskOutcome) -> None:
+        result = await self._results.get(outcome.event.execution_id)
+        if result is None:
+            return
+        outcome.execution = describe(result)
+        if not self._wants_log(outcome) or not result.get("scriptLogAvailable", True):
+            return
+        try:
+            lines = await script_log(self.qrs, outcome.event.task_id, result)
+        except asyncio.CancelledError:
+            outcome.missing.append("scriptLog")
+            raise
+        if lines is None:
+            if result.get("fileReferenceID"):
+                outcome.missing.append("scriptLog")
+            return
+        settings = self.settings
+        outcome.script_log_head = lines[: settings.script_log_head]
+        outcome.script_log_tail = lines[-settings.script_log_tail :] if settings.script_log_tail else []
+
+
+Consumer = Callable[[TaskOutcome], Awaitable[None]]
+
+
+class TaskOutcomes:
+    """The pipeline: ``submit`` (from the UDP listener) queues, workers enrich and tell the consumers."""
+
+    def __init__(self, enricher: TaskEnricher | None, settings: TaskOutcomeSettings) -> None:
+        self.enricher = enricher
+        self.settings = settings
+        self.consumers: list[Consumer] = []
+        self.handled = 0
+        self.partial = 0
+        self._queue: asyncio.Queue[TaskEvent] = asyncio.Queue(settings.queue_size)
+        self._held: dict[tuple[str, str], float] = {}
+        self._expiring: deque[tuple[float, tuple[str, str]]] = deque()
+        self._workers: list[asyncio.Task[None]] = []
+        self._warned = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._work()) for _ in range(self.settings.workers)]
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, event: TaskEvent) -> str | None:
+        """Queue an event; the reason it was not queued (``duplicate``, ``queueFull``), or None."""
+        if event.outcome == "distribute":
+            log.info("distribution task %s (%s) reported: %s", event.task_name, event.task_id, event.message)
+            return None
+        key = (event.execution_id, event.outcome)
+        now = time.monotonic()
+        if self.settings.dedup and event.execution_id:
+            self._forget_expired(now)
+            if key in self._held:
+                return "duplicate"
+            self._held[key] = float("inf")  # held while queued; the TTL starts once handled
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._held.pop(key, None)
+            return "queueFull"
+        size = self._queue.qsize()
+        if size * 100 >= self.settings.backpressure_percent * self._queue.maxsize and now - self._warned > 60:
+            self._warned = now
+            log.warning("task event queue at %d of %d events", size, self._queue.maxsize)
+        return None
+
+    def _forget_expired(self, now: float) -> None:
+        while self._expiring and self._expiring[0][0] <= now:
+            expires, key = self._expiring.popleft()
+            if self._held.get(key) == expires:
+                del self._held[key]
+
+    async def _work(self) -> None:
+        while True:
+            event = await self._queue.get()
+            key = (event.execution_id, event.outcome)
+            try:
+                outcome = (
+                    await self.enricher.enrich(event)
+                    if self.enricher is not None
+                    else TaskOutcome(
+                        event, missing=["task", "app", "executionResult"], error="no QRS connection"
+                    )
+                )
+            except Exception:  # a bug must not stop the worker; the event may come again
+                log.exception("task event %s of task %s could not be handled", event.outcome, event.task_id)
+                self._held.pop(key, None)
+                continue
+            if self.settings.dedup and event.execution_id and key in self._held:
+                expires = time.monotonic() + self.settings.dedup_seconds
+                self._held[key] = expires
+                self._expiring.append((expires, key))
+            self.handled += 1
+            self.partial += outcome.partial
+            log.info(
+                "%s task '%s' (app '%s') %s on %s, execution %s%s",
+                outcome.task_type or "",
+                outcome.task_name,
+                outcome.app_name,
+                event.outcome,
+                event.host,
+                event.execution_id or "-",
+                f"; partial, missing {', '.join(outcome.missing)}" if outcome.partial else "",
+            )
+            for consumer in self.consumers:
+                try:
+                    await consumer(outcome)
+                except Exception:
+                    log.exception("a consumer of task events failed")

@@ -1,0 +1,427 @@
+"""Events from Sense: real UDP datagrams (from the simulator and from raw sockets) into Butler, answered
+on the REST API and published to a real Mosquitto broker, read by an independent subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from butler.events.parsing import (
+    MalformedDatagram,
+    SessionEvent,
+    TaskEvent,
+    parse_session_datagram,
+    parse_task_datagram,
+)
+from tests.conftest import Broker, StartButler
+from tests.test_task_start import APP1, butler_config, control, next_run
+
+FAILING_TASK = "Reload Failing App"
+GUID = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
+APP_GUID = "0a1b2c3d-0000-4000-8000-000000000001"
+EXECUTION = "9f1c3a2e-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def task_datagram(
+    kind: str = "/scheduler-task-failed/",
+    task_name: str = "Nightly",
+    app_name: str = "Sales",
+    execution: str = EXECUTION,
+    message: str = "Max retries reached",
+    task_id: str = GUID,
+    app_id: str = APP_GUID,
+) -> bytes:
+    fields = [
+        kind,
+        "sense1",
+        task_name,
+        app_name,
+        "INTERNAL\\sa_scheduler",
+        task_id,
+        app_id,
+        "2026-11-24 10:00:00,123",
+        "ERROR",
+        execution,
+        message,
+    ]
+    return ";".join(fields).encode()
+
+
+def session_datagram(command: str, host: str, directory: str, user: str, message: str = "") -> bytes:
+    prefix = "/proxy-session/" if command.endswith("session") else "/proxy-connection/"
+    return f"{prefix};{host};{command};{directory};{user};AppAccess;/app/x;{message or command}".encode()
+
+
+# -- parsing -----------------------------------------------------------------------------------------------
+
+
+def test_task_datagram_fields() -> None:
+    event = parse_task_datagram(task_datagram(message="Max retries reached; giving up; see log"))
+    assert isinstance(event, TaskEvent)
+    assert (event.outcome, event.task_name, event.app_name, event.task_id, event.app_id) == (
+        "failed",
+        "Nightly",
+        "Sales",
+        GUID,
+        APP_GUID,
+    )
+    assert event.message == "Max retries reached; giving up; see log"
+    assert (event.timestamp, event.level, event.execution_id) == (
+        "2026-11-24 10:00:00,123",
+        "ERROR",
+        EXECUTION,
+    )
+
+
+def test_task_datagram_with_semicolons_in_names_and_typo_type() -> None:
+    event = parse_task_datagram(
+        task_datagram(
+            "/scheduler-task-success//", task_name="Load; then save", message="Execution State Change"
+        )
+    )
+    assert isinstance(event, TaskEvent)
+    assert event.outcome == "success"
+    # The task id, not the field position, anchors the fields: the user and ids stay right.
+    assert event.user == "INTERNAL\\sa_scheduler" and event.task_id == GUID and event.app_id == APP_GUID
+    assert event.task_name == "Load" and event.app_name == " then save;Sales"
+
+
+def test_session_datagram_fields() -> None:
+    event = parse_session_datagram(
+        b"/proxy-session/;sense2;Start session;LAB;goran;AppAccess;/hub/;"
+        b"Start session for user 'LAB\\goran'; ok"
+    )
+    assert event == SessionEvent(
+        "Start session",
+        "sense2",
+        "LAB",
+        "goran",
+        "AppAccess",
+        "/hub/",
+        "Start session for user 'LAB\\goran'; ok",
+    )
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        (b"", "empty"),
+        (b"/scheduler-task-failed/;too;few", "11"),
+        (task_datagram(task_id="not-a-guid"), "task id"),
+        (task_datagram(app_id="nope"), "task id"),
+        (b"/something-else/;a;b;c;d;e;f;g;h;i;j", "unknown message type"),
+    ],
+)
+def test_malformed_task_datagrams(datagram: bytes, reason: str) -> None:
+    with pytest.raises(MalformedDatagram, match=reason):
+        parse_task_datagram(datagram)
+
+
+def test_control_characters_removed_and_fields_cut() -> None:
+    event = parse_session_datagram(session_datagram("Start session", "s\x07ense1", "LAB", "x" * 900))
+    assert event.host == "sense1" and len(event.user_id) == 500
+    with pytest.raises(MalformedDatagram, match="unknown command"):
+        parse_session_datagram(b"/proxy-session/;h;Dance;LAB;u;o;c;m")
+
+
+# -- Butler with its UDP listeners ---------------------------------------------------------------------------
+
+
+class Events:
+    """A running Butler with UDP listeners, the ports to send to, and a raw socket to send from."""
+
+    def __init__(self, base: str, task_port: int, session_port: int) -> None:
+        self.base = base
+        self.task_port = task_port
+        self.session_port = session_port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send_task(self, datagram: bytes) -> None:
+        self.sock.sendto(datagram, ("127.0.0.1", self.task_port))
+
+    def send_session(self, datagram: bytes) -> None:
+        self.sock.sendto(datagram, ("127.0.0.1", self.session_port))
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http, http.get(self.base + path) as response:
+            return response.status, await response.json()
+
+    async def health(self) -> dict[str, Any]:
+        return (await self.get("/health"))[1]["udpEvents"]  # type: ignore[no-any-return]
+
+    async def until(self, check: Any, seconds: float = 10) -> None:
+        """Poll ``check`` (Butler's state is only visible through its API) until it holds."""
+        async with asyncio.timeout(seconds):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.02)
+
+
+def udp_config(document: dict[str, Any], task_port: int, session_port: int, **extra: Any) -> dict[str, Any]:
+    flags = document["Butler"]["restServerEndpointsEnable"]
+    flags |= {"activeUserCount": True, "activeUsers": True}
+    document["Butler"]["udpServerConfig"] = {
+        "enable": True,
+        "serverHost": "127.0.0.1",
+        "portTaskFailure": task_port,
+        "portSessionConnectionEvents": session_port,
+        "activeUsersPublishSeconds": 0,
+        **extra,
+    }
+    return document
+
+
+@pytest.fixture
+async def events(
+    start_butler: StartButler, simulator: Any, site_certs: Any, broker: Broker
+) -> AsyncIterator[Any]:
+    sockets: list[socket.socket] = []
+
+    async def start(mqtt: bool = True, **extra: Any) -> Events:
+        task_port, session_port = free_udp_port(), free_udp_port()
+        document = udp_config(butler_config(simulator, site_certs), task_port, session_port, **extra)
+        if mqtt:
+            document["Butler"]["mqttConfig"] = {
+                "enable": True,
+                "brokerHost": "127.0.0.1",
+                "brokerPort": broker.port,
+            }
+        running = Events(await start_butler(document), task_port, session_port)
+        sockets.append(running.sock)
+        # The simulated site's appenders send to this Butler.
+        simulator.udp.targets = [("127.0.0.1", task_port)]
+        simulator.session_udp.targets = [("127.0.0.1", session_port)]
+        return running
+
+    yield start
+    for sock in sockets:
+        sock.close()
+
+
+@pytest.fixture
+async def subscriber(broker: Broker) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe("qliksense/#")
+        yield client
+
+
+async def messages_until(client: aiomqtt.Client, topic: str, seconds: float = 10) -> dict[str, list[str]]:
+    """Messages per topic, read until one arrives on ``topic``."""
+    seen: dict[str, list[str]] = {}
+    async with asyncio.timeout(seconds):
+        async for message in client.messages:
+            seen.setdefault(str(message.topic), []).append(bytes(message.payload).decode())  # type: ignore[arg-type]
+            if str(message.topic) == topic:
+                return seen
+    raise AssertionError(f"nothing on {topic}")
+
+
+async def open_session(simulator: Any, directory: str, user: str, proxy: str = "sense1") -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{simulator.control_port}/sessions",
+            json={"userDirectory": directory, "userId": user, "proxy": proxy},
+        ) as response,
+    ):
+        assert response.status == 201
+        return str((await response.json())["id"])
+
+
+async def close_session(simulator: Any, session_id: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(f"http://127.0.0.1:{simulator.control_port}/sessions/{session_id}") as response,
+    ):
+        assert response.status == 204
+
+
+async def test_active_users_from_the_simulated_proxies(events: Any, simulator: Any, subscriber: Any) -> None:
+    butler = await events()
+    assert await butler.get("/v4/activeusercount") == (200, {"response": 0, "perProxyHost": {}})
+    sessions = [
+        await open_session(simulator, "LAB", "goran", "sense1"),
+        await open_session(simulator, "LAB", "goran", "sense2"),  # the same user on a second proxy
+        await open_session(simulator, "EXT", "goran", "sense2"),  # the same id in another directory
+        await open_session(simulator, "LAB", "anna", "sense2"),
+    ]
+
+    async def three() -> bool:
+        return (await butler.get("/v4/activeusercount"))[1]["response"] == 3
+
+    await butler.until(three)
+    assert await butler.get("/v4/activeusercount") == (
+        200,
+        {"response": 3, "perProxyHost": {"sense1": 1, "sense2": 3}},
+    )
+    assert await butler.get("/v4/activeusercount?proxyHost=SENSE1") == (200, {"response": 1})
+    status, users = await butler.get("/v4/activeusers")
+    assert status == 200
+    assert [(u["userDirectory"], u["userId"], u["proxyHosts"]) for u in users] == [
+        ("EXT", "goran", ["sense2"]),
+        ("LAB", "anna", ["sense2"]),
+        ("LAB", "goran", ["sense1", "sense2"]),
+    ]
+    assert await butler.get("/v2/activeUserCount") == (200, 3)
+    assert await butler.get("/v2/activeUsers") == (200, ["goran", "anna", "goran"])
+
+    seen = await messages_until(subscriber, "qliksense/users/active/count")
+    assert "sense1: LAB/goran" in seen["qliksense/session/start"]
+    # Figures go out when they change; the last count published is the final one.
+    while seen["qliksense/users/active/count"][-1] != "3":
+        seen |= await messages_until(subscriber, "qliksense/users/active/count")
+
+    for session_id in sessions[:2]:
+        await close_session(simulator, session_id)
+
+    async def two() -> bool:
+        return (await butler.get("/v4/activeusercount"))[1]["response"] == 2
+
+    await butler.until(two)
+    assert await butler.get("/v2/activeUsers") == (200, ["goran", "anna"])
+    stats = (await butler.health())["sessionEvents"]
+    assert stats["accepted"] == 6 and stats["byType"] == {"Start session": 4, "Stop session": 2}
+
+
+async def test_sessions_expire_without_events(events: Any) -> None:
+    butler = await events(mqtt=False, sessionExpirySeconds=1)
+    butler.send_session(session_datagram("Start session", "sense9", "LAB", "ghost"))
+
+    async def one() -> bool:
+        return (await butler.get("/v2/activeUserCount"))[1] == 1
+
+    await butler.until(one)
+    await asyncio.sleep(1.2)  # the proxy died: no Stop session comes
+
+    async def none() -> bool:
+        return (await butler.get("/v2/activeUserCount"))[1] == 0
+
+    await butler.until(none, seconds=3)
+
+
+async def test_failed_task_published_enriched(events: Any, simulator: Any, subscriber: Any) -> None:
+    await events()
+    task = next(t for t in simulator.site.tasks.values() if t["name"] == FAILING_TASK)
+    simulator.scheduler.start(task["id"])
+    seen = await messages_until(subscriber, "qliksense/task_failure_full")
+    assert seen["qliksense/task_failure"] == [FAILING_TASK]
+    full = json.loads(seen["qliksense/task_failure_full"][0])
+    assert (
+        full["taskName"] == FAILING_TASK and full["taskId"] == task["id"] and full["appName"] == "Failing App"
+    )
+    assert full["user"] == "INTERNAL/sa_scheduler" and full["logLevel"] == "ERROR"
+    assert full["qs_taskTags"] == ["butler"]
+    assert {"name": "ButlerAlert", "value": "email"} in full["qs_taskCustomProperties"]
+    assert full["qs_appTags"] == [] and full["qs_appMetadata"]["name"] == "Failing App"
+    assert full["taskType"] == "Reload" and full["outcome"] == "failed"
+    assert full["executionResult"]["status"] == "FinishedFail"
+    assert any("missing.qvd" in line for line in full["scriptLog"]["head"])
+    assert full["scriptLog"]["tail"][-1].endswith("Execution Failed")
+    assert full["partial"] is False and full["missing"] == []
+
+
+async def test_success_and_abort_topics(events: Any, simulator: Any, subscriber: Any) -> None:
+    await events()
+    simulator.scheduler.start(APP1["taskId"])
+    seen = await messages_until(subscriber, "qliksense/task_success_full")
+    assert seen["qliksense/task_success"] == [APP1["taskName"]]
+    full = json.loads(seen["qliksense/task_success_full"][0])
+    assert full["executionResult"]["status"] == "FinishedSuccess" and full["qs_appTags"] == ["butler"]
+    assert full["scriptLog"] == {"head": None, "tail": None}  # script logs are read for failures only
+
+    await next_run(simulator, APP1["taskId"], outcome="success", durationMs=60_000)
+    simulator.scheduler.start(APP1["taskId"])
+    await asyncio.sleep(0.1)
+    simulator.scheduler.stop(APP1["taskId"])
+    seen = await messages_until(subscriber, "qliksense/task_aborted_full")
+    assert seen["qliksense/task_aborted"] == [APP1["taskName"]]
+    assert json.loads(seen["qliksense/task_aborted_full"][0])["executionResult"]["status"] == "Aborted"
+
+
+async def test_enrichment_survives_qrs_down(events: Any, simulator: Any, subscriber: Any) -> None:
+    butler = await events(taskEvents={"enrichTimeoutSeconds": 1})
+    await control(simulator, "/faults/qrs", {"latency_ms": 3000}, 200)
+    butler.send_task(task_datagram(task_id=APP1["taskId"], execution="0f0f0f0f-0000-4000-8000-000000000001"))
+    seen = await messages_until(subscriber, "qliksense/task_failure_full")
+    await control(simulator, "/faults/qrs", {"latency_ms": 0}, 200)
+    full = json.loads(seen["qliksense/task_failure_full"][0])
+    # What the datagram said goes out; what QRS would have added is named as missing.
+    assert full["taskName"] == "Nightly" and full["partial"] is True
+    assert set(full["missing"]) >= {"task", "app", "executionResult"}
+    assert "did not answer within 1 s" in full["enrichmentError"]
+    assert (await butler.health())["taskEventsPartial"] == 1
+
+
+async def test_duplicates_malformed_and_limits(events: Any, simulator: Any) -> None:
+    butler = await events(mqtt=False, maxMessageSize=300)
+    for _ in range(3):  # the same event from three appenders
+        butler.send_task(task_datagram(task_id=APP1["taskId"]))
+    butler.send_task(task_datagram(task_id=APP1["taskId"], kind="/scheduler-task-aborted/"))
+    butler.send_task(b"/scheduler-task-failed/;garbage")
+    butler.send_task(b"\xff\xfe\x00binary")
+    butler.send_task(task_datagram(message="x" * 400))  # over maxMessageSize
+    butler.send_session(b"/proxy-session/;h;Start session;;;o;c;m")  # no user
+
+    async def counted() -> bool:
+        stats = await butler.health()
+        return stats["taskEvents"]["received"] == 7 and stats["taskEventsHandled"] == 2
+
+    await butler.until(counted)
+    stats = await butler.health()
+    assert stats["taskEvents"]["malformed"] == 2
+    assert stats["taskEvents"]["dropped"] == {"duplicate": 2, "tooLarge": 1}
+    assert stats["taskEvents"]["accepted"] == 2
+    assert stats["sessionEvents"]["malformed"] == 1
+    assert (await butler.get("/health"))[0] == 200  # nothing crashed
+
+
+async def test_source_allow_list_and_rate_limit(events: Any) -> None:
+    butler = await events(
+        mqtt=False,
+        enableSourceValidation=True,
+        allowedSources=["10.9.8.7", "localhost"],
+        rateLimit={"enable": True, "maxMessagesPerMinute": 3},
+    )
+    for n in range(5):
+        butler.send_session(session_datagram("Start session", "sense1", "LAB", f"user{n}"))
+
+    async def counted() -> bool:
+        return (await butler.health())["sessionEvents"]["received"] == 5
+
+    await butler.until(counted)
+    stats = (await butler.health())["sessionEvents"]
+    assert stats["accepted"] == 3 and stats["dropped"] == {"rateLimited": 2}
+
+    other = await events(mqtt=False, enableSourceValidation=True, allowedSources=["10.9.8.7"])
+    other.send_session(session_datagram("Start session", "sense1", "LAB", "intruder"))
+
+    async def refused() -> bool:
+        return (await other.health())["sessionEvents"]["dropped"] == {"sourceNotAllowed": 1}
+
+    await other.until(refused)
+    assert await other.get("/v2/activeUserCount") == (200, 0)
+
+
+async def test_active_users_off_answers_503(
+    start_butler: StartButler, simulator: Any, site_certs: Any
+) -> None:
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["restServerEndpointsEnable"] |= {"activeUserCount": True}
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http, http.get(base + "/v4/activeusercount") as response:
+        assert response.status == 503
+        assert "udpServerConfig.enable" in (await response.json())["message"]
