@@ -35,11 +35,9 @@ __all__ = ["ENDPOINT_FLAGS", "ConfigError", "Settings", "load_config", "parse_co
 
 LOG_LEVELS = ("silly", "debug", "verbose", "info", "warn", "error")
 
-#: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order (the first
-#: two are upstream v6's).
+#: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order, then
+#: upstream v6's flags for active users.
 ENDPOINT_FLAGS: tuple[str, ...] = (
-    "activeUserCount",
-    "activeUsers",
     "apiListEnabledEndpoints",
     "base62ToBase16",
     "base16ToBase62",
@@ -65,6 +63,8 @@ ENDPOINT_FLAGS: tuple[str, ...] = (
     "senseListApps",
     "senseStartTask",
     "slackPostMessage",
+    "activeUserCount",
+    "activeUsers",
 )
 
 #: Top-level sections of upstream Butler 16 that this project does not implement (yet).
