@@ -18,7 +18,7 @@ import datetime
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qliksim.site import (
@@ -53,6 +53,8 @@ class Execution:
     session_id: str
     result_id: str
     task: asyncio.Task[None] | None = None
+    # Set by a stop; the run then ends as aborted (also a stop that comes before the run began).
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Scheduler:
@@ -90,9 +92,9 @@ class Scheduler:
 
     def stop(self, task_id: str) -> bool:
         execution = self.running.get(task_id)
-        if execution is None or execution.task is None:
+        if execution is None:
             return False
-        execution.task.cancel()
+        execution.stopped.set()
         return True
 
     async def reload_app(self, app_id: str, partial: bool = False) -> bool:
@@ -186,13 +188,13 @@ class Scheduler:
     ) -> None:
         result = self.site.execution_results[execution.result_id]
         outcome = behaviour.outcome
-        try:
-            await asyncio.sleep(0.05 * self.time_scale)
+        if await _stopped_within(execution, 0.05 * self.time_scale):
+            outcome = "abort"
+        else:
             self._change(result, 2)
             self._publish(task, result)
-            await asyncio.sleep(behaviour.duration_ms / 1000 * self.time_scale)
-        except asyncio.CancelledError:
-            outcome = "abort"
+            if await _stopped_within(execution, behaviour.duration_ms / 1000 * self.time_scale):
+                outcome = "abort"
         self._finish(task, result, behaviour, outcome)
         self.running.pop(task["id"], None)
         self.site.execution_sessions.pop(execution.session_id, None)
@@ -277,6 +279,15 @@ class Scheduler:
     def _notify(self, what: str, result: dict[str, Any]) -> None:
         for listener in self.listeners:
             listener(what, result)
+
+
+async def _stopped_within(execution: Execution, seconds: float) -> bool:
+    """Wait ``seconds``; True when the execution was stopped meanwhile (or before)."""
+    try:
+        await asyncio.wait_for(execution.stopped.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _condensed_result(result: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,9 @@ log = logging.getLogger("butler.taskevents")
 
 TASK_TYPES = {0: "Reload", 1: "ExternalProgram", 2: "UserSync", 3: "Distribution", 4: "Preload"}
 MAX_BATCH = 40
+#: Execution ids remembered for deduplication at most; beyond that the oldest are forgotten early, so a
+#: sustained flood of events cannot grow memory without bound.
+MAX_REMEMBERED = 100_000
 
 
 @dataclass
@@ -292,7 +295,7 @@ class TaskOutcomes:
         return None
 
     def _forget_expired(self, now: float) -> None:
-        while self._expiring and self._expiring[0][0] <= now:
+        while self._expiring and (self._expiring[0][0] <= now or len(self._expiring) > MAX_REMEMBERED):
             expires, key = self._expiring.popleft()
             if self._held.get(key) == expires:
                 del self._held[key]
@@ -319,7 +322,8 @@ class TaskOutcomes:
                 self._expiring.append((expires, key))
             self.handled += 1
             self.partial += outcome.partial
-            log.info(
+            log.log(
+                logging.DEBUG if event.outcome == "success" else logging.INFO,
                 "%s task '%s' (app '%s') %s on %s, execution %s%s",
                 outcome.task_type or "",
                 outcome.task_name,
