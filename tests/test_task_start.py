@@ -509,6 +509,20 @@ async def test_butler_demo(tmp_path: Any) -> None:
     assert (status, result) == (200, answer(started=[APP1]))
     async with aiohttp.ClientSession() as http, http.get(control) as r:
         assert (await r.json())["taskStarts"] == {APP1["taskId"]: 1}
+    # The demo's other examples: apps through the Engine, and active users from the proxy's UDP events.
+    base = f"http://localhost:{port}"
+    sessions = control.removesuffix("/calls") + "/sessions"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v4/apps/list") as r:
+            assert r.status == 200 and "App1" in [a["name"] for a in await r.json()]
+        async with http.post(sessions, data='{"userDirectory":"LAB","userId":"goran","proxy":"sense1"}') as r:
+            assert r.status == 201
+        async with asyncio.timeout(10):
+            while True:
+                async with http.get(f"{base}/v2/activeUsers") as r:
+                    if await r.json() == ["goran"]:
+                        break
+                await asyncio.sleep(0.05)
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), 20) == 0
     with pytest.raises(aiohttp.ClientError):

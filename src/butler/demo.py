@@ -22,6 +22,7 @@ from butler.config import load_config
 log = logging.getLogger("butler.demo")
 
 TASK_APP1 = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
+APP1 = "3534d77c-ab02-5173-8ae7-5be7717a69f8"  # the app of that task in the demo site
 
 ENABLED = {
     "apiListEnabledEndpoints": True,
@@ -30,16 +31,23 @@ ENABLED = {
     "butlerping": True,
     "keyValueStore": True,
     "senseStartTask": True,
+    "senseListApps": True,
+    "senseAppDump": True,
+    "senseAppReload": True,
+    "activeUserCount": True,
+    "activeUsers": True,
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
+def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def write_demo_config(state: Path, host: str, port: int, qrs_port: int) -> Path:
+def write_demo_config(
+    state: Path, host: str, port: int, qrs_port: int, engine_port: int, udp_ports: tuple[int, int]
+) -> Path:
     certs = state / "certs"
     document = {
         "Butler": {
@@ -67,6 +75,23 @@ def write_demo_config(state: Path, host: str, port: int, qrs_port: int) -> Path:
             "startTaskFilter": {
                 "enable": False,
                 "allowTask": {"taskId": [], "tag": [], "customProperty": []},
+            },
+            "configEngine": {
+                "host": "localhost",
+                "port": engine_port,
+                "useSSL": True,
+                "headers": {
+                    "static": [
+                        {"name": "X-Qlik-User", "value": "UserDirectory=Internal;UserId=sa_repository"}
+                    ]
+                },
+                "rejectUnauthorized": True,
+            },
+            "udpServerConfig": {
+                "enable": True,
+                "serverHost": "127.0.0.1",
+                "portTaskFailure": udp_ports[0],
+                "portSessionConnectionEvents": udp_ports[1],
             },
         }
     }
@@ -113,6 +138,22 @@ Try (from Butler's documentation):
        -H 'Content-Type: application/json' \\
        -d '[{{"type":"keyvaluestore","payload":{{"namespace":"demo","key":"runBy","value":"curl"}}}}]'
   curl "{base}/v4/keyvalues/demo?key=runBy"
+  curl {base}/v4/apps/list
+  curl {base}/v4/app/{APP1}/dump
+
+Users log in on the simulated proxies (their session events reach Butler over UDP):
+
+  curl -X POST {control}/sessions -d '{{"userDirectory":"LAB","userId":"goran","proxy":"sense1"}}'
+  curl -X POST {control}/sessions -d '{{"userDirectory":"LAB","userId":"anna","proxy":"sense2"}}'
+  curl {base}/v4/activeusercount
+  curl {base}/v4/activeusers
+  curl {base}/v2/activeUsers
+
+A failing reload (its task event reaches Butler over UDP; Butler enriches it from QRS and logs it):
+
+  curl -X PUT "{base}/v4/reloadtask/-/start" -H 'Content-Type: application/json' \\
+       -d '[{{"type":"starttasktag","payload":{{"tag":"butler"}}}}]'
+  curl {base}/health
   curl {control}/calls
 
 Ctrl-C stops both.
@@ -122,6 +163,7 @@ Ctrl-C stops both.
 async def run_demo(state: Path, host: str, port: int) -> None:
     """Run the demo until Ctrl-C; ``state`` is an existing folder (given as an absolute path)."""
     qrs_port, engine_port, control_port = _free_port(), _free_port(), _free_port()
+    udp_ports = (_free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM))
     simulator = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -135,6 +177,10 @@ async def run_demo(state: Path, host: str, port: int) -> None:
         str(engine_port),
         "--control-port",
         str(control_port),
+        "--udp-target",
+        f"127.0.0.1:{udp_ports[0]}",
+        "--session-udp-target",
+        f"127.0.0.1:{udp_ports[1]}",
         "--time-scale",
         "0.2",
         "--loglevel",
@@ -142,7 +188,7 @@ async def run_demo(state: Path, host: str, port: int) -> None:
     )
     try:
         await _wait_for_port(qrs_port, simulator)
-        config = write_demo_config(state, host, port, qrs_port)
+        config = write_demo_config(state, host, port, qrs_port, engine_port, udp_ports)
         butler = Butler(load_config(config), rate_limit=0)
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
         text = _instructions(f"http://{shown}:{port}", f"http://127.0.0.1:{control_port}", config)
