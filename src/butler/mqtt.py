@@ -5,7 +5,9 @@ with backoff (0.5 s doubling to 30 s) whenever the connection drops. Messages ar
 bounded queue by one sender, so a burst of publishes neither floods the connection nor blocks callers;
 what is queued while the broker is away goes out after the next connect, and what does not fit in the
 queue is dropped, counted and logged. On every connect Butler announces itself on
-``qliksense/butler/mqtt/status`` (as upstream does) and subscribes to ``subscriptionRootTopic``.
+``qliksense/butler/mqtt/status`` (as upstream does) and subscribes to ``taskStartTopic``, the only topic
+Butler acts on. Upstream subscribes to all of ``subscriptionRootTopic`` and ignores the rest; that would
+send every event Butler publishes below the root (thousands a second) back to Butler.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class MqttClient:
                     await client.publish(
                         STATUS_TOPIC, f"Connected to MQTT broker {self.where} with client ID {self.client_id}"
                     )
-                    await client.subscribe(self.settings.subscription_root_topic)
+                    await client.subscribe(self.settings.task_start_topic)
                     self.connected.set()
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._send(client))

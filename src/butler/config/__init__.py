@@ -275,6 +275,7 @@ _SCHEMA = Section(
                                         }
                                     )
                                 ),
+                                # Accepted as upstream's; Butler subscribes to taskStartTopic only.
                                 "subscriptionRootTopic": Key(Str(), default="qliksense/#"),
                                 "taskStartTopic": Key(Str(), default="qliksense/start_task"),
                                 "taskStartResultTopic": Key(Str(), default="qliksense/start_task/result"),
@@ -490,7 +491,6 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             tls_cert=_path(mqtt["tls"]["cert"], base_dir),
             tls_key=_path(mqtt["tls"]["key"], base_dir),
             queue_size=mqtt["queueSize"],
-            subscription_root_topic=mqtt["subscriptionRootTopic"],
             task_start_topic=mqtt["taskStartTopic"],
             task_start_result_topic=mqtt["taskStartResultTopic"],
             events=EventTopics(**{name: mqtt[key] for key, name in _EVENT_TOPIC_KEYS.items()}),

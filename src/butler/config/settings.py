@@ -151,7 +151,6 @@ class MqttSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     queue_size: int = 10000
-    subscription_root_topic: str = "qliksense/#"
     task_start_topic: str = "qliksense/start_task"
     task_start_result_topic: str = "qliksense/start_task/result"
     events: EventTopics = field(default_factory=EventTopics)

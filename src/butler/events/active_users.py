@@ -134,8 +134,15 @@ class ActiveUsers:
         ]
 
     def user_ids(self, host: str | None = None) -> list[str]:
-        """The user ids of the active users, sorted (an id active in two directories appears twice)."""
-        return [user["userId"] for user in self.users(host)]
+        """The user ids of the active users, sorted (an id active in two directories appears twice).
+
+        Published after every change, so it is built from the keys alone, not from ``users``."""
+        ids: dict[UserKey, str] = {}
+        for name, sessions in self._hosts.items():
+            if host is None or name == host.casefold():
+                for key, session in sessions.items():
+                    ids.setdefault(key, session.user_id)
+        return [ids[key] for key in sorted(ids)]
 
     def _users(self, host: str | None) -> set[UserKey]:
         if host is not None:
