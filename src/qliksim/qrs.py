@@ -200,12 +200,13 @@ class Qrs:
         text = request.query.get("filter", "")
         node = parse_filter(text, allow_not=self.site.allow_not)
         fast = _id_lookup(node, "id")
-        if fast is None and request.parts[0] == "executionresult":
-            # Indexed as QRS's database indexes it: results are looked up by execution id after each run.
-            by_execution = self.site.results_by_execution
-            looked_up = _id_lookup(node, "executionid")
-            fast = None if looked_up is None else [by_execution[e] for e in looked_up if e in by_execution]
-        if fast is not None:
+        by_execution = _id_lookup(node, "executionid") if request.parts[0] == "executionresult" else None
+        if fast is None and by_execution is not None:
+            # Indexed as QRS's database indexes it: results are looked up by execution id after each run,
+            # and there are as many results as runs, so no scan.
+            index = self.site.results_by_execution
+            entities = [table[index[e]] for e in dict.fromkeys(by_execution) if e in index]
+        elif fast is not None:
             wanted = set(fast)
             # In the collection's own order, as a scan would give them.
             entities = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -78,6 +79,7 @@ class SenseEvents:
             )
             if self.publisher is not None:
                 self.publisher.server_status(name, "start")
+                listener.on_error = functools.partial(self._listener_error, name)
 
     async def stop(self) -> None:
         for listener in (self.task_listener, self.session_listener):
@@ -97,6 +99,10 @@ class SenseEvents:
             "taskEventsPartial": self.outcomes.partial,
             "activeUsers": self.users.count(),
         }
+
+    def _listener_error(self, name: str, exc: Exception) -> None:
+        if self.publisher is not None:
+            self.publisher.server_status(name, "error")
 
     def _task_event(self, event: TaskEvent | EngineReloadFailed) -> str | None:
         if isinstance(event, EngineReloadFailed):

@@ -35,7 +35,7 @@ TASK_TYPES = {0: "Reload", 1: "ExternalProgram", 2: "UserSync", 3: "Distribution
 MAX_BATCH = 40
 #: Execution ids remembered for deduplication at most; beyond that the oldest are forgotten early, so a
 #: sustained flood of events cannot grow memory without bound.
-MAX_REMEMBERED = 100_000
+MAX_REMEMBERED = 50_000
 
 
 @dataclass
@@ -123,6 +123,7 @@ class _Lookup:
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._waiting: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._scheduled = False
+        self._fetching: set[asyncio.Task[None]] = set()  # referenced, so no fetch is collected mid-way
 
     async def get(self, key: str) -> dict[str, Any] | None:
         cached = self._cache.get(key)
@@ -142,7 +143,14 @@ class _Lookup:
         keys = list(waiting)
         for start in range(0, len(keys), MAX_BATCH):
             batch = {k: waiting[k] for k in keys[start : start + MAX_BATCH]}
-            asyncio.get_running_loop().create_task(self._fetch(batch))
+            fetch = asyncio.get_running_loop().create_task(self._fetch(batch))
+            self._fetching.add(fetch)
+            fetch.add_done_callback(self._fetching.discard)
+
+    async def close(self) -> None:
+        for fetch in list(self._fetching):
+            fetch.cancel()
+        await asyncio.gather(*self._fetching, return_exceptions=True)
 
     async def _fetch(self, batch: dict[str, asyncio.Future[dict[str, Any] | None]]) -> None:
         condition = " or ".join(f"{self.field_name} eq {key}" for key in batch)
@@ -178,6 +186,10 @@ class TaskEnricher:
         self._tasks = _Lookup(qrs, "task/full", "id", "id", settings.cache_seconds)
         self._apps = _Lookup(qrs, "app/full", "id", "id", settings.cache_seconds)
         self._results = _Lookup(qrs, "executionresult/full", "ExecutionId", "executionID", 0)
+
+    async def close(self) -> None:
+        for lookup in (self._tasks, self._apps, self._results):
+            await lookup.close()
 
     async def enrich(self, event: TaskEvent) -> TaskOutcome:
         outcome = TaskOutcome(event)
@@ -252,8 +264,8 @@ class TaskOutcomes:
         self.handled = 0
         self.partial = 0
         self._queue: asyncio.Queue[TaskEvent] = asyncio.Queue(settings.queue_size)
-        self._held: dict[tuple[str, str], float] = {}
-        self._expiring: deque[tuple[float, tuple[str, str]]] = deque()
+        self._held: dict[str, float] = {}  # "<execution id> <outcome>": when it may come again
+        self._expiring: deque[tuple[float, str]] = deque()
         self._workers: list[asyncio.Task[None]] = []
         self._warned = 0.0
 
@@ -266,6 +278,8 @@ class TaskOutcomes:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        if self.enricher is not None:
+            await self.enricher.close()
 
     @property
     def queued(self) -> int:
@@ -276,7 +290,7 @@ class TaskOutcomes:
         if event.outcome == "distribute":
             log.info("distribution task %s (%s) reported: %s", event.task_name, event.task_id, event.message)
             return None
-        key = (event.execution_id, event.outcome)
+        key = f"{event.execution_id} {event.outcome}"
         now = time.monotonic()
         if self.settings.dedup and event.execution_id:
             self._forget_expired(now)
@@ -303,7 +317,7 @@ class TaskOutcomes:
     async def _work(self) -> None:
         while True:
             event = await self._queue.get()
-            key = (event.execution_id, event.outcome)
+            key = f"{event.execution_id} {event.outcome}"
             try:
                 outcome = (
                     await self.enricher.enrich(event)

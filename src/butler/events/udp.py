@@ -95,6 +95,7 @@ class UdpListener(asyncio.DatagramProtocol, Generic[Event]):
         self.stats = UdpStats()
         self.transport: asyncio.DatagramTransport | None = None
         self.receive_buffer = 0
+        self.on_error: Callable[[Exception], None] | None = None
         self._sources: dict[str, _Window] = {}
 
     async def open(self, host: str, port: int) -> None:
@@ -128,6 +129,8 @@ class UdpListener(asyncio.DatagramProtocol, Generic[Event]):
 
     def error_received(self, exc: Exception) -> None:
         log.warning("UDP %s listener: %s", self.name, exc)
+        if self.on_error is not None:
+            self.on_error(exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         stats = self.stats
