@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from harness import free_port, start_butler, write_butler_config
+from harness import free_port, start_butler, stop_run, write_butler_config
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import build_site
@@ -136,10 +135,7 @@ async def run(objects: int, large_mb: int) -> int:
                 + ("" if exact else " (peak not resettable here: measured from the earlier peak)")
             )
     finally:
-        butler.terminate()
-        butler.wait(10)
-        await simulator.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        await stop_run(butler, simulator, workdir)
     return failures
 
 

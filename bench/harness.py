@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -118,3 +120,11 @@ def write_butler_config(
         }
     path.write_text(yaml.safe_dump({"Butler": {**butler, **sections}}))
     return path
+
+
+async def stop_run(butler: subprocess.Popen[bytes], simulator: Any, workdir: Path) -> None:
+    """End a benchmark run: Butler, the in-process simulator, and the run's folder."""
+    butler.terminate()
+    butler.wait(10)
+    await simulator.stop()
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +30,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from harness import cores, cpu_seconds, free_port, rss_mb, start_butler, wait_port, write_butler_config
+from harness import (
+    cores,
+    cpu_seconds,
+    free_port,
+    rss_mb,
+    start_butler,
+    stop_run,
+    wait_port,
+    write_butler_config,
+)
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import RunBehaviour, load_site
@@ -279,10 +287,7 @@ async def run(rate: int, seconds: float, task_share: float, broker_port: int | N
         )
     finally:
         load.close()
-        butler.terminate()
-        butler.wait(10)
-        await simulator.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        await stop_run(butler, simulator, workdir)
     return failures
 
 
