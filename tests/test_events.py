@@ -425,3 +425,37 @@ async def test_active_users_off_answers_503(
     async with aiohttp.ClientSession() as http, http.get(base + "/v4/activeusercount") as response:
         assert response.status == 503
         assert "udpServerConfig.enable" in (await response.json())["message"]
+
+
+async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_certs: Any) -> None:
+    from butler.app import Butler
+    from butler.config import parse_config
+
+    task_port, session_port = free_udp_port(), free_udp_port()
+    document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
+    settings = parse_config(document, base_dir=tmp_path)
+    assert settings.udp.session_state_file == tmp_path / "butler-sessions.json"
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    first = Butler(settings)
+    await first.start()
+    try:
+        sender.sendto(
+            session_datagram("Start session", "sense1", "LAB", "goran"), ("127.0.0.1", session_port)
+        )
+        sender.sendto(session_datagram("Start session", "sense2", "EXT", "anna"), ("127.0.0.1", session_port))
+        assert first.events is not None
+        async with asyncio.timeout(5):
+            while True:  # until both datagrams are in
+                if first.events.users.count() == 2:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await first.stop()
+        sender.close()
+    second = Butler(settings)
+    await second.start()
+    try:
+        assert second.events is not None
+        assert second.events.users.user_ids() == ["anna", "goran"]
+    finally:
+        await second.stop()

@@ -359,6 +359,7 @@ _SCHEMA = Section(
                                     )
                                 ),
                                 "sessionExpirySeconds": Key(Int(1), default=4 * 3600),
+                                "sessionStateFile": Key(Str(nullable=True), default="butler-sessions.json"),
                                 "activeUsersPublishSeconds": Key(Int(0, 3600), default=1),
                                 "taskEvents": Key(
                                     Section(
@@ -505,7 +506,7 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             reject_unauthorized=butler["configEngine"]["rejectUnauthorized"],
             timeout_seconds=butler["configEngine"]["timeoutSeconds"],
         ),
-        udp=_udp_settings(butler["udpServerConfig"]),
+        udp=_udp_settings(butler["udpServerConfig"], base_dir),
         files=FileSettings(
             copy=tuple(
                 (Path(p["fromDirectory"]), Path(p["toDirectory"]))
@@ -529,7 +530,7 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
     )
 
 
-def _udp_settings(udp: dict[str, Any]) -> UdpServerSettings:
+def _udp_settings(udp: dict[str, Any], base_dir: Path) -> UdpServerSettings:
     queue, events = udp["messageQueue"], udp["taskEvents"]
     return UdpServerSettings(
         enable=udp["enable"],
@@ -542,6 +543,7 @@ def _udp_settings(udp: dict[str, Any]) -> UdpServerSettings:
         if udp["rateLimit"]["enable"]
         else None,
         session_expiry_seconds=udp["sessionExpirySeconds"],
+        session_state_file=_path(udp["sessionStateFile"], base_dir),
         active_users_publish_seconds=udp["activeUsersPublishSeconds"],
         task_events=TaskOutcomeSettings(
             workers=queue["maxConcurrent"],

@@ -160,7 +160,7 @@ class MqttSettings:
 class UdpServerSettings:
     """``Butler.udpServerConfig``: the listeners for Sense's log-appender events.
 
-    ``portSessionConnectionEvents`` is upstream v6's key; ``sessionExpirySeconds``,
+    ``portSessionConnectionEvents`` is upstream v6's key; ``sessionExpirySeconds``, ``sessionStateFile``,
     ``activeUsersPublishSeconds`` and the ``taskEvents`` section are additions to upstream's keys.
     """
 
@@ -172,6 +172,7 @@ class UdpServerSettings:
     allowed_sources: tuple[str, ...] | None = None
     max_per_source_per_minute: int | None = None
     session_expiry_seconds: float = 4 * 3600
+    session_state_file: Path | None = None
     active_users_publish_seconds: float = 1.0
     task_events: TaskOutcomeSettings = field(default_factory=TaskOutcomeSettings)
 

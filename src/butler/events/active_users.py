@@ -6,6 +6,9 @@ connection`` mark the user active on that host, ``Stop session`` ends it there, 
 it. A session that has seen no event for ``expiry_seconds`` is dropped, so a proxy that dies without
 sending ``Stop session`` does not leave its users counted. No broker is involved: the count is kept
 here and read by the REST API and the MQTT publisher alike.
+
+With a ``state_file``, the sessions are saved (after changes, at most once per sweep, and at shutdown)
+and read back at start-up, so a restart of Butler does not forget who is logged in.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from butler.events.parsing import SessionEvent
 
@@ -46,12 +53,17 @@ class ActiveUsers:
     """Sessions per proxy host, and the active users they make."""
 
     expiry_seconds: float = 4 * 3600
+    state_file: Path | None = None
     #: Called after every change, with no arguments (the MQTT publisher batches what it sends).
     listeners: list[Callable[[], None]] = field(default_factory=list)
     _hosts: dict[str, dict[UserKey, _Session]] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
+    _unsaved: bool = False
 
     def start(self) -> None:
+        restored = self.load()
+        if restored:
+            log.info("%d user sessions restored from %s", restored, self.state_file)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -59,10 +71,53 @@ class ActiveUsers:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+            await self.save()
+
+    def load(self) -> int:
+        """Read the sessions an earlier run saved, but those expired meanwhile; how many were read."""
+        if self.state_file is None or not self.state_file.is_file():
+            return 0
+        try:
+            rows = orjson.loads(self.state_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the saved user sessions in %s: %s", self.state_file, exc)
+            return 0
+        limit = time.time() - self.expiry_seconds
+        restored = 0
+        for row in rows if isinstance(rows, list) else []:
+            try:
+                host, directory, user_id, since, last_seen = row
+                since, last_seen = float(since), float(last_seen)
+            except (TypeError, ValueError):
+                continue
+            if last_seen >= limit and all(isinstance(v, str) and v for v in (host, directory, user_id)):
+                key = (directory.casefold(), user_id.casefold())
+                self._hosts.setdefault(host.casefold(), {})[key] = _Session(
+                    directory, user_id, since, last_seen
+                )
+                restored += 1
+        return restored
+
+    async def save(self) -> None:
+        """Write the sessions to ``state_file`` (in a thread; replaced atomically, so never half written)."""
+        if self.state_file is None:
+            return
+        rows = [
+            [host, session.directory, session.user_id, session.since, session.last_seen]
+            for host, sessions in self._hosts.items()
+            for session in sessions.values()
+        ]
+        self._unsaved = False
+        try:
+            await asyncio.to_thread(_replace, self.state_file, orjson.dumps(rows))
+        except OSError as exc:
+            self._unsaved = True
+            log.warning("cannot save the user sessions to %s: %s", self.state_file, exc)
 
     def apply(self, event: SessionEvent, now: float | None = None) -> bool:
         """Take one event; True when it changed who is active."""
         now = time.time() if now is None else now
+        self._unsaved = True
         key = (event.user_directory.casefold(), event.user_id.casefold())
         sessions = self._hosts.setdefault(event.host.casefold(), {})
         if event.command == "Stop session":
@@ -158,3 +213,11 @@ class ActiveUsers:
         while True:
             await asyncio.sleep(period)
             self.expire()
+            if self._unsaved:
+                await self.save()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

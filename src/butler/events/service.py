@@ -33,7 +33,7 @@ class SenseEvents:
         topics: EventTopics,
     ) -> None:
         self.settings = settings
-        self.users = ActiveUsers(settings.session_expiry_seconds)
+        self.users = ActiveUsers(settings.session_expiry_seconds, settings.session_state_file)
         enricher = TaskEnricher(qrs, settings.task_events) if qrs is not None else None
         self.outcomes = TaskOutcomes(enricher, settings.task_events)
         self.publisher = (
