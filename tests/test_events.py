@@ -365,6 +365,15 @@ async def test_enrichment_survives_qrs_down(events: Any, simulator: Any, subscri
     assert "did not answer within 1 s" in full["enrichmentError"]
     assert (await butler.health())["taskEventsPartial"] == 1
 
+    # QRS down altogether: the event still goes out, saying why it is partial.
+    await control(simulator, "/faults/qrs", {"down": True}, 200)
+    butler.send_task(task_datagram(task_id=APP1["taskId"], execution="0f0f0f0f-0000-4000-8000-000000000002"))
+    seen = await messages_until(subscriber, "qliksense/task_failure_full")
+    await control(simulator, "/faults/qrs", {"down": False}, 200)
+    full = json.loads(seen["qliksense/task_failure_full"][0])
+    assert full["partial"] is True and "task" in full["missing"]
+    assert "Qlik Sense QRS" in full["enrichmentError"]
+
 
 async def test_duplicates_malformed_and_limits(events: Any, simulator: Any) -> None:
     butler = await events(mqtt=False, maxMessageSize=300)
