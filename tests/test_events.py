@@ -20,7 +20,7 @@ from butler.events.parsing import (
     parse_session_datagram,
     parse_task_datagram,
 )
-from tests.conftest import Broker, StartButler
+from tests.conftest import Broker, StartButler, base_config
 from tests.test_task_start import APP1, butler_config, control, next_run
 
 FAILING_TASK = "Reload Failing App"
@@ -468,3 +468,22 @@ async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_ce
         assert second.events.users.user_ids() == ["anna", "goran"]
     finally:
         await second.stop()
+
+
+def test_session_limit_and_ports_that_differ(tmp_path: Any) -> None:
+    from butler.config import ConfigError, parse_config
+    from butler.events.active_users import ActiveUsers, TooManySessions
+
+    users = ActiveUsers(max_sessions=2)
+    for name in ("a", "b"):
+        users.apply(parse_session_datagram(session_datagram("Start session", "sense1", "LAB", name)))
+    with pytest.raises(TooManySessions):
+        users.apply(parse_session_datagram(session_datagram("Start session", "sense2", "LAB", "c")))
+    assert users.counts_per_host() == {"sense1": 2}  # the refused session left nothing behind
+    users.apply(parse_session_datagram(session_datagram("Stop session", "sense1", "LAB", "a")))
+    users.apply(parse_session_datagram(session_datagram("Start session", "sense2", "LAB", "c")))
+    assert users.user_ids() == ["b", "c"]
+
+    document = udp_config({"Butler": {**base_config()["Butler"]}}, 9998, 9998)
+    with pytest.raises(ConfigError, match="portSessionConnectionEvents: must differ from portTaskFailure"):
+        parse_config(document, base_dir=tmp_path)

@@ -532,6 +532,13 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
 
 def _udp_settings(udp: dict[str, Any], base_dir: Path) -> UdpServerSettings:
     queue, events = udp["messageQueue"], udp["taskEvents"]
+    if udp["portTaskFailure"] == udp["portSessionConnectionEvents"] != 0:
+        raise ConfigError(
+            [
+                "Butler.udpServerConfig.portSessionConnectionEvents: must differ from portTaskFailure "
+                f"({udp['portTaskFailure']}); the two kinds of event need a port each"
+            ]
+        )
     return UdpServerSettings(
         enable=udp["enable"],
         host=udp["serverHost"],

@@ -31,6 +31,13 @@ log = logging.getLogger("butler.activeusers")
 
 UserKey = tuple[str, str]  # (directory, user id), case-folded
 
+#: Sessions kept at most: a flood of invented logins cannot grow memory without bound.
+MAX_SESSIONS = 200_000
+
+
+class TooManySessions(Exception):
+    """A new session was refused: ``max_sessions`` are kept already."""
+
 
 @dataclass
 class _Session:
@@ -54,11 +61,13 @@ class ActiveUsers:
 
     expiry_seconds: float = 4 * 3600
     state_file: Path | None = None
+    max_sessions: int = MAX_SESSIONS
     #: Called after every change, with no arguments (the MQTT publisher batches what it sends).
     listeners: list[Callable[[], None]] = field(default_factory=list)
     _hosts: dict[str, dict[UserKey, _Session]] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
     _unsaved: bool = False
+    _size: int = 0
 
     def start(self) -> None:
         restored = self.load()
@@ -122,13 +131,19 @@ class ActiveUsers:
         sessions = self._hosts.setdefault(event.host.casefold(), {})
         if event.command == "Stop session":
             changed = sessions.pop(key, None) is not None
+            self._size -= changed
             if not sessions:
                 del self._hosts[event.host.casefold()]
         else:
             session = sessions.get(key)
             changed = session is None and event.command in ("Start session", "Open connection")
+            if changed and self._size >= self.max_sessions:
+                if not sessions:
+                    del self._hosts[event.host.casefold()]
+                raise TooManySessions(f"{self.max_sessions} sessions are kept already")
             if changed:
                 sessions[key] = _Session(event.user_directory, event.user_id, now, now)
+                self._size += 1
             elif session is not None:
                 session.last_seen = now
             elif not sessions:
@@ -145,6 +160,7 @@ class ActiveUsers:
             for key in [k for k, s in sessions.items() if s.last_seen < limit]:
                 del sessions[key]
                 dropped += 1
+                self._size -= 1
             if not sessions:
                 del self._hosts[host]
         if dropped:

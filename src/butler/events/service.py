@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from butler.config.settings import EventTopics, UdpServerSettings
-from butler.events.active_users import ActiveUsers
+from butler.events.active_users import ActiveUsers, TooManySessions
 from butler.events.mqtt_out import EventPublisher
 from butler.events.parsing import (
     EngineReloadFailed,
@@ -118,7 +118,10 @@ class SenseEvents:
         return self.outcomes.submit(event)
 
     def _session_event(self, event: SessionEvent) -> str | None:
-        self.users.apply(event)
+        try:
+            self.users.apply(event)
+        except TooManySessions:
+            return "sessionLimit"
         if self.publisher is not None:
             self.publisher.session_event(event)
         return None
