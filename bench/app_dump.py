@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from harness import free_port, start_butler, stop_run, write_butler_config
+from harness import free_port, memory_mb, start_butler, stop_run, write_butler_config
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import build_site
@@ -56,14 +56,6 @@ def big_app(name: str, objects: int, description_bytes: int = 0) -> dict[str, ob
             {"id": f"var-{n}", "name": f"v{n}", "definition": str(n)} for n in range(objects - 5 * share)
         ],
     }
-
-
-def memory_mb(pid: int, field: str) -> float:
-    """A memory figure of /proc/PID/status: VmRSS (now) or VmHWM (peak)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def reset_peak(pid: int) -> bool:

@@ -16,17 +16,23 @@ from typing import Any
 import yaml
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port of 127.0.0.1 free for TCP (or, with ``socket.SOCK_DGRAM``, for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status: VmRSS (now) or VmHWM (peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    return memory_mb(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -43,6 +43,7 @@ from harness import (
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import RunBehaviour, load_site
+from qliksim.udp import SessionEvent
 
 PING_TARGET_MS = 20.0
 
@@ -64,12 +65,6 @@ print(json.dumps(latencies))
 """
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def kernel_udp_drops() -> int:
     """The kernel's count of UDP datagrams dropped for a full receive buffer (the whole machine)."""
     lines = [
@@ -82,14 +77,6 @@ def kernel_udp_drops() -> int:
 def health(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
         return json.loads(response.read())["udpEvents"]  # type: ignore[no-any-return]
-
-
-def session_datagram(command: str, host: str, directory: str, user: str) -> bytes:
-    prefix = "/proxy-session/" if command.endswith("session") else "/proxy-connection/"
-    verb = "Start session for user" if command == "Start session" else "Stop session for user"
-    return (
-        f"{prefix};{host};{command};{directory};{user};AppAccess;/hub/;{verb} '{directory}\\{user}'".encode()
-    )
 
 
 class Load:
@@ -115,9 +102,9 @@ class Load:
         user = (host, self.rng.choice(("LAB", "EXT")), f"user{self.rng.randrange(3000)}")
         if user in self.logged_in:
             self.logged_in.discard(user)
-            return session_datagram("Stop session", *user)
+            return SessionEvent("Stop session", *user).datagram()
         self.logged_in.add(user)
-        return session_datagram("Start session", *user)
+        return SessionEvent("Start session", *user).datagram()
 
     def start_run(self) -> None:
         scheduler = self.simulator.scheduler
@@ -166,7 +153,7 @@ async def run(rate: int, seconds: float, task_share: float, broker_port: int | N
     os.sched_setaffinity(0, {int(load_core)})
     workdir = Path(tempfile.mkdtemp(prefix="butler-udp-bench-"))
     certs = make_site_certificates(workdir / "certs", "bench")
-    task_port, session_port = free_udp_port(), free_udp_port()
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     simulator = Simulator(
         load_site(None),
         certs,

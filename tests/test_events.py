@@ -20,19 +20,13 @@ from butler.events.parsing import (
     parse_session_datagram,
     parse_task_datagram,
 )
-from tests.conftest import Broker, StartButler, base_config
+from tests.conftest import Broker, StartButler, base_config, free_port
 from tests.test_task_start import APP1, butler_config, control, next_run
 
 FAILING_TASK = "Reload Failing App"
 GUID = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
 APP_GUID = "0a1b2c3d-0000-4000-8000-000000000001"
 EXECUTION = "9f1c3a2e-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def task_datagram(
@@ -192,7 +186,7 @@ async def events(
     sockets: list[socket.socket] = []
 
     async def start(mqtt: bool = True, **extra: Any) -> Events:
-        task_port, session_port = free_udp_port(), free_udp_port()
+        task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
         document = udp_config(butler_config(simulator, site_certs), task_port, session_port, **extra)
         if mqtt:
             document["Butler"]["mqttConfig"] = {
@@ -440,7 +434,7 @@ async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_ce
     from butler.app import Butler
     from butler.config import parse_config
 
-    task_port, session_port = free_udp_port(), free_udp_port()
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
     settings = parse_config(document, base_dir=tmp_path)
     assert settings.udp.session_state_file == tmp_path / "butler-sessions.json"
