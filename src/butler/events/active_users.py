@@ -67,7 +67,6 @@ class ActiveUsers:
     _hosts: dict[str, dict[UserKey, _Session]] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
     _unsaved: bool = False
-    _size: int = 0
 
     def start(self) -> None:
         restored = self.load()
@@ -127,30 +126,28 @@ class ActiveUsers:
         """Take one event; True when it changed who is active."""
         now = time.time() if now is None else now
         self._unsaved = True
+        host = event.host.casefold()
         key = (event.user_directory.casefold(), event.user_id.casefold())
-        sessions = self._hosts.setdefault(event.host.casefold(), {})
+        sessions = self._hosts.get(host, {})
+        session = sessions.get(key)
         if event.command == "Stop session":
-            changed = sessions.pop(key, None) is not None
-            self._size -= changed
+            if session is None:
+                return False
+            del sessions[key]
             if not sessions:
-                del self._hosts[event.host.casefold()]
-        else:
-            session = sessions.get(key)
-            changed = session is None and event.command in ("Start session", "Open connection")
-            if changed and self._size >= self.max_sessions:
-                if not sessions:
-                    del self._hosts[event.host.casefold()]
+                del self._hosts[host]
+        elif session is not None:
+            session.last_seen = now
+            return False
+        elif event.command in ("Start session", "Open connection"):
+            # Proxies are few, so counting the sessions costs little, and only for a new session.
+            if sum(len(kept) for kept in self._hosts.values()) >= self.max_sessions:
                 raise TooManySessions(f"{self.max_sessions} sessions are kept already")
-            if changed:
-                sessions[key] = _Session(event.user_directory, event.user_id, now, now)
-                self._size += 1
-            elif session is not None:
-                session.last_seen = now
-            elif not sessions:
-                del self._hosts[event.host.casefold()]
-        if changed:
-            self._changed()
-        return changed
+            self._hosts.setdefault(host, {})[key] = _Session(event.user_directory, event.user_id, now, now)
+        else:
+            return False
+        self._changed()
+        return True
 
     def expire(self, now: float | None = None) -> int:
         """Drop sessions without an event for ``expiry_seconds``; how many were dropped."""
@@ -160,7 +157,6 @@ class ActiveUsers:
             for key in [k for k, s in sessions.items() if s.last_seen < limit]:
                 del sessions[key]
                 dropped += 1
-                self._size -= 1
             if not sessions:
                 del self._hosts[host]
         if dropped:
@@ -169,7 +165,7 @@ class ActiveUsers:
         return dropped
 
     def count(self, host: str | None = None) -> int:
-        return len(self._users(host))
+        return len({key for _, sessions in self._on(host) for key in sessions})
 
     def counts_per_host(self) -> dict[str, int]:
         return {host: len(sessions) for host, sessions in sorted(self._hosts.items())}
@@ -177,9 +173,7 @@ class ActiveUsers:
     def users(self, host: str | None = None) -> list[dict[str, Any]]:
         """Each active user once: directory, id, the proxy hosts with a session, since and last seen."""
         merged: dict[UserKey, dict[str, Any]] = {}
-        for name, sessions in self._hosts.items():
-            if host is not None and name != host.casefold():
-                continue
+        for name, sessions in self._on(host):
             for key, session in sessions.items():
                 user = merged.get(key)
                 if user is None:
@@ -209,16 +203,17 @@ class ActiveUsers:
 
         Published after every change, so it is built from the keys alone, not from ``users``."""
         ids: dict[UserKey, str] = {}
-        for name, sessions in self._hosts.items():
-            if host is None or name == host.casefold():
-                for key, session in sessions.items():
-                    ids.setdefault(key, session.user_id)
+        for _, sessions in self._on(host):
+            for key, session in sessions.items():
+                ids.setdefault(key, session.user_id)
         return [ids[key] for key in sorted(ids)]
 
-    def _users(self, host: str | None) -> set[UserKey]:
-        if host is not None:
-            return set(self._hosts.get(host.casefold(), {}))
-        return {key for sessions in self._hosts.values() for key in sessions}
+    def _on(self, host: str | None) -> list[tuple[str, dict[UserKey, _Session]]]:
+        """The sessions of every proxy host, or of ``host`` only."""
+        if host is None:
+            return list(self._hosts.items())
+        name = host.casefold()
+        return [(name, self._hosts[name])] if name in self._hosts else []
 
     def _changed(self) -> None:
         for listener in self.listeners:
