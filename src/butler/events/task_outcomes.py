@@ -290,9 +290,9 @@ class TaskOutcomes:
         if event.outcome == "distribute":
             log.info("distribution task %s (%s) reported: %s", event.task_name, event.task_id, event.message)
             return None
-        key = f"{event.execution_id} {event.outcome}"
+        key = self._dedup_key(event)
         now = time.monotonic()
-        if self.settings.dedup and event.execution_id:
+        if key is not None:
             self._forget_expired(now)
             if key in self._held:
                 return "duplicate"
@@ -300,13 +300,18 @@ class TaskOutcomes:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self._held.pop(key, None)
+            if key is not None:
+                del self._held[key]
             return "queueFull"
         size = self._queue.qsize()
         if size * 100 >= self.settings.backpressure_percent * self._queue.maxsize and now - self._warned > 60:
             self._warned = now
             log.warning("task event queue at %d of %d events", size, self._queue.maxsize)
         return None
+
+    def _dedup_key(self, event: TaskEvent) -> str | None:
+        """What makes two events the same; None when they are not deduplicated."""
+        return f"{event.execution_id} {event.outcome}" if self.settings.dedup and event.execution_id else None
 
     def _forget_expired(self, now: float) -> None:
         while self._expiring and (self._expiring[0][0] <= now or len(self._expiring) > MAX_REMEMBERED):
@@ -317,7 +322,7 @@ class TaskOutcomes:
     async def _work(self) -> None:
         while True:
             event = await self._queue.get()
-            key = f"{event.execution_id} {event.outcome}"
+            key = self._dedup_key(event)
             try:
                 outcome = (
                     await self.enricher.enrich(event)
@@ -328,9 +333,10 @@ class TaskOutcomes:
                 )
             except Exception:  # a bug must not stop the worker; the event may come again
                 log.exception("task event %s of task %s could not be handled", event.outcome, event.task_id)
-                self._held.pop(key, None)
+                if key is not None:
+                    self._held.pop(key, None)
                 continue
-            if self.settings.dedup and event.execution_id and key in self._held:
+            if key is not None and key in self._held:
                 expires = time.monotonic() + self.settings.dedup_seconds
                 self._held[key] = expires
                 self._expiring.append((expires, key))
