@@ -336,3 +336,85 @@ async def test_copy_a_folder(files: Any, folders: dict[str, Path]) -> None:
     body = {"fromFile": str(tree), "toFile": str(folders["to"] / "tree")}
     assert (await files("PUT", "/v4/filecopy", json=body))[0] == 201
     assert (folders["to"] / "tree" / "sub" / "a.txt").read_text() == "a"
+
+
+async def test_special_files_are_refused_without_hanging(files: Any, folders: dict[str, Path]) -> None:
+    pipe = folders["from"] / "pipe"
+    os.mkfifo(pipe)
+    body = {"fromFile": str(pipe), "toFile": str(folders["to"] / "pipe")}
+    for path in ("/v4/filecopy", "/v4/filemove"):
+        status, answer = await asyncio.wait_for(files("PUT", path, json=body), 10)
+        assert (status, answer["message"]) == (400, "fromFile is not a regular file or a folder")
+    assert pipe.exists() and not (folders["to"] / "pipe").exists()
+
+
+async def test_overlong_names_are_bad_requests(files: Any, folders: dict[str, Path]) -> None:
+    long = "n" * 300
+    source = folders["from"] / "a.txt"
+    source.write_text("a")
+    for method, path, body in (
+        (
+            "PUT",
+            "/v4/filecopy",
+            {"fromFile": f"{folders['from']}/{long}/x", "toFile": str(folders["to"] / "x")},
+        ),
+        ("PUT", "/v4/filecopy", {"fromFile": str(source), "toFile": f"{folders['to']}/{long}/x"}),
+        ("PUT", "/v4/filemove", {"fromFile": str(source), "toFile": f"{folders['to']}/{long}"}),
+        ("DELETE", "/v4/filedelete", {"deleteFile": f"{folders['delete']}/{long}"}),
+        ("POST", "/v4/createdirqvd", {"directory": f"a/{long}"}),
+    ):
+        status, answer = await files(method, path, json=body)
+        assert status == 400, (path, answer)
+        assert answer["message"].endswith("has a name longer than the file system allows"), answer
+    assert source.read_text() == "a"
+
+
+async def test_createdirqvd_answers_the_folder_it_made(files: Any, folders: dict[str, Path]) -> None:
+    assert await files("POST", "/v4/createdirqvd", json={"directory": "/a/../b\\c"}) == (
+        201,
+        {"directory": "b/c"},
+    )
+    assert (folders["qvd"] / "b" / "c").is_dir()
+    assert await files("GET", "/v2/createDirQVD", params={"directory": "x/./y//z/"}) == (
+        200,
+        {"directory": "x/y/z"},
+    )
+    assert (folders["qvd"] / "x" / "y" / "z").is_dir()
+
+
+async def test_links_are_followed_only_inside_their_approved_folder(
+    files: Any, folders: dict[str, Path]
+) -> None:
+    inner = folders["from"] / "inner"
+    inner.mkdir()
+    (inner / "real.txt").write_text("inside")
+    (folders["from"] / "alias").symlink_to("inner")
+    (folders["from"] / "absolute.txt").symlink_to(inner / "real.txt")
+    for name in ("alias/real.txt", "absolute.txt"):
+        body = {"fromFile": f"{folders['from']}/{name}", "toFile": f"{folders['to']}/{name}"}
+        assert (await files("PUT", "/v4/filecopy", json=body))[0] == 201
+        assert (folders["to"] / name).read_text() == "inside"
+    # A link into another approved folder leaves the folder it was met in.
+    (folders["to"] / "across").symlink_to(folders["from"])
+    body = {"fromFile": str(inner / "real.txt"), "toFile": str(folders["to"] / "across" / "x")}
+    assert (await files("PUT", "/v4/filecopy", json=body))[0] == 403
+    assert not (folders["from"] / "x").exists()
+    # A folder holding a link that leads outside is not copied.
+    tree = folders["from"] / "tree"
+    tree.mkdir()
+    (tree / "leak").symlink_to(folders["outside"] / "secret.txt")
+    status, answer = await files(
+        "PUT", "/v4/filecopy", json={"fromFile": str(tree), "toFile": str(folders["to"] / "tree")}
+    )
+    assert (status, answer["message"]) == (
+        400,
+        "fromFile holds a symbolic link (leak); only files and folders are copied",
+    )
+    assert sorted(p.name for p in folders["to"].iterdir()) == ["absolute.txt", "across", "alias"]
+    # Deleting a link deletes the link, not what it leads to.
+    (folders["delete"] / "link").symlink_to(folders["outside"] / "secret.txt")
+    assert (await files("DELETE", "/v4/filedelete", json={"deleteFile": str(folders["delete"] / "link")}))[
+        0
+    ] == 204
+    assert not (folders["delete"] / "link").is_symlink()
+    assert (folders["outside"] / "secret.txt").read_text() == "secret"

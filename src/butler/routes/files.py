@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from butler.files import FileAccessDenied, FileRequestError, FileService
+from butler.files import FileAccessDenied, FileConflict, FileRequestError, FileService
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.routes import RouteContext
 
 MISSING = "Required parameter missing"
-ERRORS: tuple[tuple[type[Exception], int], ...] = ((FileRequestError, 400), (FileAccessDenied, 403))
+ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (FileRequestError, 400),
+    (FileAccessDenied, 403),
+    (FileConflict, 409),
+)
 
 
 def _failed(what: str, exc: OSError) -> HttpError:
@@ -58,29 +62,30 @@ def routes(context: RouteContext) -> list[Route]:
             raise _failed("Failed deleting file", exc) from None
         return Reply(204)
 
-    async def make(directory: Any, qvd: bool) -> None:
+    async def make(directory: Any, qvd: bool) -> str:
+        """Create the folder; returns what the caller is told: the folder as sent, or for ``qvd`` the
+        folder created, relative to ``qvdPath``."""
         if directory is None:
             raise HttpError(400, MISSING)
         try:
-            await (files.create_qvd_dir if qvd else files.create_dir)(str(directory))
+            if qvd:
+                return await files.create_qvd_dir(str(directory))
+            await files.create_dir(str(directory))
         except OSError as exc:
             raise HttpError(400, f"Failed to create directory: {exc.strerror or exc}") from None
+        return str(directory)
 
     async def create_dir(request: ApiRequest) -> Reply:
-        await make(request.body.get("directory"), qvd=False)
-        return json_reply({"directory": request.body["directory"]}, 201)
+        return json_reply({"directory": await make(request.body.get("directory"), qvd=False)}, 201)
 
     async def create_qvd_dir(request: ApiRequest) -> Reply:
-        await make(request.body.get("directory"), qvd=True)
-        return json_reply({"directory": request.body["directory"]}, 201)
+        return json_reply({"directory": await make(request.body.get("directory"), qvd=True)}, 201)
 
     async def v2_create_dir(request: ApiRequest) -> Reply:
-        await make(request.query.get("directory"), qvd=False)
-        return json_reply({"directory": request.query["directory"]})
+        return json_reply({"directory": await make(request.query.get("directory"), qvd=False)})
 
     async def v2_create_qvd_dir(request: ApiRequest) -> Reply:
-        await make(request.query.get("directory"), qvd=True)
-        return json_reply({"directory": request.query["directory"]})
+        return json_reply({"directory": await make(request.query.get("directory"), qvd=True)})
 
     handlers = [
         ("PUT", "/v4/filecopy", copy),
