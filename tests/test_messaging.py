@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import aiomqtt
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
+from butler import mqtt as mqtt_module
 from butler import slack as slack_module
+from butler.config.settings import MqttSettings
+from butler.mqtt import InvalidMessage, MqttClient, _Outgoing, check_topic
 from tests.certs import make_certs
 from tests.conftest import Broker, StartButler, base_config, free_port
+from tests.test_events import session_datagram, udp_config
 from tests.test_task_start import APP1, APP2, APP3, butler_config, started_counts
 
 
@@ -175,6 +185,273 @@ async def test_task_start_from_mqtt(
         assert third == {"request": "not a task id", "error": "the payload is neither a task id nor JSON"}
     counts = await started_counts(simulator)
     assert counts[APP1["taskId"]] == 2 and counts[APP2["taskId"]] == 1
+
+
+# --- Nothing a publisher sends can stop the client ----------------------------------------------------------
+
+
+class LoggingBroker(Broker):
+    """A broker that logs every connection, so a test can count how often a client connected."""
+
+    def __init__(self, directory: Path, extra: str = "") -> None:
+        self.log = directory / "mosquitto.log"
+        super().__init__(directory, f"allow_anonymous true\nlog_dest file {self.log}\n{extra}")
+
+    def connections(self, client_id: str) -> int:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return sum("New client connected" in line and f" as {client_id} " in line for line in lines)
+
+
+@pytest.fixture
+def logging_broker(tmp_path: Path) -> Any:
+    started: list[LoggingBroker] = []
+
+    def start(extra: str = "") -> LoggingBroker:
+        running = LoggingBroker(tmp_path, extra)
+        running.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+async def health(base: str, http: aiohttp.ClientSession) -> dict[str, Any]:
+    async with http.get(f"{base}/health") as r:
+        return (await r.json())["mqtt"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("topic", "rule"),
+    [
+        ("", "must not be empty"),
+        ("load/#", "wildcard '#' (at character 6)"),
+        ("sense/+/count", "wildcard '+'"),
+        ("a\ud800", "valid UTF-8: it has a lone surrogate U+D800"),
+        ("a\x00b", "U+0000"),
+        ("line\nbreak", "control character U+000A"),
+        ("a\x85", "control character U+0085"),
+        ("a\ufffe", "non-character U+FFFE"),
+        ("a\U0010ffff", "non-character U+10FFFF"),
+        ("a" * 65_536, "at most 65,535 bytes in UTF-8; it has 65,536"),
+        ("é" * 32_768, "it has 65,536"),
+    ],
+)
+def test_topic_rules(topic: str, rule: str) -> None:
+    with pytest.raises(InvalidMessage, match=re.escape(rule)):
+        check_topic(topic)
+
+
+@pytest.mark.parametrize("topic", ["a", "/", "$share-less/x", "sense1/count", "ü/😀", "a" * 65_535, "a b"])
+def test_topics_that_pass(topic: str) -> None:
+    assert check_topic(topic) == topic.encode()
+
+
+async def test_butlers_own_messages_are_checked_too(monkeypatch: Any, caplog: Any) -> None:
+    client = MqttClient(MqttSettings(enable=True))
+    assert not client.enqueue("qliksense/users/activeperserver/sense#1/count", "1")
+    assert not client.enqueue("qliksense/task_failure", "\ud800")
+    monkeypatch.setattr(mqtt_module, "MAX_PACKET_BYTES", 100)
+    assert not client.enqueue("t", "x" * 98)
+    assert client.enqueue("t", "x" * 97)  # topic length field, topic and payload: the largest packet
+    assert client.stats()["invalid"] == 3 and client.stats()["queued"] == 1
+    refusals = [record.getMessage() for record in caplog.records if "not sent" in record.getMessage()]
+    assert refusals == [
+        "MQTT message to 'qliksense/users/activeperserver/sense#1/count' not sent: the MQTT topic must not "
+        "contain the wildcard '#' (at character 38): wildcards are for subscribing, a message is published "
+        "to one topic (1 refused so far)"
+    ]  # a flood of refusals is one line per 10 s
+
+
+#: Characters that break (or nearly break) a publish topic, mixed into arbitrary text.
+TOPIC_TROUBLE = [
+    "+",
+    "#",
+    "/",
+    "$",
+    " ",
+    "\x00",
+    "\x01",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\ud800",
+    "\udfff",
+    "\ufdd0",
+]
+TOPIC_TROUBLE += ["\ufffe", "\U0001ffff", "é", "😀"]
+Case = tuple[str, str, bool]
+
+
+def fuzz_cases() -> list[Case]:
+    """Hundreds of (topic, message, use the /v2 route) cases drawn by hypothesis, the same on every run."""
+    chars = st.one_of(st.characters(exclude_categories=()), st.sampled_from(TOPIC_TROUBLE))
+    topics = st.one_of(
+        st.text(chars, max_size=40),
+        st.builds("/".join, st.lists(st.text(chars, max_size=8), max_size=6)),
+        st.integers(65_530, 65_540).map(lambda n: "t" * n),
+    )
+    messages = st.one_of(st.text(chars, max_size=200), st.integers(0, 300_000).map(lambda n: "m" * n))
+    cases: list[Case] = []
+
+    @settings(
+        max_examples=400,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(topics, messages, st.booleans())
+    @example("load/#", "x", False)
+    @example("load/#", "x", True)
+    @example("a/\ud800", "x", False)
+    @example("a/b", "\ud800", False)
+    @example("a\x00", "x", True)
+    @example("", "x", False)
+    def collect(topic: str, message: str, v2: bool) -> None:
+        cases.append((topic, message, v2 and len(topic) + len(message) < 300))
+
+    collect()
+    return cases
+
+
+async def fuzz_publish(base: str, http: aiohttp.ClientSession, case: Case) -> tuple[int, str]:
+    topic, message, v2 = case
+    if v2:
+        query = "&".join(
+            f"{name}={quote(value, safe='', errors='surrogatepass')}"
+            for name, value in (("topic", topic), ("message", message))
+        )
+        url = URL(f"{base}/v2/mqttPublishMessage?{query}", encoded=True)
+        async with http.get(url) as r:
+            return r.status, (await r.json())["message"] if r.status >= 400 else ""
+    # JSON with the lone surrogates of a JavaScript string escaped, as JSON.stringify sends them.
+    body = json.dumps({"topic": topic, "message": message}).encode()
+    headers = {"Content-Type": "application/json"}
+    async with http.put(f"{base}/v4/mqttpublishmessage", data=body, headers=headers) as r:
+        return r.status, (await r.json())["message"] if r.status >= 400 else ""
+
+
+async def test_no_topic_or_message_stops_the_client(start_butler: StartButler, logging_broker: Any) -> None:
+    broker = logging_broker()
+    base = await start_butler(mqtt_config(broker.port, clientId="butler-fuzz"))
+    async with aiohttp.ClientSession() as http, aiomqtt.Client("127.0.0.1", broker.port) as listener:
+        await listener.subscribe("after/ok")
+        await wait_connected(base, http)
+        refused = 0
+        for case in fuzz_cases():
+            status, reason = await fuzz_publish(base, http, case)
+            assert status in ((200, 400) if case[2] else (201, 400)), (case[:2], status, reason)
+            topic = case[0]
+            if not topic or any(char in topic for char in "+#\x00"):
+                assert status == 400 and reason.startswith("the MQTT topic"), (topic, reason)
+            # (In a query string a lone surrogate is bytes that are no UTF-8, read as U+FFFD.)
+            if not case[2] and any("\ud800" <= char <= "\udfff" for char in topic):
+                assert status == 400, (topic, reason)
+            refused += reason.startswith("the MQTT")
+        assert refused > 50
+        # The client is alive and connected: a normal publish arrives at once.
+        async with http.put(f"{base}/v4/mqttpublishmessage", json={"topic": "after/ok", "message": "1"}) as r:
+            assert r.status == 201
+        async with asyncio.timeout(1):
+            async for received in listener.messages:
+                assert received.payload == b"1"
+                break
+        stats = await health(base, http)
+        assert stats["connected"] and stats["invalid"] == refused
+        assert stats["reconnects"] == 0 and stats["errors"] == 0
+    assert broker.connections("butler-fuzz") == 1
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_a_message_the_broker_refuses_is_dropped(
+    start_butler: StartButler, logging_broker: Any, qos: int
+) -> None:
+    # Mosquitto closes the connection of a client that sends a packet beyond its max_packet_size.
+    broker = logging_broker("max_packet_size 10000\n")
+    base = await start_butler(mqtt_config(broker.port, clientId="butler-refused", qos=qos))
+    async with aiohttp.ClientSession() as http, aiomqtt.Client("127.0.0.1", broker.port) as listener:
+        await listener.subscribe("after/#")
+        await wait_connected(base, http, "after/ready")
+        big = {"topic": "after/big", "message": "x" * 20_000}
+        async with http.put(f"{base}/v4/mqttpublishmessage", json=big) as r:
+            if qos == 0:
+                # Handed to the connection's buffer: the caller cannot know the broker refused it.
+                assert r.status == 201
+            else:
+                assert r.status == 503
+                assert "failed on this message 2 times; it was not sent" in (await r.json())["message"]
+        await wait_connected(base, http, "after/again")
+        # The connection stays up: no more reconnects while later messages go out.
+        await asyncio.sleep(2)
+        async with http.put(f"{base}/v4/mqttpublishmessage", json={"topic": "after/ok", "message": "1"}) as r:
+            assert r.status == 201
+        payloads: list[bytes] = []
+        async with asyncio.timeout(5):
+            async for received in listener.messages:
+                payloads.append(bytes(received.payload))
+                if received.payload == b"1":
+                    break
+        assert big["message"].encode() not in payloads
+        stats = await health(base, http)
+        drops = 1 if qos == 0 else 2  # a QoS 0 message is never sent twice
+        assert (stats["poisoned"], stats["reconnects"], stats["connected"]) == (qos, drops, True)
+    assert broker.connections("butler-refused") == 1 + drops
+
+
+async def test_the_connection_survives_any_error(logging_broker: Any) -> None:
+    """Messages that slipped past the checks make paho raise ValueError (a wildcard) and UnicodeEncodeError
+    (a lone surrogate): each costs two reconnects, and the client goes on."""
+    broker = logging_broker()
+    client = MqttClient(MqttSettings(enable=True, host="127.0.0.1", port=broker.port, client_id="butler-err"))
+    client.start()
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as listener:
+            await listener.subscribe("after/#")
+            async with asyncio.timeout(10):
+                await client.connected.wait()
+            for topic in ("load/#", "a\ud800"):
+                client._queue.put_nowait(_Outgoing(topic, b"x", 0, False, None))
+            assert client.enqueue("after/ok", "1")
+            async with asyncio.timeout(10):
+                async for received in listener.messages:
+                    assert (str(received.topic), received.payload) == ("after/ok", b"1")
+                    break
+            assert client.connected.is_set()
+            stats = client.stats()
+            assert (stats["poisoned"], stats["errors"], stats["reconnects"]) == (2, 4, 4)
+    finally:
+        await client.stop()
+    assert broker.connections("butler-err") == 5
+
+
+async def test_event_topics_from_sense_data_cannot_stop_the_client(
+    start_butler: StartButler, broker: Broker, subscriber: Any
+) -> None:
+    """A proxy host name becomes part of an active-user topic; a datagram naming host ``sense#1`` (anyone
+    may send one) must not stop the events that follow."""
+    listener = await subscriber("qliksense/users/activeperserver/#")
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    document = udp_config(mqtt_config(broker.port), task_port, session_port)
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http:
+        await wait_connected(base, http)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(
+                session_datagram("Start session", "sense#1", "LAB", "eve"), ("127.0.0.1", session_port)
+            )
+            await asyncio.sleep(0.2)
+            sock.sendto(
+                session_datagram("Start session", "sense2", "LAB", "anna"), ("127.0.0.1", session_port)
+            )
+        received = await next_message(listener)
+        assert (str(received.topic), received.payload) == (
+            "qliksense/users/activeperserver/sense2/count",
+            b"1",
+        )
+        stats = await health(base, http)
+        assert stats["invalid"] >= 1 and stats["connected"]
 
 
 # --- Slack ---------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ def health_route(context: RouteContext) -> Route:
         status = {"status": "ok", "version": context.version, "uptimeSeconds": uptime}
         if context.events is not None:
             status["udpEvents"] = context.events.stats()
+        if context.mqtt is not None:
+            status["mqtt"] = context.mqtt.stats()
         return json_reply(status)
 
     return Route("GET", "/health", health, rate_limited=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
-from butler.mqtt import MqttUnavailable
+from butler.mqtt import InvalidMessage, MqttUnavailable
 from butler.routes import RouteContext
 from butler.slack import SlackError, message
 
-MQTT_ERRORS: tuple[tuple[type[Exception], int], ...] = ((MqttUnavailable, 503),)
+MQTT_ERRORS: tuple[tuple[type[Exception], int], ...] = ((InvalidMessage, 400), (MqttUnavailable, 503))
 
 
 def routes(context: RouteContext) -> list[Route]:
