@@ -53,6 +53,9 @@ _HTML = """<!DOCTYPE html>
 
 _METHODS = ("get", "put", "post", "delete", "patch")
 
+#: Where the documentation pages are served; every path below it is one of them.
+DOCS_PATH = "/documentation"
+
 
 def load_openapi() -> dict[str, Any]:
     text = resources.files("butler").joinpath("openapi.yaml").read_text(encoding="utf-8")
@@ -147,10 +150,10 @@ class DocumentationSite:
 
     def routes(self) -> list[Route]:
         pages = [
-            ("/documentation", self.page),
-            ("/documentation/json", self.json),
-            ("/documentation/yaml", self.yaml),
-            ("/documentation/static/{file}", self.static),
+            (DOCS_PATH, self.page),
+            (f"{DOCS_PATH}/json", self.json),
+            (f"{DOCS_PATH}/yaml", self.yaml),
+            (f"{DOCS_PATH}/static/{{file}}", self.static),
         ]
         return [Route("GET", path, handler, rate_limited=False, documented=False) for path, handler in pages]
 
