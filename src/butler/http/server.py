@@ -1,27 +1,32 @@
 """The REST server: turns HTTP requests into handler calls and handler results into HTTP answers.
 
 Everything that upstream Butler does around a handler happens here, in one pass per request:
-``X-HTTP-Method-Override`` (Qlik's REST connector can only GET and POST), routing, the per-IP rate limit,
+``X-HTTP-Method-Override`` (Qlik's REST connector can only GET and POST), refusing browser requests made for
+other web sites' pages, routing, the per-IP rate limit,
 ``Expect: 100-continue`` (sent by the REST connector), body parsing with the 1 MiB limit, validation,
 Butler's error envelope, and one log line per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from butler.http.errors import HttpError, RouteNotFound
+from butler.config.settings import ConnectionLimits
+from butler.http.browsers import BrowserCheck
+from butler.http.errors import HttpError, RouteNotFound, reason
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import JSON_HEADERS, JSON_TYPE, ApiRequest, Reply, Route, Router
 from butler.json_encoding import encode_json
@@ -29,8 +34,18 @@ from butler.logs import RequestLog
 
 BODY_LIMIT = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+#: Answers given before the whole body was read: too large (413), too slow (408).
+_BODY_LEFT_UNREAD = frozenset({408, 413})
+#: Logged for a request whose client went away before it was complete (nginx's "client closed request").
+CLIENT_CLOSED = 499
+#: Sent instead of aiohttp's default, which names the Python and aiohttp versions.
+SERVER_HEADER = {"Server": "Butler"}
 
 log = logging.getLogger("butler.rest")
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was complete."""
 
 
 def parse_query(query: str) -> dict[str, Any]:
@@ -55,9 +70,12 @@ def parse_query(query: str) -> dict[str, Any]:
 class RestApi:
     """The request handler given to aiohttp's low-level server."""
 
-    def __init__(self, router: Router, rate_limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self, router: Router, rate_limiter: RateLimiter | None = None, browsers: BrowserCheck | None = None
+    ) -> None:
         self.router = router
         self.rate_limiter = rate_limiter
+        self.browsers = browsers or BrowserCheck()
         self.request_log = RequestLog(log)
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
@@ -73,6 +91,7 @@ class RestApi:
         route: Route | None = None
         try:
             path, _, query = target.partition("?")
+            self.browsers.check(request, method, path)
             match = self.router.match("GET" if method == "HEAD" else method, path)
             if match is None:
                 raise RouteNotFound(method, target)
@@ -90,6 +109,12 @@ class RestApi:
             reply = await route.handler(
                 ApiRequest(method, path, query_values, params, body, request.headers, client_ip)
             )
+        except ClientGone:
+            # Nothing can be answered, and nothing failed on Butler's side: one request line, no traceback.
+            self.request_log.write(method, target, CLIENT_CLOSED, started, client_ip)
+            gone = web.Response(status=CLIENT_CLOSED)  # aiohttp finds the connection closed and drops it
+            gone.force_close()
+            return gone
         except HttpError as exc:
             reply = Reply(exc.status, encode_json(exc.envelope()), JSON_TYPE, exc.headers)
         except Exception as exc:
@@ -98,13 +123,15 @@ class RestApi:
                 log.exception("%s %s from %s failed", method, target, client_ip)
                 mapped = HttpError(500, "Internal Server Error")
             reply = Reply(mapped.status, encode_json(mapped.envelope()), JSON_TYPE)
-        headers = {**reply.headers, **limit_headers} if limit_headers else reply.headers
+        headers = {**reply.headers, **SERVER_HEADER}
+        if limit_headers:
+            headers.update(limit_headers)
         self.request_log.write(method, target, reply.status, started, client_ip)
         if isinstance(reply.body, list):
             return await _send_pieces(request, reply.status, reply.body, headers)
         response = web.Response(status=reply.status, body=reply.body, headers=headers)
-        if reply.status == 413:
-            # The rest of an oversized body was never read; the connection cannot be reused.
+        if reply.status in _BODY_LEFT_UNREAD:
+            # The rest of the body was never read; the connection cannot be reused.
             response.force_close()
         return response
 
@@ -135,12 +162,23 @@ async def read_body(request: BaseRequest) -> Any:
     length = request.content_length
     if length is not None and length > BODY_LIMIT:
         raise HttpError(413, "Request body is too large", code="FST_ERR_CTP_BODY_TOO_LARGE")
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    connection = request.protocol if isinstance(request.protocol, _Connection) else None
+    timeout = connection.limits.body_timeout if connection is not None else None
+    # A body that came in with its head needs no timer.
+    deadline = asyncio.timeout(None if request.content.is_eof() else timeout)
     try:
-        raw = await request.read()
+        async with deadline:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise HttpError(413, "Request body is too large", code="FST_ERR_CTP_BODY_TOO_LARGE") from None
+    except OSError:  # the timeout's TimeoutError, or the connection's error once it is lost
+        if deadline.expired():
+            assert connection is not None
+            connection.close_after_answer()
+            raise HttpError(408, f"Request body not received in full within {timeout:g} s") from None
+        raise ClientGone from None
     content_type = request.headers.get("Content-Type")
     if content_type is None:
         if not raw:
@@ -189,8 +227,147 @@ def tls_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
 MAX_LINE = 16384
 
 
+#: Files, sockets and pipes Butler needs besides its REST connections (log, key-value store, Qlik, MQTT).
+_SPARE_DESCRIPTORS = 256
+
+
+def _allow_descriptors(connections: int) -> None:
+    """Let the process open enough sockets for ``connections`` clients, as far as the system allows.
+
+    Many systems give a process 1,024 descriptors (soft limit) but allow far more (hard limit); Node raises
+    the soft limit to the hard one at start-up, so upstream Butler never met the lower one. Windows has no
+    such limit on sockets.
+    """
+    try:
+        import resource
+    except ImportError:
+        return
+    wanted = connections + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    except (ValueError, OSError):
+        raised = soft
+    if raised < wanted:
+        log.warning(
+            "The system lets Butler open %d files and sockets, fewer than "
+            "Butler.restServerConfig.maxConnections (%d) needs; connections beyond that fail",
+            raised,
+            connections,
+        )
+
+
+#: Refused connections are counted, and reported in one warning line at most this often (seconds).
+_REFUSAL_REPORT_INTERVAL = 60.0
+#: How long a refused connection is kept for its request to arrive (seconds).
+_REFUSAL_GRACE = 1.0
+
+
+def _raw_answer(status: int, message: str) -> bytes:
+    """A whole HTTP answer in Butler's envelope, written where aiohttp has no request to answer."""
+    body = encode_json(HttpError(status, message).envelope())
+    headers = {**JSON_HEADERS, **SERVER_HEADER, "Content-Length": str(len(body)), "Connection": "close"}
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"HTTP/1.1 {status} {reason(status)}\r\n{head}\r\n".encode() + body
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the cap: answered at once without reading the request, then closed.
+
+    The close waits for the request to come in, or at most _REFUSAL_GRACE: closing a socket with unread
+    data resets the connection, and the client may then lose the answer.
+    """
+
+    def __init__(self, transport: asyncio.Transport, answer: bytes) -> None:
+        self._transport = transport
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_REFUSAL_GRACE, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._timer.cancel()
+
+
 class _Connection(RequestHandler):
-    """aiohttp's connection handler, answering malformed HTTP in Butler's envelope, logged in one line."""
+    """aiohttp's connection handler, with Butler's limits on slow clients and on the number of connections,
+    answering malformed HTTP in Butler's envelope, logged in one line.
+
+    aiohttp closes a connection that has not sent a complete request head within ``keepalive_timeout`` of
+    opening or of its last answer. This adds the head timeout: once the first bytes of a head are in, the
+    rest must follow within ``headers_timeout``. One timer per connection, armed only while a head is
+    incomplete, so a request arriving in one piece costs no timer at all.
+    """
+
+    __slots__ = ("_body", "_head_timer", "_listener")
+
+    def __init__(self, listener: _Server, **kwargs: Any) -> None:
+        super().__init__(listener, **kwargs)
+        self._listener = listener
+        self._head_timer: asyncio.TimerHandle | None = None
+        # The body of the latest request while it is still arriving: bytes received meanwhile are body.
+        self._body: StreamReader | None = None
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self._listener.limits
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._listener.admit():
+            super().connection_made(transport)
+            return
+        stream = cast(asyncio.Transport, transport)  # uvloop's transports do not derive from asyncio's
+        stream.set_protocol(_Refusal(stream, self._listener.busy_answer))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        body = self._body
+        reading_body = body is not None and not body.is_eof()
+        super().data_received(data)
+        messages = self._messages
+        if messages:  # a head is complete
+            payload = messages[-1][1]
+            self._body = None if payload.is_eof() else payload
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif not reading_body:
+            self._body = None
+            if data and self._head_timer is None:
+                self._head_timer = self._loop.call_later(self.limits.headers_timeout, self._head_timed_out)
+
+    def close_after_answer(self) -> None:
+        """Close the connection as soon as the current answer is written.
+
+        aiohttp would otherwise go on waiting for the rest of an unread body for up to ``lingering_time``
+        (10 s): more time for a client that was too slow already.
+        """
+        self._lingering_time = 0.0
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        waiter = self._waiter
+        if self.transport is None or waiter is None or waiter.done() or self._messages:
+            return  # a request is being answered: aiohttp's keep-alive timer takes over after it
+        peer = self.transport.get_extra_info("peername")
+        log.info(
+            "Request head from %s not complete within %g s: connection closed",
+            peer[0] if peer else "?",
+            self.limits.headers_timeout,
+        )
+        self.transport.write(self._listener.head_timeout_answer)
+        self.force_close()
 
     def handle_error(
         self,
@@ -199,6 +376,10 @@ class _Connection(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            # The client left while its answer was being written: nothing to answer and nothing failed.
+            # aiohttp takes a ConnectionError from here as a client gone, and logs it at debug level.
+            raise exc
         if request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         if isinstance(exc, LineTooLong):
@@ -208,15 +389,45 @@ class _Connection(RequestHandler):
             text = f"Malformed HTTP request: {detail}"
         log.warning("%s from %s", text, request.remote)
         response = web.Response(
-            status=status, body=encode_json(HttpError(status, text).envelope()), headers=JSON_HEADERS
+            status=status,
+            body=encode_json(HttpError(status, text).envelope()),
+            headers={**JSON_HEADERS, **SERVER_HEADER},
         )
         response.force_close()
         return response
 
 
 class _Server(web.Server):
+    def __init__(self, api: Callable[[BaseRequest], Any], limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(api, keepalive_timeout=limits.keep_alive_timeout, **kwargs)
+        self.limits = limits
+        self.refused = 0
+        self._next_report = 0.0
+        self.busy_answer = _raw_answer(
+            503, f"Butler has {limits.max_connections} connections open, the most it takes; try again shortly"
+        )
+        self.head_timeout_answer = _raw_answer(
+            408, f"Request head not received in full within {limits.headers_timeout:g} s"
+        )
+
     def __call__(self) -> RequestHandler:
         return _Connection(self, loop=self._loop, **self._kwargs)
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served; counts and reports the ones that may not."""
+        if len(self._connections) < self.limits.max_connections:
+            return True
+        self.refused += 1
+        now = self._loop.time()
+        if now >= self._next_report:
+            self._next_report = now + _REFUSAL_REPORT_INTERVAL
+            log.warning(
+                "%d connections open, the most Butler.restServerConfig.maxConnections allows: "
+                "new connections are refused (%d so far)",
+                len(self._connections),
+                self.refused,
+            )
+        return False
 
 
 class Listener:
@@ -228,15 +439,28 @@ class Listener:
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         # BaseRequest refuses bodies over 1 MiB by default, which is the limit wanted here.
-        self._server = _Server(api, access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_LINE)
+        self._server = _Server(
+            api,
+            limits or ConnectionLimits(),
+            access_log=None,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+        )
         self._runner = web.ServerRunner(self._server, handle_signals=False)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
 
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused because ``max_connections`` were open."""
+        return self._server.refused
+
     async def start(self) -> None:
+        _allow_descriptors(self._server.limits.max_connections)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True, backlog=1024
