@@ -1,7 +1,9 @@
 """Benchmark of task starts against the simulator, at simulated QRS latency 0 and 20 ms.
 
 Butler and qliksim share one core, the load generators use the other. Two loads:
-- 10 ``starttaskid`` items per request, 8 connections (wrk), for ``--duration`` seconds;
+- 10 ``starttaskid`` items per request, 8 connections (wrk), for ``--duration`` seconds. Butler looks the
+  ids up, then starts them: two QRS round trips, so at 20 ms QRS latency 8 connections can reach at most
+  8 / 0.040 s = 200 requests/s (target: 180);
 - one ``starttasktag`` item matching 10 tasks, sequential requests (one keep-alive connection).
 Also reported: QRS calls and new QRS connections (TLS handshakes) per request, Butler's memory.
 
@@ -30,6 +32,8 @@ import yaml
 from harness import cpu_seconds, free_port, rss_mb, run_wrk, start_butler, wait_port, write_butler_config
 
 TAGGED = 10
+#: Requests/s the 8 connections of 10 ``starttaskid`` items must reach, per QRS latency (ms).
+TARGET_RPS = {0: 400, 20: 180}
 
 
 def site_file(path: Path) -> list[str]:
@@ -167,14 +171,14 @@ def main() -> int:
             cpu_butler = (cpu_seconds(butler.pid) - cpu_before[0]) / total * 1000
             cpu_simulator = (cpu_seconds(simulator.pid) - cpu_before[1]) / total * 1000
             calls, connections = qrs_counts(control_base)
-            ok = rps >= 400 and errors == 0
+            ok = rps >= TARGET_RPS[latency] and errors == 0
             failures += [] if ok else [f"10 ids at {latency} ms"]
             print(
                 f"QRS latency {latency:2d} ms, 10 starttaskid items, 8 connections: {rps:,.0f} req/s, "
                 f"p50 {p50:.1f} ms, non-2xx {errors}; {(calls - calls_before) / total:.1f} QRS calls and "
                 f"{(connections - connections_before) / total:.3f} new QRS connections per request; CPU per "
                 f"request: Butler {cpu_butler:.2f} ms, simulator {cpu_simulator:.2f} ms "
-                f"(target >= 400 req/s) {'ok' if ok else 'BELOW TARGET'}"
+                f"(target >= {TARGET_RPS[latency]} req/s) {'ok' if ok else 'BELOW TARGET'}"
             )
             calls_before, connections_before = qrs_counts(control_base)
             timings = asyncio.run(sequential_tag_starts(f"{base}/v4/reloadtask/-/start", args.sequential))

@@ -9,19 +9,16 @@ import aiohttp
 import pytest
 
 from tests.conftest import StartButler
-from tests.test_task_start import APP1, APP2, butler_config
+from tests.test_task_start import APP1, APP2, assert_within_deadline, butler_config, timed
 
 
 def app_id(simulator: Any, name: str) -> str:
     return next(a["id"] for a in simulator.site.apps.values() if a["name"] == name)
 
 
-@pytest.fixture
-async def butler(start_butler: StartButler, simulator: Any, site_certs: Any) -> str:
-    document = butler_config(
-        simulator, site_certs, senseListApps=True, senseAppDump=True, senseAppReload=True
-    )
-    document["Butler"]["configEngine"] = {
+def engine_config(simulator: Any) -> dict[str, Any]:
+    """``Butler.configEngine`` for the simulated site's Engine."""
+    return {
         "host": "127.0.0.1",
         "port": simulator.engine_port,
         "useSSL": True,
@@ -31,6 +28,14 @@ async def butler(start_butler: StartButler, simulator: Any, site_certs: Any) -> 
             "static": [{"name": "X-Qlik-User", "value": "UserDirectory=Internal;UserId=sa_repository"}]
         },
     }
+
+
+@pytest.fixture
+async def butler(start_butler: StartButler, simulator: Any, site_certs: Any) -> str:
+    document = butler_config(
+        simulator, site_certs, senseListApps=True, senseAppDump=True, senseAppReload=True
+    )
+    document["Butler"]["configEngine"] = engine_config(simulator)
     return await start_butler(document)
 
 
@@ -111,6 +116,11 @@ async def test_reload_with_follow_up_tasks(butler: str, simulator: Any) -> None:
 async def test_reload_errors(butler: str, simulator: Any) -> None:
     status, body = await reload(butler, "00000000-0000-4000-8000-00000000dead", {})
     assert status == 404 and "App not found" in body["message"]
+    # An id is one segment of the Engine's URL, whatever it holds: not found, not "Engine unreachable".
+    status, body = await reload(butler, "a%2Fb%3Fc", {})
+    assert status == 404 and "App not found: a/b?c" in body["message"]
+    status, body = await reload(butler, APP1["taskId"], {"reloadMode": "full"})
+    assert (status, body["message"]) == (400, "body/reloadMode must be integer")
     async with aiohttp.ClientSession() as http, http.put(f"{butler}/v4/app/x/reload") as response:
         assert response.status == 415 or (await response.json())["message"] == "body must be object"
 
@@ -129,6 +139,52 @@ async def test_engine_down_and_slow(butler: str, simulator: Any) -> None:
         async with http.put(control, json={"latency_ms": 0}) as r:
             assert r.status == 200
         assert (await get(f"{butler}/v4/apps/list"))[0] == 200
+
+
+async def engine_latency(simulator: Any, latency_ms: int) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"http://127.0.0.1:{simulator.control_port}/faults/engine", json={"latency_ms": latency_ms}
+        ) as r,
+    ):
+        assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    ("latency_ms", "method", "path"),
+    [
+        # The connection alone takes longer than timeoutSeconds.
+        (2500, "GET", "/v4/apps/list"),
+        # Each call answers in time, the calls of the dump together do not.
+        (500, "GET", "/v4/app/{app}/dump"),
+        # Connecting, EngineVersion and OpenDoc answer in time each, not together.
+        (800, "PUT", "/v4/app/{app}/reload"),
+    ],
+)
+async def test_engine_deadline(
+    start_butler: StartButler, simulator: Any, site_certs: Any, latency_ms: int, method: str, path: str
+) -> None:
+    document = butler_config(
+        simulator, site_certs, senseListApps=True, senseAppDump=True, senseAppReload=True
+    )
+    document["Butler"]["configEngine"] = engine_config(simulator) | {"timeoutSeconds": 2}
+    base = await start_butler(document)
+    await engine_latency(simulator, latency_ms)
+    url = base + path.format(app=app_id(simulator, "App1"))
+    async with aiohttp.ClientSession() as http:
+        elapsed, response = await timed(http.request(method, url, json={} if method == "PUT" else None))
+        async with response:
+            assert response.status == 504
+            assert "within the 2 s allowed" in (await response.json())["message"]
+    assert_within_deadline(elapsed, 2)
+    await engine_latency(simulator, 0)
+    for _ in range(50):  # the simulator ends its side of the closed sockets
+        if simulator.engine.open_sessions == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert simulator.engine.open_sessions == 0
+    assert simulator.engine.saves == {}
 
 
 async def test_dropped_engine_socket_mid_dump(butler: str, simulator: Any) -> None:

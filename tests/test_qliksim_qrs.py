@@ -228,6 +228,51 @@ async def test_faults(qrs: Any, simulator: Any) -> None:
         assert (await qrs("GET", "about"))[0] == 200
 
 
+async def test_seeded_and_queued_faults(qrs: Any, simulator: Any) -> None:
+    control = f"http://127.0.0.1:{simulator.control_port}"
+
+    async def statuses(count: int) -> list[int]:
+        return [(await qrs("GET", "about"))[0] for _ in range(count)]
+
+    async with aiohttp.ClientSession() as http:
+        # The same seed gives the same faults in the same order.
+        async with http.put(f"{control}/faults/qrs", json={"status": 503, "ratio": 0.5, "seed": 7}) as r:
+            assert r.status == 200
+        first = await statuses(20)
+        async with http.put(f"{control}/faults/qrs", json={"seed": 7}) as r:
+            assert r.status == 200
+        assert await statuses(20) == first and {503, 200} == set(first)
+        # The faults of the next calls, one each; then the standing settings again.
+        async with http.put(
+            f"{control}/faults/qrs",
+            json={"status": None, "next": [{"status": 500}, {"latency_ms": 200}]},
+        ) as r:
+            assert r.status == 200
+        assert (await qrs("GET", "about"))[0] == 500
+        started = asyncio.get_running_loop().time()
+        assert (await qrs("GET", "about"))[0] == 200
+        assert asyncio.get_running_loop().time() - started >= 0.2
+        assert (await qrs("GET", "about"))[0] == 200
+        async with http.get(f"{control}/calls") as r:
+            calls = await r.json()
+        # Every call is counted, faulted ones with their status; the handler saw only the others.
+        assert calls["qrsReceived"]["GET about"] == {
+            "calls": 43,
+            "503": first.count(503) * 2,
+            "200": first.count(200) * 2 + 2,
+            "500": 1,
+        }
+        assert calls["qrs"]["GET about"] == first.count(200) * 2 + 2
+        for bad in (
+            {"seed": "x"},
+            {"next": {"status": 500}},
+            {"next": [{"down": True}]},
+            {"next": [{"x": 1}]},
+        ):
+            async with http.put(f"{control}/faults/qrs", json=bad) as r:
+                assert r.status == 400, bad
+
+
 async def test_session_events(simulator: Any, udp_collector: tuple[UdpCollector, int]) -> None:
     control = f"http://127.0.0.1:{simulator.control_port}"
     async with aiohttp.ClientSession() as http:

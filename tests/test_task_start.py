@@ -75,9 +75,11 @@ def butler_config(simulator: Any, certs: Any, filter_on: bool = False, **flags: 
 
 @pytest.fixture
 async def butler(start_butler: StartButler, simulator: Any, site_certs: Any) -> Any:
-    async def start(filter_on: bool = False) -> Any:
-        base = await start_butler(butler_config(simulator, site_certs, filter_on))
-        return base
+    async def start(filter_on: bool = False, **qrs: Any) -> Any:
+        """Butler on the simulator; ``qrs`` overrides keys of ``configQRS``."""
+        document = butler_config(simulator, site_certs, filter_on)
+        document["Butler"]["configQRS"].update(qrs)
+        return await start_butler(document)
 
     return start
 
@@ -88,13 +90,19 @@ async def put(base: str, path: str, body: Any, **kwargs: Any) -> tuple[int, Any,
         return response.status, json.loads(text), text
 
 
-async def started_counts(simulator: Any) -> dict[str, int]:
+async def simulator_calls(simulator: Any) -> dict[str, Any]:
+    """What the simulator counted (its control API's ``/calls``)."""
     async with (
         aiohttp.ClientSession() as http,
         http.get(f"http://127.0.0.1:{simulator.control_port}/calls") as r,
     ):
-        counts: dict[str, int] = (await r.json())["taskStarts"]
-        return counts
+        calls: dict[str, Any] = await r.json()
+        return calls
+
+
+async def started_counts(simulator: Any) -> dict[str, int]:
+    counts: dict[str, int] = (await simulator_calls(simulator))["taskStarts"]
+    return counts
 
 
 SEED_SINGLE = """{
@@ -285,6 +293,32 @@ async def test_method_override_and_post(butler: Any, simulator: Any) -> None:
             assert r.status == 400
 
 
+KV_ITEM = {"type": "keyvaluestore", "payload": {"namespace": "n", "key": "k", "value": "v"}}
+TTL_RULE = "must be 0 (never expires) or from 1 to 315360000000 milliseconds (10 years), got"
+BAD_KV_PAYLOADS = [
+    ({}, "body/1/payload must have required property 'namespace'"),
+    ({"namespace": "n", "value": "v"}, "body/1/payload must have required property 'key'"),
+    ({"namespace": "n", "key": "k"}, "body/1/payload must have required property 'value'"),
+    ({"namespace": "", "key": "k", "value": "v"}, "body/1/payload/namespace must be a non-empty string"),
+    ({"namespace": "n", "key": ["k"], "value": "v"}, "body/1/payload/key must be a non-empty string"),
+    (
+        {"namespace": "n" * 101, "key": "k", "value": "v"},
+        "body/1/payload/namespace must NOT have more than 100 characters (it is part of URLs)",
+    ),
+    (
+        {"namespace": "n", "key": "k" * 101, "value": "v"},
+        "body/1/payload/key must NOT have more than 100 characters (it is part of URLs)",
+    ),
+    ({"namespace": "n", "key": "k", "value": "v", "ttl": -1}, f"body/1/payload/ttl {TTL_RULE} -1.0"),
+    ({"namespace": "n", "key": "k", "value": "v", "ttl": 1e308}, f"body/1/payload/ttl {TTL_RULE} 1e+308"),
+    ({"namespace": "n", "key": "k", "value": "v", "ttl": "0.5"}, f"body/1/payload/ttl {TTL_RULE} 0.5"),
+    (
+        {"namespace": "n", "key": "k", "value": "v", "ttl": True},
+        "body/1/payload/ttl must be a number of milliseconds",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "message"),
     [
@@ -316,6 +350,10 @@ async def test_method_override_and_post(butler: Any, simulator: Any) -> None:
             ],
             "body/0/payload/ttl must be a number of milliseconds",
         ),
+        *(
+            ("/v4/reloadtask/-/start", [KV_ITEM, {"type": "keyvaluestore", "payload": payload}], message)
+            for payload, message in BAD_KV_PAYLOADS
+        ),
         (
             "/v4/reloadtask/-/start?allTaskIdsMustExist=maybe",
             [],
@@ -337,6 +375,38 @@ async def test_bad_requests(butler: Any, simulator: Any, path: str, body: Any, m
         async with http.put(base + path, **kwargs) as r:
             assert r.status == 400
             assert (await r.json())["message"] == message
+        async with http.get(f"{base}/v4/keyvaluesnamespaces") as r:
+            assert await r.json() == []  # nothing of the request was stored
+    assert await started_counts(simulator) == {}
+
+
+async def test_key_value_items_as_load_scripts_send_them(
+    start_butler: StartButler, simulator: Any, site_certs: Any
+) -> None:
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["keyValueStore"] = {"maxKeysPerNamespace": 2, "backend": "memory"}
+    base = await start_butler(document)
+    body = [
+        {"type": "keyvaluestore", "payload": {"namespace": "n", "key": 2024, "value": 5, "ttl": "60000"}},
+        {"type": "keyvaluestore", "payload": {"namespace": "n", "key": "empty", "value": ""}},  # skipped
+        {"type": "keyvaluestore", "payload": {"namespace": "n", "key": "later", "value": "x", "ttl": 1}},
+    ]
+    assert (await put(base, "/v4/reloadtask/-/start", body))[0] == 200
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v4/keyvalues/n?key=2024") as r:
+            assert (await r.json())["value"] == "5"
+        async with http.get(f"{base}/v4/keyvalues/n/keyexists?key=empty") as r:
+            assert (await r.json())["keyExists"] is False
+        await asyncio.sleep(0.01)  # "later" has expired, so there is room for one more key
+    item = {"type": "keyvaluestore", "payload": {"namespace": "n", "key": "k3", "value": "x"}}
+    assert (await put(base, "/v4/reloadtask/-/start", [item]))[0] == 200
+    item["payload"]["key"] = "k4"
+    status, answer, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [item])
+    assert (status, answer["message"]) == (
+        400,
+        "Namespace n already holds the maximum of 2 keys (Butler.keyValueStore.maxKeysPerNamespace): "
+        "delete keys or raise the limit",
+    )
     assert await started_counts(simulator) == {}
 
 
@@ -363,12 +433,43 @@ async def set_faults(simulator: Any, **faults: Any) -> None:
 
 async def test_refused_starts_are_reported(butler: Any, simulator: Any) -> None:
     base = await butler()
-    # QRS answers 503 to every call for a moment: lookups (GET) are retried, starts are not.
+    # QRS answers 503 to every call: the lookup is tried 1 + retries times, nothing is started.
     await set_faults(simulator, status=503, ratio=1.0)
     status, body, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
     assert status == 502
     assert "503" in body["message"] and "Qlik Sense QRS" in body["message"]
+    assert (await simulator_calls(simulator))["qrsReceived"] == {"GET task": {"calls": 2, "503": 2}}
     await set_faults(simulator, status=None)
+
+
+async def reset_calls(simulator: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{simulator.control_port}/calls/reset") as r,
+    ):
+        assert r.status == 204
+
+
+async def test_retries_are_counted(butler: Any, simulator: Any) -> None:
+    """QRS sees every attempt: a lookup is tried again after 503s, a start (not safe to repeat) is not."""
+    base = await butler(retries=2)
+    await set_faults(simulator, next=[{"status": 503}, {"status": 503}])
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert status == 200 and result["tasksId"]["started"] == [APP1]
+    assert (await simulator_calls(simulator))["qrsReceived"] == {
+        "GET task": {"calls": 3, "503": 2, "200": 1},
+        "POST task/{id}/start": {"calls": 1, "204": 1},
+    }
+
+    await reset_calls(simulator)
+    await set_faults(simulator, next=[{}, {"status": 503}])
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", [])
+    assert status == 200 and result["tasksId"]["started"] == []
+    assert result["tasksStartFailed"] == [{**APP1, "status": 503, "message": "Simulated fault: HTTP 503"}]
+    assert (await simulator_calls(simulator))["qrsReceived"] == {
+        "GET task": {"calls": 1, "200": 1},
+        "POST task/{id}/start": {"calls": 1, "503": 1},
+    }
 
 
 async def test_start_failure_listed_separately(butler: Any, simulator: Any, monkeypatch: Any) -> None:
@@ -407,14 +508,98 @@ async def test_qrs_down_and_slow(butler: Any, simulator: Any) -> None:
     assert (await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []))[0] == 200
 
 
+#: Seconds allowed beyond 1.1 x timeoutSeconds for a 504 to arrive, for the shared, noisy machine. Measured
+#: at timeoutSeconds 2: the 504s came 2.004-2.007 s after the request, well inside 1.1 x.
+DEADLINE_MARGIN = 0.1
+
+
+async def timed(work: Any) -> tuple[float, Any]:
+    started = asyncio.get_running_loop().time()
+    result = await work
+    return asyncio.get_running_loop().time() - started, result
+
+
+def assert_within_deadline(elapsed: float, timeout: float) -> None:
+    assert timeout <= elapsed <= 1.1 * timeout + DEADLINE_MARGIN, f"answered after {elapsed:.2f} s"
+
+
+async def test_deadline_includes_retries(butler: Any, simulator: Any) -> None:
+    base = await butler(retries=2)
+    await set_faults(simulator, latency_ms=2500)
+    elapsed, (status, body, _) = await timed(put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []))
+    assert status == 504 and "did not answer GET task within the 2 s" in body["message"]
+    assert_within_deadline(elapsed, 2)
+    received = (await simulator_calls(simulator))["qrsReceived"]
+    assert received["GET task"]["calls"] == 1 and "POST task/{id}/start" not in received
+
+
+async def test_deadline_after_503s_and_a_slow_attempt(butler: Any, simulator: Any) -> None:
+    base = await butler(retries=2)
+    await set_faults(simulator, latency_ms=2500, next=[{"status": 503, "latency_ms": 400}] * 2)
+    elapsed, (status, body, _) = await timed(put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []))
+    assert status == 504 and "did not answer GET task" in body["message"]
+    assert_within_deadline(elapsed, 2)
+    received = (await simulator_calls(simulator))["qrsReceived"]
+    assert received["GET task"]["calls"] == 3 and received["GET task"]["503"] == 2
+
+
+async def test_deadline_spans_lookups_and_starts(butler: Any, simulator: Any) -> None:
+    # The lookup and the start each take less than timeoutSeconds, together more.
+    base = await butler(retries=2)
+    await set_faults(simulator, next=[{"latency_ms": 1200}, {"latency_ms": 1200}])
+    elapsed, (status, body, _) = await timed(put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []))
+    assert status == 504 and f"did not answer POST task/{APP1['taskId']}/start" in body["message"]
+    assert_within_deadline(elapsed, 2)
+
+
+async def test_task_status_deadline(butler: Any, simulator: Any) -> None:
+    base = await butler(retries=2)
+    await set_faults(simulator, latency_ms=2500)
+    async with aiohttp.ClientSession() as http:
+        elapsed, response = await timed(http.get(f"{base}/v4/reloadtask/{OPS['taskId']}/status"))
+        async with response:
+            assert response.status == 504 and "did not answer" in (await response.json())["message"]
+    assert_within_deadline(elapsed, 2)
+
+
+async def test_unknown_ids_are_never_started(butler: Any, simulator: Any) -> None:
+    """As upstream's documentation says: "Butler will verify that all specified task IDs exist before
+    trying to start them." No start reaches QRS for an id it does not know."""
+    base = await butler()
+    unknown = "00000000-0000-4000-8000-00000000dead"
+    body = [{"type": "starttaskid", "payload": {"taskId": t}} for t in (unknown, APP2["taskId"])]
+    status, result, _ = await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", body)
+    assert status == 200
+    assert result["tasksId"] == {"started": [APP1, APP2], "invalid": [{"taskId": unknown}], "denied": []}
+    calls = await simulator_calls(simulator)
+    assert calls["taskStartRequests"] == {APP1["taskId"]: 1, APP2["taskId"]: 1}
+    assert calls["qrsReceived"]["POST task/start/many"] == {"calls": 1, "204": 1}
+
+
 async def test_dropped_connections_are_retried_for_lookups(butler: Any, simulator: Any) -> None:
     base = await butler()
-    await set_faults(simulator, drop=0.3)
+    await set_faults(simulator, drop=0.3, seed=5)
     outcomes = [await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []) for _ in range(10)]
     await set_faults(simulator, drop=0)
     # Some requests may fail with a clear 502; none hangs, none is a 500.
     assert {status for status, _, _ in outcomes} <= {200, 502}
     assert any(status == 200 for status, _, _ in outcomes)
+
+
+async def test_seeded_503s_are_retried_for_lookups(butler: Any, simulator: Any) -> None:
+    base = await butler(retries=2)
+    await set_faults(simulator, status=503, ratio=0.5, seed=5)
+    outcomes = [await put(base, f"/v4/reloadtask/{APP1['taskId']}/start", []) for _ in range(10)]
+    await set_faults(simulator, status=None)
+    # A request whose lookup got 503 at every attempt fails with a clear 502, none is a 500.
+    statuses = [status for status, _, _ in outcomes]
+    assert set(statuses) <= {200, 502} and 200 in statuses
+    received = (await simulator_calls(simulator))["qrsReceived"]
+    lookups, starts = received["GET task"], received["POST task/{id}/start"]
+    # Lookups that got a 503 were tried again, and some then succeeded; each start was sent once.
+    assert lookups["calls"] == lookups["200"] + lookups["503"]
+    assert lookups["503"] > 3 * statuses.count(502)
+    assert lookups["200"] == statuses.count(200) == starts["calls"]
 
 
 async def test_wrong_certificate_authority(

@@ -4,6 +4,10 @@ The dump makes every Engine call it needs on one socket at once (the Engine answ
 so its time is a few round trips, not one per object. A reload answers as soon as the app is open (or,
 with ``wait``, when the reload is over) and then starts the follow-up tasks through the task-start
 service, so their outcome is known and logged.
+
+The Engine's ``timeoutSeconds`` bounds what a caller waits for: the list, the whole dump, a reload's
+opening of the app. The reload and the save after it get ``timeoutSeconds`` each: they run after the caller
+has its answer, or the caller asked (``wait``) to wait for them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
+from urllib.parse import quote
 
 from butler.config.settings import CertificateSettings, EngineSettings
 from butler.json_encoding import encode_json
@@ -57,7 +62,8 @@ class AppService:
         self, app_id: str, mode: int, partial: bool, on_success: list[str], on_failure: list[str], wait: bool
     ) -> dict[str, Any]:
         """Open the app; then reload it in the background (or, with ``wait``, before answering)."""
-        engine = self._session(f"/app/{app_id}")
+        # The id is one segment of the URL whatever it holds, so the Engine answers for that app.
+        engine = self._session(f"/app/{quote(app_id, safe='')}")
         await engine.__aenter__()
         try:
             await engine.call(-1, "EngineVersion")
@@ -87,8 +93,10 @@ class AppService:
         started = time.monotonic()
         outcome: dict[str, Any] = {"appId": app_id}
         try:
+            engine.renew_deadline()
             success = bool((await engine.call(handle, "DoReload", mode, partial, False)).get("qReturn"))
             if success:
+                engine.renew_deadline()
                 await engine.call(handle, "DoSave")
             outcome |= {"success": success, "durationMs": int((time.monotonic() - started) * 1000)}
         except Exception as exc:  # reported in the outcome and the log; nothing to start then

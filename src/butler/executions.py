@@ -97,14 +97,16 @@ class ExecutionWatcher:
         return None if lines is None else lines[-SCRIPT_LOG_TAIL:]
 
     async def last_result(self, task_id: str) -> dict[str, Any] | None:
-        """The task's name and last execution; None when QRS has no such task."""
-        tasks = await self.qrs.get_json("task/full", {"filter": f"id eq {task_id}"})
-        if not tasks:
-            return None
-        task = tasks[0]
-        result = (task.get("operational") or {}).get("lastExecutionResult") or {}
-        answer = {"taskId": task["id"], "taskName": task["name"], **describe(result)}
-        tail = await self.script_log_tail(task_id, result)
+        """The task's name and last execution; None when QRS has no such task. Its QRS calls share one
+        deadline; a script log that QRS cannot give by then is left out."""
+        with self.qrs.deadline():
+            tasks = await self.qrs.get_json("task/full", {"filter": f"id eq {task_id}"})
+            if not tasks:
+                return None
+            task = tasks[0]
+            result = (task.get("operational") or {}).get("lastExecutionResult") or {}
+            answer = {"taskId": task["id"], "taskName": task["name"], **describe(result)}
+            tail = await self.script_log_tail(task_id, result)
         if tail is not None:
             answer["scriptLogTail"] = tail
         return answer

@@ -4,20 +4,22 @@ parameters to the apps they reload. Shared by the REST API, MQTT and the schedul
 What callers see follows upstream Butler (the task-start examples of its documentation give the same
 answers here), with these differences:
 
-- every requested id is looked up in one QRS call (chunked for long lists), tag and custom-property
-  lookups run concurrently, and the tasks are started concurrently; tasks requested by id are started
-  while their names are looked up (unless ``allTaskIdsMustExist``), so that costs one QRS round trip;
+- only tasks QRS confirmed are started, as upstream's documentation says: every requested id is looked
+  up in one QRS call (chunked for long lists) while the tag and custom-property lookups run, and what
+  they found is started in one ``task/start/many`` call: two QRS round trips;
 - each start waits for QRS to accept it: a task QRS refused is not reported as started but listed under
   ``tasksStartFailed`` with Qlik's status and message (the key is present only when not empty);
 - a task asked for several times in one request is listed each time, as upstream lists it, but started
   once;
 - a QRS that cannot be reached or does not answer is an error of the whole request (QrsError), not a
-  list of "invalid" tasks.
+  list of "invalid" tasks; the lookups and starts of a request share one deadline (``timeoutSeconds``),
+  after which the request fails with QrsTimeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -28,8 +30,8 @@ import orjson
 
 from butler.config.settings import StartTaskFilter
 from butler.executions import EMPTY_GUID, FINAL, ExecutionWatcher
-from butler.kvstore import KeyValueStore
-from butler.qlik.qrs import QrsClient, QrsError, quote_filter_value
+from butler.kvstore import InvalidPair, KeyValueStore, check_pair
+from butler.qlik.qrs import QrsClient, QrsError, QrsTimeout, quote_filter_value
 
 log = logging.getLogger("butler.tasks")
 
@@ -134,45 +136,31 @@ class TaskStarter:
         # Stored before any task starts: the apps read them when they reload.
         await self._store_pairs(pairs)
         waiting = wait_seconds is not None
-        batches: list[asyncio.Future[dict[str, StartResult]]] = []
-        launched: set[str] = set()
-
-        def launch(task_ids: list[str]) -> None:
-            fresh = [t for t in dict.fromkeys(task_ids) if t not in launched]
-            if fresh:
-                launched.update(fresh)
-                batches.append(asyncio.ensure_future(self._start_batch(fresh, waiting)))
-
-        startable = list(dict.fromkeys(t for t in requested if self._may_start(t)))
-        names_lookup = asyncio.ensure_future(self._names(startable))
-        if all_ids_must_exist:
-            # Nothing may start before every requested id is known to exist.
-            await names_lookup
-        else:
-            # Start while the names are looked up: one QRS round trip instead of two. An id QRS does not
-            # know is not in the lookup's answer, so it is reported as invalid all the same.
-            launch(startable)
-        try:
-            found = await asyncio.gather(
-                *(self._lookup_tag(tag, outcome) for tag in tags),
-                *(self._lookup_property(name, value, outcome) for name, value in properties),
-            )
-            names = await names_lookup
-        except BaseException:
-            # Starts already sent run to their end; the caller gets the lookup's error.
-            await asyncio.gather(names_lookup, *batches, return_exceptions=True)
-            raise
-        candidates = self._classify(requested, names, outcome)
-        if all_ids_must_exist and outcome.invalid:
-            outcome.denied.extend({"taskId": c["taskId"]} for c in candidates)
-        else:
-            outcome.started.extend(candidates)
-        for matches in found[: len(tags)]:
-            outcome.tags.extend(matches)
-        for matches in found[len(tags) :]:
-            outcome.custom_properties.extend(matches)
-        launch([e["taskId"] for e in (*outcome.started, *outcome.tags, *outcome.custom_properties)])
-        results = {task_id: result for batch in batches for task_id, result in (await batch).items()}
+        with self.qrs.deadline():
+            startable = list(dict.fromkeys(t for t in requested if self._may_start(t)))
+            names_lookup = asyncio.ensure_future(self._names(startable))
+            try:
+                found = await asyncio.gather(
+                    *(self._lookup_tag(tag, outcome) for tag in tags),
+                    *(self._lookup_property(name, value, outcome) for name, value in properties),
+                )
+                names = await names_lookup
+            except BaseException:
+                names_lookup.cancel()
+                await asyncio.gather(names_lookup, return_exceptions=True)
+                raise
+            candidates = self._classify(requested, names, outcome)
+            if all_ids_must_exist and outcome.invalid:
+                outcome.denied.extend({"taskId": c["taskId"]} for c in candidates)
+            else:
+                outcome.started.extend(candidates)
+            for matches in found[: len(tags)]:
+                outcome.tags.extend(matches)
+            for matches in found[len(tags) :]:
+                outcome.custom_properties.extend(matches)
+            # Only what the lookups confirmed, each task once.
+            confirmed = [e["taskId"] for e in (*outcome.started, *outcome.tags, *outcome.custom_properties)]
+            results = await self._start_batch(list(dict.fromkeys(confirmed)), waiting)
         self._settle(outcome, results)
         if waiting:
             sessions = {task_id: session for task_id, (_, session) in results.items() if session}
@@ -292,25 +280,38 @@ class TaskStarter:
 
     async def _start_batch(self, task_ids: list[str], synchronous: bool) -> dict[str, StartResult]:
         """Start several tasks. Asynchronous starts of several tasks go to QRS in one ``task/start/many``
-        call; if QRS does not accept that call as a whole, each task is started on its own, so that the
-        ones QRS refuses are known. Synchronous starts are one call per task (each gives a session id)."""
+        call; if QRS refuses that call as a whole, each task is started on its own, so that the ones QRS
+        refuses are known. Synchronous starts are one call per task (each gives a session id). QrsTimeout
+        when QRS does not answer a start in time: whether the tasks started is not known."""
         if not synchronous and len(task_ids) > 1:
             try:
                 response = await self.qrs.request("POST", "task/start/many", json_body=task_ids)
+            except QrsTimeout:
+                raise
             except QrsError as exc:
-                log.warning("task/start/many failed (%s); starting the tasks one by one", exc)
-            else:
-                if response.status == 204:
-                    return dict.fromkeys(task_ids, (None, None))
-                log.warning("task/start/many answered %s; starting the tasks one by one", response.status)
-        results = await asyncio.gather(*(self._start_one(task_id, synchronous) for task_id in task_ids))
-        return dict(zip(task_ids, results, strict=True))
+                # The call may have reached QRS: starting the tasks one by one could start them twice.
+                log.warning("task/start/many failed: %s", exc)
+                return dict.fromkeys(task_ids, ({"status": exc.status, "message": str(exc)}, None))
+            if response.status == 204:
+                return dict.fromkeys(task_ids, (None, None))
+            log.warning("task/start/many answered %s; starting the tasks one by one", response.status)
+        results = await asyncio.gather(
+            *(self._start_one(task_id, synchronous) for task_id in task_ids), return_exceptions=True
+        )
+        started: dict[str, StartResult] = {}
+        for task_id, result in zip(task_ids, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result  # after every start has ended, so none is left running unobserved
+            started[task_id] = result
+        return started
 
     async def _start_one(self, task_id: str, synchronous: bool) -> StartResult:
         """Start one task: (None, session id or None) once QRS accepted it, else (what went wrong, None)."""
         path = f"task/{task_id}/start/synchronous" if synchronous else f"task/{task_id}/start"
         try:
             response = await self.qrs.request("POST", path)
+        except QrsTimeout:
+            raise
         except QrsError as exc:
             log.warning("task %s not started: %s", task_id, exc)
             return {"status": None, "message": str(exc)}, None
@@ -337,17 +338,37 @@ def _text(payload: dict[str, Any], name: str, index: int) -> str:
 
 
 def _pair(payload: dict[str, Any], index: int) -> tuple[str, str, str, int] | None:
-    """A key-value item as (namespace, key, value, ttl); None when upstream would skip it (an empty
-    namespace, key or value)."""
-    namespace, key, value = payload.get("namespace"), payload.get("key"), payload.get("value")
-    if not namespace or not key or value in (None, "", False, 0):
-        log.warning("task start: key-value item %d skipped: namespace, key and value are all needed", index)
-        return None
-    ttl = payload.get("ttl", 0)
+    """A key-value item as (namespace, key, value, ttl); None for an empty string, 0 or false as the value,
+    which upstream skips (it tests the value's truth)."""
+    where = f"body/{index}/payload"
+    for name in ("namespace", "key", "value"):
+        if payload.get(name) is None:
+            raise TaskRequestError(f"{where} must have required property '{name}'")
+    namespace, key, value = _name(payload, "namespace", index), _name(payload, "key", index), payload["value"]
+    ttl = payload.get("ttl")
+    number = math.nan
+    if ttl is None or ttl == "":
+        number = 0.0
+    elif not isinstance(ttl, bool):  # true is not a number of milliseconds
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(ttl)  # load scripts send numbers as text ("60000")
+    if math.isnan(number):
+        raise TaskRequestError(f"{where}/ttl must be a number of milliseconds")
     try:
-        number = float(ttl) if ttl not in (None, "") else 0.0
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise TaskRequestError(f"body/{index}/payload/ttl must be a number of milliseconds")
-    return str(namespace), str(key), js_string(value), int(number)
+        ttl_ms = check_pair(namespace, key, number)
+    except InvalidPair as exc:
+        raise TaskRequestError(f"{where}/{exc}") from None
+    if value in ("", False, 0):
+        log.warning("task start: key-value item %d skipped: its value is empty, 0 or false", index)
+        return None
+    return namespace, key, js_string(value), ttl_ms
+
+
+def _name(payload: dict[str, Any], name: str, index: int) -> str:
+    """A namespace or key: a non-empty string, or a number (load scripts send those) as its text."""
+    value = payload[name]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = js_string(value)
+    if not isinstance(value, str) or not value:
+        raise TaskRequestError(f"body/{index}/payload/{name} must be a non-empty string")
+    return value

@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send success events as /scheduler-task-success// like the shipped appender file",
     )
+    serve.add_argument(
+        "--seed", type=int, help="seed of the injected faults' random draws, for runs that repeat exactly"
+    )
     serve.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -115,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.session_udp_target,
         args.time_scale,
         args.success_type_typo,
+        args.seed,
     )
     try:
         asyncio.run(_serve(Simulator(site, certificates, options)))

@@ -1,6 +1,8 @@
 """The control API (plain HTTP, loopback only) that tests and demos use to watch and steer the site.
 
-GET  /calls                      QRS calls per route, Engine calls per method, task starts, reloads, saves
+GET  /calls                      QRS calls per route, Engine calls per method, task starts, reloads, saves;
+                                 qrsReceived: every QRS call per route, faulted ones too, with the statuses;
+                                 taskStartRequests: task ids named by start calls, known or not
 POST /calls/reset                zero all counters
 GET  /tasks/{id}                 the task as QRS serves it, and whether it is running
 PUT  /tasks/{id}/next-run        {"outcome": "success|fail|abort", "durationMs": n, "error": "..."}
@@ -9,7 +11,8 @@ POST /sessions                   {"userDirectory", "userId", "proxy"?}: a user o
 DELETE /sessions/{id}            the session ends
 GET  /sessions                   open sessions
 GET  /faults                     current faults
-PUT  /faults/{qrs|engine}        {"latency_ms", "status", "ratio", "drop", "down"}
+PUT  /faults/{qrs|engine}        {"latency_ms", "status", "ratio", "drop", "down"}; "seed" reseeds the
+                                 draws of ratio and drop; "next": [{settings}, ...], one per next call
 DELETE /faults                   clear every fault
 """
 
@@ -68,6 +71,8 @@ def control_application(simulator: Simulator) -> web.Application:
         return _json(
             {
                 "qrs": simulator.qrs.calls,
+                "qrsReceived": simulator.qrs.received,
+                "taskStartRequests": simulator.qrs.start_requests,
                 "qrsConnections": simulator.qrs.connections,
                 "engine": simulator.engine.calls,
                 "taskStarts": scheduler.started_count,
@@ -84,6 +89,8 @@ def control_application(simulator: Simulator) -> web.Application:
     async def reset(request: web.Request) -> web.Response:
         for counter in (
             simulator.qrs.calls,
+            simulator.qrs.received,
+            simulator.qrs.start_requests,
             simulator.engine.calls,
             scheduler.started_count,
             scheduler.app_reloads,

@@ -16,10 +16,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import WSMsgType, web
 
-from qliksim.faults import Faults
+from qliksim.faults import Faults, FaultSettings
 from qliksim.qrs import parse_user
 from qliksim.scheduler import Scheduler
 from qliksim.site import Site
@@ -640,14 +641,15 @@ class Engine:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        await self.faults.delay("engine")
-        status = self.faults.forced_status("engine")
+        faults = self.faults.take("engine")
+        await self.faults.delay(faults)
+        status = self.faults.forced_status("engine", faults)
         if status is not None:
             return web.Response(status=status, text=f"Simulated fault: HTTP {status}")
         user = parse_user(request.headers.get("X-Qlik-User", ""))
         if user is None:
             return web.Response(status=403, text="Forbidden: the X-Qlik-User header is required")
-        app_id = _path_app(request.path)
+        app_id = _path_app(request.rel_url.raw_path)
         if app_id is False:
             return web.Response(status=404, text="Not found")
         socket = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
@@ -668,10 +670,13 @@ class Engine:
             async for message in socket:
                 if message.type != WSMsgType.TEXT:
                     continue
-                if self.faults.should_drop("engine"):
+                faults = self.faults.take("engine")
+                if self.faults.should_drop("engine", faults):
                     await socket.close()
                     break
-                job = asyncio.get_running_loop().create_task(self._answer(session, socket, message.data))
+                job = asyncio.get_running_loop().create_task(
+                    self._answer(session, socket, message.data, faults)
+                )
                 pending.add(job)
                 job.add_done_callback(pending.discard)
         finally:
@@ -680,7 +685,9 @@ class Engine:
             self.sessions.discard(session)
         return socket
 
-    async def _answer(self, session: EngineSession, socket: web.WebSocketResponse, text: str) -> None:
+    async def _answer(
+        self, session: EngineSession, socket: web.WebSocketResponse, text: str, faults: FaultSettings
+    ) -> None:
         try:
             request = json.loads(text)
         except ValueError:
@@ -705,7 +712,7 @@ class Engine:
             return
         method = str(request["method"])
         self.calls[method] = self.calls.get(method, 0) + 1
-        await self.faults.delay("engine")
+        await self.faults.delay(faults)
         answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request.get("id")}
         try:
             result = await session.call(int(request.get("handle", -1)), method, request.get("params", []))
@@ -733,8 +740,9 @@ async def _send(socket: web.WebSocketResponse, message: dict[str, Any]) -> None:
 
 
 def _path_app(path: str) -> str | bool | None:
-    """The app id in an Engine URL path; None for no app; False for a path the engine does not serve."""
-    parts = [p for p in path.split("/") if p]
+    """The app id in an Engine URL path (as sent: an encoded ``/`` is part of a segment); None for no app;
+    False for a path the engine does not serve."""
+    parts = [unquote(p) for p in path.split("/") if p]
     # Optional suffixes enigma.js may add.
     while len(parts) >= 2 and parts[-2] in ("identity", "ttl"):
         parts = parts[:-2]

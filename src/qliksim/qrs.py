@@ -82,6 +82,12 @@ def decode_query(raw: str) -> dict[str, str]:
     return values
 
 
+def _parts(request: web.Request) -> list[str] | None:
+    """The lower-cased path below ``/qrs/``, split; None for a path outside it."""
+    path = request.path.rstrip("/").lower()
+    return path.split("/")[2:] if path.startswith("/qrs/") else None
+
+
 def parse_user(header: str) -> str | None:
     """``UserDirectory=LAB; UserId=goran`` as ``LAB\\goran``; None if either part is missing."""
     parts: dict[str, str] = {}
@@ -109,23 +115,47 @@ class Qrs:
         self.faults = faults
         self.app_deleted = app_deleted
         self.calls: dict[str, int] = {}
+        # Every call that arrived, faulted ones too, per route: "calls", then per status once answered (or
+        # "dropped"), so that tests can count a client's attempts.
+        self.received: dict[str, dict[str, int]] = {}
+        # Task ids named by start calls, known or not: what a client asked QRS to start.
+        self.start_requests: dict[str, int] = {}
         self.tickets: dict[str, str] = {}
         # Connections (so TLS handshakes) seen, for clients that should keep theirs alive.
         self.connections = 0
         self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self.faults.middleware("qrs")])
+        app = web.Application(middlewares=[self._record, self.faults.middleware("qrs")])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        parts = _parts(request)
+        route = self._route(request.method, parts)[1] if parts is not None else request.path
+        counts = self.received.setdefault(f"{request.method} {route}", {"calls": 0})
+        counts["calls"] += 1
+        outcome = "dropped"
+        try:
+            response = await handler(request)
+            outcome = str(response.status)
+            return response
+        except web.HTTPException as exc:
+            outcome = str(exc.status)
+            raise
+        finally:
+            counts[outcome] = counts.get(outcome, 0) + 1
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
         if transport is not None and transport not in self._transports:
             self._transports.add(transport)
             self.connections += 1
-        path = request.path.rstrip("/").lower()
-        if not path.startswith("/qrs/"):
+        parts = _parts(request)
+        if parts is None:
             return text_response("No matching endpoint found", 404)
         try:
             query = decode_query(request.raw_path.partition("?")[2])
@@ -139,7 +169,6 @@ class Qrs:
             return text_response(
                 "Forbidden: the X-Qlik-User header (UserDirectory=...; UserId=...) is required", 403
             )
-        parts = path.split("/")[2:]
         handler, route = self._route(request.method, parts)
         self.calls[f"{request.method} {route}"] = self.calls.get(f"{request.method} {route}", 0) + 1
         if handler is None:
@@ -309,13 +338,18 @@ class Qrs:
     def _task(self, task_id: str) -> dict[str, Any] | None:
         return self.site.tasks.get(task_id) if _GUID.fullmatch(task_id) else None
 
+    def _asked_to_start(self, task_id: str) -> None:
+        self.start_requests[task_id] = self.start_requests.get(task_id, 0) + 1
+
     async def start_one(self, request: QrsRequest) -> web.Response:
+        self._asked_to_start(request.parts[1])
         if self._task(request.parts[1]) is None:
             return text_response("Not found", 404)
         self.scheduler.start(request.parts[1], request.user)
         return web.Response(status=204)
 
     async def start_one_synchronous(self, request: QrsRequest) -> web.Response:
+        self._asked_to_start(request.parts[1])
         if self._task(request.parts[1]) is None:
             return text_response("Not found", 404)
         session = self.scheduler.start(request.parts[1], request.user)
@@ -352,6 +386,7 @@ class Qrs:
         if ids is None:
             return text_response("The body must be a JSON array of task ids", 400)
         for task_id in ids:
+            self._asked_to_start(task_id)
             if self._task(task_id) is not None:
                 self.scheduler.start(task_id, request.user)
         return web.Response(status=204)

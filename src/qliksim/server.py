@@ -30,6 +30,7 @@ class Options:
     session_udp_targets: list[tuple[str, int]] = field(default_factory=list)
     time_scale: float = 1.0
     success_type_typo: bool = False
+    seed: int | None = None  # of the fault injection's random draws
 
 
 def server_tls(certificates: SiteCertificates) -> ssl.SSLContext:
@@ -71,7 +72,7 @@ class Simulator:
         self.site = site
         self.options = options
         self.certificates = certificates
-        self.faults = Faults()
+        self.faults = Faults(options.seed)
         self.udp = UdpSender(options.udp_targets)
         self.session_udp = UdpSender(options.session_udp_targets)
         self.scheduler = Scheduler(site, self.udp, options.time_scale, options.success_type_typo)

@@ -3,6 +3,9 @@
 One socket per operation, always closed. Requests are pipelined: ``call`` may be awaited concurrently and
 each answer is matched to its request by id; notifications (``OnConnected`` and others) are skipped.
 Qlik's error objects become EngineError with Qlik's code and message.
+
+``timeoutSeconds`` is the deadline of the session's operation: connecting, the greeting and every call
+share it, so an operation of many calls (an app dump) ends within ``timeoutSeconds`` as one call does.
 """
 
 from __future__ import annotations
@@ -80,23 +83,49 @@ class EngineSession:
         # Handles the Engine said it closed (an answer's "close" list): calls on them fail as AppClosed.
         self._closed: set[int] = set()
         self._connected: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+
+    def renew_deadline(self) -> None:
+        """Give the calls from now on ``timeoutSeconds`` from now."""
+        self._deadline = asyncio.get_running_loop().time() + self.settings.timeout_seconds
+
+    def _remaining(self, doing: str) -> float:
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise self._timeout(doing)
+        return remaining
+
+    def _timeout(self, doing: str) -> EngineTimeout:
+        return EngineTimeout(
+            f"the Qlik Sense Engine at {self.url} did not {doing} within the"
+            f" {self.settings.timeout_seconds:g} s allowed (Butler.configEngine.timeoutSeconds)"
+        )
 
     async def __aenter__(self) -> EngineSession:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
+        self.renew_deadline()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         try:
-            self._socket = await self._http.ws_connect(
-                self.url, ssl=self._ssl, headers=dict(self.settings.headers), max_msg_size=0, autoping=True
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout_at(self._deadline):
+                self._socket = await self._http.ws_connect(
+                    self.url,
+                    ssl=self._ssl,
+                    headers=dict(self.settings.headers),
+                    max_msg_size=0,
+                    autoping=True,
+                )
+        except TimeoutError:
+            await self._http.close()
+            raise self._timeout("accept the connection") from None
+        except (aiohttp.ClientError, OSError) as exc:
             await self._http.close()
             raise EngineUnavailable(f"cannot connect to the Qlik Sense Engine at {self.url}: {exc}") from exc
         self._connected = asyncio.get_running_loop().create_future()
         self._reader = asyncio.get_running_loop().create_task(self._read())
         try:
-            await asyncio.wait_for(asyncio.shield(self._connected), self.settings.timeout_seconds)
+            await asyncio.wait_for(asyncio.shield(self._connected), self._remaining("greet the session"))
         except TimeoutError:
             await self.__aexit__(None, None, None)
-            raise EngineTimeout(f"the Qlik Sense Engine at {self.url} did not greet the session") from None
+            raise self._timeout("greet the session") from None
         except EngineUnavailable:
             await self.__aexit__(None, None, None)
             raise
@@ -149,8 +178,10 @@ class EngineSession:
             self._pending.clear()
 
     async def call(self, handle: int, method: str, *params: Any) -> dict[str, Any]:
-        """Send one request and return its ``result``; EngineError for Qlik's error answer."""
+        """Send one request and return its ``result``; EngineError for Qlik's error answer, EngineTimeout
+        when the session's deadline passes first."""
         assert self._socket is not None
+        remaining = self._remaining(f"answer {method}")
         request_id = next(self._ids)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = waiter
@@ -167,12 +198,10 @@ class EngineSession:
             self._pending.pop(request_id, None)
             raise EngineUnavailable(f"cannot send to the Qlik Sense Engine: {exc}") from exc
         try:
-            answer = await asyncio.wait_for(waiter, self.settings.timeout_seconds)
+            answer = await asyncio.wait_for(waiter, remaining)
         except TimeoutError:
             self._pending.pop(request_id, None)
-            raise EngineTimeout(
-                f"the Qlik Sense Engine did not answer {method} within {self.settings.timeout_seconds:g} s"
-            ) from None
+            raise self._timeout(f"answer {method}") from None
         if "error" in answer:
             error = answer["error"]
             code = int(error.get("code", 0))

@@ -4,14 +4,21 @@ Every call carries a fresh xrfkey (query parameter and header) and the configure
 (``X-Qlik-User``). Connections are kept alive and reused, so a request that starts ten tasks costs ten
 requests, not ten TLS handshakes. Calls that are safe to repeat (reads, and any call whose connection
 could not be opened) are retried with backoff on connection errors and on 502/503/504.
+
+``timeoutSeconds`` is a deadline, retries included: each attempt may take what is left of it, and no retry
+starts that could not begin before it. Inside ``QrsClient.deadline()`` the calls of one operation (a task
+start's lookups and starts, say) share one deadline, so the operation ends within ``timeoutSeconds`` too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import string
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +34,9 @@ log = logging.getLogger("butler.qrs")
 
 _XRF_ALPHABET = string.ascii_letters + string.digits
 _RETRY_STATUSES = frozenset({502, 503, 504})
+#: The event-loop time by which the operation in progress must be done; tasks started inside the operation
+#: inherit it with their context.
+_DEADLINE: ContextVar[float | None] = ContextVar("qrs_deadline", default=None)
 
 
 def xrfkey() -> str:
@@ -78,14 +88,26 @@ class QrsClient:
             connector = aiohttp.TCPConnector(
                 ssl=self._ssl if self._ssl is not None else False, limit=64, keepalive_timeout=60
             )
-            timeout = aiohttp.ClientTimeout(total=self.settings.timeout_seconds, connect=10)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            # Each attempt gets its own timeout, from what is left of its deadline.
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(None))
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @contextlib.contextmanager
+    def deadline(self) -> Iterator[None]:
+        """The QRS calls made inside, and in tasks started inside, share one deadline ``timeoutSeconds``
+        from now (or an enclosing deadline that ends sooner)."""
+        ends = asyncio.get_running_loop().time() + self.settings.timeout_seconds
+        enclosing = _DEADLINE.get()
+        token = _DEADLINE.set(ends if enclosing is None else min(ends, enclosing))
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
 
     async def request(
         self,
@@ -97,10 +119,19 @@ class QrsClient:
         safe: bool | None = None,
     ) -> QrsResponse:
         """One QRS call. ``path`` is relative to ``/qrs/``; ``query`` values are percent-encoded here.
-        ``safe`` (default: GET only) allows retries after the request may have reached QRS."""
+        ``safe`` (default: GET only) allows retries after the request may have reached QRS. QrsTimeout when
+        the deadline passes first."""
         repeatable = method == "GET" if safe is None else safe
         attempts = 1 + self.settings.retries
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.settings.timeout_seconds
+        enclosing = _DEADLINE.get()
+        if enclosing is not None:
+            ends = min(ends, enclosing)
         for attempt in range(attempts):
+            remaining = ends - loop.time()
+            if remaining <= 0:
+                raise self._timeout(method, path)
             key = xrfkey()
             parts = [f"{name}={quote(value, safe='')}" for name, value in (query or {}).items()]
             parts.append(f"xrfkey={key}")
@@ -108,40 +139,50 @@ class QrsClient:
             headers = {"X-Qlik-Xrfkey": key, "Content-Type": "application/json"}
             headers.update(self.settings.headers)
             body = orjson.dumps(json_body if json_body is not None else {}) if method != "GET" else None
-            retry_after: Exception | None = None
+            answer: QrsResponse | None = None
+            cause: Exception | None = None
             self.calls += 1
             try:
                 async with self._client().request(
-                    method, URL(url, encoded=True), headers=headers, data=body
+                    method,
+                    URL(url, encoded=True),
+                    headers=headers,
+                    data=body,
+                    timeout=aiohttp.ClientTimeout(total=remaining),
                 ) as response:
-                    payload = await response.read()
-                    if response.status in _RETRY_STATUSES and repeatable and attempt + 1 < attempts:
-                        retry_after = QrsError(f"QRS answered {response.status}", response.status)
-                    else:
-                        return QrsResponse(response.status, payload)
+                    answer = QrsResponse(response.status, await response.read())
+                if answer.status not in _RETRY_STATUSES or not repeatable:
+                    return answer
+                failure = QrsError(f"QRS answered {answer.status}", answer.status)
             except aiohttp.ClientConnectorError as exc:
                 # The connection was never opened, so nothing reached QRS: always safe to try again.
-                error = QrsError(
+                failure = QrsError(
                     f"cannot connect to Qlik Sense QRS at {self.settings.host}:{self.settings.port}: {exc}"
                 )
-                if attempt + 1 >= attempts:
-                    raise error from exc
-                retry_after = error
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                failure = self._failure(method, path, exc)
-                if not repeatable or attempt + 1 >= attempts:
+                cause = exc
+            except TimeoutError as exc:
+                # The attempt had all the time left: nothing to retry in.
+                raise self._timeout(method, path) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                failure = QrsError(f"Qlik Sense QRS {method} {path} failed: {exc}")
+                cause = exc
+                if not repeatable:
                     raise failure from exc
-                retry_after = failure
             delay = 0.1 * 2**attempt
-            log.warning("%s; trying again in %.1f s", retry_after, delay)
+            if attempt + 1 >= attempts or loop.time() + delay >= ends:
+                if answer is not None:
+                    return answer
+                raise failure from cause
+            log.warning("%s; trying again in %.1f s", failure, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _failure(self, method: str, path: str, exc: BaseException) -> QrsError:
-        if isinstance(exc, TimeoutError):
-            limit = self.settings.timeout_seconds
-            return QrsTimeout(f"Qlik Sense QRS did not answer {method} {path} within {limit:g} s")
-        return QrsError(f"Qlik Sense QRS {method} {path} failed: {exc}")
+    def _timeout(self, method: str, path: str) -> QrsTimeout:
+        limit = self.settings.timeout_seconds
+        return QrsTimeout(
+            f"Qlik Sense QRS did not answer {method} {path} within the {limit:g} s allowed"
+            " (Butler.configQRS.timeoutSeconds, retries included)"
+        )
 
     async def get_json(self, path: str, query: dict[str, str] | None = None) -> Any:
         response = await self.request("GET", path, query=query)
