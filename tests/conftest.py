@@ -40,7 +40,8 @@ def base_config(**flags: bool) -> dict[str, Any]:
     return {
         "Butler": {
             "logLevel": "info",
-            "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": 8080},
+            # A free port, so that a test starting Butler from this document never needs a fixed one.
+            "restServerConfig": {"enable": True, "serverHost": "127.0.0.1", "serverPort": free_port()},
             "restServerEndpointsEnable": tree,
         }
     }

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -51,6 +52,9 @@ async def kv(
         yield call
 
 
+TTL_RULE = "body/ttl must be 0 (never expires) or from 1 to 315360000000 milliseconds (10 years), got "
+
+
 def error(message: str) -> dict[str, Any]:
     return {"statusCode": 400, "error": "Bad Request", "message": message}
 
@@ -69,9 +73,10 @@ async def test_pairs_lifecycle(kv: Any) -> None:
         201,
         {"namespace": "ns2", "key": "only-namespace", "ttl": 0},
     )
-    assert await kv("POST", "/v4/keyvalues/ns1", json={"key": "k3", "value": "v3", "ttl": "-5"}) == (
+    # Load scripts send numbers as text.
+    assert await kv("POST", "/v4/keyvalues/ns1", json={"key": "k3", "value": "v3", "ttl": "60000"}) == (
         201,
-        {"namespace": "ns1", "key": "k3", "value": "v3", "ttl": -5},
+        {"namespace": "ns1", "key": "k3", "value": "v3", "ttl": 60000},
     )
     assert await kv("GET", "/v4/keyvaluesnamespaces") == (200, ["ns1", "ns2"])
     assert await kv("GET", "/v4/keyvalues/ns1?key=k1") == (
@@ -153,6 +158,29 @@ async def test_ttl_is_exact(kv: Any) -> None:
         ),
         ("POST", "/v4/keyvalues/ns", {"json": {"key": ["a", "b"]}}, 400, "body/key must be string"),
         ("POST", "/v4/keyvalues/ns", {"json": {"key": "k", "ttl": "soon"}}, 400, "body/ttl must be number"),
+        *(
+            (
+                "POST",
+                "/v4/keyvalues/ns",
+                {"json": {"key": "k", "value": "v", "ttl": ttl}},
+                400,
+                TTL_RULE + shown,
+            )
+            for ttl, shown in (
+                (-5, "-5"),
+                ("-1", "-1"),
+                (1e308, "1e+308"),
+                (0.5, "0.5"),
+                (315_360_000_001, "315360000001"),
+            )
+        ),
+        (
+            "POST",
+            "/v4/keyvalues/ns",
+            {"json": {"key": "k" * 101, "value": "v"}},
+            400,
+            "body/key must NOT have more than 100 characters (it is part of URLs)",
+        ),
         ("POST", "/v4/keyvalues/ns", {"json": ["k"]}, 400, "body must be object"),
         (
             "POST",
@@ -187,6 +215,27 @@ async def test_names_and_values_are_stored_exactly(kv: Any) -> None:
     )
     assert namespace in (await kv("GET", "/v4/keyvaluesnamespaces"))[1]
     assert (await kv("GET", f"/v4/keyvalues/{'n' * 101}?key=k"))[0] == 414
+
+
+async def test_longest_names_and_ttl_can_be_read_back(kv: Any) -> None:
+    # The worst case for the URL: characters that take 4 bytes in UTF-8, 12 when percent-encoded.
+    namespace, key = "😀" * 100, "😀" * 100
+    body = {"key": key, "value": "v", "ttl": 315_360_000_000}
+    assert await kv("POST", f"/v4/keyvalues/{quote(namespace)}", json=body) == (
+        201,
+        {"namespace": namespace, "key": key, "value": "v", "ttl": 315_360_000_000},
+    )
+    assert await kv("GET", f"/v4/keyvalues/{quote(namespace)}?key={quote(key)}") == (
+        200,
+        {"namespace": namespace, "key": key, "value": "v"},
+    )
+    assert (await kv("GET", f"/v4/keyvalues/{quote(namespace)}/keyexists?key={quote(key)}"))[1]["keyExists"]
+    assert await kv("GET", f"/v4/keylist/{quote(namespace)}") == (
+        200,
+        {"namespace": namespace, "keys": [{"key": key}]},
+    )
+    assert (await kv("DELETE", f"/v4/keyvalues/{quote(namespace)}/{quote(key)}"))[0] == 204
+    assert (await kv("DELETE", f"/v4/keyvalues/{quote(namespace)}"))[0] == 204
 
 
 async def test_key_limit(kv: Any) -> None:

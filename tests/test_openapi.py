@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
 import aiohttp
+import pytest
 import yaml
+from aiohttp import web
+from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
 from butler.app import build_router
@@ -15,7 +26,11 @@ from butler.kvstore.memory import MemoryStore
 from butler.qlik.qrs import QrsClient
 from butler.routes import RouteContext
 from butler.task_start import TaskStarter
-from tests.conftest import StartButler, base_config
+from tests.conftest import Broker, StartButler, base_config, free_port
+from tests.test_apps import app_id, engine_config
+from tests.test_events import session_datagram, udp_config
+from tests.test_messaging import wait_connected
+from tests.test_task_start import APP1, APP2, APP3, butler_config
 
 
 def test_document_is_valid_openapi() -> None:
@@ -70,3 +85,291 @@ async def test_swagger_ui_works_offline(start_butler: StartButler, http: aiohttp
     for bad in ("..%2F..%2Fetc%2Fpasswd", ".hidden", "missing.js"):
         async with http.get(f"{base}/documentation/static/{bad}") as response:
             assert response.status == 404
+
+
+# --- Real answers against the document ---------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One request of the scenario. ``template`` is the path as the document names it."""
+
+    method: str
+    template: str
+    url: str
+    status: int
+    body: Any = None
+
+
+def inline_refs(node: Any, document: dict[str, Any]) -> Any:
+    """``node`` with every ``$ref`` replaced by what it points to (the document has no cycles)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target: Any = document
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return inline_refs(target, document)
+        return {key: inline_refs(value, document) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inline_refs(value, document) for value in node]
+    return node
+
+
+def closed(schema: Any) -> Any:
+    """The schema with every object that lists its properties closed to others, so that an answer with a
+    field the document does not mention fails too."""
+    if isinstance(schema, dict):
+        schema = {key: closed(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [closed(value) for value in schema]
+    return schema
+
+
+def mismatches(document: dict[str, Any], call: Call, status: int, media: str, text: str) -> list[str]:
+    """What in this answer the document does not say: its status, its content type, its body."""
+    where = f"{call.method} {call.url} -> {status}"
+    if status != call.status:
+        return [f"{where}: the scenario expects {call.status}: {text[:300]}"]
+    operation = document["paths"][call.template][call.method.lower()]
+    response = operation["responses"].get(str(status)) or operation["responses"].get("default")
+    if response is None:
+        return [f"{where}: status not documented"]
+    content = inline_refs(response, document).get("content", {})
+    if not content:
+        return [] if not text else [f"{where}: the document says no body, the answer has one"]
+    if media not in content:
+        return [f"{where}: content type {media} not documented (only {sorted(content)})"]
+    schema = closed(content[media].get("schema", {}))
+    # JSON sent as text/plain, as upstream sends some answers, is described by the schema of its JSON.
+    instance = text if schema.get("type") == "string" and media == "text/plain" else json.loads(text)
+    return [
+        f"{where}: {'/'.join(map(str, error.absolute_path))}: {error.message[:300]}"
+        for error in OAS30Validator(schema).iter_errors(instance)
+    ]
+
+
+@pytest.fixture
+async def slack_webhook() -> AsyncIterator[str]:
+    async def accept(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", accept)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    await runner.cleanup()
+
+
+async def test_real_answers_match_the_document(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    broker: Broker,
+    slack_webhook: str,
+    tmp_path: Path,
+) -> None:
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    config = udp_config(butler_config(simulator, site_certs), task_port, session_port)
+    butler = config["Butler"]
+    butler["restServerEndpointsEnable"] = base_config(**dict.fromkeys(ENDPOINT_FLAGS, True))["Butler"][
+        "restServerEndpointsEnable"
+    ]
+    butler["configEngine"] = engine_config(simulator)
+    butler["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
+    butler["slackNotification"] = {"enable": False, "restMessage": {"webhookURL": slack_webhook}}
+    folders = {name: tmp_path / name for name in ("from", "to", "delete", "qvd", "outside", "made")}
+    for folder in folders.values():
+        folder.mkdir()
+    for name in ("copied.txt", "moved.txt"):
+        (folders["from"] / name).write_text(name)
+    (folders["delete"] / "deleted.txt").write_text("x")
+    pair = [{"fromDirectory": str(folders["from"]), "toDirectory": str(folders["to"])}]
+    butler["fileCopyApprovedDirectories"] = butler["fileMoveApprovedDirectories"] = pair
+    butler["fileDeleteApprovedDirectories"] = [str(folders["delete"])]
+    butler["configDirectories"] = {"qvdPath": str(folders["qvd"])}
+    base = await start_butler(config)
+
+    app1, app3 = (app_id(simulator, name) for name in ("App1", "App3"))
+    unknown = "00000000-0000-4000-8000-00000000dead"
+    item = {"type": "keyvaluestore", "payload": {"namespace": "ns", "key": "p", "value": "v", "ttl": 60000}}
+    start_body = [
+        item,
+        {"type": "starttaskid", "payload": {"taskId": APP2["taskId"]}},
+        {"type": "starttasktag", "payload": {"tag": "startTask1"}},
+        {
+            "type": "starttaskcustomproperty",
+            "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks1"},
+        },
+    ]
+    calls = [
+        Call("GET", "/v4/butlerping", "/v4/butlerping", 200),
+        Call("GET", "/v2/butlerPing", "/v2/butlerPing", 200),
+        Call("GET", "/v2/butlerping", "/v2/butlerping", 200),
+        Call("GET", "/v4/configfile/endpointsenabled", "/v4/configfile/endpointsenabled", 200),
+        Call("GET", "/health", "/health", 200),
+        Call("GET", "/v4/base62tobase16", "/v4/base62tobase16?base62=6DMW88LpSok9Z7P7hUK0wv7bF", 200),
+        Call("GET", "/v4/base62tobase16", "/v4/base62tobase16?base62=-", 400),
+        Call("GET", "/v4/base16tobase62", "/v4/base16tobase62?base16=3199af08bfeeaf5d", 200),
+        Call("GET", "/v4/base16tobase62", "/v4/base16tobase62", 400),
+        Call("GET", "/v2/base16ToBase62", "/v2/base16ToBase62?base16=1f5848b5f8ba4e85a57c7ca55a9e", 200),
+        Call("GET", "/v2/base62ToBase16", "/v2/base62ToBase16?base62=0X96HlegVXzQfJVIBWC31", 200),
+        Call("GET", "/v2/base62ToBase16", "/v2/base62ToBase16?base62=-", 400),
+        # Key-value store
+        Call(
+            "POST",
+            "/v4/keyvalues/{namespace}",
+            "/v4/keyvalues/ns",
+            201,
+            {"key": "k", "value": "v", "ttl": 60000},
+        ),
+        Call("POST", "/v4/keyvalues/{namespace}", "/v4/keyvalues/ns", 201, {"key": "n"}),
+        Call("POST", "/v4/keyvalues/{namespace}", "/v4/keyvalues/ns", 400, {"key": "k", "ttl": -1}),
+        Call("GET", "/v4/keyvaluesnamespaces", "/v4/keyvaluesnamespaces", 200),
+        Call("GET", "/v4/keyvalues/{namespace}", "/v4/keyvalues/ns?key=k", 200),
+        Call("GET", "/v4/keyvalues/{namespace}", "/v4/keyvalues/ns?key=nope", 400),
+        Call("GET", "/v4/keyvalues/{namespace}/keyexists", "/v4/keyvalues/ns/keyexists?key=k", 200),
+        Call("GET", "/v4/keyvalues/{namespace}/keyexists", "/v4/keyvalues/ns/keyexists?key=nope", 200),
+        Call("GET", "/v4/keyvalues/{namespace}/keyexists", "/v4/keyvalues/none/keyexists?key=k", 400),
+        Call("GET", "/v4/keylist/{namespace}", "/v4/keylist/ns", 200),
+        Call("GET", "/v4/keylist/{namespace}", "/v4/keylist/none", 400),
+        Call("DELETE", "/v4/keyvalues/{namespace}/{key}", "/v4/keyvalues/ns/k", 204),
+        Call("DELETE", "/v4/keyvalues/{namespace}/{key}", "/v4/keyvalues/ns/k", 400),
+        Call("DELETE", "/v4/keyvalues/{namespace}", "/v4/keyvalues/ns", 204),
+        Call("DELETE", "/v4/keyvalues/{namespace}", "/v4/keyvalues/ns", 400),
+        # Tasks
+        Call(
+            "PUT", "/v4/reloadtask/{taskId}/start", f"/v4/reloadtask/{APP1['taskId']}/start", 200, start_body
+        ),
+        Call(
+            "POST",
+            "/v4/reloadtask/{taskId}/start",
+            "/v4/reloadtask/-/start?allTaskIdsMustExist=true",
+            200,
+            [item],
+        ),
+        Call(
+            "PUT",
+            "/v4/reloadtask/{taskId}/start",
+            f"/v4/reloadtask/{APP3['taskId']}/start?wait=true&timeout=30",
+            200,
+            [],
+        ),
+        Call(
+            "PUT",
+            "/v4/reloadtask/{taskId}/start",
+            "/v4/reloadtask/-/start",
+            400,
+            [{"type": "keyvaluestore", "payload": {}}],
+        ),
+        Call("GET", "/v4/reloadtask/{taskId}/status", f"/v4/reloadtask/{APP3['taskId']}/status", 200),
+        Call("GET", "/v4/reloadtask/{taskId}/status", "/v4/reloadtask/x/status", 400),
+        Call("GET", "/v4/reloadtask/{taskId}/status", f"/v4/reloadtask/{unknown}/status", 404),
+        Call("GET", "/v2/senseStartTask", f"/v2/senseStartTask?taskId={APP1['taskId']}", 200),
+        Call("GET", "/v2/senseStartTask", "/v2/senseStartTask?taskId=nope", 400),
+        # Messages
+        Call(
+            "PUT", "/v4/mqttpublishmessage", "/v4/mqttpublishmessage", 201, {"topic": "t/x", "message": "m"}
+        ),
+        Call("PUT", "/v4/mqttpublishmessage", "/v4/mqttpublishmessage", 400, {"topic": "t/x"}),
+        Call("GET", "/v2/mqttPublishMessage", "/v2/mqttPublishMessage?topic=t/x&message=m", 200),
+        Call("GET", "/v2/mqttPublishMessage", "/v2/mqttPublishMessage?topic=t/x", 400),
+        Call(
+            "PUT",
+            "/v4/slackpostmessage",
+            "/v4/slackpostmessage",
+            201,
+            {"channel": "#c", "from_user": "u", "msg": "m", "emoji": ":x:"},
+        ),
+        Call("PUT", "/v4/slackpostmessage", "/v4/slackpostmessage", 400, {"channel": "#c"}),
+        Call("GET", "/v2/slackPostMessage", "/v2/slackPostMessage?channel=%23c&msg=m&from_user=u", 200),
+        # Files
+        Call(
+            "PUT",
+            "/v4/filecopy",
+            "/v4/filecopy",
+            201,
+            {"fromFile": str(folders["from"] / "copied.txt"), "toFile": str(folders["to"] / "copied.txt")},
+        ),
+        Call(
+            "PUT",
+            "/v4/filecopy",
+            "/v4/filecopy",
+            403,
+            {"fromFile": str(folders["outside"] / "a.txt"), "toFile": str(folders["to"] / "a.txt")},
+        ),
+        Call("PUT", "/v4/filecopy", "/v4/filecopy", 400, {}),
+        Call(
+            "PUT",
+            "/v4/filemove",
+            "/v4/filemove",
+            201,
+            {"fromFile": str(folders["from"] / "moved.txt"), "toFile": str(folders["to"] / "moved.txt")},
+        ),
+        Call(
+            "DELETE",
+            "/v4/filedelete",
+            "/v4/filedelete",
+            204,
+            {"deleteFile": str(folders["delete"] / "deleted.txt")},
+        ),
+        Call(
+            "DELETE",
+            "/v4/filedelete",
+            "/v4/filedelete",
+            403,
+            {"deleteFile": str(folders["outside"] / "a.txt")},
+        ),
+        Call("POST", "/v4/createdir", "/v4/createdir", 201, {"directory": str(folders["made"] / "a")}),
+        Call("POST", "/v4/createdirqvd", "/v4/createdirqvd", 201, {"directory": "b/c"}),
+        Call("GET", "/v2/createDir", f"/v2/createDir?directory={quote(str(folders['made'] / 'd'))}", 200),
+        Call("GET", "/v2/createDirQVD", "/v2/createDirQVD?directory=e", 200),
+        Call("GET", "/v2/createDirQVD", "/v2/createDirQVD", 400),
+        # Apps
+        Call("GET", "/v4/apps/list", "/v4/apps/list", 200),
+        Call("GET", "/v4/senselistapps", "/v4/senselistapps", 200),
+        Call("GET", "/v2/senseListApps", "/v2/senseListApps", 200),
+        Call("GET", "/v4/app/{appId}/dump", f"/v4/app/{app1}/dump", 200),
+        Call("GET", "/v4/app/{appId}/dump", f"/v4/app/{unknown}/dump", 404),
+        Call("GET", "/v4/senseappdump/{appId}", f"/v4/senseappdump/{app1}", 200),
+        Call("GET", "/v2/senseAppDump", f"/v2/senseAppDump?appId={app1}", 200),
+        Call("GET", "/v2/senseAppDump", "/v2/senseAppDump", 400),
+        Call("PUT", "/v4/app/{appId}/reload", f"/v4/app/{app3}/reload", 201, {}),
+        Call(
+            "PUT",
+            "/v4/app/{appId}/reload",
+            f"/v4/app/{app3}/reload?wait=true",
+            201,
+            {"startQSEoWTaskOnSuccess": [APP1["taskId"]]},
+        ),
+        Call("PUT", "/v4/app/{appId}/reload", f"/v4/app/{unknown}/reload", 404, {}),
+        Call("PUT", "/v4/app/{appId}/reload", f"/v4/app/{app3}/reload", 400, {"reloadMode": "full"}),
+        # Active users (one session, sent below)
+        Call("GET", "/v4/activeusercount", "/v4/activeusercount", 200),
+        Call("GET", "/v4/activeusercount", "/v4/activeusercount?proxyHost=sense1", 200),
+        Call("GET", "/v4/activeusers", "/v4/activeusers", 200),
+        Call("GET", "/v2/activeUserCount", "/v2/activeUserCount", 200),
+        Call("GET", "/v2/activeUsers", "/v2/activeUsers", 200),
+    ]
+    document = load_openapi()
+    problems: list[str] = []
+    answered: set[tuple[str, str]] = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(
+            session_datagram("Start session", "sense1", "LAB", "goran"), ("127.0.0.1", session_port)
+        )
+    async with aiohttp.ClientSession() as http:
+        await wait_connected(base, http)
+        for call in calls:
+            async with http.request(call.method, base + call.url, json=call.body) as response:
+                text = await response.text()
+                problems += mismatches(document, call, response.status, response.content_type, text)
+                if response.status < 300:
+                    answered.add((call.method, call.template))
+    assert not problems, "\n".join(problems)
+    # Every operation of the document was answered successfully at least once.
+    assert sorted(set(ApiDocument(document).operations()) - answered) == []

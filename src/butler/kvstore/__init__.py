@@ -9,6 +9,9 @@ Semantics (upstream's, with expiry made exact): namespaces are kept in creation 
 their first write until deleted; keys keep their first-insertion order when overwritten; a TTL is in
 milliseconds, counted from the write, and every write replaces the previous TTL (no TTL: never
 expires). An expired key is gone at once, whether or not anybody reads it.
+
+A pair is refused before it is stored when it could not be read back through the REST API, which
+carries namespaces and keys in URLs, or when its TTL is not one (see ``check_pair``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,42 @@ class NamespaceFull(KeyValueError):
 
 class StoreUnavailable(KeyValueError):
     """The backend cannot be read or written (file, Redis); the caller gets a 503."""
+
+
+#: A namespace is a path segment of every URL that reads it, and the router takes at most 100 characters
+#: in one (as upstream does); a longer namespace could be stored but never read, listed or deleted.
+MAX_NAMESPACE_LENGTH = 100
+#: A key is a path segment of ``DELETE /v4/keyvalues/{namespace}/{key}``, so the same limit holds: a longer
+#: key could be read through the query string but never deleted on its own.
+MAX_KEY_LENGTH = 100
+#: Ten years: beyond any schedule of a reload chain, and exact in every backend (Redis ``PX``, SQLite).
+MAX_TTL_MS = 315_360_000_000
+
+
+class InvalidPair(KeyValueError):
+    """A pair refused before it is stored. ``field`` is what is wrong, ``rule`` what it must be."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field} {rule}")
+        self.field = field
+        self.rule = rule
+
+
+def check_pair(namespace: str, key: str, ttl: float) -> int:
+    """The TTL in whole milliseconds (a fraction is dropped, as upstream drops it) of a pair that can be
+    stored and read back; raises InvalidPair otherwise."""
+    if len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise InvalidPair(
+            "namespace", f"must NOT have more than {MAX_NAMESPACE_LENGTH} characters (it is part of URLs)"
+        )
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidPair("key", f"must NOT have more than {MAX_KEY_LENGTH} characters (it is part of URLs)")
+    # Written so that NaN fails it too. A TTL below 1 ms would become 0, which means "never expires".
+    if not (ttl == 0 or 1 <= ttl <= MAX_TTL_MS):
+        raise InvalidPair(
+            "ttl", f"must be 0 (never expires) or from 1 to {MAX_TTL_MS} milliseconds (10 years), got {ttl}"
+        )
+    return int(ttl)
 
 
 class KeyValueStore(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
 from butler.json_encoding import encode_json
-from butler.kvstore import KeyValueError, StoreUnavailable
+from butler.kvstore import InvalidPair, KeyValueError, StoreUnavailable, check_pair
 from butler.routes import RouteContext
 
 MISSING = "Required parameter is missing"
@@ -44,7 +44,11 @@ def routes(context: RouteContext) -> list[Route]:
         key = body.get("key")
         if not key:
             raise HttpError(400, MISSING)
-        ttl = int(body.get("ttl", 0) or 0)
+        try:
+            ttl = check_pair(namespace, key, body.get("ttl") or 0)
+        except InvalidPair as exc:
+            where = "params" if exc.field == "namespace" else "body"
+            raise HttpError(400, f"{where}/{exc}") from None
         value = body.get("value")
         await store.set(namespace, key, value, ttl)
         answer = {"namespace": namespace, "key": key}

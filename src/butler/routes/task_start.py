@@ -6,6 +6,7 @@ import orjson
 
 from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
+from butler.kvstore import KeyValueError, StoreUnavailable
 from butler.qlik.qrs import QrsError, QrsTimeout
 from butler.routes import RouteContext
 from butler.task_start import TASK_ID, TaskRequestError
@@ -15,6 +16,9 @@ MISSING_ID = 'Required parameter (task ID) missing. Should be a task ID or "-" i
 DEFAULT_WAIT = 300.0
 ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (TaskRequestError, 400),
+    # Key-value items are stored before any task starts: a full namespace stops the request.
+    (StoreUnavailable, 503),
+    (KeyValueError, 400),
     (QrsTimeout, 504),
     (QrsError, 502),
 )
