@@ -456,3 +456,43 @@ async def test_long_query_within_limit(start_butler: StartButler, http: aiohttp.
     status, body, _ = await get(http, f"{base}/v4/base16tobase62?base16={'f' * 12000}")
     assert status == 200
     assert body["base16"] == "f" * 12000  # type: ignore[index]
+
+
+async def test_server_header_names_no_versions(start_butler: StartButler) -> None:
+    """Every answer, errors written by the connection handler included, says ``Server: Butler`` only."""
+    base = await start_butler(rate_limit=1)
+    host, port = base.removeprefix("http://").split(":")
+
+    async def head_of(raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        return answer
+
+    heads = [
+        await head_of(b"GET /v4/butlerping HTTP/1.1\r\nHost: x\r\n\r\n"),
+        await head_of(b"GET /v4/butlerping HTTP/1.1\r\nHost: x\r\n\r\n"),  # over the limit: 429
+        await head_of(b"GET /v4/nowhere HTTP/1.1\r\nHost: x\r\n\r\n"),
+        await head_of(b"GET /v4/butlerping HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"),
+    ]
+    assert [head.split(b" ", 2)[1] for head in heads] == [b"200", b"429", b"404", b"400"]
+    for head in heads:
+        servers = [line for line in head.split(b"\r\n") if line.lower().startswith(b"server:")]
+        assert servers == [b"Server: Butler"], head
+
+
+async def test_pieces_are_sent_with_the_server_header(http: aiohttp.ClientSession) -> None:
+    async def pieces(request: ApiRequest) -> Reply:
+        return Reply(200, [b"[1,", b"2]"], "application/json")
+
+    router = Router()
+    router.add(Route("GET", "/v4/pieces", pieces))
+    listener = Listener(RestApi(router), "127.0.0.1", 0)
+    await listener.start()
+    try:
+        status, body, response = await get(http, f"{listener.url}/v4/pieces")
+        assert (status, body, response.headers.getall("Server")) == (200, [1, 2], ["Butler"])
+    finally:
+        await listener.stop()

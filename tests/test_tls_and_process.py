@@ -6,12 +6,14 @@ import re
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 
 from butler import __version__
 from tests.certs import make_certs
-from tests.conftest import ButlerProcess, base_config, free_port, run_butler, write_config
+from tests.conftest import ButlerProcess, StartButler, base_config, free_port, run_butler, write_config
 
 
 def config_file(tmp_path: Path, port: int, **rest: object) -> Path:
@@ -116,15 +118,16 @@ def test_port_in_use(tmp_path: Path) -> None:
 
 
 def test_invalid_config_stops_start_up(tmp_path: Path) -> None:
-    path = config_file(tmp_path, 8080)
-    path.write_text(path.read_text().replace("serverPort: 8080", "serverPort: abc"))
+    port = free_port()
+    path = config_file(tmp_path, port)
+    path.write_text(path.read_text().replace(f"serverPort: {port}", "serverPort: abc"))
     result = run_butler("serve", "-c", str(path))
     assert result.returncode == 1
     assert "Butler.restServerConfig.serverPort: expected an integer 1-65535, got 'abc'" in result.stderr
 
 
 def test_bad_rate_limit_option(tmp_path: Path) -> None:
-    result = run_butler("serve", "-c", str(config_file(tmp_path, 8080)), "--api-rate-limit", "lots")
+    result = run_butler("serve", "-c", str(config_file(tmp_path, free_port())), "--api-rate-limit", "lots")
     assert result.returncode == 2
     assert "expected a whole number of requests per minute, got 'lots'" in result.stderr
 
@@ -145,3 +148,43 @@ async def test_docker_health_check_listener(
         async with http.get(f"http://127.0.0.1:{health_port}/v4/butlerping") as response:
             assert response.status == 404
     assert process.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "verify", "warned"),
+    [
+        ({"senseStartTask": True, "senseListApps": True}, {}, ["configQRS", "configEngine"]),
+        ({"senseStartTask": True, "senseListApps": True}, {"configQRS": True}, ["configEngine"]),
+        ({"senseAppDump": True}, {"configEngine": True}, []),
+        ({"senseStartTask": True}, {}, ["configQRS"]),
+        ({"butlerping": True}, {}, []),
+    ],
+)
+async def test_unverified_qlik_certificates_are_warned_about(
+    start_butler: StartButler,
+    site_certs: Any,
+    caplog: pytest.LogCaptureFixture,
+    flags: dict[str, bool],
+    verify: dict[str, bool],
+    warned: list[str],
+) -> None:
+    """One warning line per Qlik service whose certificate is not verified, when Butler talks to it."""
+    document = base_config(**flags)
+    document["Butler"]["cert"] = {
+        "clientCert": str(site_certs.client),
+        "clientCertKey": str(site_certs.client_key),
+        "clientCertCA": str(site_certs.root),
+    }
+    for section in ("configQRS", "configEngine"):
+        document["Butler"][section] = {"host": "sense1", "rejectUnauthorized": verify.get(section, False)}
+    await start_butler(document)
+    found = [m for m in caplog.messages if "rejectUnauthorized" in m]
+    assert [m.split(".")[1] for m in found] == warned
+    port = {"configQRS": 4242, "configEngine": 4747}
+    service = {"configQRS": "QRS", "configEngine": "the Engine"}
+    for message, section in zip(found, warned, strict=True):
+        assert message == (
+            f"Butler.{section}.rejectUnauthorized is false: the certificate of {service[section]} at "
+            f"sense1:{port[section]} is not verified, so whoever can intercept the connection can pose as "
+            "Qlik Sense; true verifies it against Butler.cert.clientCertCA"
+        )

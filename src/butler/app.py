@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from butler.apps import AppService
 from butler.config import Settings
+from butler.config.settings import EngineSettings, QrsSettings
 from butler.events.service import SenseEvents
-from butler.http.docs import ApiDocument, DocumentationSite, load_openapi
+from butler.http.browsers import BrowserCheck
+from butler.http.docs import DOCS_PATH, ApiDocument, DocumentationSite, load_openapi
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Router
 from butler.http.server import Listener, RestApi, tls_context
@@ -100,7 +102,8 @@ class Butler:
         )
         router = build_router(context, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
-        return RestApi(router, limiter)
+        browsers = BrowserCheck(self.settings.rest.allowed_origins, open_paths=(DOCS_PATH,))
+        return RestApi(router, limiter, browsers)
 
     async def start(self) -> None:
         try:
@@ -137,6 +140,7 @@ class Butler:
             except CertificateError as exc:
                 raise StartupError(str(exc)) from exc
             self.task_starter = TaskStarter(self.qrs, self.settings.start_task_filter, self.key_values)
+            _warn_if_unverified("configQRS", "QRS", self.settings.qrs)
         if mqtt_settings.enable:
             self.mqtt = MqttClient(mqtt_settings)
             if self.task_starter is not None:
@@ -152,6 +156,7 @@ class Butler:
                 self.apps = AppService(self.settings.engine, self.settings.certificates, self.task_starter)
             except CertificateError as exc:
                 raise StartupError(str(exc)) from exc
+            _warn_if_unverified("configEngine", "the Engine", self.settings.engine)
         if udp.enable:
             self.events = SenseEvents(udp, self.qrs, self.mqtt, mqtt_settings.events)
             try:
@@ -164,15 +169,18 @@ class Butler:
             self.slack = SlackWebhook(self.settings.slack_webhook)
         rest = self.settings.rest
         if rest.enable:
-            listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context())
+            listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context(), rest.limits)
             await self._open(listener, "REST API")
         else:
             log.warning("Butler.restServerConfig.enable is false: the REST API is not started")
         health = self.settings.health_check
         if health.enable:
             router = Router()
-            router.add(butler_status.health_route(RouteContext(self.settings)))
-            await self._open(Listener(RestApi(router), rest.host, health.port), "health check")
+            context = RouteContext(self.settings, mqtt=self.mqtt, events=self.events)
+            router.add(butler_status.health_route(context))
+            health_api = RestApi(router, browsers=BrowserCheck(rest.allowed_origins))
+            health_listener = Listener(health_api, rest.host, health.port, limits=rest.limits)
+            await self._open(health_listener, "health check")
 
     async def stop(self) -> None:
         for listener in reversed(self.listeners):
@@ -221,6 +229,19 @@ class Butler:
             ca = f" and CA {tls.ca}" if tls.ca else ""
             what = f"certificate {tls.cert} with key {tls.key}{ca}"
             raise StartupError(f"Butler.restServerConfig.tls: cannot load {what}: {exc}") from exc
+
+
+def _warn_if_unverified(section: str, service: str, settings: QrsSettings | EngineSettings) -> None:
+    if settings.use_ssl and not settings.reject_unauthorized:
+        log.warning(
+            "Butler.%s.rejectUnauthorized is false: the certificate of %s at %s:%d is not verified, so "
+            "whoever can intercept the connection can pose as Qlik Sense; true verifies it against "
+            "Butler.cert.clientCertCA",
+            section,
+            service,
+            settings.host,
+            settings.port,
+        )
 
 
 async def run(butler: Butler, started: Callable[[], None] | None = None) -> None:

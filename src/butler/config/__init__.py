@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
-from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Str, validate
+from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Spec, Str, describe, validate
 from butler.config.settings import (
     CertificateSettings,
+    ConnectionLimits,
     EndpointFlags,
     EngineSettings,
     EventTopics,
@@ -30,6 +31,7 @@ from butler.config.settings import (
     UdpServerSettings,
 )
 from butler.files import FileSettings
+from butler.http.browsers import parse_origin
 
 __all__ = ["ENDPOINT_FLAGS", "ConfigError", "Settings", "load_config", "parse_config"]
 
@@ -99,6 +101,9 @@ UPSTREAM_SECTIONS: frozenset[str] = frozenset(
 _IGNORED_SECTIONS = frozenset({"restServerApiDocGenerate"})
 
 _PORT = Int(1, 65535)
+_SECONDS = Int(1, 3600)
+#: The defaults of the connection limits, given once in ConnectionLimits.
+_LIMITS = ConnectionLimits()
 #: mqttConfig keys of upstream features this version does not have (alerts, Azure, Qlik Cloud).
 _MQTT_UPSTREAM_KEYS = frozenset(
     {
@@ -138,6 +143,24 @@ _DIRECTORY_PAIR = Section(
 _HEADER_LIST = ListOf(Section(keys={"name": Key(Str(), required=True), "value": Key(Str(), required=True)}))
 
 
+class _Origin(Spec):
+    """A web origin, ``https://sense.company.com[:port]``, kept as browsers write it in ``Origin``."""
+
+    @property
+    def expected(self) -> str:
+        return "an origin such as https://sense.company.com"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, str):
+            self.fail(value, path, errors)
+            return None
+        try:
+            return parse_origin(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}, got {describe(value)}")
+            return None
+
+
 class _Anything(Section):
     """Accepted as it is, without checks."""
 
@@ -172,6 +195,11 @@ _SCHEMA = Section(
                                 "serverHost": Key(Str(), required=True),
                                 "serverPort": Key(_PORT, required=True),
                                 "backgroundServerPort": Key(_PORT),
+                                "allowedOrigins": Key(ListOf(_Origin())),
+                                "headersTimeoutSeconds": Key(_SECONDS, default=_LIMITS.headers_timeout),
+                                "bodyTimeoutSeconds": Key(_SECONDS, default=_LIMITS.body_timeout),
+                                "keepAliveTimeoutSeconds": Key(_SECONDS, default=_LIMITS.keep_alive_timeout),
+                                "maxConnections": Key(Int(1, 1_000_000), default=_LIMITS.max_connections),
                                 "tls": Key(
                                     Section(
                                         keys={
@@ -448,7 +476,14 @@ def parse_config(document: Any, *, base_dir: Path, source: Path | None = None) -
             host=rest["serverHost"],
             port=rest["serverPort"],
             background_port=rest["backgroundServerPort"],
+            allowed_origins=tuple(rest["allowedOrigins"]),
             tls=tls_settings,
+            limits=ConnectionLimits(
+                headers_timeout=rest["headersTimeoutSeconds"],
+                body_timeout=rest["bodyTimeoutSeconds"],
+                keep_alive_timeout=rest["keepAliveTimeoutSeconds"],
+                max_connections=rest["maxConnections"],
+            ),
         ),
         endpoints=EndpointFlags(butler["restServerEndpointsEnable"]),
         health_check=HealthCheckSettings(enable=health["enable"], port=health["port"]),

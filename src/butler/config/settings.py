@@ -21,6 +21,24 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """How long and how many HTTP connections a listener keeps (additions to ``Butler.restServerConfig``).
+
+    A request head is one packet from every real caller, so 10 s only matters to a stalled or malicious
+    client; bodies are at most 1 MiB, so 30 s still allows 35 KB/s. Idle keep-alive connections are kept
+    72 s, as upstream's Fastify keeps them: callers' connection pools were tuned to that, and a server
+    that closes first races the client reusing the connection (the client gets a reset). 1,000
+    connections are far more than the load scripts, ETL jobs and monitors of a Sense site open at once,
+    and an idle one costs Butler about 5 KB of memory.
+    """
+
+    headers_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 72.0
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True)
 class RestServerSettings:
     """``Butler.restServerConfig``. ``backgroundServerPort`` is read but unused: one listener serves all."""
 
@@ -28,7 +46,10 @@ class RestServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     background_port: int | None = None
+    #: Web origins whose pages may call Butler from a browser (an addition to upstream's keys).
+    allowed_origins: tuple[str, ...] = ()
     tls: TlsSettings = field(default_factory=TlsSettings)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 @dataclass(frozen=True)
