@@ -299,10 +299,11 @@ class _Connection(RequestHandler):
     """aiohttp's connection handler, with Butler's limits on slow clients and on the number of connections,
     answering malformed HTTP in Butler's envelope, logged in one line.
 
-    aiohttp closes a connection that has not sent a complete request head within ``keepalive_timeout`` of
-    opening or of its last answer. This adds the head timeout: once the first bytes of a head are in, the
-    rest must follow within ``headers_timeout``. One timer per connection, armed only while a head is
-    incomplete, so a request arriving in one piece costs no timer at all.
+    aiohttp closes a connection that sends nothing for ``keepalive_timeout`` after its last answer. This
+    adds the head timeout: a new connection must send its first request head in full within
+    ``headers_timeout`` of opening, and a later head must be complete within ``headers_timeout`` of its
+    first bytes. One timer per connection, armed only while a head is due or incomplete, so a request
+    arriving in one piece on a kept-alive connection costs no timer at all.
     """
 
     __slots__ = ("_body", "_head_timer", "_listener")
@@ -321,6 +322,8 @@ class _Connection(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._listener.admit():
             super().connection_made(transport)
+            # Silence from a new connection is a head not sent in time, not an idle keep-alive.
+            self._head_timer = self._loop.call_later(self.limits.headers_timeout, self._head_timed_out)
             return
         stream = cast(asyncio.Transport, transport)  # uvloop's transports do not derive from asyncio's
         stream.set_protocol(_Refusal(stream, self._listener.busy_answer))
