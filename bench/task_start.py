@@ -1,6 +1,7 @@
 """Benchmark of task starts against the simulator, at simulated QRS latency 0 and 20 ms.
 
-Butler and qliksim share one core, the load generators use the other. Two loads:
+Butler has one core to itself; qliksim (standing in for QRS, which runs on a server of its own in a Sense
+site) and the load generators share the other. Two loads:
 - 10 ``starttaskid`` items per request, 8 connections (wrk), for ``--duration`` seconds. Butler looks the
   ids up, then starts them: two QRS round trips, so at 20 ms QRS latency 8 connections can reach at most
   8 / 0.040 s = 200 requests/s (target: 180);
@@ -117,7 +118,7 @@ def main() -> int:
             [
                 "taskset",
                 "-c",
-                server_core,
+                load_core,
                 sys.executable,
                 "-m",
                 "qliksim",
@@ -161,7 +162,7 @@ def main() -> int:
             f'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = [==[{body}]==]\n"
         )
-        print(f"Butler and qliksim on core {server_core}, load on core {load_core}")
+        print(f"Butler on core {server_core}, qliksim and load on core {load_core}")
         for latency in (0, 20):
             control(control_base, "PUT", "/faults/qrs", {"latency_ms": latency})
             calls_before, connections_before = qrs_counts(control_base)
