@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 setup:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e '.[test]'
 
 demo: setup
 	$(BIN)/butler demo
