@@ -98,6 +98,24 @@ def test_port_out_of_range_or_wrong_type(tmp_path: Path, port: Any) -> None:
     assert message.startswith("Butler.restServerConfig.serverPort: expected an integer 1-65535, got ")
 
 
+def test_topics_butler_publishes_to_are_checked(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["mqttConfig"] = {
+        "enable": True,
+        "taskFailureTopic": "qliksense/+/failed",
+        "taskStartResultTopic": "",
+        "sessionStartTopic": 5,
+        # Butler subscribes to this one, where a wildcard is at home.
+        "taskStartTopic": "qliksense/start_task/#",
+    }
+    assert sorted(errors_of(document, tmp_path)) == [
+        "Butler.mqttConfig.sessionStartTopic: expected an MQTT topic such as qliksense/task_failure, got 5",
+        "Butler.mqttConfig.taskFailureTopic: the MQTT topic must not contain the wildcard '+' (at character "
+        "11): wildcards are for subscribing, a message is published to one topic, got 'qliksense/+/failed'",
+        "Butler.mqttConfig.taskStartResultTopic: the MQTT topic must not be empty, got ''",
+    ]
+
+
 def test_missing_required_key(tmp_path: Path) -> None:
     document = base_config()
     del document["Butler"]["restServerConfig"]["serverHost"]

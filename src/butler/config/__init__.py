@@ -32,6 +32,7 @@ from butler.config.settings import (
 )
 from butler.files import FileSettings
 from butler.http.browsers import parse_origin
+from butler.mqtt import InvalidMessage, check_topic
 
 __all__ = ["ENDPOINT_FLAGS", "ConfigError", "Settings", "load_config", "parse_config"]
 
@@ -159,6 +160,26 @@ class _Origin(Spec):
         except ValueError as exc:
             errors.append(f"{path}: {exc}, got {describe(value)}")
             return None
+
+
+class _Topic(Spec):
+    """An MQTT topic Butler publishes to: one the broker would refuse is refused at start-up, rather than
+    every message to it at run time."""
+
+    @property
+    def expected(self) -> str:
+        return "an MQTT topic such as qliksense/task_failure"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, str):
+            self.fail(value, path, errors)
+            return None
+        try:
+            check_topic(value)
+        except InvalidMessage as exc:
+            errors.append(f"{path}: {exc}, got {describe(value)}")
+            return None
+        return value
 
 
 class _Anything(Section):
@@ -306,10 +327,10 @@ _SCHEMA = Section(
                                 # Accepted as upstream's; Butler subscribes to taskStartTopic only.
                                 "subscriptionRootTopic": Key(Str(), default="qliksense/#"),
                                 "taskStartTopic": Key(Str(), default="qliksense/start_task"),
-                                "taskStartResultTopic": Key(Str(), default="qliksense/start_task/result"),
+                                "taskStartResultTopic": Key(_Topic(), default="qliksense/start_task/result"),
                                 **{
                                     key: Key(
-                                        Bool() if key.endswith("SendFull") else Str(),
+                                        Bool() if key.endswith("SendFull") else _Topic(),
                                         default=getattr(EventTopics(), name),
                                     )
                                     for key, name in _EVENT_TOPIC_KEYS.items()
