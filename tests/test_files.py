@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +419,96 @@ async def test_links_are_followed_only_inside_their_approved_folder(
     ] == 204
     assert not (folders["delete"] / "link").is_symlink()
     assert (folders["outside"] / "secret.txt").read_text() == "secret"
+
+
+async def test_a_file_does_not_replace_a_folder(files: Any, folders: dict[str, Path]) -> None:
+    source = folders["from"] / "report.qvd"
+    source.write_text("report")
+    archive = folders["to"] / "archive"
+    (archive / "2024").mkdir(parents=True)
+    (archive / "2024" / "report.qvd").write_text("kept")
+    body = {"fromFile": str(source), "toFile": f"{archive}/", "overwrite": True}
+    assert await files("PUT", "/v4/filecopy", json=body) == (
+        400,
+        {"statusCode": 400, "error": "Bad Request", "message": "toFile is a folder where a file is expected"},
+    )
+    assert (archive / "2024" / "report.qvd").read_text() == "kept"
+    assert sorted(p.name for p in folders["to"].iterdir()) == ["archive"]  # no temporary left behind
+
+
+def _deep_tree(top: Path, depth: int) -> list[Path]:
+    """Folders ``top/d/d/...``, made one at a time (os.makedirs and shutil.rmtree recurse per level)."""
+    made = [top]
+    for _ in range(depth):
+        made.append(made[-1] / "d")
+    for folder in made:
+        folder.mkdir()
+    return made
+
+
+async def test_deep_folders(files: Any, folders: dict[str, Path]) -> None:
+    # Many new levels at once are made, as upstream makes them.
+    status, answer = await files("POST", "/v4/createdirqvd", json={"directory": "/".join(["n"] * 60)})
+    assert status == 201, answer
+    assert (folders["qvd"] / Path(*["n"] * 60)).is_dir()
+    status, answer = await files("POST", "/v4/createdirqvd", json={"directory": "/".join(["m"] * 129)})
+    assert (status, answer["message"]) == (400, "directory goes deeper than 128 folders")
+    assert not (folders["qvd"] / "m").exists()
+    # A tree far deeper than anyone needs, made by whoever writes in an approved folder, is a 400.
+    trees = [_deep_tree(folders[name] / "top", 1100) for name in ("from", "delete")]
+    try:
+        body = {"fromFile": str(folders["from"] / "top"), "toFile": str(folders["to"] / "top")}
+        status, answer = await files("PUT", "/v4/filecopy", json=body)
+        assert (status, answer["message"]) == (400, "fromFile goes deeper than 128 folders")
+        assert list(folders["to"].iterdir()) == []  # no half copy left behind
+        body = {"deleteFile": str(folders["delete"] / "top")}
+        status, answer = await files("DELETE", "/v4/filedelete", json=body)
+        assert (status, answer["message"]) == (400, "deleteFile goes deeper than 128 folders")
+    finally:
+        for tree in trees:
+            for folder in reversed(tree):
+                folder.rmdir()
+
+
+async def test_move_onto_another_link_to_the_same_file(files: Any, folders: dict[str, Path]) -> None:
+    source = folders["from"] / "a.txt"
+    source.write_text("a")
+    os.link(source, folders["to"] / "a.txt")
+    body = {"fromFile": str(source), "toFile": str(folders["to"] / "a.txt"), "overwrite": True}
+    assert (await files("PUT", "/v4/filemove", json=body))[0] == 201
+    assert not source.exists()
+    assert [p.name for p in folders["to"].iterdir()] == ["a.txt"]  # no temporary left behind
+
+
+async def test_unrestricted_createdir_refuses_nul(files: Any, folders: dict[str, Path]) -> None:
+    for method, path, kwargs in (
+        ("POST", "/v4/createdir", {"json": {"directory": f"{folders['made']}/a\x00b"}}),
+        ("GET", "/v2/createDir", {"params": {"directory": f"{folders['made']}/a\x00b"}}),
+    ):
+        status, answer = await files(method, path, **kwargs)
+        assert (status, answer["message"]) == (400, "directory contains a NUL byte"), path
+    assert list(folders["made"].iterdir()) == []
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() == 0, reason="needs POSIX permissions that bind the user"
+)
+async def test_an_unreadable_part_of_a_copied_folder_is_blamed_on_the_source(
+    files: Any, folders: dict[str, Path]
+) -> None:
+    locked = folders["from"] / "tree" / "locked"
+    locked.mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        body = {"fromFile": str(folders["from"] / "tree"), "toFile": str(folders["to"] / "tree")}
+        assert await files("PUT", "/v4/filecopy", json=body) == (
+            403,
+            {
+                "statusCode": 403,
+                "error": "Forbidden",
+                "message": "fromFile cannot be used: permission denied",
+            },
+        )
+        assert list(folders["to"].iterdir()) == []
+    finally:
+        locked.chmod(0o700)

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_PATH = 4096
+#: Folders nested deeper than this are refused (400): each level of a path or of a copied or deleted tree
+#: holds a folder handle and a stack frame, and no load script's folders come near it.
+MAX_DEPTH = 128
 _UNC = re.compile(r"^[\\/]{2,}[^\\/]+[\\/]+[^\\/]+")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ENCODED = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
@@ -62,6 +65,10 @@ class _Outside(Exception):
     """A step of a path leads out of the approved folder it was resolved under."""
 
 
+class _TooDeep(Exception):
+    """A path or a folder tree goes deeper than ``MAX_DEPTH`` folders."""
+
+
 #: The one place where the file system's refusals become answers to the caller: what the error says about
 #: the caller's path. Anything else (a full disk, an I/O error) is the server's problem and stays an OSError.
 _CALLER_ERRNOS: dict[int, tuple[type[Exception], str]] = {
@@ -85,6 +92,8 @@ def _blame(subject: str) -> Iterator[None]:
     """Turn an OS error about the caller's path ``subject`` into the answer it deserves."""
     try:
         yield
+    except _TooDeep:
+        raise FileRequestError(f"{subject} goes deeper than {MAX_DEPTH} folders") from None
     except OSError as exc:
         known = _CALLER_ERRNOS.get(exc.errno or 0)
         if known is None:
@@ -119,10 +128,15 @@ def _absolute(path: str) -> bool:
     return posixpath.isabs(path)
 
 
+def _refuse_nul(raw: str, subject: str) -> None:
+    # No file system takes a NUL in a name; Python refuses such a path with a ValueError, not an OSError.
+    if "\x00" in raw:
+        raise FileRequestError(f"{subject} contains a NUL byte")
+
+
 def _screen(raw: str, kind: str) -> str:
     """Refuse the path forms that are never approved; return the normalized path."""
-    if "\x00" in raw:
-        raise FileRequestError(f"{kind} contains a NUL byte")
+    _refuse_nul(raw, kind)
     if len(raw) > MAX_PATH:
         raise FileRequestError(f"{kind} is longer than {MAX_PATH} characters")
     if not WINDOWS and _UNC.match(raw):
@@ -432,22 +446,30 @@ class _Walk:
 
     def down(self, names: list[str], create: bool = False) -> None:
         """Go into the folder ``names`` leads to; missing folders are made when ``create``."""
+        if len(self.stack) + len(names) > MAX_DEPTH + 1:  # refused before anything is made
+            raise _TooDeep
         pending = names[::-1]
+        made = ""  # the name just made here, tried once more
         while pending:
             name = pending.pop()
+            retry, made = name == made, ""
             if name == "..":
                 self._up()
                 continue
             if name in ("", "."):
                 continue
+            if len(self.stack) > MAX_DEPTH:
+                raise _TooDeep
             try:
                 folder = self.here.child(name)
             except FileNotFoundError:
                 if not create:
                     raise
-                self._turn(FileConflict(f"{self.subject} changed while Butler was working on it"))
+                if retry:  # made a moment ago and gone again: someone else is at work here
+                    raise FileConflict(f"{self.subject} changed while Butler was working on it") from None
                 with suppress(FileExistsError):  # made meanwhile: open whatever is there now
                     self.here.mkdir(name)
+                made = name
                 pending.append(name)
                 continue
             except OSError as exc:
@@ -551,16 +573,22 @@ def _write(
     copy = folder.child(name)
     made |= {_identity(_stat(copy))}
     try:
-        for entry in source.names():
-            info = source.lstat(entry)
-            if _identity(info) in made:
-                continue
-            # A link inside a copied folder is not followed: where it leads was never approved.
-            if _is_link(info):
-                raise FileRequestError(
-                    f"fromFile holds a symbolic link ({entry}); only files and folders are copied"
-                )
-            inner = _open_source(source, entry)
+        # What goes wrong with the source's entries is told about fromFile, not about the target.
+        with _blame("fromFile"):
+            entries = source.names()
+        for entry in entries:
+            with _blame("fromFile"):
+                info = source.lstat(entry)
+                if _identity(info) in made:
+                    continue
+                # A link inside a copied folder is not followed: where it leads was never approved.
+                if _is_link(info):
+                    raise FileRequestError(
+                        f"fromFile holds a symbolic link ({entry}); only files and folders are copied"
+                    )
+                if _is_folder(info) and len(made) >= MAX_DEPTH:  # one folder made a level
+                    raise _TooDeep
+                inner = _open_source(source, entry)
             try:
                 _write(inner, copy, entry, preserve, made)
             finally:
@@ -569,15 +597,17 @@ def _write(
         copy.close()
 
 
-def _remove(folder: _Folder, name: str) -> None:
+def _remove(folder: _Folder, name: str, depth: int = 0) -> None:
     """Delete the entry ``name`` of ``folder``; a folder with everything in it, walked by handle."""
     if not _is_folder(folder.lstat(name)):
         folder.unlink(name)  # a link goes, not what it leads to
         return
+    if depth >= MAX_DEPTH:
+        raise _TooDeep
     inner = folder.child(name)
     try:
         for entry in inner.names():
-            _remove(inner, entry)
+            _remove(inner, entry, depth + 1)
     finally:
         inner.close()
     folder.rmdir(name)
@@ -590,20 +620,26 @@ def _remove_if_there(folder: _Folder, name: str) -> None:
 
 def _place(source: int | _Folder, folder: _Folder, name: str, preserve: bool) -> None:
     """Write ``source`` under a temporary name in ``folder`` and rename it to ``name`` (a folder that is
-    there is replaced)."""
+    there is replaced by a folder, never by a file)."""
+    if isinstance(source, int) and _holds_folder(folder, name):
+        # As a rename would refuse it, before the copy: most likely the caller meant "into this folder".
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
     temporary = _temporary(name)
     try:
         _write(source, folder, temporary, preserve)
-        try:
-            existing = folder.lstat(name)
-        except FileNotFoundError:
-            pass
-        else:
-            if _is_folder(existing):
-                _remove(folder, name)
+        # A folder made there meanwhile stays when the source is a file: the rename refuses it.
+        if not isinstance(source, int) and _holds_folder(folder, name):
+            _remove(folder, name)
         folder.rename(temporary, folder, name)
     finally:
         _remove_if_there(folder, temporary)
+
+
+def _holds_folder(folder: _Folder, name: str) -> bool:
+    try:
+        return _is_folder(folder.lstat(name))
+    except FileNotFoundError:
+        return False
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
@@ -716,6 +752,7 @@ class FileService:
     def _create_dir(self, directory: str) -> None:
         allowed = self.settings.create_dir
         if allowed is None:
+            _refuse_nul(directory, "directory")
             os.makedirs(directory if directory else ".", exist_ok=True)
             return
         path = _screen(directory, "create")
@@ -786,6 +823,9 @@ def _move(source: _Folder, name: str, before: os.stat_result, target: _Folder, n
         except OSError:
             target.rename(temporary, source, name)
             raise
+        # Renaming onto another link to the same file leaves both names (POSIX): the temporary one goes.
+        with suppress(FileNotFoundError):
+            target.unlink(temporary)
 
 
 def _move_across(source: _Folder, name: str, before: os.stat_result, target: _Folder, new_name: str) -> None:
@@ -796,13 +836,14 @@ def _move_across(source: _Folder, name: str, before: os.stat_result, target: _Fo
             raise FileConflict("fromFile changed while Butler was moving it")
         with _blame("toFile"):
             _place(opened, target, new_name, preserve=True)
-        # Only now, with the copy in place, does the source go, if it is still what was copied.
-        with _blame("fromFile"):
-            if _identity(source.lstat(name)) != _identity(before):
-                raise FileConflict("fromFile changed while Butler was moving it; the copy is in place")
-            _remove(source, name)
     finally:
+        # Closed before the source is deleted: Windows deletes no file or folder that is held open.
         _close(opened)
+    # Only now, with the copy in place, does the source go, if it is still what was copied.
+    with _blame("fromFile"):
+        if _identity(source.lstat(name)) != _identity(before):
+            raise FileConflict("fromFile changed while Butler was moving it; the copy is in place")
+        _remove(source, name)
 
 
 def _stat(opened: int | _Folder) -> os.stat_result:
