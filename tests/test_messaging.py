@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from butler import mqtt as mqtt_module
 from butler import slack as slack_module
 from butler.config.settings import MqttSettings
 from butler.mqtt import InvalidMessage, MqttClient, _Outgoing, check_topic
+from butler.task_start import TaskStarter
 from tests.certs import make_certs
 from tests.conftest import Broker, StartButler, base_config, free_port
 from tests.test_events import session_datagram, udp_config
@@ -126,6 +128,40 @@ async def test_reconnects_after_the_broker_restarts(start_butler: StartButler, b
             assert (await next_message(client)).payload == b"hi"
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="freezes the broker with SIGSTOP")
+async def test_a_503_after_waiting_means_what_it_says(
+    start_butler: StartButler, broker: Broker, subscriber: Any, monkeypatch: Any
+) -> None:
+    """A caller told 503 because the broker did not take its message in time: a message that was still
+    queued is never sent later (a load script that tries again would publish it twice); one already
+    handed to the broker is answered as such."""
+    monkeypatch.setattr(mqtt_module, "SEND_TIMEOUT_SECONDS", 1.0)
+    listener = await subscriber("late/#")
+    base = await start_butler(mqtt_config(broker.port, qos=1))
+    assert broker.process is not None
+    async with aiohttp.ClientSession() as http:
+        await wait_connected(base, http, "late/ready")
+        broker.process.send_signal(signal.SIGSTOP)  # the connection stays up, nothing is acknowledged
+        try:
+            answers = []
+            for message in ("handed", "queued"):
+                body = {"topic": "late/x", "message": message}
+                async with http.put(f"{base}/v4/mqttpublishmessage", json=body) as r:
+                    answers.append((r.status, (await r.json())["message"]))
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
+        assert answers[0][0] == 503 and answers[0][1].endswith(
+            "handed to the broker and may still be delivered"
+        )
+        assert answers[1][0] == 503 and answers[1][1].endswith("the message was not sent")
+        await wait_connected(base, http, "late/end")
+    received: list[tuple[str, bytes]] = []
+    while not received or received[-1][0] != "late/end":  # up to wait_connected's last message
+        message = await next_message(listener)
+        received.append((str(message.topic), bytes(message.payload)))
+    assert ("late/x", b"handed") in received and ("late/x", b"queued") not in received
+
+
 async def test_broker_with_password(start_butler: StartButler, tmp_path: Path) -> None:
     passwords = tmp_path / "passwords"
     passwords.write_text("")
@@ -185,6 +221,48 @@ async def test_task_start_from_mqtt(
         assert third == {"request": "not a task id", "error": "the payload is neither a task id nor JSON"}
     counts = await started_counts(simulator)
     assert counts[APP1["taskId"]] == 2 and counts[APP2["taskId"]] == 1
+
+
+async def test_every_task_start_message_is_answered(
+    start_butler: StartButler,
+    broker: Broker,
+    simulator: Any,
+    site_certs: Any,
+    subscriber: Any,
+    monkeypatch: Any,
+) -> None:
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
+    document["Butler"]["restServerEndpointsEnable"]["mqttPublishMessage"] = True
+    results = await subscriber("qliksense/start_task/result")
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http:
+        await wait_connected(base, http)
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        # Valid JSON, but over the size limit: the answer says so, not "neither a task id nor JSON".
+        big = json.dumps(
+            [{"type": "starttaskid", "payload": {"taskId": APP1["taskId"]}, "pad": "x" * 1_100_000}]
+        )
+        await client.publish("qliksense/start_task", big)
+        answer = json.loads((await next_message(results)).payload)
+        assert answer["error"] == (
+            f"the payload has {len(big):,} bytes; a task-start message may have at most 1,048,576 (1 MiB), "
+            "as a REST body"
+        )
+
+        # A fault of Butler's own is answered too, and the client goes on.
+        async def broken(*args: Any) -> Any:
+            raise TypeError("unexpected")
+
+        monkeypatch.setattr(TaskStarter, "start", broken)
+        await client.publish("qliksense/start_task", APP1["taskId"])
+        answer = json.loads((await next_message(results)).payload)
+        assert answer["error"].startswith("Butler failed on this message (Internal Server Error)")
+        monkeypatch.undo()
+        await client.publish("qliksense/start_task", APP2["taskId"])
+        answer = json.loads((await next_message(results)).payload)
+        assert answer["result"]["tasksId"]["started"] == [APP2]
+    assert await started_counts(simulator) == {APP2["taskId"]: 1}
 
 
 # --- Nothing a publisher sends can stop the client ----------------------------------------------------------

@@ -442,6 +442,22 @@ async def test_refused_starts_are_reported(butler: Any, simulator: Any) -> None:
     await set_faults(simulator, status=None)
 
 
+async def test_qrs_answer_that_is_not_json(butler: Any, simulator: Any) -> None:
+    """A 200 whose body is a page, not JSON (a proxy in front of QRS, say): QRS misbehaved, a 502."""
+    base = await butler()
+    await set_faults(simulator, status=200)
+    for path in (f"/v4/reloadtask/{APP1['taskId']}/start", "/v4/reloadtask/-/start"):
+        body = [{"type": "starttasktag", "payload": {"tag": "startTask1"}}]
+        status, answer, _ = await put(base, path, body)
+        assert status == 502, answer
+        assert answer["message"].startswith("Qlik Sense QRS answered 200 with a body that is not JSON")
+    status_url = f"{base}/v4/reloadtask/{APP1['taskId']}/status"
+    async with aiohttp.ClientSession() as http, http.get(status_url) as r:
+        assert r.status == 502
+    await set_faults(simulator, status=None)
+    assert await started_counts(simulator) == {}
+
+
 async def reset_calls(simulator: Any) -> None:
     async with (
         aiohttp.ClientSession() as http,

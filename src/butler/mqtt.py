@@ -237,8 +237,16 @@ class MqttClient:
         try:
             await asyncio.wait_for(sent, SEND_TIMEOUT_SECONDS)
         except TimeoutError:
+            # wait_for cancelled ``sent``: a message still queued is skipped by the sender, so "not sent"
+            # stays true and a caller that tries again does not publish it twice.
+            if message is self._unsent:
+                raise MqttUnavailable(
+                    f"The MQTT broker at {self.where} did not acknowledge the message within "
+                    f"{SEND_TIMEOUT_SECONDS:g} s; it was handed to the broker and may still be delivered"
+                ) from None
             raise MqttUnavailable(
-                f"The MQTT broker at {self.where} did not take the message within {SEND_TIMEOUT_SECONDS:g} s"
+                f"The MQTT broker at {self.where} did not take the message within "
+                f"{SEND_TIMEOUT_SECONDS:g} s; the message was not sent"
             ) from None
 
     def _put(self, message: _Outgoing) -> bool:
@@ -353,7 +361,11 @@ class MqttClient:
         paho = client._client  # paho itself: see the QoS 0 branch below
         handed = 0
         while True:
-            message = self._unsent or await self._queue.get()
+            message = self._unsent
+            if message is None:
+                message = await self._queue.get()
+                if message.sent is not None and message.sent.cancelled():
+                    continue  # its caller gave up waiting and was told it was not sent
             self._unsent = self._handed = message
             try:
                 if message.qos == 0:

@@ -42,10 +42,20 @@ class MqttTaskStarts:
         text = payload[:_MAX_PAYLOAD].decode("utf-8", errors="replace").strip()
         answer: dict[str, Any] = {"request": text[:1000]}
         try:
+            if len(payload) > _MAX_PAYLOAD:
+                # Cut, it would be "not JSON", which does not tell the sender what to fix.
+                raise TaskRequestError(
+                    f"the payload has {len(payload):,} bytes; a task-start message may have at most "
+                    f"{_MAX_PAYLOAD:,} (1 MiB), as a REST body"
+                )
             answer["result"] = (await self._start(text)).as_dict()
         except (TaskRequestError, QrsError, KeyValueError) as exc:
             log.warning("MQTT task start %r: %s", text[:100], exc)
             answer["error"] = str(exc)
+        except Exception:
+            # A fault of Butler's: the sender still hears of it (a REST caller would get a 500).
+            log.exception("MQTT task start %r failed", text[:100])
+            answer["error"] = "Butler failed on this message (Internal Server Error); see Butler's log"
         self.mqtt.enqueue(self.mqtt.settings.task_start_result_topic, orjson.dumps(answer))
 
     async def _start(self, text: str) -> Any:

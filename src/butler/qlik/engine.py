@@ -135,7 +135,12 @@ class EngineSession:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self._socket is not None:
-            await self._socket.close()
+            # A polite close waits for the Engine's close frame, which an Engine that stopped answering
+            # never sends: it gets what is left of the deadline, then the connection is cut (by aiohttp,
+            # or by closing the HTTP session below).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(self._deadline):
+                    await self._socket.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -67,7 +67,16 @@ class QrsResponse:
     body: bytes
 
     def json(self) -> Any:
-        return orjson.loads(self.body) if self.body else None
+        """The body as JSON; QrsError when it is not (a proxy's or load balancer's page, say), so the caller
+        hears that QRS misbehaved rather than Butler failing."""
+        try:
+            return orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            raise QrsError(
+                f"Qlik Sense QRS answered {self.status} with a body that is not JSON: {self.text[:200]}",
+                self.status,
+                self.text,
+            ) from None
 
     @property
     def text(self) -> str:
