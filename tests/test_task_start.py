@@ -226,6 +226,18 @@ async def test_seed_parameters_to_apps(butler: Any, simulator: Any) -> None:
             assert (await r.json())["value"] == "Bar"
 
 
+async def test_a_tag_or_property_named_again_is_looked_up_once(butler: Any, simulator: Any) -> None:
+    base = await butler()
+    tag = {"type": "starttasktag", "payload": {"tag": "startTask1"}}
+    group = {"customPropertyName": "taskGroup", "customPropertyValue": "tasks2"}
+    body = [tag, tag, tag, {"type": "starttaskcustomproperty", "payload": group}] * 2
+    status, result, _ = await put(base, "/v4/reloadtask/-/start", body)
+    assert (status, result) == (200, answer(tags=[APP1, APP2, APP3] * 6, cps=[APP2] * 2))
+    received = (await simulator_calls(simulator))["qrsReceived"]
+    assert received["GET task/full"] == {"calls": 2, "200": 2}
+    assert await started_counts(simulator) == {APP1["taskId"]: 1, APP2["taskId"]: 1, APP3["taskId"]: 1}
+
+
 @pytest.mark.parametrize("filter_on", [False, True])
 async def test_seed_a_bit_of_everything(butler: Any, simulator: Any, filter_on: bool) -> None:
     base = await butler(filter_on)

@@ -139,10 +139,11 @@ class TaskStarter:
         with self.qrs.deadline():
             startable = list(dict.fromkeys(t for t in requested if self._may_start(t)))
             names_lookup = asyncio.ensure_future(self._names(startable))
+            lookups: dict[str, asyncio.Future[Any]] = {}
             try:
                 found = await asyncio.gather(
-                    *(self._lookup_tag(tag, outcome) for tag in tags),
-                    *(self._lookup_property(name, value, outcome) for name, value in properties),
+                    *(self._lookup_tag(tag, outcome, lookups) for tag in tags),
+                    *(self._lookup_property(name, value, outcome, lookups) for name, value in properties),
                 )
                 names = await names_lookup
             except BaseException:
@@ -206,14 +207,17 @@ class TaskStarter:
         )
         return {task["id"]: task["name"] for tasks in results for task in tasks}
 
-    async def _lookup_tag(self, tag: str, outcome: StartOutcome) -> list[dict[str, str]]:
+    async def _lookup_tag(
+        self, tag: str, outcome: StartOutcome, lookups: dict[str, asyncio.Future[Any]]
+    ) -> list[dict[str, str]]:
         if self.filter.enable and tag not in self.filter.tags:
             outcome.tags_denied.append({"tag": tag})
             return []
-        tasks = await self.qrs.get_json("task/full", {"filter": f"tags.name eq {quote_filter_value(tag)}"})
-        return [{"taskId": t["id"], "taskName": t["name"]} for t in tasks]
+        return await self._matching(f"tags.name eq {quote_filter_value(tag)}", lookups)
 
-    async def _lookup_property(self, name: str, value: str, outcome: StartOutcome) -> list[dict[str, str]]:
+    async def _lookup_property(
+        self, name: str, value: str, outcome: StartOutcome, lookups: dict[str, asyncio.Future[Any]]
+    ) -> list[dict[str, str]]:
         if self.filter.enable and (name, value) not in self.filter.custom_properties:
             outcome.custom_properties_denied.append({"name": name, "value": value})
             return []
@@ -221,7 +225,18 @@ class TaskStarter:
             f"(customProperties.definition.name eq {quote_filter_value(name)}) and "
             f"(customProperties.value eq {quote_filter_value(value)})"
         )
-        tasks = await self.qrs.get_json("task/full", {"filter": expression})
+        return await self._matching(expression, lookups)
+
+    async def _matching(
+        self, expression: str, lookups: dict[str, asyncio.Future[Any]]
+    ) -> list[dict[str, str]]:
+        """The tasks a QRS filter matches. ``lookups`` holds the request's calls by filter, so a tag or
+        custom property named several times in one request costs one QRS call."""
+        if expression not in lookups:
+            lookups[expression] = asyncio.ensure_future(
+                self.qrs.get_json("task/full", {"filter": expression})
+            )
+        tasks = await lookups[expression]
         return [{"taskId": t["id"], "taskName": t["name"]} for t in tasks]
 
     # -- acting -----------------------------------------------------------------------------------------
