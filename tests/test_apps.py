@@ -7,8 +7,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.conftest import StartButler
+from tests.conftest import StartButler, free_port
 from tests.test_task_start import APP1, APP2, assert_within_deadline, butler_config, timed
 
 
@@ -76,6 +77,26 @@ async def test_dump(butler: str, simulator: Any) -> None:
     status, body = await get(f"{butler}/v4/app/00000000-0000-4000-8000-00000000dead/dump")
     assert status == 404 and "App not found" in body["message"]
     assert simulator.engine.open_sessions == 0  # every socket closed
+
+
+async def test_dump_shows_the_apps_stories(butler: str, simulator: Any) -> None:
+    app1 = app_id(simulator, "App1")
+    status, dump = await get(f"{butler}/v4/app/{app1}/dump")
+    assert status == 200
+    stories = simulator.site.app_content[app1]["stories"]
+    assert stories  # the site file gives App1 a story
+    assert [s["qProperty"]["qInfo"] for s in dump["stories"]] == [
+        {"qId": s["id"], "qType": "story"} for s in stories
+    ]
+    story = dump["stories"][0]
+    assert story["qProperty"]["qMetaDef"] == {
+        "title": "Quarterly review",
+        "description": "The quarter in three slides",
+    }
+    assert [c["qProperty"]["qInfo"]["qType"] for c in story["qChildren"]] == ["slide"]
+    assert story["qChildren"][0]["qProperty"]["qMetaDef"]["title"] == "Highlights"
+    status, other = await get(f"{butler}/v4/app/{app_id(simulator, 'App2')}/dump")
+    assert status == 200 and other["stories"] == []
 
 
 async def reload(butler: str, app: str, body: dict[str, Any], wait: bool = True) -> tuple[int, Any]:
@@ -185,6 +206,59 @@ async def test_engine_deadline(
         await asyncio.sleep(0.1)
     assert simulator.engine.open_sessions == 0
     assert simulator.engine.saves == {}
+
+
+@pytest.mark.parametrize("greets", [True, False])
+async def test_engine_that_stops_answering(
+    start_butler: StartButler, simulator: Any, site_certs: Any, greets: bool
+) -> None:
+    """An Engine that accepts the socket and then answers nothing, not even the close frame: the 504
+    still comes within the deadline, and Butler cuts the connection instead of leaving it open."""
+    connections: list[asyncio.Transport] = []
+
+    async def frozen(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        if greets:
+            await socket.send_str('{"jsonrpc":"2.0","method":"OnConnected","params":{}}')
+        assert isinstance(request.transport, asyncio.Transport)
+        connections.append(request.transport)
+        await asyncio.sleep(30)  # reads nothing, so the close frame is never answered
+        return socket
+
+    application = web.Application()
+    application.router.add_get("/{path:.*}", frozen)
+    runner = web.AppRunner(application, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        document = butler_config(
+            simulator, site_certs, senseListApps=True, senseAppDump=True, senseAppReload=True
+        )
+        document["Butler"]["configEngine"] = {
+            "host": "127.0.0.1",
+            "port": port,
+            "useSSL": False,
+            "timeoutSeconds": 2,
+        }
+        base = await start_butler(document)
+        async with aiohttp.ClientSession() as http:
+            for method, path in [
+                ("GET", "/v4/apps/list"),
+                ("GET", "/v4/app/a/dump"),
+                ("PUT", "/v4/app/a/reload"),
+            ]:
+                request = http.request(method, base + path, json={} if method == "PUT" else None)
+                elapsed, response = await timed(request)
+                async with response:
+                    assert response.status == 504
+                    assert "within the 2 s allowed" in (await response.json())["message"]
+                assert_within_deadline(elapsed, 2)
+        await asyncio.sleep(0.2)
+        assert len(connections) == 3 and all(c.is_closing() for c in connections)
+    finally:
+        await runner.cleanup()
 
 
 async def test_dropped_engine_socket_mid_dump(butler: str, simulator: Any) -> None:

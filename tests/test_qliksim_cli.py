@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import pytest
 from cryptography import x509
+
+from tests.conftest import client_tls, free_port
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "qliksim"
 
@@ -53,3 +62,45 @@ def test_bad_site_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "task T: unknown app 'Missing'" in result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends POSIX signals; Windows has no SIGTERM to catch")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_stops_at_once_with_engine_clients_connected(
+    tmp_path: Path, site_certs: Any, signum: signal.Signals
+) -> None:
+    qrs_port, engine_port = free_port(), free_port()
+    log = tmp_path / "qliksim.log"
+    with log.open("w") as output:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "qliksim", "serve", "--certs", str(site_certs.directory)),
+            *("--qrs-port", str(qrs_port), "--engine-port", str(engine_port)),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls(site_certs))) as http:
+            for _ in range(200):
+                try:
+                    socket = await http.ws_connect(
+                        f"wss://127.0.0.1:{engine_port}/app/engineData",
+                        headers={"X-Qlik-User": "UserDirectory=Internal; UserId=sa_repository"},
+                    )
+                    break
+                except aiohttp.ClientConnectorError:
+                    assert process.returncode is None, log.read_text()
+                    await asyncio.sleep(0.05)
+            assert json.loads((await socket.receive()).data)["method"] == "OnConnected"
+            closing = asyncio.ensure_future(socket.receive())
+            sent = time.monotonic()
+            process.send_signal(signum)
+            # Without closing its sockets, aiohttp waits a minute for the clients to leave, then cancels.
+            code = await asyncio.wait_for(process.wait(), 30)
+            took = time.monotonic() - sent
+            message = await asyncio.wait_for(closing, 1)
+        assert code == 0 and took < 5, (took, log.read_text())
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1001  # going away
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -159,6 +159,32 @@ async def test_open_and_read_an_app(engine: Any, simulator: Any) -> None:
     assert (await qix.call(handle, "GetConnection", ["nope"]))["error"]["code"] == 2001
 
 
+async def test_stories(engine: Any, simulator: Any) -> None:
+    qix = await engine()
+    app1 = app_id(simulator, "App1")
+    handle = (await qix.call(-1, "OpenDoc", [app1]))["result"]["qReturn"]["qHandle"]
+    story_list = await qix.call(
+        handle,
+        "CreateSessionObject",
+        [{"qAppObjectListDef": {"qType": "story"}, "qInfo": {"qId": "StoryList", "qType": "StoryList"}}],
+    )
+    layout = (await qix.call(story_list["result"]["qReturn"]["qHandle"], "GetLayout"))["result"]["qLayout"]
+    items = layout["qAppObjectList"]["qItems"]
+    assert [(i["qInfo"], i["qMeta"]["title"]) for i in items] == [
+        ({"qId": "8c7e2ddd-5e3b-4d6a-9e6d-73f2e2d8c301", "qType": "story"}, "Quarterly review")
+    ]
+    infos = (await qix.call(handle, "GetAllInfos"))["result"]["qInfos"]
+    assert {"qId": "8c7e2ddd-5e3b-4d6a-9e6d-73f2e2d8c301", "qType": "story"} in infos
+    story = await qix.call(handle, "GetObject", ["8c7e2ddd-5e3b-4d6a-9e6d-73f2e2d8c301"])
+    assert story["result"]["qReturn"]["qGenericType"] == "story"
+    tree = (await qix.call(story["result"]["qReturn"]["qHandle"], "GetFullPropertyTree"))["result"]
+    assert [c["qProperty"]["qInfo"] for c in tree["qPropEntry"]["qChildren"]] == [
+        {"qId": "8c7e2ddd-5e3b-4d6a-9e6d-73f2e2d8c311", "qType": "slide"}
+    ]
+    slide = await qix.call(handle, "GetObject", ["8c7e2ddd-5e3b-4d6a-9e6d-73f2e2d8c311"])
+    assert slide["result"]["qReturn"]["qGenericType"] == "slide"
+
+
 async def test_pipelined_requests_and_delta(engine: Any, simulator: Any) -> None:
     qix = await engine()
     handle = (await qix.call(-1, "OpenDoc", [app_id(simulator, "App1")]))["result"]["qReturn"]["qHandle"]
@@ -189,6 +215,24 @@ async def test_reload_through_the_engine(engine: Any, simulator: Any) -> None:
         app_id(simulator, "App2"): ["partial"],
         app_id(simulator, "Failing App"): ["full"],
     }
+
+
+async def test_upgrades_are_logged_with_their_status(engine: Any, simulator: Any) -> None:
+    await engine("/app/")
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await engine("/not/an/engine/path")
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await engine(headers={})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{simulator.control_port}/calls") as response,
+    ):
+        requests = (await response.json())["requests"]
+    assert [(r["service"], r["method"], r["path"], r["status"], r["client"]) for r in requests] == [
+        ("engine", "GET", "/app/", 101, "127.0.0.1"),
+        ("engine", "GET", "/not/an/engine/path", 404, "127.0.0.1"),
+        ("engine", "GET", "/app/engineData", 403, "127.0.0.1"),
+    ]
 
 
 async def test_refusals(engine: Any, simulator: Any, site_certs: Any) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any
 
 import aiohttp
 import pytest
 
+from qliksim.routing import Match, RouteTable
 from tests.conftest import HEADERS, XRF, UdpCollector, client_tls
 
 TASK1 = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
@@ -189,6 +191,70 @@ async def test_failure_set_by_control_api(
             calls = await response.json()
         assert calls["taskStarts"] == {TASK2: 2}
         assert calls["qrs"]["POST task/{id}/start/synchronous"] == 2
+
+
+def test_route_table() -> None:
+    table: RouteTable[str] = RouteTable(
+        [
+            ("GET", "task/count", None),
+            ("GET", "<kind>/count", "count"),
+            ("GET", "<kind>/{id}", "by_id"),
+            ("POST", "task/{id}/start", "start"),
+            ("POST", "task/start/many", "many"),
+        ],
+        {"kind": ("app", "task")},
+    )
+    # The first route that fits answers; <kind> is shown in the label by its value, {id} by its name.
+    assert table.match("GET", ["app", "count"]) == Match("count", "app/count", {"kind": "app"})
+    assert table.match("GET", ["task", "count"]) == Match(None, "task/count", {})
+    assert table.match("GET", ["app", "x1"]) == Match("by_id", "app/{id}", {"kind": "app", "id": "x1"})
+    assert table.match("POST", ["task", "t1", "start"]) == Match("start", "task/{id}/start", {"id": "t1"})
+    assert table.match("POST", ["task", "start", "many"]).handler == "many"
+    # No route: no handler, the path itself as the label. Method, length and limited values all count.
+    for method, parts in (("GET", ["user", "count"]), ("PUT", ["app", "count"]), ("GET", ["app"])):
+        assert table.match(method, parts) == Match(None, "/".join(parts), {})
+
+
+async def test_task_has_no_count_route(qrs: Any) -> None:
+    # Sense's task is a read-only union of the three task types: lists, /full and by id, but no /count.
+    assert await qrs("GET", "task/count") == (404, "No matching endpoint found")
+    assert await qrs("GET", "task/count?filter=" + encoded("name eq 'x'")) == (
+        404,
+        "No matching endpoint found",
+    )
+    assert await qrs("GET", "reloadtask/count") == (200, {"value": 36})
+    assert (await qrs("GET", "task/full"))[0] == 200
+
+
+async def test_requests_are_logged_with_their_status(
+    qrs: Any, simulator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    control = f"http://127.0.0.1:{simulator.control_port}"
+    caplog.set_level(logging.INFO, logger="qliksim.access")
+    assert (await qrs("GET", "no/such/route"))[0] == 404
+    assert (await qrs("GET", "about"))[0] == 200
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{control}/faults/qrs", json={"next": [{"status": 503}, {"drop": 1}]}) as r:
+            assert r.status == 200
+        assert (await qrs("GET", "about"))[0] == 503
+        with pytest.raises(aiohttp.ClientError):  # a POST, which the client does not send again
+            await qrs("POST", "task/start/many", json=[])
+        async with http.get(f"{control}/calls") as r:
+            calls = await r.json()
+        assert [(c["method"], c["path"], c["status"]) for c in calls["requests"]] == [
+            ("GET", "/qrs/no/such/route", 404),
+            ("GET", "/qrs/about", 200),
+            ("GET", "/qrs/about", 503),
+            ("POST", "/qrs/task/start/many", "dropped"),
+        ]
+        assert {(c["service"], c["client"]) for c in calls["requests"]} == {("qrs", "127.0.0.1")}
+        async with http.post(f"{control}/calls/reset") as r:
+            assert r.status == 204
+        async with http.get(f"{control}/calls") as r:
+            assert (await r.json())["requests"] == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "qliksim.access"]
+    assert lines[0] == "qrs GET /qrs/no/such/route 404 127.0.0.1"
+    assert lines[-1] == "qrs POST /qrs/task/start/many dropped 127.0.0.1" and len(lines) == 4
 
 
 async def test_start_variants(qrs: Any, simulator: Any) -> None:

@@ -2,7 +2,9 @@
 
 GET  /calls                      QRS calls per route, Engine calls per method, task starts, reloads, saves;
                                  qrsReceived: every QRS call per route, faulted ones too, with the statuses;
-                                 taskStartRequests: task ids named by start calls, known or not
+                                 taskStartRequests: task ids named by start calls, known or not;
+                                 requests: the latest requests to QRS and Engine upgrades, oldest first,
+                                 each with service, method, path, status ("dropped": cut) and client
 POST /calls/reset                zero all counters
 GET  /tasks/{id}                 the task as QRS serves it, and whether it is running
 PUT  /tasks/{id}/next-run        {"outcome": "success|fail|abort", "durationMs": n, "error": "..."}
@@ -82,6 +84,7 @@ def control_application(simulator: Simulator) -> web.Application:
                 "udpSent": simulator.udp.sent,
                 "engineSessionsOpen": simulator.engine.open_sessions,
                 "faultsInjected": simulator.faults.injected,
+                "requests": list(simulator.requests.recent),
             }
         )
 
@@ -96,6 +99,7 @@ def control_application(simulator: Simulator) -> web.Application:
             scheduler.app_reloads,
             scheduler.reload_kinds,
             simulator.engine.saves,
+            simulator.requests.recent,
         ):
             counter.clear()
         return web.Response(status=204)

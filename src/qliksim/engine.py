@@ -5,6 +5,9 @@ the optional ``/identity/<x>`` and ``/ttl/<n>`` suffixes. The upgrade needs the 
 and an ``X-Qlik-User`` header. The first frame is the ``OnConnected`` notification. Requests are served
 concurrently and answered as each completes, so clients may pipeline them; ``delta: true`` requests get
 JSON-Patch answers (one root ``add``), as enigma.js expects.
+
+This module is the protocol: sockets, sessions, handles and the methods of each interface. What an app
+holds, and the properties and layouts built from it, are app_model.py's.
 """
 
 from __future__ import annotations
@@ -12,20 +15,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
+from qliksim.access import RequestLog
+from qliksim.app_model import AppModel, children, doc_list
 from qliksim.faults import Faults, FaultSettings
 from qliksim.qrs import parse_user
 from qliksim.scheduler import Scheduler
 from qliksim.site import Site
-
-log = logging.getLogger("qliksim.engine")
 
 ENGINE_VERSION = "12.1477.4"
 
@@ -79,17 +81,6 @@ _PARAMETERS: dict[str, list[tuple[str, Any]]] = {
     "ProductVersion": [],
 }
 
-_LIST_DEFS = {
-    "qAppObjectListDef": "qAppObjectList",
-    "qDimensionListDef": "qDimensionList",
-    "qMeasureListDef": "qMeasureList",
-    "qBookmarkListDef": "qBookmarkList",
-    "qVariableListDef": "qVariableList",
-    "qFieldListDef": "qFieldList",
-    "qMediaListDef": "qMediaList",
-    "qUndoInfoDef": "qUndoInfo",
-}
-
 
 def _arguments(method: str, params: Any) -> list[Any]:
     names = _PARAMETERS.get(method, [])
@@ -97,203 +88,6 @@ def _arguments(method: str, params: Any) -> list[Any]:
         return [params.get(name, default) for name, default in names]
     values = list(params or [])
     return values + [default for _, default in names[len(values) :]]
-
-
-class AppModel:
-    """The Engine's view of one app of the site: objects, lists and properties built from the site file."""
-
-    def __init__(self, site: Site, app_id: str) -> None:
-        self.site = site
-        self.app_id = app_id
-        self.app = site.apps[app_id]
-        self.content = site.app_content[app_id]
-        # Lookups by id, built once: an app with thousands of objects is read one object per call.
-        self._objects: dict[str, dict[str, Any]] = {}
-        for kind in ("sheet", "story", "masterobject", "appprops"):
-            for item in self.app_objects(kind):
-                self._objects.setdefault(item["id"], item)
-                for child in item.get("children", []):
-                    self._objects.setdefault(child.get("id"), dict(child, type=child.get("type", "object")))
-        self._items = {
-            key: {item["id"]: item for item in self.content[key]}
-            for key in ("dimensions", "measures", "bookmarks", "snapshots", "variables")
-        }
-
-    def app_objects(self, kind: str) -> list[dict[str, Any]]:
-        return [
-            dict(item, type=kind) for item in self.content.get(kind + "s" if kind != "appprops" else kind, [])
-        ]
-
-    def object_properties(self, item: dict[str, Any]) -> dict[str, Any]:
-        extra = {k: v for k, v in item.items() if k not in ("id", "type", "title", "description", "children")}
-        return {
-            "qInfo": {"qId": item["id"], "qType": item["type"]},
-            "qMetaDef": {"title": item.get("title", ""), "description": item.get("description", "")},
-        } | extra
-
-    def find_object(self, object_id: str) -> dict[str, Any] | None:
-        return self._objects.get(object_id)
-
-    def content_item(self, key: str, object_id: Any) -> dict[str, Any] | None:
-        return self._items[key].get(object_id) if isinstance(object_id, str) else None
-
-    def dimension(self, item: dict[str, Any]) -> dict[str, Any]:
-        label = item.get("label", item["id"])
-        return {
-            "qInfo": {"qId": item["id"], "qType": "dimension"},
-            "qDim": {
-                "qGrouping": "N",
-                "qFieldDefs": item.get("fields", [label]),
-                "qFieldLabels": [label],
-                "title": label,
-            },
-            "qMetaDef": {"title": label, "description": item.get("description", ""), "tags": []},
-        }
-
-    def measure(self, item: dict[str, Any]) -> dict[str, Any]:
-        label = item.get("label", item["id"])
-        return {
-            "qInfo": {"qId": item["id"], "qType": "measure"},
-            "qMeasure": {
-                "qLabel": label,
-                "qDef": item.get("expression", ""),
-                "qGrouping": "N",
-                "qExpressions": [],
-                "qActiveExpression": 0,
-            },
-            "qMetaDef": {"title": label, "description": item.get("description", ""), "tags": []},
-        }
-
-    def bookmark(self, item: dict[str, Any], kind: str) -> dict[str, Any]:
-        return {
-            "qInfo": {"qId": item["id"], "qType": kind},
-            "qMetaDef": {"title": item.get("title", ""), "description": item.get("description", "")},
-        }
-
-    def variable(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "qInfo": {"qId": item["id"], "qType": "variable"},
-            "qName": item["name"],
-            "qComment": item.get("comment", ""),
-            "qDefinition": item.get("definition", ""),
-            "qIncludeInBookmark": False,
-            "qNumberPresentation": {"qType": "U", "qnDec": 10, "qUseThou": 0},
-        }
-
-    def list_layout(self, definition_key: str, definition: dict[str, Any]) -> Any:
-        if definition_key == "qAppObjectListDef":
-            kind = definition.get("qType", "")
-            return {
-                "qItems": [
-                    {
-                        "qInfo": {"qId": i["id"], "qType": kind},
-                        "qMeta": {"title": i.get("title", ""), "description": i.get("description", "")},
-                        "qData": {},
-                    }
-                    for i in self.app_objects(kind)
-                ]
-            }
-        if definition_key == "qDimensionListDef":
-            return {
-                "qItems": [
-                    {
-                        "qInfo": {"qId": i["id"], "qType": "dimension"},
-                        "qMeta": {"title": i.get("label", i["id"])},
-                        "qData": {},
-                    }
-                    for i in self.content["dimensions"]
-                ]
-            }
-        if definition_key == "qMeasureListDef":
-            return {
-                "qItems": [
-                    {
-                        "qInfo": {"qId": i["id"], "qType": "measure"},
-                        "qMeta": {"title": i.get("label", i["id"])},
-                        "qData": {},
-                    }
-                    for i in self.content["measures"]
-                ]
-            }
-        if definition_key == "qBookmarkListDef":
-            kind = definition.get("qType", "bookmark")
-            items = self.content["bookmarks" if kind == "bookmark" else "snapshots"]
-            return {
-                "qItems": [
-                    {
-                        "qInfo": {"qId": i["id"], "qType": kind},
-                        "qMeta": {"title": i.get("title", "")},
-                        "qData": {},
-                    }
-                    for i in items
-                ]
-            }
-        if definition_key == "qVariableListDef":
-            return {
-                "qItems": [
-                    {
-                        "qName": v["name"],
-                        "qDefinition": v.get("definition", ""),
-                        "qDescription": v.get("comment", ""),
-                        "qIsReserved": False,
-                        "qIsConfig": False,
-                        "qIsScriptCreated": bool(v.get("scriptCreated", False)),
-                        "qInfo": {"qId": v["id"], "qType": "variable"},
-                        "qMeta": {},
-                        "qData": {},
-                    }
-                    for v in self.content["variables"]
-                ]
-            }
-        if definition_key == "qFieldListDef":
-            return {
-                "qItems": [
-                    {
-                        "qName": f["name"],
-                        "qCardinal": f.get("cardinal", 0),
-                        "qTags": f.get("tags", []),
-                        "qIsSystem": False,
-                        "qIsHidden": False,
-                        "qIsSemantic": False,
-                        "qSrcTables": f.get("tables", []),
-                    }
-                    for f in self.content["fields"]
-                ]
-            }
-        if definition_key == "qMediaListDef":
-            return {"qItems": [{"qUrlDef": m, "qUrl": m} for m in self.content["media"]]}
-        return {}
-
-    def connections(self) -> list[dict[str, Any]]:
-        out = []
-        for connection_id in self.content["connections"]:
-            c = self.site.data_connections[connection_id]
-            out.append(
-                {
-                    "qId": c["id"],
-                    "qName": c["name"],
-                    "qConnectionString": c["connectionstring"],
-                    "qType": c["type"],
-                    "qUserName": c["username"],
-                    "qModifiedDate": c["modifiedDate"],
-                    "qMeta": {"qName": c["name"]},
-                    "qLogOn": "LOG_ON_SERVICE_USER",
-                }
-            )
-        return out
-
-    def app_properties(self) -> dict[str, Any]:
-        properties: dict[str, Any] = {
-            "qTitle": self.app["name"],
-            "qLastReloadTime": self.app["lastReloadTime"],
-            "qMigrationHash": self.app["migrationHash"],
-            "qSavedInProductVersion": self.app["savedInProductVersion"],
-            "qThumbnail": {"qUrl": ""},
-            "qHasSectionAccess": False,
-            "qUsage": "ANALYTICS",
-            "description": self.app["description"],
-        } | self.content["properties"]
-        return properties
 
 
 class EngineSession:
@@ -350,36 +144,7 @@ class EngineSession:
         return {"qReturn": False}
 
     async def _global_GetDocList(self, obj: QixObject) -> dict[str, Any]:
-        site = self.engine.site
-        entries = []
-        for app in site.apps.values():
-            entries.append(
-                {
-                    "qDocName": app["name"],
-                    "qConnectedUsers": 0,
-                    "qFileTime": 45306.3,
-                    "qFileSize": app["fileSize"],
-                    "qDocId": app["id"],
-                    "qMeta": {
-                        "createdDate": app["createdDate"],
-                        "modifiedDate": app["modifiedDate"],
-                        "published": app["published"],
-                        "publishTime": app["publishTime"],
-                        "privileges": ["read", "update"],
-                        "description": app["description"],
-                        "dynamicColor": "",
-                        "stream": app["stream"],
-                    },
-                    "qLastReloadTime": app["lastReloadTime"],
-                    "qTitle": app["name"],
-                    "qThumbnail": {"qUrl": ""},
-                    "qReadOnly": False,
-                    "qHasSectionAccess": False,
-                    "qIsDirectQueryMode": False,
-                    "qUsage": "ANALYTICS",
-                }
-            )
-        return {"qDocList": entries}
+        return {"qDocList": doc_list(self.engine.site)}
 
     async def _global_OpenDoc(
         self, obj: QixObject, doc: Any, user: Any, password: Any, serial: Any, no_data: Any
@@ -408,15 +173,7 @@ class EngineSession:
         return {"qProp": self._model().app_properties()}
 
     async def _doc_GetAppLayout(self, obj: QixObject) -> dict[str, Any]:
-        properties = self._model().app_properties()
-        return {
-            "qLayout": {
-                "qTitle": properties["qTitle"],
-                "qFileName": self._model().app_id,
-                "qLastReloadTime": properties["qLastReloadTime"],
-                "qHasScript": True,
-            }
-        }
+        return {"qLayout": self._model().app_layout()}
 
     async def _doc_GetScript(self, obj: QixObject) -> dict[str, Any]:
         return {"qScript": self._model().content["script"]}
@@ -434,17 +191,7 @@ class EngineSession:
         raise QixError(2001, "Connection not found", str(connection_id))
 
     async def _doc_GetAllInfos(self, obj: QixObject) -> dict[str, Any]:
-        model = self._model()
-        infos = [
-            {"qId": i["id"], "qType": kind}
-            for kind in ("sheet", "story", "masterobject", "appprops")
-            for i in model.app_objects(kind)
-        ]
-        infos += [{"qId": d["id"], "qType": "dimension"} for d in model.content["dimensions"]]
-        infos += [{"qId": m["id"], "qType": "measure"} for m in model.content["measures"]]
-        infos += [{"qId": b["id"], "qType": "bookmark"} for b in model.content["bookmarks"]]
-        infos += [{"qId": v["id"], "qType": "variable"} for v in model.content["variables"]]
-        return {"qInfos": infos}
+        return {"qInfos": self._model().all_infos()}
 
     async def _doc_CreateSessionObject(self, obj: QixObject, properties: Any) -> dict[str, Any]:
         if not isinstance(properties, dict):
@@ -480,9 +227,7 @@ class EngineSession:
                     item["type"],
                     item["id"],
                     properties=model.object_properties(item),
-                    children=[
-                        dict(child, type=child.get("type", "object")) for child in item.get("children", [])
-                    ],
+                    children=children(item),
                 )
             )
         }
@@ -517,11 +262,7 @@ class EngineSession:
             item = self._content_item(key, object_id)
             if item is not None:
                 properties = self._model().bookmark(item, kind)
-                layout = {
-                    "qInfo": properties["qInfo"],
-                    "qMeta": properties["qMetaDef"],
-                    "qBookmark": {"qStateData": item.get("stateData", []), "qUtcModifyTime": 45306.3},
-                }
+                layout = self._model().bookmark_layout(item, properties)
                 return {
                     "qReturn": self.new_handle(
                         QixObject("GenericBookmark", kind, item["id"], properties=properties, layout=layout)
@@ -540,7 +281,7 @@ class EngineSession:
         }
 
     async def _doc_GetVariableByName(self, obj: QixObject, name: Any) -> dict[str, Any]:
-        item = next((v for v in self._model().content["variables"] if v["name"] == name), None)
+        item = self._model().variable_named(name)
         if item is None:
             raise QixError(2, "Resource not found", str(name))
         return await self._doc_GetVariableById(obj, item["id"])
@@ -565,45 +306,14 @@ class EngineSession:
 
     # -- Generic objects ------------------------------------------------------------------------------
 
-    def _layout(self, obj: QixObject) -> dict[str, Any]:
-        if obj.layout is not None:
-            return obj.layout
-        layout: dict[str, Any] = {
-            "qInfo": obj.properties.get("qInfo", {}),
-            "qMeta": obj.properties.get("qMetaDef", {}),
-        }
-        model = self._model()
-        for definition_key, layout_key in _LIST_DEFS.items():
-            if definition_key in obj.properties:
-                layout[layout_key] = model.list_layout(definition_key, obj.properties[definition_key])
-        for key, value in obj.properties.items():
-            if key not in _LIST_DEFS and key not in ("qInfo", "qMetaDef"):
-                layout[key] = value
-        return layout
-
     async def _genericobject_GetLayout(self, obj: QixObject) -> dict[str, Any]:
-        return {"qLayout": self._layout(obj)}
+        return {"qLayout": obj.layout if obj.layout is not None else self._model().layout(obj.properties)}
 
     async def _genericobject_GetProperties(self, obj: QixObject) -> dict[str, Any]:
         return {"qProp": obj.properties}
 
     async def _genericobject_GetFullPropertyTree(self, obj: QixObject) -> dict[str, Any]:
-        model = self._model()
-
-        def entry(properties: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "qProperty": properties,
-                "qChildren": [
-                    entry(
-                        model.object_properties(c),
-                        [dict(g, type=g.get("type", "object")) for g in c.get("children", [])],
-                    )
-                    for c in children
-                ],
-                "qEmbeddedSnapshotRef": None,
-            }
-
-        return {"qPropEntry": entry(obj.properties, obj.children)}
+        return {"qPropEntry": self._model().property_tree(obj.properties, obj.children)}
 
     _genericdimension_GetProperties = _genericobject_GetProperties
     _genericdimension_GetLayout = _genericobject_GetLayout
@@ -618,13 +328,14 @@ class EngineSession:
 class Engine:
     """The WebSocket endpoint and what is shared between sessions."""
 
-    def __init__(self, site: Site, scheduler: Scheduler, faults: Faults) -> None:
+    def __init__(self, site: Site, scheduler: Scheduler, faults: Faults, requests: RequestLog) -> None:
         self.site = site
         self.scheduler = scheduler
         self.faults = faults
+        self.requests = requests
         self.calls: dict[str, int] = {}
         self.saves: dict[str, int] = {}
-        self.sessions: set[EngineSession] = set()
+        self.sessions: dict[EngineSession, web.WebSocketResponse] = {}
 
     @property
     def open_sessions(self) -> int:
@@ -636,9 +347,34 @@ class Engine:
                 session.close_doc()
 
     def application(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._record])
         app.router.add_get("/{tail:.*}", self.handle)
+        app.on_shutdown.append(self._going_away)
         return app
+
+    async def _going_away(self, app: web.Application) -> None:
+        """An open socket holds its listener's shutdown until the client leaves: close every one, as an
+        Engine that stops does, so that the simulator stops at once with clients connected."""
+        await asyncio.gather(
+            *(
+                socket.close(code=WSCloseCode.GOING_AWAY, message=b"Engine shutting down")
+                for socket in list(self.sessions.values())
+            ),
+            return_exceptions=True,
+        )
+
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self.requests.record("engine", request, exc.status)
+            raise
+        if not isinstance(response, web.WebSocketResponse):  # an upgrade is recorded when it is made
+            self.requests.record("engine", request, response.status)
+        return response
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         faults = self.faults.take("engine")
@@ -654,8 +390,9 @@ class Engine:
             return web.Response(status=404, text="Not found")
         socket = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
         await socket.prepare(request)
+        self.requests.record("engine", request, socket.status)
         session = EngineSession(self, app_id if isinstance(app_id, str) else None, user)
-        self.sessions.add(session)
+        self.sessions[session] = socket
         pending: set[asyncio.Task[None]] = set()
         try:
             await socket.send_str(
@@ -682,7 +419,7 @@ class Engine:
         finally:
             for job in pending:
                 job.cancel()
-            self.sessions.discard(session)
+            self.sessions.pop(session, None)
         return socket
 
     async def _answer(

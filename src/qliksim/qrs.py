@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from qliksim.access import RequestLog
 from qliksim.faults import Faults
 from qliksim.filter import (
     Comparison,
@@ -28,6 +29,7 @@ from qliksim.filter import (
     parse_orderby,
     sort_entities,
 )
+from qliksim.routing import Match, RouteTable
 from qliksim.scheduler import Scheduler
 from qliksim.site import CONDENSERS, EMPTY_GUID, Site
 
@@ -51,12 +53,17 @@ _LISTABLE = (
 _JSON = "application/json; charset=utf-8"
 
 Handler = Callable[["QrsRequest"], Awaitable[web.Response]]
+# The route of a request and the path's segments, found once, kept on the request.
+_MATCH: web.RequestKey[tuple[list[str], Match[str]] | None] = web.RequestKey("qliksim.qrs.match")
 
 
 class QrsRequest:
-    def __init__(self, request: web.Request, parts: list[str], query: dict[str, str], user: str) -> None:
+    def __init__(
+        self, request: web.Request, parts: list[str], args: dict[str, str], query: dict[str, str], user: str
+    ) -> None:
         self.request = request
-        self.parts = parts
+        self.parts = parts  # the path below /qrs/, lower-cased, split
+        self.args = args  # the route's parameters: collection, id, ...
         self.query = query
         self.user = user
 
@@ -108,11 +115,13 @@ class Qrs:
         site: Site,
         scheduler: Scheduler,
         faults: Faults,
+        requests: RequestLog,
         app_deleted: Callable[[str], None] = lambda app_id: None,
     ) -> None:
         self.site = site
         self.scheduler = scheduler
         self.faults = faults
+        self.requests = requests
         self.app_deleted = app_deleted
         self.calls: dict[str, int] = {}
         # Every call that arrived, faulted ones too, per route: "calls", then per status once answered (or
@@ -124,6 +133,32 @@ class Qrs:
         # Connections (so TLS handshakes) seen, for clients that should keep theirs alive.
         self.connections = 0
         self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Handlers are named, and looked up when called: a test may replace one on the instance.
+        self.routes: RouteTable[str] = RouteTable(
+            [
+                ("GET", "about", "about"),
+                ("GET", "servicestatus", "service_status"),
+                ("GET", "servicestatus/<part>", "service_status"),
+                ("GET", "reloadtask/{id}/<log>", "script_log_ticket"),
+                ("GET", "download/reloadtask/{ticket}/{file}", "download"),
+                # Sense's task is a read-only union of the three task types, and has no count route.
+                ("GET", "task/count", None),
+                ("GET", "<collection>", "list_condensed"),
+                ("GET", "<collection>/full", "list_full"),
+                ("GET", "<collection>/count", "count"),
+                ("GET", "<collection>/{id}", "by_id"),
+                ("POST", "task/{id}/start", "start_one"),
+                ("POST", "task/{id}/start/synchronous", "start_one_synchronous"),
+                ("POST", "task/start", "start_by_name"),
+                ("POST", "task/start/synchronous", "start_by_name_synchronous"),
+                ("POST", "task/start/many", "start_many"),
+                ("POST", "task/{id}/stop", "stop_one"),
+                ("POST", "task/stop/many", "stop_many"),
+                ("POST", "app/{id}/reload", "reload_app"),
+                ("DELETE", "app/{id}", "delete_app"),
+            ],
+            {"collection": _LISTABLE, "log": ("scriptlog", "scriptlogfile")},
+        )
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._record, self.faults.middleware("qrs")])
@@ -135,28 +170,35 @@ class Qrs:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         parts = _parts(request)
-        route = self._route(request.method, parts)[1] if parts is not None else request.path
+        if parts is None:
+            request[_MATCH], route = None, request.path
+        else:
+            match = self.routes.match(request.method, parts)
+            request[_MATCH], route = (parts, match), match.label
         counts = self.received.setdefault(f"{request.method} {route}", {"calls": 0})
         counts["calls"] += 1
-        outcome = "dropped"
+        status: int | None = None
         try:
             response = await handler(request)
-            outcome = str(response.status)
+            status = response.status
             return response
         except web.HTTPException as exc:
-            outcome = str(exc.status)
+            status = exc.status
             raise
         finally:
+            outcome = "dropped" if status is None else str(status)
             counts[outcome] = counts.get(outcome, 0) + 1
+            self.requests.record("qrs", request, status)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
         if transport is not None and transport not in self._transports:
             self._transports.add(transport)
             self.connections += 1
-        parts = _parts(request)
-        if parts is None:
+        routed = request[_MATCH]
+        if routed is None:
             return text_response("No matching endpoint found", 404)
+        parts, match = routed
         try:
             query = decode_query(request.raw_path.partition("?")[2])
         except ValueError:
@@ -169,67 +211,28 @@ class Qrs:
             return text_response(
                 "Forbidden: the X-Qlik-User header (UserDirectory=...; UserId=...) is required", 403
             )
-        handler, route = self._route(request.method, parts)
-        self.calls[f"{request.method} {route}"] = self.calls.get(f"{request.method} {route}", 0) + 1
-        if handler is None:
+        route = f"{request.method} {match.label}"
+        self.calls[route] = self.calls.get(route, 0) + 1
+        if match.handler is None:
             return text_response("No matching endpoint found", 404)
         try:
-            return await handler(QrsRequest(request, parts, query, user))
+            handler: Handler = getattr(self, match.handler)
+            return await handler(QrsRequest(request, parts, match.args, query, user))
         except FilterError:
             return text_response(
                 f"Cannot parse the expression: {query.get('filter', query.get('orderby', ''))}", 400
             )
 
-    def _route(self, method: str, parts: list[str]) -> tuple[Handler | None, str]:
-        head = parts[0] if parts else ""
-        size = len(parts)
-        if method == "GET":
-            if parts == ["about"]:
-                return self.about, "about"
-            if head in ("servicestatus",) and size <= 2:
-                return self.service_status, "/".join(parts)
-            if head == "reloadtask" and size == 3 and parts[2] in ("scriptlog", "scriptlogfile"):
-                return self.script_log_ticket, f"reloadtask/{{id}}/{parts[2]}"
-            if head == "download" and size == 4 and parts[1] == "reloadtask":
-                return self.download, "download/reloadtask/{ticket}/{file}"
-            if head in _LISTABLE:
-                if size == 1:
-                    return self.list_condensed, head
-                if size == 2 and parts[1] == "full":
-                    return self.list_full, f"{head}/full"
-                if size == 2 and parts[1] == "count":
-                    return self.count, f"{head}/count"
-                if size == 2:
-                    return self.by_id, f"{head}/{{id}}"
-        if method == "POST":
-            if head == "task" and size == 3 and parts[2] == "start":
-                return self.start_one, "task/{id}/start"
-            if head == "task" and size == 4 and parts[2:] == ["start", "synchronous"]:
-                return self.start_one_synchronous, "task/{id}/start/synchronous"
-            if parts == ["task", "start"]:
-                return self.start_by_name, "task/start"
-            if parts == ["task", "start", "synchronous"]:
-                return self.start_by_name_synchronous, "task/start/synchronous"
-            if parts == ["task", "start", "many"]:
-                return self.start_many, "task/start/many"
-            if head == "task" and size == 3 and parts[2] == "stop":
-                return self.stop_one, "task/{id}/stop"
-            if parts == ["task", "stop", "many"]:
-                return self.stop_many, "task/stop/many"
-            if head == "app" and size == 3 and parts[2] == "reload":
-                return self.reload_app, "app/{id}/reload"
-        if method == "DELETE" and head == "app" and size == 2:
-            return self.delete_app, "app/{id}"
-        return None, "/".join(parts)
-
     # -- reading ------------------------------------------------------------------------------------------
 
     def _selected(self, request: QrsRequest) -> list[dict[str, Any]]:
-        table = self.site.collection(request.parts[0])
+        table = self.site.collection(request.args["collection"])
         text = request.query.get("filter", "")
         node = parse_filter(text, allow_not=self.site.allow_not)
         fast = _id_lookup(node, "id")
-        by_execution = _id_lookup(node, "executionid") if request.parts[0] == "executionresult" else None
+        by_execution = (
+            _id_lookup(node, "executionid") if request.args["collection"] == "executionresult" else None
+        )
         if fast is None and by_execution is not None:
             # Indexed as QRS's database indexes it: results are looked up by execution id after each run,
             # and there are as many results as runs, so no scan.
@@ -252,7 +255,7 @@ class Qrs:
     def _shaped(
         self, request: QrsRequest, entities: list[dict[str, Any]], full: bool
     ) -> list[dict[str, Any]]:
-        condense = None if full else CONDENSERS.get(request.parts[0])
+        condense = None if full else CONDENSERS.get(request.args["collection"])
         shaped = [condense(e) if condense else e for e in entities]
         if request.query.get("privileges", "").lower() == "true":
             shaped = [
@@ -270,7 +273,7 @@ class Qrs:
         return json_response({"value": len(self._selected(request))})
 
     async def by_id(self, request: QrsRequest) -> web.Response:
-        entity = self.site.collection(request.parts[0]).get(request.parts[1])
+        entity = self.site.collection(request.args["collection"]).get(request.args["id"])
         if entity is None:
             return text_response("Not found", 404)
         return json_response(self._shaped(request, [entity], full=True)[0])
@@ -311,10 +314,10 @@ class Qrs:
         return json_response(statuses)
 
     async def script_log_ticket(self, request: QrsRequest) -> web.Response:
-        task = self.site.tasks.get(request.parts[1])
+        task = self.site.tasks.get(request.args["id"])
         if task is None or task["schemaPath"] != "ReloadTask":
             return text_response("Not found", 404)
-        if request.parts[2] == "scriptlog":
+        if request.args["log"] == "scriptlog":
             reference = request.query.get("filereferenceid", "")
         else:
             result = self.site.execution_results.get(request.query.get("executionresultid", ""))
@@ -326,7 +329,7 @@ class Qrs:
         return json_response({"value": ticket})
 
     async def download(self, request: QrsRequest) -> web.Response:
-        reference = self.tickets.pop(request.parts[2], None)
+        reference = self.tickets.pop(request.args["ticket"], None)
         if reference is None:
             return text_response("Not found", 404)
         return web.Response(
@@ -342,17 +345,17 @@ class Qrs:
         self.start_requests[task_id] = self.start_requests.get(task_id, 0) + 1
 
     async def start_one(self, request: QrsRequest) -> web.Response:
-        self._asked_to_start(request.parts[1])
-        if self._task(request.parts[1]) is None:
+        self._asked_to_start(request.args["id"])
+        if self._task(request.args["id"]) is None:
             return text_response("Not found", 404)
-        self.scheduler.start(request.parts[1], request.user)
+        self.scheduler.start(request.args["id"], request.user)
         return web.Response(status=204)
 
     async def start_one_synchronous(self, request: QrsRequest) -> web.Response:
-        self._asked_to_start(request.parts[1])
-        if self._task(request.parts[1]) is None:
+        self._asked_to_start(request.args["id"])
+        if self._task(request.args["id"]) is None:
             return text_response("Not found", 404)
-        session = self.scheduler.start(request.parts[1], request.user)
+        session = self.scheduler.start(request.args["id"], request.user)
         return json_response({"value": session or EMPTY_GUID}, 201)
 
     def _named(self, request: QrsRequest) -> dict[str, Any] | None:
@@ -392,9 +395,9 @@ class Qrs:
         return web.Response(status=204)
 
     async def stop_one(self, request: QrsRequest) -> web.Response:
-        if self._task(request.parts[1]) is None:
+        if self._task(request.args["id"]) is None:
             return text_response("Not found", 404)
-        self.scheduler.stop(request.parts[1])
+        self.scheduler.stop(request.args["id"])
         return web.Response(status=204)
 
     async def stop_many(self, request: QrsRequest) -> web.Response:
@@ -406,14 +409,14 @@ class Qrs:
         return web.Response(status=204)
 
     async def reload_app(self, request: QrsRequest) -> web.Response:
-        app_id = request.parts[1]
+        app_id = request.args["id"]
         if app_id not in self.site.apps:
             return text_response("Not found", 404)
         self.scheduler.reload_app_soon(app_id)
         return web.Response(status=204)
 
     async def delete_app(self, request: QrsRequest) -> web.Response:
-        app_id = request.parts[1]
+        app_id = request.args["id"]
         if not self.site.delete_app(app_id):
             return text_response("Not found", 404)
         self.app_deleted(app_id)  # the Engine closes the app in every session that has it open

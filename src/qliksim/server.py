@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from qliksim.access import RequestLog
 from qliksim.certs import SiteCertificates
 from qliksim.control import control_application
 from qliksim.engine import Engine
@@ -44,7 +45,9 @@ def server_tls(certificates: SiteCertificates) -> ssl.SSLContext:
 
 class _Listener:
     def __init__(self, app: web.Application, host: str, port: int, context: ssl.SSLContext | None) -> None:
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A handler still running at shutdown (an injected latency, say) gets a second, not aiohttp's minute:
+        # a simulator asked to stop stops.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         self.host = host
         self.port = port
         self.context = context
@@ -76,8 +79,9 @@ class Simulator:
         self.udp = UdpSender(options.udp_targets)
         self.session_udp = UdpSender(options.session_udp_targets)
         self.scheduler = Scheduler(site, self.udp, options.time_scale, options.success_type_typo)
-        self.engine = Engine(site, self.scheduler, self.faults)
-        self.qrs = Qrs(site, self.scheduler, self.faults, self.engine.close_app)
+        self.requests = RequestLog()
+        self.engine = Engine(site, self.scheduler, self.faults, self.requests)
+        self.qrs = Qrs(site, self.scheduler, self.faults, self.requests, self.engine.close_app)
         self.sessions: dict[str, SessionEvent] = {}
         context = server_tls(certificates)
         self.listeners = {
