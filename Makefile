@@ -5,10 +5,15 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo serve test lint bench clean
 
-setup:
+# The package is installed in editable mode, so only a change of its dependencies or entry points (in
+# these two files) needs pip again; the stamp file records the last install.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements-lock.txt -e '.[test]'
+	@touch $@
 
 demo: setup
 	$(BIN)/butler demo
