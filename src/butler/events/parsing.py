@@ -1,7 +1,8 @@
 """The datagrams of Sense's log4net UDP appenders, parsed into typed events.
 
-Scheduler events (``qlik-apis.md`` §5.3) have eleven ``;``-separated fields, proxy session events
-(``session-events.md``) eight; neither format escapes ``;``. A message with ``;`` in its free text is
+Scheduler events (the layout of the scheduler's ``LocalLogConfig.xml`` appender that upstream Butler
+ships, which ``qliksim/udp.py`` sends) have eleven ``;``-separated fields, proxy session events (the
+proxy's appender) eight; neither format escapes ``;``. A message with ``;`` in its free text is
 read by keeping everything after the fixed fields as the message. A ``;`` in a task or app name shifts
 the fields, so a scheduler event is anchored on its task id, app id, timestamp and level instead of on
 field positions; the names on either side of the anchor are exact unless both contain ``;`` (QRS's
