@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from butler.config import ConfigError, load_config, parse_config
+from butler.config import SCHEMA, ConfigError, UnknownKey, explain_key, load_config, parse_config
+from butler.config.declare import leaf_keys
+from butler.config.settings import (
+    ConnectionLimits,
+    EngineSettings,
+    MqttSettings,
+    TlsSettings,
+    UdpServerSettings,
+)
 from tests.conftest import TEMPLATE, base_config, run_butler, write_config
 
 
@@ -231,3 +242,134 @@ def test_config_check_command(tmp_path: Path) -> None:
     bad = run_butler("config", "check", str(write_config(tmp_path / "bad.yaml", document)))
     assert bad.returncode != 0
     assert "Butler.restServerConfig.serverPort: expected an integer 1-65535, got 'abc'" in bad.stderr
+
+
+# --- One declaration per key: defaults, README, upstream's template, --explain -------------------------
+
+
+def _template_leaves(node: Any, path: str) -> list[str]:
+    if not isinstance(node, dict):
+        return [path]
+    return [leaf for name, value in node.items() for leaf in _template_leaves(value, f"{path}.{name}")]
+
+
+def test_settings_objects_default_to_the_files_defaults() -> None:
+    """A settings class built in code and one read from a file without its keys are the same object."""
+    settings = parse_config(base_config(), base_dir=Path())
+    for name in ("health_check", "key_value", "certificates", "qrs", "start_task_filter", "mqtt", "files"):
+        assert getattr(settings, name) == type(getattr(settings, name))(), name
+    assert settings.engine == EngineSettings()
+    assert settings.udp == UdpServerSettings()
+    assert settings.rest.limits == ConnectionLimits() and settings.rest.tls == TlsSettings()
+    assert settings.udp.session_state_file == Path("butler-sessions.json")
+
+
+def test_every_key_is_in_the_readme_table() -> None:
+    """The README's table of keys names every declared key; a row of additions only says "(addition)"."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Keys used by this version:", 1)[1].split("\n\n")[1]
+    declared = {path.removeprefix("."): entry for path, entry in leaf_keys(SCHEMA, "")}
+    covered: set[str] = set()
+    for row in table.splitlines()[2:]:
+        names = re.findall(r"`([^`]+)`", row.split("|")[1])
+        parent = names[0].rsplit(".", 1)[0]
+        keys = [name if name.startswith("Butler.") else parent + name for name in names]
+        listed = {key for key in declared if any(_covers(pattern, key) for pattern in keys)}
+        assert listed, f"README names keys that are not declared: {keys}"
+        covered |= listed
+        additions = {declared[key].addition for key in listed}
+        if additions == {True}:
+            assert "(addition)" in row, row
+        if additions == {False}:
+            assert "(addition)" not in row, row
+    assert sorted(set(declared) - covered) == []
+
+
+def _covers(pattern: str, key: str) -> bool:
+    return key.startswith(pattern[:-1]) if pattern.endswith(".*") else key == pattern
+
+
+def test_upstream_keys_and_additions_match_upstreams_template() -> None:
+    """Every key of upstream's template is declared as upstream's (or ignored with its section); no
+    addition is in upstream's template."""
+    declared = {path.removeprefix("."): entry for path, entry in leaf_keys(SCHEMA, "")}
+    in_template = _template_leaves(template(), "")
+    for key in (leaf.removeprefix(".") for leaf in in_template):
+        if key in declared:
+            assert not declared[key].addition, key
+        else:
+            assert "upstream key" in explain_key(key).splitlines()[0], key
+    additions = {key for key, entry in declared.items() if entry.addition}
+    assert additions and not additions & {leaf.removeprefix(".") for leaf in in_template}
+
+
+def test_explain_a_key() -> None:
+    result = run_butler("config", "check", "--explain", "Butler.configQRS.timeoutSeconds")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Butler.configQRS.timeoutSeconds (addition)",
+        "  how long the QRS calls of one request (retries included) may take before the caller gets a 504",
+        "  type: an integer 1-3600",
+        "  default: 30",
+    ]
+    assert explain_key("restServerConfig.serverPort").splitlines() == [
+        "Butler.restServerConfig.serverPort (upstream key)",
+        "  port of the REST API",
+        "  type: an integer 1-65535",
+        "  default: none, the key is required",
+    ]
+    assert "default: butler-sessions.json" in explain_key("Butler.udpServerConfig.sessionStateFile")
+    assert "resolved against the config file's folder" in explain_key(
+        "Butler.udpServerConfig.sessionStateFile"
+    )
+    assert "default: false" in explain_key("Butler.restServerEndpointsEnable.scheduler.getSchedule")
+    assert "restServerEndpointsEnable.keyValueStore" in explain_key("Butler.keyValueStore.enable")
+    assert "type: a section with the keys maxConcurrent, maxSize, backpressureThreshold" in explain_key(
+        "Butler.udpServerConfig.messageQueue"
+    )
+    ignored = explain_key("Butler.scheduler.configfile")
+    assert ignored.startswith("Butler.scheduler (upstream key)") and "ignored" in ignored
+
+
+def test_explain_an_unknown_key_suggests_one() -> None:
+    result = run_butler("config", "check", "--explain", "Butler.configQRS.timeout")
+    assert result.returncode == 1
+    assert "Butler.configQRS.timeout is not a config key" in result.stderr
+    assert "did you mean 'Butler.configQRS.timeoutSeconds'?" in result.stderr
+    with pytest.raises(UnknownKey) as caught:
+        explain_key("Butler.logLevel.info")
+    assert (caught.value.path, caught.value.suggestion) == ("Butler.logLevel.info", None)
+
+
+def test_key_value_store_enable_is_noted_when_it_disagrees_with_the_endpoint_flag(tmp_path: Path) -> None:
+    document = template()
+    document["Butler"]["restServerEndpointsEnable"]["keyValueStore"] = True
+    assert document["Butler"]["keyValueStore"]["enable"] is False
+    result = run_butler("config", "check", str(write_config(tmp_path / "butler.yaml", document)))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "note: Butler.keyValueStore.enable is false and has no effect: the key-value endpoints are on as "
+        "Butler.restServerEndpointsEnable.keyValueStore says"
+    ) in result.stdout
+    settings = parse_config(document, base_dir=tmp_path)
+    assert settings.endpoints.enabled("keyValueStore") and settings.key_value.enable is False
+    assert parse_config(template(), base_dir=tmp_path).notes == ()
+
+
+def test_section_with_only_comments_is_empty(tmp_path: Path) -> None:
+    config = tmp_path / "butler.yaml"
+    config.write_text(
+        "Butler:\n  restServerConfig:\n    enable: true\n    serverHost: 127.0.0.1\n    serverPort: 8080\n"
+        "  mqttConfig:\n    # enable: true\n  udpServerConfig:\n    messageQueue:\n      # maxSize: 10\n"
+        "  createDirApprovedDirectories:\n    # - /data\n",
+        encoding="utf-8",
+    )
+    settings = load_config(config)
+    assert settings.mqtt == MqttSettings() and settings.udp.task_events.queue_size == 200
+    assert settings.files.create_dir is None  # unrestricted, as when absent; [] would allow nothing
+
+
+def test_modules_import_in_any_order() -> None:
+    for module in ("butler.mqtt", "butler.files", "butler.config.settings"):
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr

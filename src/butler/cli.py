@@ -1,7 +1,8 @@
 """The ``butler`` command.
 
 ``butler serve -c FILE.yaml`` runs the service (``butler -c FILE.yaml`` too, as upstream is started);
-``butler config check FILE.yaml`` validates a config file; ``butler --version``.
+``butler config check FILE.yaml`` validates a config file, ``butler config check --explain KEY`` says what a
+key means; ``butler --version``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from butler import __version__
 from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
-from butler.config import ConfigError, Settings, load_config
+from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_config
 from butler.demo import run_demo
 from butler.logs import LEVELS, setup_logging
 
@@ -67,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="work with config files")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     check = config_commands.add_parser("check", help="validate a config file; exit 0 if Butler can use it")
-    check.add_argument("file", metavar="FILE.yaml")
+    check.add_argument("file", metavar="FILE.yaml", nargs="?")
+    check.add_argument(
+        "--explain",
+        metavar="KEY",
+        help="say what a config key (such as Butler.configQRS.timeoutSeconds) means, its type and default",
+    )
     return parser
 
 
@@ -81,8 +87,13 @@ def _load(path: str) -> Settings | None:
         return None
 
 
-def _unsupported_note(settings: Settings) -> str:
-    return "sections not supported by this version, ignored: " + ", ".join(settings.unsupported_sections)
+def _notes(settings: Settings) -> list[str]:
+    notes = list(settings.notes)
+    if settings.unsupported_sections:
+        notes.insert(
+            0, "sections not supported by this version, ignored: " + ", ".join(settings.unsupported_sections)
+        )
+    return notes
 
 
 def check_config(path: str) -> int:
@@ -90,9 +101,28 @@ def check_config(path: str) -> int:
     if settings is None:
         return 1
     print(f"{path}: OK")
-    if settings.unsupported_sections:
-        print(f"note: {_unsupported_note(settings)}")
+    for note in _notes(settings):
+        print(f"note: {note}")
     return 0
+
+
+def explain(key: str) -> int:
+    try:
+        print(explain_key(key))
+    except UnknownKey as exc:
+        hint = f" (did you mean '{exc.suggestion}'?)" if exc.suggestion else ""
+        print(f"butler: {exc.path} is not a config key{hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def config_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.file is None and args.explain is None:
+        parser.error("config check needs a config file, --explain KEY, or both")
+    status = 0 if args.explain is None else explain(args.explain)
+    if args.file is not None:
+        status = max(status, check_config(args.file))
+    return status
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -110,8 +140,8 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     setup_logging(args.loglevel or settings.log_level)
     log.info("Butler %s starting with config file %s", __version__, args.configfile)
-    if settings.unsupported_sections:
-        log.warning(_unsupported_note(settings))
+    for note in _notes(settings):
+        log.warning(note)
     try:
         _event_loop_runner()(run(Butler(settings, rate_limit=args.api_rate_limit)))
     except StartupError as exc:
@@ -146,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "config":
-        return check_config(args.file)
+        return config_check(args, parser)
     if args.command == "demo":
         return demo(args)
     parser.print_help()

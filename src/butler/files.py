@@ -34,6 +34,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from butler.config.settings import FileSettings
+
 MAX_PATH = 4096
 #: Folders nested deeper than this are refused (400): each level of a path or of a copied or deleted tree
 #: holds a folder handle and a stack frame, and no load script's folders come near it.
@@ -100,18 +102,6 @@ def _blame(subject: str) -> Iterator[None]:
             raise
         kind, explanation = known
         raise kind(f"{subject} {explanation}") from None
-
-
-@dataclass(frozen=True)
-class FileSettings:
-    """The approved folders (``Butler.fileCopyApprovedDirectories`` and friends, ``configDirectories``)."""
-
-    copy: tuple[tuple[Path, Path], ...] = ()
-    move: tuple[tuple[Path, Path], ...] = ()
-    delete: tuple[Path, ...] = ()
-    qvd_path: Path | None = None
-    #: ``Butler.createDirApprovedDirectories`` (an addition): None leaves createdir unrestricted, as upstream.
-    create_dir: tuple[Path, ...] | None = None
 
 
 def normalize(raw: str) -> str:

@@ -38,12 +38,14 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from butler.config.settings import MqttSettings
+if TYPE_CHECKING:
+    # The config declares its topics with this module's topic rule, so it imports this module.
+    from butler.config.settings import MqttSettings
 
 log = logging.getLogger("butler.mqtt")
 

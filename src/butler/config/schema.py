@@ -4,7 +4,8 @@ Butler's config is a deep tree of plain YAML values. Validating it with a generi
 messages such as ``'abc' is not of type 'integer'``; an admin editing a 1,300-line file needs the key path,
 what was expected and, for a typo, the key they probably meant. Each spec here checks one value, appends
 messages of the form ``Butler.restServerConfig.serverPort: expected an integer 1-65535, got 'abc'`` and
-returns the value with defaults filled in.
+returns the value with defaults filled in. A section or list with nothing but comments below it (a YAML null)
+counts as empty, as admins leave the template's optional parts.
 """
 
 from __future__ import annotations
@@ -117,9 +118,10 @@ class Enum(Spec):
 
 @dataclass
 class ListOf(Spec):
-    """A list of items; a null (an empty YAML entry with only comments below it) is an empty list."""
+    """A list of items; a null is an empty list, or stays null when ``nullable`` (then null means unset)."""
 
     item: Spec = field(default_factory=Spec)
+    nullable: bool = False
 
     @property
     def expected(self) -> str:
@@ -127,7 +129,7 @@ class ListOf(Spec):
 
     def check(self, value: Any, path: str, errors: list[str]) -> Any:
         if value is None:
-            return []
+            return None if self.nullable else []
         if not isinstance(value, list):
             self.fail(value, path, errors)
             return []
@@ -136,11 +138,14 @@ class ListOf(Spec):
 
 @dataclass
 class Key:
-    """A key of a section: its spec, whether it must be present, and the default when it is not."""
+    """A key of a section: its spec, whether it must be present, the default when it is not, a one-line help,
+    and whether it is an addition to upstream Butler's keys."""
 
     spec: Spec
     required: bool = False
     default: Any = None
+    help: str = ""
+    addition: bool = False
 
 
 @dataclass
@@ -148,12 +153,13 @@ class Section(Spec):
     """A mapping with known keys. Unknown keys are errors, with a suggestion for near misses.
 
     ``tolerated`` names keys that upstream Butler knows but this section does not use: they are accepted
-    and reported back so the caller can warn about them once.
+    and reported back so the caller can warn about them once. A null is an empty section unless the section
+    is not ``nullable`` (the file itself must be a mapping).
     """
 
     keys: dict[str, Key] = field(default_factory=dict)
     tolerated: frozenset[str] = frozenset()
-    nullable: bool = False
+    nullable: bool = True
 
     @property
     def expected(self) -> str:
@@ -173,7 +179,10 @@ class Section(Spec):
             key = self.keys.get(name)
             if key is None:
                 if name not in self.tolerated:
-                    errors.append(f"{path}.{name}: unknown key{self._suggestion(name)}")
+                    near = self.suggest(name)
+                    errors.append(
+                        f"{path}.{name}: unknown key" + (f" (did you mean '{near}'?)" if near else "")
+                    )
                 continue
             result[name] = key.spec.check(item, f"{path}.{name}", errors)
         for name, key in self.keys.items():
@@ -182,23 +191,24 @@ class Section(Spec):
             if key.required:
                 errors.append(f"{path}.{name}: required key is missing ({key.spec.expected})")
             else:
-                result[name] = _fill_defaults(key)
+                result[name] = default_of(key)
         return result
 
-    def _suggestion(self, name: str) -> str:
+    def suggest(self, name: str, cutoff: float = 0.75) -> str | None:
+        """The known key an unknown ``name`` was probably meant to be: the same in another case, or close."""
         known = [*self.keys, *self.tolerated]
         lowered = {k.lower(): k for k in known}
         if name.lower() in lowered:
-            return f" (did you mean '{lowered[name.lower()]}'?)"
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-        return f" (did you mean '{close[0]}'?)" if close else ""
+            return lowered[name.lower()]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+        return close[0] if close else None
 
 
-def _fill_defaults(key: Key) -> Any:
+def default_of(key: Key) -> Any:
     """The value of an absent optional key; an absent section gets its own defaults filled in."""
     if isinstance(key.spec, Section) and key.default is None:
         return key.spec.check({}, "", [])
-    if isinstance(key.spec, ListOf) and key.default is None:
+    if isinstance(key.spec, ListOf) and key.default is None and not key.spec.nullable:
         return []
     return key.default
 

@@ -1,26 +1,157 @@
-"""Typed settings built from a validated config file, passed to the code that needs them."""
+"""Typed settings built from a validated config file, passed to the code that needs them.
+
+Each field declares the config key it is read from, once: its path, spec, default and a one-line help
+(``butler.config.declare``). The validator, the file's defaults, these classes' defaults and
+``butler config check --explain`` all come from these declarations.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from butler.files import FileSettings
+from butler.config.declare import part, setting
+from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Spec, Str, describe
+from butler.http.browsers import parse_origin
+from butler.mqtt import InvalidMessage, check_topic
+
+LOG_LEVELS = ("silly", "debug", "verbose", "info", "warn", "error")
+
+#: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order, then
+#: upstream v6's flags for active users.
+ENDPOINT_FLAGS: tuple[str, ...] = (
+    "apiListEnabledEndpoints",
+    "base62ToBase16",
+    "base16ToBase62",
+    "butlerping",
+    "createDir",
+    "createDirQVD",
+    "fileDelete",
+    "fileMove",
+    "fileCopy",
+    "keyValueStore",
+    "mqttPublishMessage",
+    "newRelic.postNewRelicMetric",
+    "newRelic.postNewRelicEvent",
+    "scheduler.createNewSchedule",
+    "scheduler.getSchedule",
+    "scheduler.getScheduleStatusAll",
+    "scheduler.updateSchedule",
+    "scheduler.deleteSchedule",
+    "scheduler.startSchedule",
+    "scheduler.stopSchedule",
+    "senseAppReload",
+    "senseAppDump",
+    "senseListApps",
+    "senseStartTask",
+    "slackPostMessage",
+    "activeUserCount",
+    "activeUsers",
+)
+
+#: Top-level sections of upstream Butler 16 that this project does not implement (yet): reported once.
+UPSTREAM_SECTIONS: tuple[str, ...] = (
+    "fileLogging",
+    "logDirectory",
+    "anonTelemetry",
+    "systemInfo",
+    "configVisualisation",
+    "heartbeat",
+    "uptimeMonitor",
+    "thirdPartyToolsCredentials",
+    "influxDb",
+    "scriptLog",
+    "qlikSenseUrls",
+    "genericUrls",
+    "qlikSenseVersion",
+    "qlikSenseLicense",
+    "teamsNotification",
+    "emailNotification",
+    "incidentTool",
+    "webhookNotification",
+    "scheduler",
+    "restServerEndpointsConfig",
+    "serviceMonitor",
+    "qlikSenseCloud",
+)
+
+_PORT = Int(1, 65535)
+_SECONDS = Int(1, 3600)
+_SA_REPOSITORY = [{"name": "X-Qlik-User", "value": "UserDirectory=Internal;UserId=sa_repository"}]
+_NAME_VALUE = Section(keys={"name": Key(Str(), required=True), "value": Key(Str(), required=True)})
+_DIRECTORY_PAIR = Section(
+    keys={"fromDirectory": Key(Str(), required=True), "toDirectory": Key(Str(), required=True)}
+)
 
 
-@dataclass(frozen=True)
+class _Origin(Spec):
+    """A web origin, ``https://sense.company.com[:port]``, kept as browsers write it in ``Origin``."""
+
+    @property
+    def expected(self) -> str:
+        return "an origin such as https://sense.company.com"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, str):
+            self.fail(value, path, errors)
+            return None
+        try:
+            return parse_origin(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}, got {describe(value)}")
+            return None
+
+
+class _Topic(Spec):
+    """An MQTT topic Butler publishes to: one the broker would refuse is refused at start-up, rather than
+    every message to it at run time."""
+
+    @property
+    def expected(self) -> str:
+        return "an MQTT topic such as qliksense/task_failure"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, str):
+            self.fail(value, path, errors)
+            return None
+        try:
+            check_topic(value)
+        except InvalidMessage as exc:
+            errors.append(f"{path}: {exc}, got {describe(value)}")
+            return None
+        return value
+
+
+def _headers(value: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    # An empty list would leave Qlik without a user to act as: the default user then, as upstream.
+    return tuple((header["name"], header["value"]) for header in value or _SA_REPOSITORY)
+
+
+def _paths(value: list[str]) -> tuple[Path, ...]:
+    return tuple(Path(item) for item in value)
+
+
+def _path_pairs(value: list[dict[str, str]]) -> tuple[tuple[Path, Path], ...]:
+    return tuple((Path(pair["fromDirectory"]), Path(pair["toDirectory"])) for pair in value)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TlsSettings:
     """HTTPS for the REST API (``Butler.restServerConfig.tls``)."""
 
-    enable: bool = False
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
+    enable: bool = setting("enable", Bool(), False, help="serve HTTPS instead of HTTP")
+    cert: Path | None = setting(
+        "cert", Str(nullable=True), None, file=True, help="PEM certificate (required when TLS is on)"
+    )
+    key: Path | None = setting(
+        "key", Str(nullable=True), None, file=True, help="PEM private key (required when TLS is on)"
+    )
+    ca: Path | None = setting("ca", Str(nullable=True), None, file=True, help="optional PEM CA bundle")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConnectionLimits:
     """How long and how many HTTP connections a listener keeps (additions to ``Butler.restServerConfig``).
 
@@ -32,170 +163,492 @@ class ConnectionLimits:
     and an idle one costs Butler about 5 KB of memory.
     """
 
-    headers_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keep_alive_timeout: float = 72.0
-    max_connections: int = 1000
+    headers_timeout: float = setting(
+        "headersTimeoutSeconds",
+        _SECONDS,
+        10,
+        addition=True,
+        help="a request head must arrive in full within this time, or 408 and the connection is closed",
+    )
+    body_timeout: float = setting(
+        "bodyTimeoutSeconds",
+        _SECONDS,
+        30,
+        addition=True,
+        help="a request body must arrive in full within this time once read, or 408 and the connection ends",
+    )
+    keep_alive_timeout: float = setting(
+        "keepAliveTimeoutSeconds",
+        _SECONDS,
+        72,
+        addition=True,
+        help="a kept-alive connection that sends nothing for this long after its last answer is closed",
+    )
+    max_connections: int = setting(
+        "maxConnections",
+        Int(1, 1_000_000),
+        1000,
+        addition=True,
+        help="connections kept open at once per listener; one beyond it is answered 503 and closed",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RestServerSettings:
-    """``Butler.restServerConfig``. ``backgroundServerPort`` is read but unused: one listener serves all."""
+    """``Butler.restServerConfig``."""
 
-    enable: bool = True
-    host: str = "127.0.0.1"
-    port: int = 8080
-    background_port: int | None = None
-    #: Web origins whose pages may call Butler from a browser (an addition to upstream's keys).
-    allowed_origins: tuple[str, ...] = ()
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    enable: bool = setting("enable", Bool(), required=True, help="start the REST API")
+    host: str = setting(
+        "serverHost", Str(), required=True, help="address to listen on; 0.0.0.0 for every interface"
+    )
+    port: int = setting("serverPort", _PORT, required=True, help="port of the REST API")
+    background_port: int | None = setting(
+        "backgroundServerPort", _PORT, None, help="accepted and ignored: one listener serves everything"
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        "allowedOrigins",
+        ListOf(_Origin()),
+        addition=True,
+        convert=tuple,
+        help="web origins whose pages may call Butler from a browser (README, Browsers)",
+    )
+    tls: TlsSettings = part("tls", TlsSettings, help="HTTPS for the REST API")
+    limits: ConnectionLimits = part("", ConnectionLimits)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HealthCheckSettings:
     """``Butler.dockerHealthCheck``: an extra plain-HTTP listener that serves only ``GET /health``."""
 
-    enable: bool = False
-    port: int = 12398
+    enable: bool = setting("enable", Bool(), False, help="also serve GET /health on a port of its own")
+    port: int = setting("port", _PORT, 12398, help="the port of that health check")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KeyValueSettings:
     """``Butler.keyValueStore``. ``backend``, ``sqlite`` and ``redis`` are additions to upstream's keys."""
 
-    max_keys_per_namespace: int = 1000
-    backend: str = "sqlite"
-    sqlite_path: Path = Path("butler-kv.sqlite")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "butler:kv:"
+    enable: bool = setting(
+        "enable",
+        Bool(),
+        False,
+        help="not read, as upstream does not read it: Butler.restServerEndpointsEnable.keyValueStore "
+        "turns the key-value endpoints on",
+    )
+    max_keys_per_namespace: int = setting(
+        "maxKeysPerNamespace", Int(1), 1000, help="keys a namespace may hold; a new key beyond it is a 400"
+    )
+    backend: str = setting(
+        "backend",
+        Enum(choices=("sqlite", "memory", "redis")),
+        "sqlite",
+        addition=True,
+        help="sqlite (pairs kept in a file), memory (lost on restart, as upstream) or redis (shared)",
+    )
+    sqlite_path: Path = setting(
+        "sqlite.path", Str(), "butler-kv.sqlite", addition=True, file=True, help="the SQLite file"
+    )
+    redis_url: str = setting(
+        "redis.url",
+        Str(),
+        "redis://127.0.0.1:6379/0",
+        addition=True,
+        help="the Redis to use, redis://[:password@]host:port/db (rediss:// for TLS)",
+    )
+    redis_prefix: str = setting(
+        "redis.keyPrefix", Str(), "butler:kv:", addition=True, help="prefix of every Redis key Butler writes"
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CertificateSettings:
     """``Butler.cert``: the client certificate exported from the QMC, and the site's root CA."""
 
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    root_ca: Path | None = None
+    client_cert: Path | None = setting(
+        "clientCert", Str(nullable=True), None, file=True, help="client.pem exported from the QMC"
+    )
+    client_key: Path | None = setting(
+        "clientCertKey", Str(nullable=True), None, file=True, help="client_key.pem exported from the QMC"
+    )
+    root_ca: Path | None = setting(
+        "clientCertCA", Str(nullable=True), None, file=True, help="root.pem exported from the QMC"
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class QrsSettings:
     """``Butler.configQRS``. ``timeoutSeconds`` and ``retries`` are additions to upstream's keys."""
 
-    host: str = "localhost"
-    port: int = 4242
-    use_ssl: bool = True
-    headers: tuple[tuple[str, str], ...] = (("X-Qlik-User", "UserDirectory=Internal;UserId=sa_repository"),)
-    reject_unauthorized: bool = False
-    timeout_seconds: float = 30.0
-    retries: int = 2
+    authentication: str = setting(
+        "authentication", Str(), "certificates", help="accepted and ignored: Butler always uses Butler.cert"
+    )
+    host: str = setting("host", Str(), "localhost", help="where QRS listens")
+    use_ssl: bool = setting("useSSL", Bool(), True, help="HTTPS to QRS")
+    port: int = setting("port", _PORT, 4242, help="the port of QRS")
+    headers: tuple[tuple[str, str], ...] = setting(
+        "headers.static",
+        ListOf(_NAME_VALUE),
+        _SA_REPOSITORY,
+        convert=_headers,
+        help="headers sent on every QRS call, [{name, value}]; X-Qlik-User picks the user",
+    )
+    reject_unauthorized: bool = setting(
+        "rejectUnauthorized", Bool(), False, help="verify QRS's certificate against Butler.cert.clientCertCA"
+    )
+    timeout_seconds: float = setting(
+        "timeoutSeconds",
+        _SECONDS,
+        30,
+        addition=True,
+        help="how long the QRS calls of one request (retries included) may take before the caller gets a 504",
+    )
+    retries: int = setting(
+        "retries",
+        Int(0, 10),
+        2,
+        addition=True,
+        help="retries of a QRS call safe to repeat, after a connection error or 502/503/504, if time is left",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineSettings:
     """``Butler.configEngine``; ``timeoutSeconds`` is an addition to upstream's keys."""
 
-    host: str = "localhost"
-    port: int = 4747
-    use_ssl: bool = True
-    headers: tuple[tuple[str, str], ...] = (("X-Qlik-User", "UserDirectory=Internal;UserId=sa_repository"),)
-    reject_unauthorized: bool = False
-    timeout_seconds: float = 30.0
+    engine_version: str = setting(
+        "engineVersion", Str(), "12.612.0", help="accepted and ignored: Butler does not need it"
+    )
+    host: str = setting("host", Str(), "localhost", help="where the Qlik Sense Engine listens")
+    port: int = setting("port", _PORT, 4747, help="the port of the Engine")
+    use_ssl: bool = setting("useSSL", Bool(), True, help="WSS (TLS) to the Engine")
+    headers: tuple[tuple[str, str], ...] = setting(
+        "headers.static",
+        ListOf(_NAME_VALUE),
+        _SA_REPOSITORY,
+        convert=_headers,
+        help="headers sent when connecting to the Engine, [{name, value}]; X-Qlik-User picks the user",
+    )
+    reject_unauthorized: bool = setting(
+        "rejectUnauthorized",
+        Bool(),
+        False,
+        help="verify the Engine's certificate against Butler.cert.clientCertCA",
+    )
+    timeout_seconds: float = setting(
+        "timeoutSeconds",
+        _SECONDS,
+        30,
+        addition=True,
+        help="how long the Engine work of one request may take before the caller gets a 504",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StartTaskFilter:
     """``Butler.startTaskFilter``: which task ids, tags and custom-property values may be started by REST."""
 
-    enable: bool = False
-    task_ids: frozenset[str] = frozenset()
-    tags: frozenset[str] = frozenset()
-    custom_properties: frozenset[tuple[str, str]] = frozenset()
+    enable: bool = setting("enable", Bool(), False, help="only start tasks on the allow-lists")
+    task_ids: frozenset[str] = setting(
+        "allowTask.taskId", ListOf(Str()), convert=frozenset, help="task ids that may be started"
+    )
+    tags: frozenset[str] = setting(
+        "allowTask.tag", ListOf(Str()), convert=frozenset, help="tags whose tasks may be started"
+    )
+    custom_properties: frozenset[tuple[str, str]] = setting(
+        "allowTask.customProperty",
+        ListOf(_NAME_VALUE),
+        convert=lambda pairs: frozenset((pair["name"], pair["value"]) for pair in pairs),
+        help="[{name, value}] custom-property values whose tasks may be started",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskOutcomeSettings:
     """The task-event pipeline: ``Butler.udpServerConfig`` messageQueue, deduplication, taskEvents."""
 
-    workers: int = 10
-    queue_size: int = 200
-    backpressure_percent: int = 80
-    dedup: bool = True
-    dedup_seconds: float = 600.0
-    timeout_seconds: float = 10.0
-    cache_seconds: float = 60.0
-    script_log_head: int = 10
-    script_log_tail: int = 20
+    workers: int = setting(
+        "messageQueue.maxConcurrent", Int(1, 1000), 10, help="task events enriched from QRS at once"
+    )
+    queue_size: int = setting(
+        "messageQueue.maxSize", Int(1, 1_000_000), 200, help="task events queued at most; more are dropped"
+    )
+    backpressure_percent: int = setting(
+        "messageQueue.backpressureThreshold",
+        Int(0, 100),
+        80,
+        help="queue percentage at which a warning is logged",
+    )
+    dedup: bool = setting(
+        "deduplication.enable", Bool(), True, help="handle the same execution id and outcome once"
+    )
+    dedup_seconds: float = setting(
+        "deduplication.ttlMinutes",
+        Int(1, 10080),
+        10,
+        convert=lambda minutes: minutes * 60,
+        help="minutes within which the same execution id and outcome is handled once",
+    )
+    timeout_seconds: float = setting(
+        "taskEvents.enrichTimeoutSeconds",
+        _SECONDS,
+        10,
+        addition=True,
+        help="how long QRS may take to enrich an event before it goes out partial",
+    )
+    cache_seconds: float = setting(
+        "taskEvents.metadataCacheSeconds",
+        Int(0, 86400),
+        60,
+        addition=True,
+        help="how long task and app metadata are cached",
+    )
+    script_log_head: int = setting(
+        "taskEvents.scriptLogHeadLines",
+        Int(0, 1000),
+        10,
+        addition=True,
+        help="first lines of the script log of a failed or aborted reload kept in its event",
+    )
+    script_log_tail: int = setting(
+        "taskEvents.scriptLogTailLines",
+        Int(0, 1000),
+        20,
+        addition=True,
+        help="last lines of the script log of a failed or aborted reload kept in its event",
+    )
 
 
-@dataclass(frozen=True)
+def _topic(key: str, default: str, help: str, *, addition: bool = False) -> Any:
+    return setting(key, _Topic(), default, help=help, addition=addition)
+
+
+def _send_full(key: str, outcome: str, *, addition: bool = False) -> Any:
+    return setting(key, Bool(), True, help=f"publish the full JSON of {outcome} tasks too", addition=addition)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EventTopics:
     """The ``Butler.mqttConfig`` topics that events are published on."""
 
-    session_start: str = "qliksense/session/start"
-    session_stop: str = "qliksense/session/stop"
-    connection_open: str = "qliksense/connection/open"
-    connection_close: str = "qliksense/connection/close"
-    active_user_count: str = "qliksense/users/active/count"
-    active_users: str = "qliksense/users/active/usernames"
-    active_users_per_server: str = "qliksense/users/activeperserver"
-    task_failure: str = "qliksense/task_failure"
-    task_failure_full: str = "qliksense/task_failure_full"
-    task_failure_send_full: bool = True
-    task_aborted: str = "qliksense/task_aborted"
-    task_aborted_full: str = "qliksense/task_aborted_full"
-    task_aborted_send_full: bool = True
-    task_success: str = "qliksense/task_success"
-    task_success_full: str = "qliksense/task_success_full"
-    task_success_send_full: bool = True
-    task_event_server_status: str = "qliksense/butler/task_failure_server"
-    session_server_status: str = "qliksense/butler/session_server"
+    session_start: str = _topic(
+        "sessionStartTopic", "qliksense/session/start", "session starts (upstream v6)"
+    )
+    session_stop: str = _topic("sessionStopTopic", "qliksense/session/stop", "session stops (upstream v6)")
+    connection_open: str = _topic(
+        "connectionOpenTopic", "qliksense/connection/open", "connections opened (upstream v6)"
+    )
+    connection_close: str = _topic(
+        "connectionCloseTopic", "qliksense/connection/close", "connections closed (upstream v6)"
+    )
+    active_user_count: str = _topic(
+        "activeUserCountTopic", "qliksense/users/active/count", "the number of active users (upstream v6)"
+    )
+    active_users: str = _topic(
+        "activeUsersTopic", "qliksense/users/active/usernames", "the active users' ids (upstream v6)"
+    )
+    active_users_per_server: str = _topic(
+        "activeUsersPerServerTopic",
+        "qliksense/users/activeperserver",
+        "active users per proxy host, below <topic>/<host>/count (upstream v6)",
+    )
+    task_failure: str = _topic("taskFailureTopic", "qliksense/task_failure", "names of failed tasks")
+    task_failure_full: str = _topic(
+        "taskFailureFullTopic", "qliksense/task_failure_full", "the full JSON of failed tasks"
+    )
+    task_failure_send_full: bool = _send_full("taskFailureSendFull", "failed")
+    task_aborted: str = _topic("taskAbortedTopic", "qliksense/task_aborted", "names of aborted tasks")
+    task_aborted_full: str = _topic(
+        "taskAbortedFullTopic", "qliksense/task_aborted_full", "the full JSON of aborted tasks"
+    )
+    task_aborted_send_full: bool = _send_full("taskAbortedSendFull", "aborted")
+    task_success: str = _topic(
+        "taskSuccessTopic", "qliksense/task_success", "names of successful tasks", addition=True
+    )
+    task_success_full: str = _topic(
+        "taskSuccessFullTopic",
+        "qliksense/task_success_full",
+        "the full JSON of successful tasks",
+        addition=True,
+    )
+    task_success_send_full: bool = _send_full("taskSuccessSendFull", "successful", addition=True)
+    task_event_server_status: str = _topic(
+        "taskFailureServerStatusTopic",
+        "qliksense/butler/task_failure_server",
+        "'start' when the task-event UDP listener opens",
+    )
+    session_server_status: str = _topic(
+        "sessionServerStatusTopic",
+        "qliksense/butler/session_server",
+        "'start' when the session-event UDP listener opens",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MqttSettings:
-    """``Butler.mqttConfig``. ``username``, ``password``, ``clientId``, ``qos``, ``tls``, ``queueSize``,
-    ``taskStartResultTopic`` and the ``taskSuccess*`` keys are additions to upstream's keys; the session
-    and active-user topics are upstream v6's."""
+    """``Butler.mqttConfig``."""
 
-    enable: bool = False
-    host: str = "localhost"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    client_id: str | None = None
-    qos: int = 0
-    tls: bool = False
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    queue_size: int = 10000
-    task_start_topic: str = "qliksense/start_task"
-    task_start_result_topic: str = "qliksense/start_task/result"
-    events: EventTopics = field(default_factory=EventTopics)
+    #: Keys of upstream features this version does not have (alerts, Azure, Qlik Cloud).
+    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = (
+        "azureEventGrid",
+        "serviceRunningTopic",
+        "serviceStoppedTopic",
+        "serviceStatusTopic",
+        "qlikSenseServerLicenseTopic",
+        "qlikSenseServerLicenseExpireTopic",
+        "qlikSenseCloud",
+    )
+
+    enable: bool = setting("enable", Bool(), False, help="connect to an MQTT broker")
+    host: str = setting("brokerHost", Str(), "localhost", help="the MQTT broker's host")
+    port: int = setting("brokerPort", _PORT, 1883, help="the MQTT broker's port")
+    username: str | None = setting("username", Str(nullable=True), None, addition=True, help="broker login")
+    password: str | None = setting(
+        "password", Str(nullable=True), None, addition=True, help="broker password"
+    )
+    client_id: str | None = setting(
+        "clientId", Str(nullable=True), None, addition=True, help="client id; null: butler-<random>"
+    )
+    qos: int = setting("qos", Int(0, 2), 0, addition=True, help="QoS of published messages")
+    tls: bool = setting("tls.enable", Bool(), False, addition=True, help="TLS to the broker")
+    tls_ca: Path | None = setting(
+        "tls.ca", Str(nullable=True), None, addition=True, file=True, help="CA bundle for the broker"
+    )
+    tls_cert: Path | None = setting(
+        "tls.cert", Str(nullable=True), None, addition=True, file=True, help="client certificate"
+    )
+    tls_key: Path | None = setting(
+        "tls.key", Str(nullable=True), None, addition=True, file=True, help="client certificate's key"
+    )
+    queue_size: int = setting(
+        "queueSize",
+        Int(1, 10_000_000),
+        10000,
+        addition=True,
+        help="messages kept while the broker is away; more are dropped, counted and logged",
+    )
+    subscription_root_topic: str = setting(
+        "subscriptionRootTopic",
+        Str(),
+        "qliksense/#",
+        help="accepted and ignored: Butler subscribes to taskStartTopic only",
+    )
+    task_start_topic: str = setting(
+        "taskStartTopic", Str(), "qliksense/start_task", help="where task-start messages arrive"
+    )
+    task_start_result_topic: str = _topic(
+        "taskStartResultTopic",
+        "qliksense/start_task/result",
+        "where the outcome of each task-start message is published",
+        addition=True,
+    )
+    events: EventTopics = part("", EventTopics)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UdpServerSettings:
-    """``Butler.udpServerConfig``: the listeners for Sense's log-appender events.
+    """``Butler.udpServerConfig``: the listeners for Sense's log-appender events."""
 
-    ``portSessionConnectionEvents`` is upstream v6's key; ``sessionExpirySeconds``, ``sessionStateFile``,
-    ``activeUsersPublishSeconds`` and the ``taskEvents`` section are additions to upstream's keys.
-    """
+    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = ("queueMetrics",)
 
-    enable: bool = False
-    host: str = "0.0.0.0"
-    task_port: int = 9998
-    session_port: int = 9997
-    max_message_size: int = 65507
-    allowed_sources: tuple[str, ...] | None = None
-    max_per_source_per_minute: int | None = None
-    session_expiry_seconds: float = 4 * 3600
-    session_state_file: Path | None = None
-    active_users_publish_seconds: float = 1.0
-    task_events: TaskOutcomeSettings = field(default_factory=TaskOutcomeSettings)
+    enable: bool = setting("enable", Bool(), False, help="listen for the UDP events of Sense's log appenders")
+    host: str = setting("serverHost", Str(), "0.0.0.0", help="address to listen on")
+    task_port: int = setting(
+        "portTaskFailure", Int(0, 65535), 9998, help="port of the scheduler's task events; 0: not listened on"
+    )
+    session_port: int = setting(
+        "portSessionConnectionEvents",
+        Int(0, 65535),
+        9997,
+        help="port of the proxy's session events (upstream v6); 0: not listened on",
+    )
+    max_message_size: int = setting(
+        "maxMessageSize", Int(64, 65527), 65507, help="larger datagrams are dropped and counted"
+    )
+    validate_sources: bool = setting(
+        "enableSourceValidation", Bool(), False, help="accept datagrams from allowedSources only"
+    )
+    sources: tuple[str, ...] = setting(
+        "allowedSources",
+        ListOf(Str()),
+        convert=tuple,
+        help="IP addresses or host names (resolved at start-up) datagrams are accepted from",
+    )
+    rate_limit: bool = setting("rateLimit.enable", Bool(), False, help="limit datagrams per source IP")
+    messages_per_minute: int = setting(
+        "rateLimit.maxMessagesPerMinute", Int(1), 600, help="datagrams a minute accepted per source IP"
+    )
+    session_expiry_seconds: float = setting(
+        "sessionExpirySeconds",
+        Int(1),
+        4 * 3600,
+        addition=True,
+        help="a user session with no event for this long is no longer counted",
+    )
+    session_state_file: Path | None = setting(
+        "sessionStateFile",
+        Str(nullable=True),
+        "butler-sessions.json",
+        addition=True,
+        file=True,
+        help="where the sessions are kept across restarts; null: not kept",
+    )
+    active_users_publish_seconds: float = setting(
+        "activeUsersPublishSeconds",
+        Int(0, 3600),
+        1,
+        addition=True,
+        help="active-user figures go to MQTT at most this often",
+    )
+    task_events: TaskOutcomeSettings = part("", TaskOutcomeSettings)
+
+    @property
+    def allowed_sources(self) -> tuple[str, ...] | None:
+        """The sources datagrams are accepted from; None: any."""
+        return self.sources if self.validate_sources else None
+
+    @property
+    def max_per_source_per_minute(self) -> int | None:
+        """Datagrams a minute accepted per source; None: no limit."""
+        return self.messages_per_minute if self.rate_limit else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileSettings:
+    """The approved folders (``Butler.fileCopyApprovedDirectories`` and friends, ``configDirectories``)."""
+
+    copy: tuple[tuple[Path, Path], ...] = setting(
+        "fileCopyApprovedDirectories",
+        ListOf(_DIRECTORY_PAIR),
+        convert=_path_pairs,
+        help="[{fromDirectory, toDirectory}]: where copies may go from and to",
+    )
+    move: tuple[tuple[Path, Path], ...] = setting(
+        "fileMoveApprovedDirectories",
+        ListOf(_DIRECTORY_PAIR),
+        convert=_path_pairs,
+        help="[{fromDirectory, toDirectory}]: where moves may go from and to",
+    )
+    delete: tuple[Path, ...] = setting(
+        "fileDeleteApprovedDirectories",
+        ListOf(Str()),
+        convert=_paths,
+        help="folders in which files (and sub-folders) may be deleted",
+    )
+    qvd_path: Path | None = setting(
+        "configDirectories.qvdPath",
+        Str(nullable=True),
+        None,
+        convert=lambda path: Path(path) if path else None,
+        help="the folder /v4/createdirqvd creates folders under",
+    )
+    create_dir: tuple[Path, ...] | None = setting(
+        "createDirApprovedDirectories",
+        ListOf(Str(), nullable=True),
+        None,
+        addition=True,
+        convert=lambda paths: None if paths is None else _paths(paths),
+        help="folders /v4/createdir may create folders in; absent or null: anywhere, as upstream",
+    )
 
 
 @dataclass(frozen=True)
@@ -210,10 +663,10 @@ class EndpointFlags:
 
     def enabled(self, name: str) -> bool:
         node: Any = self.tree
-        for part in name.split("."):
+        for part_name in name.split("."):
             if not isinstance(node, Mapping):
                 return False
-            node = node.get(part)
+            node = node.get(part_name)
         return node is True
 
     def enabled_leaf_names(self) -> list[str]:
@@ -226,8 +679,8 @@ class EndpointFlags:
         for name in names:
             *parents, leaf = name.split(".")
             node = tree
-            for part in parents:
-                node = node.setdefault(part, {})
+            for parent in parents:
+                node = node.setdefault(parent, {})
             node[leaf] = True
         return cls(tree)
 
@@ -240,22 +693,70 @@ def _true_leaves(node: Mapping[str, Any]) -> Iterator[str]:
             yield name
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything Butler reads from its config file."""
+def _flag_section() -> Section:
+    root = Section()
+    for name in ENDPOINT_FLAGS:
+        *parents, leaf = name.split(".")
+        section = root
+        for parent in parents:
+            entry = section.keys.setdefault(parent, Key(Section()))
+            assert isinstance(entry.spec, Section)
+            section = entry.spec
+        section.keys[leaf] = Key(Bool(), default=False, help=f"true turns on the {leaf} endpoint(s)")
+    return root
 
-    log_level: str = "info"
-    rest: RestServerSettings = field(default_factory=RestServerSettings)
-    endpoints: EndpointFlags = field(default_factory=EndpointFlags)
-    health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
-    key_value: KeyValueSettings = field(default_factory=KeyValueSettings)
-    certificates: CertificateSettings = field(default_factory=CertificateSettings)
-    qrs: QrsSettings = field(default_factory=QrsSettings)
-    start_task_filter: StartTaskFilter = field(default_factory=StartTaskFilter)
-    mqtt: MqttSettings = field(default_factory=MqttSettings)
-    slack_webhook: str | None = None
-    files: FileSettings = field(default_factory=FileSettings)
-    engine: EngineSettings = field(default_factory=EngineSettings)
-    udp: UdpServerSettings = field(default_factory=UdpServerSettings)
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything Butler reads from its config file (``Butler``), and what loading it found."""
+
+    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = (
+        *UPSTREAM_SECTIONS,
+        # Tunes upstream's internals and changes nothing here.
+        "restServerApiDocGenerate",
+        "slackNotification.enable",
+        "slackNotification.reloadTaskFailure",
+        "slackNotification.reloadTaskAborted",
+        "slackNotification.serviceStopped",
+        "slackNotification.serviceStarted",
+        "slackNotification.userSessionEvents",
+    )
+
+    log_level: str = setting("logLevel", Enum(choices=LOG_LEVELS), "info", help="how much Butler logs")
+    rest: RestServerSettings = part("restServerConfig", RestServerSettings, help="the REST API")
+    endpoints: EndpointFlags = setting(
+        "restServerEndpointsEnable",
+        _flag_section(),
+        None,
+        convert=EndpointFlags,
+        help="one switch per endpoint; only true turns an endpoint on",
+    )
+    health_check: HealthCheckSettings = part(
+        "dockerHealthCheck", HealthCheckSettings, help="a plain-HTTP GET /health port for Docker"
+    )
+    key_value: KeyValueSettings = part("keyValueStore", KeyValueSettings, help="the key-value store")
+    certificates: CertificateSettings = part(
+        "cert", CertificateSettings, help="the certificates Butler uses with Qlik Sense"
+    )
+    qrs: QrsSettings = part("configQRS", QrsSettings, help="the Qlik Sense Repository Service (QRS)")
+    start_task_filter: StartTaskFilter = part(
+        "startTaskFilter", StartTaskFilter, help="which tasks the task-start endpoint may start"
+    )
+    mqtt: MqttSettings = part("mqttConfig", MqttSettings, help="the MQTT broker and the topics Butler uses")
+    slack_webhook: str | None = setting(
+        "slackNotification.restMessage.webhookURL",
+        Str(nullable=True),
+        None,
+        help="the Slack webhook of /v4/slackpostmessage",
+    )
+    files: FileSettings = part("", FileSettings)
+    engine: EngineSettings = part("configEngine", EngineSettings, help="the Qlik Sense Engine")
+    udp: UdpServerSettings = part(
+        "udpServerConfig", UdpServerSettings, help="the UDP events of Sense's log appenders"
+    )
+    #: The config file, when loaded from one.
     source: Path | None = None
+    #: Upstream sections in the file that this version ignores.
     unsupported_sections: tuple[str, ...] = ()
+    #: What the admin should know about the file although Butler can use it.
+    notes: tuple[str, ...] = ()
