@@ -36,10 +36,22 @@ def _rate_limit(text: str) -> int:
     return value
 
 
+def _add_rate_limit(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--api-rate-limit",
+        type=_rate_limit,
+        default=DEFAULT_RATE_LIMIT,
+        metavar="N",
+        help=f"REST requests per minute per client IP, 0 = no limit (default {DEFAULT_RATE_LIMIT})",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="butler",
         description="Butler for Python: a companion service for Qlik Sense Enterprise on Windows.",
+        epilog="butler -c FILE.yaml [options] runs the service as 'butler serve -c FILE.yaml' does, the way "
+        "upstream Butler is started.",
     )
     parser.add_argument("--version", action="version", version=f"butler {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,13 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the Butler service")
     serve.add_argument("-c", "--configfile", required=True, metavar="FILE.yaml", help="Butler config file")
     serve.add_argument("-l", "--loglevel", choices=list(LEVELS), help="log level (overrides Butler.logLevel)")
-    serve.add_argument(
-        "--api-rate-limit",
-        type=_rate_limit,
-        default=DEFAULT_RATE_LIMIT,
-        metavar="N",
-        help=f"REST requests per minute per client IP, 0 = no limit (default {DEFAULT_RATE_LIMIT})",
-    )
+    _add_rate_limit(serve)
 
     demo = commands.add_parser("demo", help="run a simulated Qlik Sense site and Butler connected to it")
     demo.add_argument("--port", type=int, default=8080, help="Butler's REST port (default 8080)")
@@ -64,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".butler-demo"),
         help="folder for the demo's certificates, config file and key-value store",
     )
+    _add_rate_limit(demo)
 
     config = commands.add_parser("config", help="work with config files")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
@@ -157,7 +164,7 @@ def demo(args: argparse.Namespace) -> int:
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     try:
-        _event_loop_runner()(run_demo(state, args.host, args.port))
+        _event_loop_runner()(run_demo(state, args.host, args.port, args.api_rate_limit))
         return 0
     except StartupError as exc:
         log.error("the demo cannot start: %s", exc)

@@ -118,7 +118,8 @@ async def _wait_for_port(port: int, process: asyncio.subprocess.Process, seconds
             await asyncio.sleep(0.1)
 
 
-def _instructions(base: str, control: str, config: Path) -> str:
+def _instructions(base: str, control: str, config: Path, rate_limit: int) -> str:
+    limit = f"{rate_limit} requests per minute per client IP" if rate_limit else "off"
     return f"""
 Butler demo is running: a simulated Qlik Sense site, and Butler connected to it.
 
@@ -126,6 +127,7 @@ Butler demo is running: a simulated Qlik Sense site, and Butler connected to it.
   API documentation   {base}/documentation
   Config file         {config}
   Simulator control   {control}/calls   (what the simulated Sense site was asked to do)
+  Rate limit          {limit} (butler demo --api-rate-limit N; 0 turns it off)
 
 Try (from Butler's documentation):
 
@@ -160,7 +162,7 @@ Ctrl-C stops both.
 """
 
 
-async def run_demo(state: Path, host: str, port: int) -> None:
+async def run_demo(state: Path, host: str, port: int, rate_limit: int) -> None:
     """Run the demo until Ctrl-C; ``state`` is an existing folder (given as an absolute path)."""
     qrs_port, engine_port, control_port = _free_port(), _free_port(), _free_port()
     udp_ports = (_free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM))
@@ -189,9 +191,9 @@ async def run_demo(state: Path, host: str, port: int) -> None:
     try:
         await _wait_for_port(qrs_port, simulator)
         config = write_demo_config(state, host, port, qrs_port, engine_port, udp_ports)
-        butler = Butler(load_config(config), rate_limit=0)
+        butler = Butler(load_config(config), rate_limit=rate_limit)
         shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
-        text = _instructions(f"http://{shown}:{port}", f"http://127.0.0.1:{control_port}", config)
+        text = _instructions(f"http://{shown}:{port}", f"http://127.0.0.1:{control_port}", config, rate_limit)
         await run(butler, lambda: print(text, flush=True))
     finally:
         if simulator.returncode is None:
