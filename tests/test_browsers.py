@@ -35,6 +35,7 @@ def test_origins_are_written_as_browsers_write_them() -> None:
     assert parse_origin("https://sense.company.com:443") == "https://sense.company.com"
     assert parse_origin("http://sense:8080") == "http://sense:8080"
     assert parse_origin("http://[::1]:80") == "http://[::1]"
+    assert parse_origin("https://XN--BCHER-KVA.example") == "https://xn--bcher-kva.example"
     for bad in (
         "null",
         "*",
@@ -43,6 +44,7 @@ def test_origins_are_written_as_browsers_write_them() -> None:
         "https://sense/hub",
         "https://u@sense",
         "http://x:z",
+        "https://bücher.example",  # browsers send https://xn--bcher-kva.example
     ):
         with pytest.raises(ValueError):
             parse_origin(bad)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import butler.logs
 from butler.http.routing import ApiRequest, Reply, Route, Router
 from butler.http.server import Listener, RestApi
+from tests.certs import make_certs
 from tests.conftest import ButlerProcess, StartButler, base_config, free_port, run_butler, write_config
 
 HEAD_TIMEOUT = 2
@@ -308,6 +310,80 @@ async def test_client_leaving_mid_answer_is_not_an_error(caplog: pytest.LogCaptu
     finally:
         await listener.stop()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+
+
+async def test_client_that_stops_reading_its_answers_is_dropped(
+    tmp_path: Path, butler_process: Callable[..., ButlerProcess]
+) -> None:
+    port, process = serve(tmp_path, butler_process, keepAliveTimeoutSeconds=IDLE_TIMEOUT, maxConnections=1)
+    for _ in range(100):  # until Butler has seen the close of the connection that found it listening
+        connection = socket.create_connection((HOST, port))
+        # A fixed receive buffer: the system's may grow to tens of megabytes.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        reader, writer = await asyncio.open_connection(sock=connection)
+        writer.write(PING)
+        if (await read_answer(reader))[0] == 200:
+            break
+        writer.close()
+        await asyncio.sleep(0.05)
+    body = json.dumps({"key": "big", "value": "v" * 900_000}).encode()
+    writer.write(
+        b"POST /v4/keyvalues/big HTTP/1.1\r\nHost: butler\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert (await read_answer(reader))[0] == 201
+    # 18 MB of answers asked for, far more than the socket buffers hold, and none read.
+    writer.write(b"GET /v4/keyvalues/big?key=big HTTP/1.1\r\nHost: butler\r\n\r\n" * 20)
+    started = time.monotonic()
+    for _ in range(int((IDLE_TIMEOUT + MARGIN) / 0.25)):  # until Butler frees the only connection it takes
+        newcomer = await asyncio.open_connection(HOST, port)
+        newcomer[1].write(PING)
+        status = (await asyncio.wait_for(read_answer(newcomer[0]), 5))[0]
+        newcomer[1].close()
+        if status == 200:
+            break
+        await asyncio.sleep(0.25)
+    dropped = time.monotonic() - started
+    writer.close()
+    assert status == 200
+    assert on_time(dropped, IDLE_TIMEOUT), dropped
+    process.stop()  # Butler's log is written out
+    lines = [line for line in process.output().splitlines() if " not read for " in line]
+    assert len(lines) == 1 and f" info: Answer to 127.0.0.1 not read for {IDLE_TIMEOUT} s: " in lines[0], (
+        lines
+    )
+
+
+async def test_tls_handshake_must_be_done_within_the_head_timeout(
+    tmp_path: Path, butler_process: Callable[..., ButlerProcess]
+) -> None:
+    certs = make_certs(tmp_path)
+    port = free_port()
+    document = base_config(butlerping=True)
+    document["Butler"]["restServerConfig"].update(
+        serverPort=port,
+        headersTimeoutSeconds=HEAD_TIMEOUT,
+        tls={"enable": True, "cert": str(certs.cert), "key": str(certs.key), "ca": str(certs.ca)},
+    )
+    process = butler_process("serve", "-c", str(write_config(tmp_path / "butler.yaml", document)))
+    process.wait_for_port(port)
+
+    async def handshake_begun(first_bytes: bytes) -> float:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(first_bytes)
+        seconds = await closed_after(reader, time.monotonic())
+        writer.close()
+        return seconds
+
+    # Nothing at all, and the first bytes of a ClientHello.
+    closes = await asyncio.wait_for(
+        asyncio.gather(
+            handshake_begun(b""), handshake_begun(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        ),
+        HEAD_TIMEOUT + 10,
+    )
+    assert on_time(closes, HEAD_TIMEOUT), closes
 
 
 async def test_health_check_listener_has_the_same_limits(

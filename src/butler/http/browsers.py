@@ -50,6 +50,9 @@ def parse_origin(text: str) -> str:
         raise ValueError(f"not an origin ({exc})") from None
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ValueError("expected http:// or https:// and a host name, like https://sense.company.com")
+    if not parts.hostname.isascii():
+        # Browsers send an international name in its ASCII form; the Unicode one would never match.
+        raise ValueError("write an international host name in its ASCII form (xn--...), as browsers send it")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
         raise ValueError("an origin is only scheme://host[:port], without user, path or query")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname

@@ -304,14 +304,21 @@ class _Connection(RequestHandler):
     ``headers_timeout`` of opening, and a later head must be complete within ``headers_timeout`` of its
     first bytes. One timer per connection, armed only while a head is due or incomplete, so a request
     arriving in one piece on a kept-alive connection costs no timer at all.
+
+    A client that stops reading its answer is dropped once it has read nothing for ``keepalive_timeout``:
+    no other timer runs while an answer is written, so it would hold its connection, its handler and the
+    answer for ever. Its timer is armed only while the socket's buffer is full.
     """
 
-    __slots__ = ("_body", "_head_timer", "_listener")
+    __slots__ = ("_answer_timer", "_body", "_head_timer", "_listener", "_unread")
 
     def __init__(self, listener: _Server, **kwargs: Any) -> None:
         super().__init__(listener, **kwargs)
         self._listener = listener
         self._head_timer: asyncio.TimerHandle | None = None
+        self._answer_timer: asyncio.TimerHandle | None = None
+        #: Bytes of the answer waiting for the client to read them, when last looked at.
+        self._unread = 0
         # The body of the latest request while it is still arriving: bytes received meanwhile are body.
         self._body: StreamReader | None = None
 
@@ -322,6 +329,12 @@ class _Connection(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._listener.admit():
             super().connection_made(transport)
+            if transport.get_extra_info("sslcontext") is None:
+                # Pause the writer as soon as the socket's buffer is full, so that the stall timer covers
+                # every unread byte: aiohttp closes a connection once its answer is buffered, and the
+                # transport then waits for the client to read the rest, without a limit. (A TLS transport
+                # pauses at its mark itself, so 0 would keep it paused; its close waits 30 s at most.)
+                cast(asyncio.WriteTransport, transport).set_write_buffer_limits(high=0)
             # Silence from a new connection is a head not sent in time, not an idle keep-alive.
             self._head_timer = self._loop.call_later(self.limits.headers_timeout, self._head_timed_out)
             return
@@ -332,7 +345,45 @@ class _Connection(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._stop_answer_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is None:  # closed by aiohttp while TLS sends its last records: TLS's own timeout holds
+            return
+        self._watch_answer(transport, transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        self._stop_answer_timer()
+        super().resume_writing()
+
+    def _stop_answer_timer(self) -> None:
+        if self._answer_timer is not None:
+            self._answer_timer.cancel()
+            self._answer_timer = None
+
+    def _watch_answer(self, transport: asyncio.WriteTransport, unread: int) -> None:
+        self._unread = unread
+        self._answer_timer = self._loop.call_later(
+            self.limits.keep_alive_timeout, self._answer_read, transport
+        )
+
+    def _answer_read(self, transport: asyncio.WriteTransport) -> None:
+        """Drop the connection if its client has read nothing since the last look."""
+        unread = transport.get_write_buffer_size()
+        if unread < self._unread:  # a slow reader, but a reader
+            self._watch_answer(transport, unread)
+            return
+        self._answer_timer = None
+        peer = transport.get_extra_info("peername")
+        log.info(
+            "Answer to %s not read for %g s: connection dropped",
+            peer[0] if peer else "?",
+            self.limits.keep_alive_timeout,
+        )
+        transport.abort()  # a close would wait for the client to read the answer
 
     def data_received(self, data: bytes) -> None:
         body = self._body
@@ -433,6 +484,47 @@ class _Server(web.Server):
         return False
 
 
+class _Site(web.BaseSite):
+    """aiohttp's TCPSite, with the TLS handshake held to the head timeout.
+
+    asyncio waits 60 s for a handshake, and a connection counts towards ``max_connections`` only once its
+    handshake is done: a client that opens connections and never completes a handshake would otherwise hold
+    each for a minute, unlimited in number.
+    """
+
+    __slots__ = ("_handshake_timeout", "_host", "_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=1024)
+        self._host = host
+        self._port = port
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+        )
+
+
 class Listener:
     """One TCP listener (plain or TLS) serving a RestApi."""
 
@@ -465,8 +557,8 @@ class Listener:
     async def start(self) -> None:
         _allow_descriptors(self._server.limits.max_connections)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True, backlog=1024
+        site = _Site(
+            self._runner, self.host, self.port, self.ssl_context, self._server.limits.headers_timeout
         )
         await site.start()
         # Port 0 asks the OS for a free port; report the one that was given.
