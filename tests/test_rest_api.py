@@ -11,6 +11,7 @@ import pytest
 
 from butler import __version__
 from butler.config import ENDPOINT_FLAGS
+from butler.http.errors import HttpError
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import ApiRequest, Reply, Route, Router, json_reply
 from butler.http.server import Listener, RestApi
@@ -217,6 +218,19 @@ async def test_rate_limit_per_client_ip(start_butler: StartButler, http: aiohttp
         status, _, response = await get(other, f"{base}/v4/butlerping")
         assert status == 200
         assert response.headers["x-ratelimit-remaining"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [(1, "1 second"), (10, "10 seconds"), (60, "1 minute"), (89, "1 minute"), (90, "2 minutes")],
+)
+def test_rate_limit_message_agrees_with_retry_after(window: int, message: str) -> None:
+    limiter = RateLimiter(1, window_seconds=window)
+    limiter.hit("a")
+    with pytest.raises(HttpError) as refused:
+        limiter.hit("a")
+    assert refused.value.headers["retry-after"] == str(window)
+    assert refused.value.message == f"Rate limit exceeded, retry in {message}"
 
 
 async def test_rate_limit_window_ends() -> None:

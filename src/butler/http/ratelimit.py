@@ -26,10 +26,6 @@ class RateLimiter:
         self.window_seconds = window_seconds
         self._windows: dict[str, _Window] = {}
         self._next_sweep = time.monotonic() + window_seconds
-        whole = round(window_seconds)
-        self._window_text = (
-            f"{whole // 60} minute{'s' if whole >= 120 else ''}" if whole % 60 == 0 else f"{whole} seconds"
-        )
 
     def hit(self, client: str) -> dict[str, str]:
         """Count one request; return the ``x-ratelimit-*`` headers, or raise the 429 when over the limit."""
@@ -50,5 +46,12 @@ class RateLimiter:
         }
         if remaining < 0:
             headers["retry-after"] = reset
-            raise HttpError(429, f"Rate limit exceeded, retry in {self._window_text}", headers=headers)
+            raise HttpError(429, f"Rate limit exceeded, retry in {_spoken(int(reset))}", headers=headers)
         return headers
+
+
+def _spoken(seconds: int) -> str:
+    """A wait as upstream's limiter words it (the ``ms`` package's long form: "1 minute", "10 seconds"),
+    of the same whole seconds as ``retry-after``, so the message and the header agree."""
+    unit, name = (60, "minute") if seconds >= 60 else (1, "second")
+    return f"{round(seconds / unit)} {name}{'s' if seconds >= unit * 1.5 else ''}"
