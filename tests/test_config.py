@@ -227,8 +227,15 @@ def test_unreadable_and_broken_files(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("Butler:\n  restServerConfig: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as refused:
         load_config(broken)
+    [message] = refused.value.messages
+    # One line that names the file where YAML found the problem.
+    assert f'in "{broken}", line 2' in message and "\n" not in message
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("Butler:\n  logLevel: 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(latin1)
 
 
 def test_config_check_command(tmp_path: Path) -> None:

@@ -48,13 +48,13 @@ def load_config(path: str | Path) -> Settings:
     """Read, validate and convert a Butler config file. Raises ConfigError listing every problem found."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # Read from the file itself, so that YAML's messages name it rather than "<unicode string>".
+        with path.open(encoding="utf-8-sig") as stream:
+            document = yaml.load(stream, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from exc
-    try:
-        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid YAML: {' '.join(str(exc).split())}"]) from exc
     return parse_config(document, base_dir=path.resolve().parent, source=path)
 
 
