@@ -65,6 +65,8 @@ async def test_served_documents(start_butler: StartButler, http: aiohttp.ClientS
     # Only what this server has registered is published.
     assert set(served["paths"]) == {"/v4/butlerping", "/v2/butlerPing", "/v2/butlerping", "/health"}
     assert served["servers"] == [{"url": "/"}]
+    # No heading without operations in Swagger UI.
+    assert [tag["name"] for tag in served["tags"]] == ["Butler", "Legacy v2"]
     async with http.get(f"{base}/documentation/yaml") as response:
         assert response.status == 200
         assert yaml.safe_load(await response.text()) == served

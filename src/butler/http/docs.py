@@ -119,6 +119,15 @@ class ApiDocument:
             if any(k in _METHODS for k in kept):
                 paths[path] = kept
         document["paths"] = paths
+        # Swagger UI shows every listed tag as a heading, even one whose operations are all switched off.
+        used = {
+            tag
+            for item in paths.values()
+            for k, op in item.items()
+            if k in _METHODS
+            for tag in op.get("tags", [])
+        }
+        document["tags"] = [tag for tag in document.get("tags", []) if tag["name"] in used]
         document["servers"] = [{"url": "/"}]
         return document
 
