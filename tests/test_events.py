@@ -4,8 +4,10 @@ on the REST API and published to a real Mosquitto broker, read by an independent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -481,3 +483,202 @@ def test_session_limit_and_ports_that_differ(tmp_path: Any) -> None:
     document = udp_config({"Butler": {**base_config()["Butler"]}}, 9998, 9998)
     with pytest.raises(ConfigError, match="portSessionConnectionEvents: must differ from portTaskFailure"):
         parse_config(document, base_dir=tmp_path)
+
+
+# -- the event bus: each consumer on its own -----------------------------------------------------------------
+
+
+async def test_a_blocked_consumer_delays_no_other(
+    tmp_path: Any, simulator: Any, site_certs: Any, broker: Broker, subscriber: Any, monkeypatch: Any
+) -> None:
+    from butler.app import Butler
+    from butler.config import parse_config
+    from butler.events.task_outcomes import TaskOutcome
+
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    # One enrichment worker: were it to wait for a consumer, the second event would not even be enriched.
+    document = udp_config(
+        butler_config(simulator, site_certs), task_port, session_port, messageQueue={"maxConcurrent": 1}
+    )
+    document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
+    butler = Butler(parse_config(document, base_dir=tmp_path))
+    await butler.start()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    release = asyncio.Event()
+    try:
+        assert butler.mqtt is not None
+        await asyncio.wait_for(butler.mqtt.connected.wait(), 10)  # MQTT connects in the background
+        assert butler.events is not None
+        bus = butler.events.bus
+        # One event first, so that what happens on the first event only (the first message published, the
+        # first outcome encoded) is not measured.
+        warm_up = "0b0b0b0b-0000-4000-8000-0000000000ff"
+        sender.sendto(task_datagram(task_id=APP1["taskId"], execution=warm_up), ("127.0.0.1", task_port))
+        await messages_until(subscriber, "qliksense/task_failure_full")
+
+        async def blocked(outcome: TaskOutcome) -> None:
+            """An SMTP server that does not answer: 10 s for every event (released when the test ends)."""
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), 10)
+
+        async def broken(outcome: TaskOutcome) -> None:
+            raise RuntimeError("this consumer has a bug")
+
+        bus.subscribe("blocked", blocked, TaskOutcome, queue_size=2)
+        bus.subscribe("broken", broken, TaskOutcome)
+        # The reference point: when the enriched event reached the bus.
+        reached: dict[str, float] = {}
+        publish = bus.publish
+
+        def timed_publish(event: object) -> None:
+            if isinstance(event, TaskOutcome):
+                reached[event.event.execution_id] = time.monotonic()
+            publish(event)
+
+        monkeypatch.setattr(bus, "publish", timed_publish)
+        delays = []
+        for n in range(6):
+            execution = f"0b0b0b0b-0000-4000-8000-00000000000{n}"
+            sender.sendto(
+                task_datagram(task_id=APP1["taskId"], execution=execution), ("127.0.0.1", task_port)
+            )
+            seen = await messages_until(subscriber, "qliksense/task_failure_full")
+            received = time.monotonic()
+            assert json.loads(seen["qliksense/task_failure_full"][0])["executionId"] == execution
+            delays.append(received - reached[execution])
+        # Out through Mosquitto and back within 50 ms of reaching the bus (a local round trip takes 1-3 ms),
+        # although the blocked consumer has been stuck on the first event since it came.
+        assert max(delays) < 0.05, delays
+        health = await Events(butler.listeners[0].url, task_port, session_port).health()
+        assert health["taskEventsHandled"] == 7
+        counts = {
+            name: (c["delivered"], c["failed"], c["dropped"], c["queued"], c["queueSize"])
+            for name, c in health["consumers"].items()
+        }
+        assert counts == {
+            "mqtt": (7, 0, 0, 0, 1000),
+            # One event in hand, two queued, three dropped: counted for this consumer alone.
+            "blocked": (0, 0, 3, 2, 2),
+            "broken": (0, 6, 0, 0, 1000),
+        }
+    finally:
+        release.set()
+        await butler.stop()
+        sender.close()
+
+
+async def delivered(subscription: Any, count: int) -> None:
+    """Until the consumer has handled ``count`` events, well or not."""
+    async with asyncio.timeout(5):
+        while True:
+            if subscription.delivered + subscription.failed >= count:
+                return
+            await asyncio.sleep(0.005)
+
+
+async def test_bus_full_queue_drops_for_that_consumer_alone() -> None:
+    from butler.events.bus import EventBus
+
+    bus = EventBus()
+    release = asyncio.Event()
+    taken: list[int] = []
+
+    async def stuck(number: int) -> None:
+        await release.wait()
+        taken.append(number)
+
+    async def texts(text: str) -> None:
+        raise AssertionError(f"given {text!r}: only strings were asked for")
+
+    async def quick(number: int) -> None:
+        taken.append(-number)
+
+    bus.start()
+    slow = bus.subscribe("slow", stuck, int, queue_size=3)
+    fast = bus.subscribe("fast", quick, int)
+    bus.subscribe("texts", texts, str)
+    bus.publish(1)
+    await asyncio.sleep(0.01)  # the slow consumer has the first event in hand
+    for number in range(2, 11):
+        bus.publish(number)
+    await delivered(fast, 10)
+    assert slow.stats() == {"delivered": 0, "failed": 0, "dropped": 6, "queued": 3, "queueSize": 3}
+    release.set()
+    await delivered(slow, 4)
+    assert taken == [-n for n in range(1, 11)] + [1, 2, 3, 4]
+    assert bus.stats()["texts"]["delivered"] == 0
+    await bus.stop()
+
+
+async def test_bus_consumer_that_raises_is_counted_and_goes_on(caplog: Any) -> None:
+    from butler.events.bus import EventBus
+
+    bus = EventBus()
+    good: list[int] = []
+
+    async def odd_fails(number: int) -> None:
+        if number % 2:
+            raise ValueError(f"cannot take {number}")
+        good.append(number)
+
+    subscription = bus.subscribe("flaky", odd_fails, int)
+    bus.start()
+    for number in range(10):
+        bus.publish(number)
+    await delivered(subscription, 10)
+    assert (subscription.delivered, subscription.failed) == (5, 5) and good == [0, 2, 4, 6, 8]
+    # Logged once, with the traceback; the next failures only counted.
+    records = [r for r in caplog.records if r.name == "butler.events.bus"]
+    assert len(records) == 1 and records[0].exc_info is not None and "flaky" in records[0].getMessage()
+    await bus.stop()
+
+
+async def test_bus_stop_drains_then_cancels(caplog: Any) -> None:
+    from butler.events.bus import EventBus
+
+    bus = EventBus(drain_seconds=0.3)
+    handled: list[int] = []
+
+    async def steady(number: int) -> None:
+        await asyncio.sleep(0.01)
+        handled.append(number)
+
+    async def hung(number: int) -> None:
+        await asyncio.sleep(3600)
+
+    bus.subscribe("steady", steady, int)
+    bus.subscribe("hung", hung, int)
+    bus.start()
+    for number in range(5):
+        bus.publish(number)
+    started = time.monotonic()
+    await bus.stop()
+    took = time.monotonic() - started
+    assert handled == [0, 1, 2, 3, 4]  # drained
+    # The hung consumer is given the drain time, then cancelled and awaited: no worker is left pending.
+    assert 0.3 <= took < 1.5, took
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("consumer ")]
+    assert (
+        "event consumer hung did not finish within 0.3 s at shutdown: 5 events not delivered" in caplog.text
+    )
+    bus.publish(5)  # after stop: ignored
+    assert bus.stats()["steady"]["queued"] == 0
+
+
+async def test_bus_subscriptions() -> None:
+    from butler.events.bus import EventBus
+
+    bus = EventBus()
+
+    async def take(number: int) -> None:
+        pass
+
+    bus.start()
+    late = bus.subscribe("late", take, int)  # subscribed while running: served at once
+    bus.publish(1)
+    await delivered(late, 1)
+    with pytest.raises(ValueError, match="named late is subscribed already"):
+        bus.subscribe("late", take, int)
+    with pytest.raises(ValueError, match="at least one event"):
+        bus.subscribe("none", take, int, queue_size=0)
+    await bus.stop()

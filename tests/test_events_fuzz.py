@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from butler.config.settings import TaskOutcomeSettings
 from butler.events.active_users import ActiveUsers
+from butler.events.bus import EventBus
 from butler.events.parsing import SessionEvent, TaskEvent, parse_session_datagram, parse_task_datagram
 from butler.events.task_outcomes import TaskOutcomes
 from butler.events.udp import UdpLimits, UdpListener
@@ -57,7 +58,7 @@ def datagrams(draw: Any) -> bytes:
 
 
 def listeners() -> tuple[UdpListener[Any], UdpListener[Any], TaskOutcomes, ActiveUsers]:
-    outcomes = TaskOutcomes(None, TaskOutcomeSettings(queue_size=5))
+    outcomes = TaskOutcomes(None, TaskOutcomeSettings(queue_size=5), EventBus())
     users = ActiveUsers()
     limits = UdpLimits(max_message_size=250)
 

@@ -5,7 +5,8 @@ two directories is two users. Each proxy host keeps its own sessions: ``Start se
 connection`` mark the user active on that host, ``Stop session`` ends it there, and any event refreshes
 it. A session that has seen no event for ``expiry_seconds`` is dropped, so a proxy that dies without
 sending ``Stop session`` does not leave its users counted. No broker is involved: the count is kept
-here and read by the REST API and the MQTT publisher alike.
+here and read by the REST API and the consumers of the event bus alike; every change is published to the
+bus as ``ActiveUsersChanged``.
 
 With a ``state_file``, the sessions are saved (after changes, at most once per sweep, and at shutdown)
 and read back at start-up, so a restart of Butler does not forget who is logged in.
@@ -18,13 +19,13 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from butler.events.bus import EventBus
 from butler.events.parsing import SessionEvent
 
 log = logging.getLogger("butler.activeusers")
@@ -37,6 +38,14 @@ MAX_SESSIONS = 200_000
 
 class TooManySessions(Exception):
     """A new session was refused: ``max_sessions`` are kept already."""
+
+
+@dataclass(frozen=True)
+class ActiveUsersChanged:
+    """Published when who is active changed; consumers read the figures from ``users`` when they act,
+    so a burst of changes can be told as one."""
+
+    users: ActiveUsers = field(repr=False)
 
 
 @dataclass
@@ -62,8 +71,8 @@ class ActiveUsers:
     expiry_seconds: float = 4 * 3600
     state_file: Path | None = None
     max_sessions: int = MAX_SESSIONS
-    #: Called after every change, with no arguments (the MQTT publisher batches what it sends).
-    listeners: list[Callable[[], None]] = field(default_factory=list)
+    #: Where every change is published; None: nobody is told.
+    bus: EventBus | None = None
     _hosts: dict[str, dict[UserKey, _Session]] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
     _unsaved: bool = False
@@ -216,8 +225,8 @@ class ActiveUsers:
         return [(name, self._hosts[name])] if name in self._hosts else []
 
     def _changed(self) -> None:
-        for listener in self.listeners:
-            listener()
+        if self.bus is not None:
+            self.bus.publish(ActiveUsersChanged(self))
 
     async def _sweep_forever(self) -> None:
         period = max(0.1, min(60.0, self.expiry_seconds / 4))

@@ -1,5 +1,8 @@
 """Events to MQTT: session events, active users and task outcomes, on the topics of ``Butler.mqttConfig``.
 
+A consumer of the event bus (``handle``), with its own queue and worker; publishing here only queues the
+message on the MQTT client, which sends it in the background.
+
 Session and connection events go out one by one (payload ``<host>: <directory>/<userId>``, as upstream).
 Active-user figures go out when they change, at most once per ``active_users_interval`` seconds: a
 burst of logins gives one message with the final figures instead of one per login. Task outcomes go to
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from butler.config.settings import EventTopics
-from butler.events.active_users import ActiveUsers
+from butler.events.active_users import ActiveUsers, ActiveUsersChanged
 from butler.events.parsing import SessionEvent
 from butler.events.task_outcomes import TaskOutcome
 from butler.json_encoding import encode_json
@@ -19,6 +22,11 @@ from butler.mqtt import MqttClient
 
 
 class EventPublisher:
+    """What Sense told Butler, as MQTT messages."""
+
+    #: The kinds of events ``handle`` takes, for its subscription to the bus.
+    KINDS = (TaskOutcome, SessionEvent, ActiveUsersChanged)
+
     def __init__(
         self, mqtt: MqttClient, topics: EventTopics, users: ActiveUsers, active_users_interval: float = 1.0
     ) -> None:
@@ -28,7 +36,14 @@ class EventPublisher:
         self.interval = active_users_interval
         self._pending: asyncio.TimerHandle | None = None
         self._last_hosts: set[str] = set()
-        users.listeners.append(self.users_changed)
+
+    async def handle(self, event: object) -> None:
+        if isinstance(event, TaskOutcome):
+            self.task_outcome(event)
+        elif isinstance(event, SessionEvent):
+            self.session_event(event)
+        elif isinstance(event, ActiveUsersChanged):
+            self.users_changed()
 
     def session_event(self, event: SessionEvent) -> None:
         topics = self.topics
@@ -63,7 +78,7 @@ class EventPublisher:
         )
         self.mqtt.enqueue(topic, status)
 
-    async def task_outcome(self, outcome: TaskOutcome) -> None:
+    def task_outcome(self, outcome: TaskOutcome) -> None:
         topics = self.topics
         plain, full, send_full = {
             "failed": (topics.task_failure, topics.task_failure_full, topics.task_failure_send_full),

@@ -1,4 +1,5 @@
-"""Sense events, assembled: both UDP listeners, active users, the task-outcome pipeline and MQTT out."""
+"""Sense events, assembled: both UDP listeners, active users, the task-outcome pipeline, the event bus
+they publish to and its consumers (MQTT out)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from butler.config.settings import EventTopics, UdpServerSettings
 from butler.events.active_users import ActiveUsers, TooManySessions
+from butler.events.bus import EventBus
 from butler.events.mqtt_out import EventPublisher
 from butler.events.parsing import (
     EngineReloadFailed,
@@ -33,16 +35,17 @@ class SenseEvents:
         topics: EventTopics,
     ) -> None:
         self.settings = settings
-        self.users = ActiveUsers(settings.session_expiry_seconds, settings.session_state_file)
+        self.bus = EventBus()
+        self.users = ActiveUsers(settings.session_expiry_seconds, settings.session_state_file, bus=self.bus)
         enricher = TaskEnricher(qrs, settings.task_events) if qrs is not None else None
-        self.outcomes = TaskOutcomes(enricher, settings.task_events)
+        self.outcomes = TaskOutcomes(enricher, settings.task_events, self.bus)
         self.publisher = (
             EventPublisher(mqtt, topics, self.users, settings.active_users_publish_seconds)
             if mqtt is not None
             else None
         )
         if self.publisher is not None:
-            self.outcomes.consumers.append(self.publisher.task_outcome)
+            self.bus.subscribe("mqtt", self.publisher.handle, *EventPublisher.KINDS)
         self.task_listener: UdpListener[TaskEvent | EngineReloadFailed] | None = None
         self.session_listener: UdpListener[SessionEvent] | None = None
 
@@ -65,6 +68,7 @@ class SenseEvents:
         self.task_listener = tasks
         await sessions.open(settings.host, settings.session_port)
         self.session_listener = sessions
+        self.bus.start()
         self.users.start()
         self.outcomes.start()
         if self.outcomes.enricher is None:
@@ -87,6 +91,7 @@ class SenseEvents:
                 listener.close()
         await self.outcomes.stop()
         await self.users.stop()
+        await self.bus.stop()
         if self.publisher is not None:
             self.publisher.close()
 
@@ -98,6 +103,7 @@ class SenseEvents:
             "taskEventsHandled": self.outcomes.handled,
             "taskEventsPartial": self.outcomes.partial,
             "activeUsers": self.users.count(),
+            "consumers": self.bus.stats(),
         }
 
     def _listener_error(self, name: str, exc: Exception) -> None:
@@ -122,8 +128,7 @@ class SenseEvents:
             self.users.apply(event)
         except TooManySessions:
             return "sessionLimit"
-        if self.publisher is not None:
-            self.publisher.session_event(event)
+        self.bus.publish(event)
         return None
 
 

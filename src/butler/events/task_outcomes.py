@@ -1,4 +1,4 @@
-"""Task outcomes: scheduler events, enriched from QRS once, handed to every consumer.
+"""Task outcomes: scheduler events, enriched from QRS once, published to the event bus for every consumer.
 
 A scheduler event names a task, an app and an execution. Before anyone is told, the event is enriched
 from QRS: the task and the app (names, type, tags, custom properties), the execution result (status,
@@ -11,7 +11,7 @@ what is known, marked ``partial``, and what is missing named.
 Events are deduplicated on execution id and outcome for ``dedup_seconds`` (the same event from two
 appenders or nodes alerts once); an execution id is held only while its event is queued or handled, so
 an event dropped for a full queue can come again. The queue is bounded; ``workers`` events are enriched
-at once.
+at once. A worker publishes the outcome and takes the next event: it never waits for a consumer.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from butler.config.settings import TaskOutcomeSettings
+from butler.events.bus import EventBus
 from butler.events.parsing import TaskEvent
 from butler.executions import describe, script_log
 from butler.qlik.qrs import QrsClient, QrsError
@@ -251,16 +251,13 @@ class TaskEnricher:
         outcome.script_log_tail = lines[-settings.script_log_tail :] if settings.script_log_tail else []
 
 
-Consumer = Callable[[TaskOutcome], Awaitable[None]]
-
-
 class TaskOutcomes:
-    """The pipeline: ``submit`` (from the UDP listener) queues, workers enrich and tell the consumers."""
+    """The pipeline: ``submit`` (from the UDP listener) queues, workers enrich and publish to ``bus``."""
 
-    def __init__(self, enricher: TaskEnricher | None, settings: TaskOutcomeSettings) -> None:
+    def __init__(self, enricher: TaskEnricher | None, settings: TaskOutcomeSettings, bus: EventBus) -> None:
         self.enricher = enricher
         self.settings = settings
-        self.consumers: list[Consumer] = []
+        self.bus = bus
         self.handled = 0
         self.partial = 0
         self._queue: asyncio.Queue[TaskEvent] = asyncio.Queue(settings.queue_size)
@@ -353,8 +350,4 @@ class TaskOutcomes:
                 event.execution_id or "-",
                 f"; partial, missing {', '.join(outcome.missing)}" if outcome.partial else "",
             )
-            for consumer in self.consumers:
-                try:
-                    await consumer(outcome)
-                except Exception:
-                    log.exception("a consumer of task events failed")
+            self.bus.publish(outcome)
