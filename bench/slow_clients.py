@@ -27,60 +27,13 @@ import yaml
 
 from harness import free_port, memory_mb, rss_mb, start_butler, wait_port
 
-HOST = "127.0.0.1"
-PING = b"GET /v4/butlerping HTTP/1.1\r\nHost: butler\r\n\r\n"
-
-
-async def closed_after(reader: asyncio.StreamReader, since: float) -> float:
-    try:
-        while await reader.read(65536):
-            pass
-    except ConnectionError:
-        pass
-    return time.monotonic() - since
-
-
-async def read_answer(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    await reader.readexactly(length)
-    return int(head.split(b" ", 2)[1])
-
-
-async def silent(port: int) -> float:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    seconds = await closed_after(reader, time.monotonic())
-    writer.close()
-    return seconds
-
-
-async def idle(port: int) -> float:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(PING)
-    await read_answer(reader)
-    seconds = await closed_after(reader, time.monotonic())
-    writer.close()
-    return seconds
-
-
-async def slowloris(port: int) -> float:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(b"GET /v4/butlerping HTTP/1.1\r\nHost: butler\r\nX-Slow: ")
-    started = time.monotonic()
-    closed = asyncio.ensure_future(closed_after(reader, started))
-    while not closed.done():
-        await asyncio.wait([closed], timeout=0.5)
-        if not closed.done() and not writer.is_closing():
-            writer.write(b"x")
-    writer.close()
-    return closed.result()
+# The attacking clients are the slow-client tests' own, so the benchmark measures what the tests check.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.test_slow_clients import HOST, closed_after, idle, p99, pinger, silent, slowloris
 
 
 async def stalled(port: int) -> float:
+    """A request whose body never arrives in full; seconds until Butler closes the connection."""
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(
         b"POST /v4/keyvalues/bench HTTP/1.1\r\nHost: butler\r\nContent-Type: application/json\r\n"
@@ -89,19 +42,6 @@ async def stalled(port: int) -> float:
     seconds = await closed_after(reader, time.monotonic())
     writer.close()
     return seconds
-
-
-async def pinger(port: int, stop: asyncio.Event) -> list[float]:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    latencies = []
-    while not stop.is_set():
-        started = time.perf_counter()
-        writer.write(PING)
-        assert await read_answer(reader) == 200
-        latencies.append((time.perf_counter() - started) * 1000)
-        await asyncio.sleep(0.005)
-    writer.close()
-    return latencies
 
 
 def spread(values: list[float]) -> str:
@@ -135,11 +75,11 @@ async def attack(port: int, args: argparse.Namespace) -> int:
     await asyncio.sleep(1)
     stop.set()
     latencies = sorted(await pings)
-    p99 = latencies[int(len(latencies) * 0.99)]
-    verdict = "ok" if p99 < 20 else "ABOVE TARGET"
+    worst = p99(latencies)
+    verdict = "ok" if worst < 20 else "ABOVE TARGET"
     print(
         f"/v4/butlerping during the attack: {len(latencies)} pings, "
-        f"median {statistics.median(latencies):.2f} ms, p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms "
+        f"median {statistics.median(latencies):.2f} ms, p99 {worst:.2f} ms, max {latencies[-1]:.2f} ms "
         f"(target p99 < 20 ms) {verdict}"
     )
     return 0 if verdict == "ok" else 1
