@@ -24,6 +24,7 @@ from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
 from butler.mqtt import MqttClient
 from butler.mqtt_tasks import MqttTaskStarts
 from butler.qlik.qrs import QrsClient
+from butler.qlik.repository import QrsRepository
 from butler.qlik.tls import CertificateError
 from butler.routes import (
     RouteContext,
@@ -139,7 +140,9 @@ class Butler:
                 self.qrs = QrsClient(self.settings.qrs, self.settings.certificates)
             except CertificateError as exc:
                 raise StartupError(str(exc)) from exc
-            self.task_starter = TaskStarter(self.qrs, self.settings.start_task_filter, self.key_values)
+            self.task_starter = TaskStarter(
+                QrsRepository(self.qrs), self.settings.start_task_filter, self.key_values
+            )
             _warn_if_unverified("configQRS", "QRS", self.settings.qrs)
         if mqtt_settings.enable:
             self.mqtt = MqttClient(mqtt_settings)

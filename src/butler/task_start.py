@@ -23,30 +23,38 @@ import contextlib
 import logging
 import math
 import re
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from butler.config.settings import StartTaskFilter
-from butler.executions import EMPTY_GUID, FINAL, ExecutionWatcher
+from butler.errors import BadRequest
+from butler.executions import FINAL, ExecutionWatcher
 from butler.kvstore import InvalidPair, KeyValueStore, check_pair
-from butler.qlik.qrs import QrsClient, QrsError, QrsTimeout, quote_filter_value
+from butler.qlik.qrs import QrsError, QrsTimeout
+from butler.qlik.repository import Refusal, Repository, Task
 
 log = logging.getLogger("butler.tasks")
 
 #: Upstream's task-id rule: a lowercase GUID (version 0-5, variant 0/8/9/a/b).
 TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-5][0-9a-f]{3}-[089ab][0-9a-f]{3}-[0-9a-f]{12}")
-#: Ids looked up per QRS call; keeps the filter well inside URL length limits.
-LOOKUP_CHUNK = 40
+
+#: How a start ended: (None, session id or None) when QRS accepted it, else (why not, None).
+StartResult = tuple[Refusal | None, str | None]
+#: A request's task lookups by what they look for.
+_Lookups = dict[tuple[str, ...], "asyncio.Future[list[Task]]"]
 
 
-#: How a start ended: (None, session id or None) when QRS accepted it, else (what went wrong, None).
-StartResult = tuple[dict[str, Any] | None, str | None]
+class TaskRequestError(BadRequest, ValueError):
+    """A malformed item in a task-start request; ``at`` says which, the message what to fix."""
 
 
-class TaskRequestError(ValueError):
-    """A malformed item in a task-start request; the message says which and what to fix."""
+#: Most items one request may carry.
+MAX_ITEMS = 1000
+#: What an item's ``type`` may be; an item without one is skipped, as upstream skips it.
+ITEM_TYPES = (None, "keyvaluestore", "starttaskid", "starttasktag", "starttaskcustomproperty")
 
 
 @dataclass
@@ -88,18 +96,24 @@ def js_string(value: Any) -> str:
 
 
 class TaskStarter:
+    """Butler's task-start logic: what to look up, what may start, and the answer in upstream's shape."""
+
     def __init__(
-        self, qrs: QrsClient, task_filter: StartTaskFilter, key_values: KeyValueStore | None
+        self,
+        repository: Repository,
+        task_filter: StartTaskFilter,
+        key_values: KeyValueStore | None,
+        poll_seconds: float = 0.5,
     ) -> None:
-        self.qrs = qrs
+        self.repository = repository
         self.filter = task_filter
         self.key_values = key_values
-        self.watcher = ExecutionWatcher(qrs)
+        self.watcher = ExecutionWatcher(repository, poll_seconds)
 
     async def start(
         self,
         url_task_id: str,
-        items: list[dict[str, Any]],
+        items: Any,
         all_ids_must_exist: bool = False,
         wait_seconds: float | None = None,
     ) -> StartOutcome:
@@ -110,13 +124,13 @@ class TaskStarter:
         tags: list[str] = []
         properties: list[tuple[str, str]] = []
         pairs: list[tuple[str, str, str, int]] = []
-        for index, item in enumerate(items):
+        for index, item in enumerate(_check_items(items)):
             kind = item.get("type")
             if kind is None:
                 continue
             payload = item.get("payload")
             if not isinstance(payload, dict):
-                raise TaskRequestError(f"body/{index}/payload must be object")
+                raise TaskRequestError("must be object", at=f"{index}/payload")
             if kind == "starttaskid":
                 requested.append(_text(payload, "taskId", index))
             elif kind == "starttasktag":
@@ -136,10 +150,10 @@ class TaskStarter:
         # Stored before any task starts: the apps read them when they reload.
         await self._store_pairs(pairs)
         waiting = wait_seconds is not None
-        with self.qrs.deadline():
+        with self.repository.deadline():
             startable = list(dict.fromkeys(t for t in requested if self._may_start(t)))
             names_lookup = asyncio.ensure_future(self._names(startable))
-            lookups: dict[str, asyncio.Future[Any]] = {}
+            lookups: _Lookups = {}
             try:
                 found = await asyncio.gather(
                     *(self._lookup_tag(tag, outcome, lookups) for tag in tags),
@@ -198,46 +212,41 @@ class TaskStarter:
         return candidates
 
     async def _names(self, task_ids: list[str]) -> dict[str, str]:
-        chunks = [task_ids[i : i + LOOKUP_CHUNK] for i in range(0, len(task_ids), LOOKUP_CHUNK)]
-        results = await asyncio.gather(
-            *(
-                self.qrs.get_json("task", {"filter": " or ".join(f"id eq {task_id}" for task_id in chunk)})
-                for chunk in chunks
-            )
-        )
-        return {task["id"]: task["name"] for tasks in results for task in tasks}
+        return {task.id: task.name for task in await self.repository.tasks_by_ids(task_ids)}
 
-    async def _lookup_tag(
-        self, tag: str, outcome: StartOutcome, lookups: dict[str, asyncio.Future[Any]]
-    ) -> list[dict[str, str]]:
+    async def _lookup_tag(self, tag: str, outcome: StartOutcome, lookups: _Lookups) -> list[dict[str, str]]:
         if self.filter.enable and tag not in self.filter.tags:
             outcome.tags_denied.append({"tag": tag})
             return []
-        return await self._matching(f"tags.name eq {quote_filter_value(tag)}", lookups)
+        return await self._matching(("tag", tag), lookups, lambda: self.repository.tasks_by_tag(tag))
 
     async def _lookup_property(
-        self, name: str, value: str, outcome: StartOutcome, lookups: dict[str, asyncio.Future[Any]]
+        self,
+        name: str,
+        value: str,
+        outcome: StartOutcome,
+        lookups: _Lookups,
     ) -> list[dict[str, str]]:
         if self.filter.enable and (name, value) not in self.filter.custom_properties:
             outcome.custom_properties_denied.append({"name": name, "value": value})
             return []
-        expression = (
-            f"(customProperties.definition.name eq {quote_filter_value(name)}) and "
-            f"(customProperties.value eq {quote_filter_value(value)})"
+        return await self._matching(
+            ("customProperty", name, value),
+            lookups,
+            lambda: self.repository.tasks_by_custom_property(name, value),
         )
-        return await self._matching(expression, lookups)
 
     async def _matching(
-        self, expression: str, lookups: dict[str, asyncio.Future[Any]]
+        self,
+        key: tuple[str, ...],
+        lookups: _Lookups,
+        lookup: Callable[[], Coroutine[Any, Any, list[Task]]],
     ) -> list[dict[str, str]]:
-        """The tasks a QRS filter matches. ``lookups`` holds the request's calls by filter, so a tag or
-        custom property named several times in one request costs one QRS call."""
-        if expression not in lookups:
-            lookups[expression] = asyncio.ensure_future(
-                self.qrs.get_json("task/full", {"filter": expression})
-            )
-        tasks = await lookups[expression]
-        return [{"taskId": t["id"], "taskName": t["name"]} for t in tasks]
+        """The tasks a lookup finds. ``lookups`` holds the request's lookups by what they look for, so a
+        tag or custom property named several times in one request costs one QRS call."""
+        if key not in lookups:
+            lookups[key] = asyncio.ensure_future(lookup())
+        return [{"taskId": task.id, "taskName": task.name} for task in await lookups[key]]
 
     # -- acting -----------------------------------------------------------------------------------------
 
@@ -251,9 +260,7 @@ class TaskStarter:
         for namespace, key, value, ttl in pairs:
             await self.key_values.set(namespace, key, value, ttl)
 
-    def _settle(
-        self, outcome: StartOutcome, results: dict[str, tuple[dict[str, Any] | None, str | None]]
-    ) -> None:
+    def _settle(self, outcome: StartOutcome, results: dict[str, StartResult]) -> None:
         """Move the tasks QRS refused out of the started lists and into ``start_failed``."""
         listed = [outcome.started, outcome.tags, outcome.custom_properties]
         names = {e["taskId"]: e["taskName"] for entries in listed for e in entries}
@@ -265,7 +272,8 @@ class TaskStarter:
         for entries in listed:
             entries[:] = [e for e in entries if e["taskId"] not in failed]
         outcome.start_failed.extend(
-            {"taskId": task_id, "taskName": names[task_id], **problem} for task_id, problem in failed.items()
+            {"taskId": task_id, "taskName": names[task_id], **problem.as_dict()}
+            for task_id, problem in failed.items()
         )
 
     async def _wait(
@@ -300,16 +308,16 @@ class TaskStarter:
         when QRS does not answer a start in time: whether the tasks started is not known."""
         if not synchronous and len(task_ids) > 1:
             try:
-                response = await self.qrs.request("POST", "task/start/many", json_body=task_ids)
+                accepted = await self.repository.start_many(task_ids)
             except QrsTimeout:
                 raise
             except QrsError as exc:
                 # The call may have reached QRS: starting the tasks one by one could start them twice.
                 log.warning("task/start/many failed: %s", exc)
-                return dict.fromkeys(task_ids, ({"status": exc.status, "message": str(exc)}, None))
-            if response.status == 204:
+                return dict.fromkeys(task_ids, (Refusal(exc.status, str(exc)), None))
+            if accepted:
                 return dict.fromkeys(task_ids, (None, None))
-            log.warning("task/start/many answered %s; starting the tasks one by one", response.status)
+            log.warning("task/start/many refused; starting the tasks one by one")
         results = await asyncio.gather(
             *(self._start_one(task_id, synchronous) for task_id in task_ids), return_exceptions=True
         )
@@ -321,44 +329,53 @@ class TaskStarter:
         return started
 
     async def _start_one(self, task_id: str, synchronous: bool) -> StartResult:
-        """Start one task: (None, session id or None) once QRS accepted it, else (what went wrong, None)."""
-        path = f"task/{task_id}/start/synchronous" if synchronous else f"task/{task_id}/start"
+        """Start one task: (None, session id or None) once QRS accepted it, else (why not, None)."""
         try:
-            response = await self.qrs.request("POST", path)
+            answer = await (
+                self.repository.start_synchronous(task_id) if synchronous else self.repository.start(task_id)
+            )
         except QrsTimeout:
             raise
         except QrsError as exc:
             log.warning("task %s not started: %s", task_id, exc)
-            return {"status": None, "message": str(exc)}, None
-        if response.status == 204 and not synchronous:
-            return None, None
-        if response.status == 201 and synchronous:
-            session = str((response.json() or {}).get("value", ""))
-            if session and session != EMPTY_GUID:
-                return None, session
-            return {
-                "status": 201,
-                "message": "QRS did not start the task (disabled, already running, or no "
-                "scheduler available)",
-            }, None
-        log.warning("task %s not started: QRS answered %s %s", task_id, response.status, response.text[:200])
-        return {"status": response.status, "message": response.text[:500]}, None
+            return Refusal(None, str(exc)), None
+        if isinstance(answer, Refusal):
+            log.warning(
+                "task %s not started: QRS answered %s %s", task_id, answer.status, answer.message[:200]
+            )
+            return answer, None
+        return None, answer
+
+
+def _check_items(items: Any) -> list[dict[str, Any]]:
+    """The items of a request, checked against the grammar every front end shares (the REST API's schema
+    of the request body says the same)."""
+    if not isinstance(items, list):
+        raise TaskRequestError("must be array", at="")
+    if len(items) > MAX_ITEMS:
+        raise TaskRequestError(f"must NOT have more than {MAX_ITEMS} items", at="")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise TaskRequestError("must be object", at=str(index))
+        if item.get("type") not in ITEM_TYPES:
+            raise TaskRequestError("must be equal to one of the allowed values", at=f"{index}/type")
+    return items
 
 
 def _text(payload: dict[str, Any], name: str, index: int) -> str:
     value = payload.get(name)
     if not isinstance(value, str) or not value:
-        raise TaskRequestError(f"body/{index}/payload/{name} must be a non-empty string")
+        raise TaskRequestError("must be a non-empty string", at=f"{index}/payload/{name}")
     return value
 
 
 def _pair(payload: dict[str, Any], index: int) -> tuple[str, str, str, int] | None:
     """A key-value item as (namespace, key, value, ttl); None for an empty string, 0 or false as the value,
     which upstream skips (it tests the value's truth)."""
-    where = f"body/{index}/payload"
+    where = f"{index}/payload"
     for name in ("namespace", "key", "value"):
         if payload.get(name) is None:
-            raise TaskRequestError(f"{where} must have required property '{name}'")
+            raise TaskRequestError(f"must have required property '{name}'", at=where)
     namespace, key, value = _name(payload, "namespace", index), _name(payload, "key", index), payload["value"]
     ttl = payload.get("ttl")
     number = math.nan
@@ -368,11 +385,11 @@ def _pair(payload: dict[str, Any], index: int) -> tuple[str, str, str, int] | No
         with contextlib.suppress(TypeError, ValueError):
             number = float(ttl)  # load scripts send numbers as text ("60000")
     if math.isnan(number):
-        raise TaskRequestError(f"{where}/ttl must be a number of milliseconds")
+        raise TaskRequestError("must be a number of milliseconds", at=f"{where}/ttl")
     try:
         ttl_ms = check_pair(namespace, key, number)
     except InvalidPair as exc:
-        raise TaskRequestError(f"{where}/{exc}") from None
+        raise TaskRequestError(exc.problem, at=f"{where}/{exc.at}") from None
     if value in ("", False, 0):
         log.warning("task start: key-value item %d skipped: its value is empty, 0 or false", index)
         return None
@@ -385,5 +402,5 @@ def _name(payload: dict[str, Any], name: str, index: int) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = js_string(value)
     if not isinstance(value, str) or not value:
-        raise TaskRequestError(f"body/{index}/payload/{name} must be a non-empty string")
+        raise TaskRequestError("must be a non-empty string", at=f"{index}/payload/{name}")
     return value

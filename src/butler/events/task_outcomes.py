@@ -20,14 +20,16 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from butler.config.settings import TaskOutcomeSettings
 from butler.events.bus import EventBus
 from butler.events.parsing import TaskEvent
-from butler.executions import describe, script_log
+from butler.executions import describe
 from butler.qlik.qrs import QrsClient, QrsError
+from butler.qlik.repository import QrsRepository, execution_result
 
 log = logging.getLogger("butler.taskevents")
 
@@ -112,12 +114,15 @@ def _custom_properties(entity: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class _Lookup:
-    """Entities of one QRS type by one field, looked up in batches and optionally cached."""
+    """Entities of one QRS type, looked up in batches by ``fetch`` and optionally cached."""
 
-    def __init__(self, qrs: QrsClient, path: str, field_name: str, key_of: str, cache_seconds: float) -> None:
-        self.qrs = qrs
-        self.path = path
-        self.field_name = field_name
+    def __init__(
+        self,
+        fetch: Callable[[list[str]], Awaitable[list[dict[str, Any]]]],
+        key_of: str,
+        cache_seconds: float,
+    ) -> None:
+        self.fetch = fetch
         self.key_of = key_of
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
@@ -153,9 +158,8 @@ class _Lookup:
         await asyncio.gather(*self._fetching, return_exceptions=True)
 
     async def _fetch(self, batch: dict[str, asyncio.Future[dict[str, Any] | None]]) -> None:
-        condition = " or ".join(f"{self.field_name} eq {key}" for key in batch)
         try:
-            found = await self.qrs.get_json(self.path, {"filter": condition})
+            found = await self.fetch(list(batch))
         except (QrsError, TimeoutError, ValueError) as exc:
             for waiter in batch.values():
                 if not waiter.done():
@@ -163,7 +167,7 @@ class _Lookup:
                     waiter.exception()  # a waiter whose event timed out no longer looks
             return
         by_key: dict[str, dict[str, Any]] = {}
-        for entity in found if isinstance(found, list) else []:
+        for entity in found:
             by_key[str(entity.get(self.key_of, "")).lower()] = entity  # the last (newest) wins
         expires = time.monotonic() + self.cache_seconds
         for key, waiter in batch.items():
@@ -181,11 +185,11 @@ class TaskEnricher:
     """What QRS knows of a scheduler event."""
 
     def __init__(self, qrs: QrsClient, settings: TaskOutcomeSettings) -> None:
-        self.qrs = qrs
+        self.repository = QrsRepository(qrs)
         self.settings = settings
-        self._tasks = _Lookup(qrs, "task/full", "id", "id", settings.cache_seconds)
-        self._apps = _Lookup(qrs, "app/full", "id", "id", settings.cache_seconds)
-        self._results = _Lookup(qrs, "executionresult/full", "ExecutionId", "executionID", 0)
+        self._tasks = _Lookup(self.repository.task_metadata, "id", settings.cache_seconds)
+        self._apps = _Lookup(self.repository.app_metadata, "id", settings.cache_seconds)
+        self._results = _Lookup(self.repository.execution_result_metadata, "executionID", 0)
 
     async def close(self) -> None:
         for lookup in (self._tasks, self._apps, self._results):
@@ -234,11 +238,17 @@ class TaskEnricher:
         result = await self._results.get(outcome.event.execution_id)
         if result is None:
             return
-        outcome.execution = describe(result)
+        record = execution_result(result)
+        outcome.execution = describe(record)
         if not self._wants_log(outcome) or not result.get("scriptLogAvailable", True):
             return
+        reference = record.file_reference_id
         try:
-            lines = await script_log(self.qrs, outcome.event.task_id, result)
+            lines = (
+                None
+                if reference is None
+                else await self.repository.script_log(outcome.event.task_id, reference)
+            )
         except asyncio.CancelledError:
             outcome.missing.append("scriptLog")
             raise
