@@ -223,6 +223,36 @@ async def test_task_start_from_mqtt(
     assert counts[APP1["taskId"]] == 2 and counts[APP2["taskId"]] == 1
 
 
+async def test_task_start_message_with_a_bad_item_names_it_among_the_items(
+    start_butler: StartButler, broker: Broker, simulator: Any, site_certs: Any, subscriber: Any
+) -> None:
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
+    document["Butler"]["restServerEndpointsEnable"]["mqttPublishMessage"] = True
+    results = await subscriber("qliksense/start_task/result")
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http:
+        await wait_connected(base, http)
+    tag = {"type": "starttasktag", "payload": {"tag": "startTask1"}}
+    cases = [
+        ([tag, {"type": "starttaskid"}], "items/1/payload must be object"),
+        ({"items": [{"type": "starttask"}]}, "items/0/type must be equal to one of the allowed values"),
+        ({"items": [tag, 5]}, "items/1 must be object"),
+        ({"items": {"type": "starttasktag"}}, "items must be array"),
+        (
+            [{"type": "keyvaluestore", "payload": {"namespace": "n", "key": "k", "value": "v", "ttl": -1}}],
+            "items/0/payload/ttl must be 0 (never expires) or from 1 to 315360000000 milliseconds "
+            "(10 years), got -1.0",
+        ),
+    ]
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        for request, error in cases:
+            await client.publish("qliksense/start_task", json.dumps(request))
+            answer = json.loads((await next_message(results)).payload)
+            assert answer == {"request": json.dumps(request), "error": error}
+    assert await started_counts(simulator) == {}
+
+
 async def test_every_task_start_message_is_answered(
     start_butler: StartButler,
     broker: Broker,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from butler.config.settings import FileSettings
+from butler.errors import AccessDenied, BadRequest, Conflict
 
 MAX_PATH = 4096
 #: Folders nested deeper than this are refused (400): each level of a path or of a copied or deleted tree
@@ -51,15 +52,15 @@ _MAX_LINKS = 40
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.EMLINK, errno.ENOTDIR})
 
 
-class FileRequestError(ValueError):
+class FileRequestError(BadRequest, ValueError):
     """The request cannot be carried out as asked (400); the message says why."""
 
 
-class FileAccessDenied(Exception):
+class FileAccessDenied(AccessDenied):
     """The path is not inside an approved folder, or is a form that is never approved (403)."""
 
 
-class FileConflict(Exception):
+class FileConflict(Conflict):
     """The file system changed under the request (an entry vanished or changed kind mid-way): 409."""
 
 

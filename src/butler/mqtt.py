@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from butler.errors import BadRequest, Unavailable
+
 if TYPE_CHECKING:
     # The config declares its topics with this module's topic rule, so it imports this module.
     from butler.config.settings import MqttSettings
@@ -65,11 +67,11 @@ _NONCHARACTERS = "\\ufdd0-\\ufdef" + "".join(f"\\U{plane:04x}fffe\\U{plane:04x}f
 _REFUSED = re.compile(f"[+#\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff{_NONCHARACTERS}]")
 
 
-class MqttUnavailable(Exception):
+class MqttUnavailable(Unavailable):
     """A publish cannot be accepted now (MQTT off, broker away, queue full); the message says which."""
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(BadRequest, ValueError):
     """A message no broker would take (its topic or its size); the text names the rule it breaks."""
 
 

@@ -7,7 +7,8 @@ REST caller can send: either the REST body (an array of ``starttaskid``, ``start
 ``Butler.startTaskFilter`` applies here too (upstream's MQTT path ignores it).
 
 The outcome of every message is published on ``taskStartResultTopic`` as JSON:
-``{"request": <payload>, "result": <the REST answer>}`` or ``{"request": <payload>, "error": "..."}``.
+``{"request": <payload>, "result": <the REST answer>}`` or ``{"request": <payload>, "error": "..."}``; the
+error says what to fix, with the place of a bad item as ``items/<index>/...`` (``result_error``).
 """
 
 from __future__ import annotations
@@ -18,15 +19,28 @@ from typing import Any
 
 import orjson
 
-from butler.kvstore import KeyValueError
+from butler.errors import BadRequest, ButlerError
 from butler.mqtt import MqttClient
-from butler.qlik.qrs import QrsError
-from butler.task_start import TaskRequestError, TaskStarter
+from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler.mqtt")
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _MAX_PAYLOAD = 1024 * 1024
+#: Where a message carries the items the task-start service checks.
+ITEMS = "items"
+#: Told to the sender of a message Butler failed on (a REST caller would get a 500).
+FAULT = "Butler failed on this message (Internal Server Error); see Butler's log"
+
+
+def result_error(exc: BaseException) -> str | None:
+    """What a result message says of ``exc``: the message of an error of Butler's services and clients, with
+    a bad item's place among the message's items; None for a fault of Butler's own."""
+    if isinstance(exc, BadRequest):
+        return exc.located(ITEMS)
+    if isinstance(exc, ButlerError):
+        return str(exc)
+    return None
 
 
 class MqttTaskStarts:
@@ -44,18 +58,20 @@ class MqttTaskStarts:
         try:
             if len(payload) > _MAX_PAYLOAD:
                 # Cut, it would be "not JSON", which does not tell the sender what to fix.
-                raise TaskRequestError(
+                raise BadRequest(
                     f"the payload has {len(payload):,} bytes; a task-start message may have at most "
                     f"{_MAX_PAYLOAD:,} (1 MiB), as a REST body"
                 )
             answer["result"] = (await self._start(text)).as_dict()
-        except (TaskRequestError, QrsError, KeyValueError) as exc:
-            log.warning("MQTT task start %r: %s", text[:100], exc)
-            answer["error"] = str(exc)
-        except Exception:
-            # A fault of Butler's: the sender still hears of it (a REST caller would get a 500).
-            log.exception("MQTT task start %r failed", text[:100])
-            answer["error"] = "Butler failed on this message (Internal Server Error); see Butler's log"
+        except Exception as exc:
+            error = result_error(exc)
+            if error is None:
+                # A fault of Butler's: the sender still hears of it.
+                log.exception("MQTT task start %r failed", text[:100])
+                error = FAULT
+            else:
+                log.warning("MQTT task start %r: %s", text[:100], error)
+            answer["error"] = error
         self.mqtt.enqueue(self.mqtt.settings.task_start_result_topic, orjson.dumps(answer))
 
     async def _start(self, text: str) -> Any:
@@ -64,37 +80,17 @@ class MqttTaskStarts:
         try:
             request = orjson.loads(text)
         except orjson.JSONDecodeError:
-            raise TaskRequestError("the payload is neither a task id nor JSON") from None
+            raise BadRequest("the payload is neither a task id nor JSON") from None
         if isinstance(request, list):
-            return await self.starter.start("-", _items(request))
+            return await self.starter.start("-", request)
         if isinstance(request, dict):
             task_id = request.get("taskId", "-")
             if not isinstance(task_id, str):
-                raise TaskRequestError("taskId must be a string")
+                raise BadRequest("taskId must be a string")
             must_exist = request.get("allTaskIdsMustExist", False) is True
             return await self.starter.start(
                 task_id.lower() if _UUID.fullmatch(task_id) else task_id,
-                _items(request.get("items", [])),
+                request.get("items", []),
                 must_exist,
             )
-        raise TaskRequestError("the JSON payload must be an array of items or an object")
-
-
-def _items(items: Any) -> list[dict[str, Any]]:
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise TaskRequestError("items must be an array of objects")
-    if len(items) > 1000:
-        raise TaskRequestError("at most 1000 items")
-    for index, item in enumerate(items):
-        if item.get("type") not in (
-            None,
-            "keyvaluestore",
-            "starttaskid",
-            "starttasktag",
-            "starttaskcustomproperty",
-        ):
-            raise TaskRequestError(
-                f"items/{index}/type must be one of keyvaluestore, starttaskid, starttasktag, "
-                "starttaskcustomproperty"
-            )
-    return items
+        raise BadRequest("the JSON payload must be an array of items or an object")

@@ -15,13 +15,15 @@ from typing import Any
 
 import aiohttp
 
+from butler.errors import UpstreamError
+
 log = logging.getLogger("butler.slack")
 
 RETRY_BUDGET_SECONDS = 10.0
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
-class SlackError(Exception):
+class SlackError(UpstreamError):
     """Slack did not accept the message; ``status`` is None when it could not be reached."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -2,12 +2,33 @@
 
 Errors raised by the HTTP layer itself (validation, body parsing) carry a ``code`` as well, as upstream's
 Fastify adds one; callers' scripts match on status and message, so both are kept exactly.
+
+This is also the one place where the errors of services and clients (``butler.errors``) become answers:
+``from_butler_error`` gives each node of that tree its status.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Any
+
+from butler.errors import (
+    AccessDenied,
+    BadRequest,
+    ButlerError,
+    Conflict,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+#: Logged for a request whose client went away before it was complete (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was complete."""
 
 
 def reason(status: int) -> str:
@@ -58,3 +79,37 @@ class RouteNotFound(HttpError):
 
 def validation_error(message: str) -> HttpError:
     return HttpError(400, message, code="FST_ERR_VALIDATION")
+
+
+#: The status of each node of Butler's error tree, checked in this order: what went wrong (a timeout, a thing
+#: not found) before whose fault it was, since a class may be both (the Engine's AppNotFound is an
+#: UpstreamError that is NotFound).
+STATUSES: tuple[tuple[type[ButlerError], int], ...] = (
+    (UpstreamTimeout, 504),
+    (NotFound, 404),
+    (AccessDenied, 403),
+    (Conflict, 409),
+    (BadRequest, 400),
+    (Unavailable, 503),
+    (UpstreamError, 502),
+)
+#: Where a service's located input is in a REST request: the services take what the body carries.
+INPUT_LOCATION = "body"
+
+_status_of: dict[type[ButlerError], int | None] = {}
+
+
+def status_of(kind: type[ButlerError]) -> int | None:
+    """The status answering errors of ``kind``; None for a ButlerError outside every node, a fault of
+    Butler's own."""
+    if kind not in _status_of:
+        _status_of[kind] = next((status for node, status in STATUSES if issubclass(kind, node)), None)
+    return _status_of[kind]
+
+
+def from_butler_error(exc: ButlerError) -> HttpError | None:
+    """The answer to a service's or client's error, in Butler's envelope; None for a fault of Butler's."""
+    status = status_of(type(exc))
+    if status is None:
+        return None
+    return HttpError(status, exc.located(INPUT_LOCATION) if isinstance(exc, BadRequest) else str(exc))

@@ -78,8 +78,8 @@ class Route:
 
     ``rate_limited`` is False for the few surfaces that monitoring and browsers poll (health, API docs).
     ``documented`` is False for the API-docs pages themselves, which are not part of the API.
-    ``errors`` maps exceptions of the domain code the handler calls to the status they answer with (first
-    match wins; the message is the exception's text), so handlers need no try blocks for them.
+    Errors of the services a handler calls are answered by the chain (``butler.http.errors``), so handlers
+    need no try blocks for them.
     """
 
     method: str
@@ -88,16 +88,9 @@ class Route:
     flag: str | None = None
     rate_limited: bool = True
     documented: bool = True
-    errors: tuple[tuple[type[Exception], int], ...] = ()
     query_check: Callable[[Any], Any] | None = None
     params_check: Callable[[Any], Any] | None = None
     body_check: Callable[[Any], Any] | None = None
-
-    def error_for(self, exc: Exception) -> HttpError | None:
-        for kind, status in self.errors:
-            if isinstance(exc, kind):
-                return HttpError(status, str(exc))
-        return None
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The REST server: turns HTTP requests into handler calls and handler results into HTTP answers.
 
-Everything that upstream Butler does around a handler happens here, in one pass per request:
-``X-HTTP-Method-Override`` (Qlik's REST connector can only GET and POST), refusing browser requests made for
-other web sites' pages, routing, the per-IP rate limit,
-``Expect: 100-continue`` (sent by the REST connector), body parsing with the 1 MiB limit, validation,
-Butler's error envelope, and one log line per request.
+What upstream Butler does around a handler (method override, refusing browser requests made for other web
+sites' pages, routing, the per-IP rate limit, validation, Butler's error envelope, one log line per request)
+is a chain of middlewares, ``butler.http.middleware``. This module reads bodies (``Expect: 100-continue``,
+sent by the REST connector; the 1 MiB limit; the body timeout), sends answers, and holds the connection-level
+limits on slow and excess clients.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
-from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
@@ -26,49 +26,32 @@ from aiohttp.web_request import BaseRequest
 
 from butler.config.settings import ConnectionLimits
 from butler.http.browsers import BrowserCheck
-from butler.http.errors import HttpError, RouteNotFound, reason
+from butler.http.errors import CLIENT_CLOSED, ClientGone, HttpError, reason
+from butler.http.middleware import App, Context, build_chain, dispatch
+from butler.http.middleware.access_log import AccessLog
+from butler.http.middleware.browser_guard import BrowserGuard
+from butler.http.middleware.error_envelope import ErrorEnvelope
+from butler.http.middleware.method_override import MethodOverride
+from butler.http.middleware.rate_limit import RateLimit
+from butler.http.middleware.routing import Routing
+from butler.http.middleware.validation import Validation, parse_query
 from butler.http.ratelimit import RateLimiter
-from butler.http.routing import JSON_HEADERS, JSON_TYPE, ApiRequest, Reply, Route, Router
+from butler.http.routing import JSON_HEADERS, Route, Router
 from butler.json_encoding import encode_json
 from butler.logs import RequestLog
 
 BODY_LIMIT = 1024 * 1024
-_BODY_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 #: Answers given before the whole body was read: too large (413), too slow (408).
 _BODY_LEFT_UNREAD = frozenset({408, 413})
-#: Logged for a request whose client went away before it was complete (nginx's "client closed request").
-CLIENT_CLOSED = 499
 #: Sent instead of aiohttp's default, which names the Python and aiohttp versions.
 SERVER_HEADER = {"Server": "Butler"}
 
 log = logging.getLogger("butler.rest")
 
 
-class ClientGone(Exception):
-    """The client closed its connection before its request was complete."""
-
-
-def parse_query(query: str) -> dict[str, Any]:
-    """Decode a query string as Node's ``querystring`` does: ``+`` is a space, repeated keys make a list."""
-    result: dict[str, Any] = {}
-    for pair in query.split("&"):
-        if not pair:
-            continue
-        raw_key, _, raw_value = pair.partition("=")
-        if "%" in pair or "+" in pair:
-            key, value = unquote_plus(raw_key), unquote_plus(raw_value)
-        else:
-            key, value = raw_key, raw_value
-        if key in result:
-            previous = result[key]
-            result[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        else:
-            result[key] = value
-    return result
-
-
 class RestApi:
-    """The request handler given to aiohttp's low-level server."""
+    """The request handler given to aiohttp's low-level server: runs each request through the middleware
+    chain (``butler.http.middleware``) and sends what it answers."""
 
     def __init__(
         self, router: Router, rate_limiter: RateLimiter | None = None, browsers: BrowserCheck | None = None
@@ -77,56 +60,29 @@ class RestApi:
         self.rate_limiter = rate_limiter
         self.browsers = browsers or BrowserCheck()
         self.request_log = RequestLog(log)
+        steps: list[Callable[[App], App]] = [
+            partial(AccessLog, request_log=self.request_log),
+            ErrorEnvelope,
+            MethodOverride,
+            partial(BrowserGuard, browsers=self.browsers),
+            partial(Routing, router=router),
+        ]
+        if rate_limiter is not None:
+            steps.append(partial(RateLimit, limiter=rate_limiter))
+        steps.append(partial(Validation, read_body=read_body))
+        self._chain = build_chain(dispatch, *steps)
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        method = request.method
-        if method == "POST":
-            override = request.headers.get("X-HTTP-Method-Override")
-            if override:
-                method = override.strip().upper()
-        target = request.raw_path
-        client_ip = request.remote or ""
-        limit_headers: dict[str, str] | None = None
-        route: Route | None = None
+        context = Context(request, time.perf_counter())
         try:
-            path, _, query = target.partition("?")
-            self.browsers.check(request, method, path)
-            match = self.router.match("GET" if method == "HEAD" else method, path)
-            if match is None:
-                raise RouteNotFound(method, target)
-            route, params = match
-            if self.rate_limiter is not None and route.rate_limited:
-                limit_headers = self._count(client_ip, method, target)
-            if route.params_check is not None:
-                params = route.params_check(params)
-            query_values = parse_query(query) if query else {}
-            if route.query_check is not None:
-                query_values = route.query_check(query_values)
-            body: Any = None
-            if route.body_check is not None and method in _BODY_METHODS:
-                body = route.body_check(await read_body(request))
-            reply = await route.handler(
-                ApiRequest(method, path, query_values, params, body, request.headers, client_ip)
-            )
+            reply = await self._chain(context)
         except ClientGone:
-            # Nothing can be answered, and nothing failed on Butler's side: one request line, no traceback.
-            self.request_log.write(method, target, CLIENT_CLOSED, started, client_ip)
             gone = web.Response(status=CLIENT_CLOSED)  # aiohttp finds the connection closed and drops it
             gone.force_close()
             return gone
-        except HttpError as exc:
-            reply = Reply(exc.status, encode_json(exc.envelope()), JSON_TYPE, exc.headers)
-        except Exception as exc:
-            mapped = route.error_for(exc) if route is not None else None
-            if mapped is None:
-                log.exception("%s %s from %s failed", method, target, client_ip)
-                mapped = HttpError(500, "Internal Server Error")
-            reply = Reply(mapped.status, encode_json(mapped.envelope()), JSON_TYPE)
         headers = {**reply.headers, **SERVER_HEADER}
-        if limit_headers:
-            headers.update(limit_headers)
-        self.request_log.write(method, target, reply.status, started, client_ip)
+        if context.headers:
+            headers.update(context.headers)
         if isinstance(reply.body, list):
             return await _send_pieces(request, reply.status, reply.body, headers)
         response = web.Response(status=reply.status, body=reply.body, headers=headers)
@@ -134,14 +90,6 @@ class RestApi:
             # The rest of the body was never read; the connection cannot be reused.
             response.force_close()
         return response
-
-    def _count(self, client_ip: str, method: str, target: str) -> dict[str, str]:
-        assert self.rate_limiter is not None
-        try:
-            return self.rate_limiter.hit(client_ip)
-        except HttpError:
-            log.warning("Rate limit exceeded: %s %s from %s", method, target, client_ip)
-            raise
 
 
 async def _send_pieces(

@@ -20,18 +20,21 @@ import sqlite3
 from typing import Protocol
 
 from butler.config.settings import KeyValueSettings
+from butler.errors import BadRequest, ButlerError, LimitReached, Unavailable
 
 
-class KeyValueError(Exception):
+class KeyValueError(ButlerError):
     """A request the store cannot honour; ``str()`` is the message for the caller."""
 
 
-class NamespaceNotFound(KeyValueError):
+class NamespaceNotFound(KeyValueError, BadRequest):
+    """A bad request rather than NotFound: upstream answers it with 400, and scripts expect that."""
+
     def __init__(self, namespace: str) -> None:
         super().__init__(f"Namespace not found: {namespace}")
 
 
-class NamespaceFull(KeyValueError):
+class NamespaceFull(KeyValueError, LimitReached):
     def __init__(self, namespace: str, limit: int) -> None:
         super().__init__(
             f"Namespace {namespace} already holds the maximum of {limit} keys "
@@ -39,8 +42,8 @@ class NamespaceFull(KeyValueError):
         )
 
 
-class StoreUnavailable(KeyValueError):
-    """The backend cannot be read or written (file, Redis); the caller gets a 503."""
+class StoreUnavailable(KeyValueError, Unavailable):
+    """The backend cannot be read or written (file, Redis)."""
 
 
 #: A namespace is a path segment of every URL that reads it, and the router takes at most 100 characters
@@ -53,11 +56,11 @@ MAX_KEY_LENGTH = 100
 MAX_TTL_MS = 315_360_000_000
 
 
-class InvalidPair(KeyValueError):
+class InvalidPair(KeyValueError, BadRequest):
     """A pair refused before it is stored. ``field`` is what is wrong, ``rule`` what it must be."""
 
     def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"{field} {rule}")
+        super().__init__(rule, at=field)
         self.field = field
         self.rule = rule
 

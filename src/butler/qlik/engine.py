@@ -21,12 +21,13 @@ import aiohttp
 import orjson
 
 from butler.config.settings import CertificateSettings, EngineSettings
+from butler.errors import NotFound, UpstreamError, UpstreamTimeout
 from butler.qlik.tls import client_tls
 
 APP_NOT_FOUND = 1003
 
 
-class EngineError(Exception):
+class EngineError(UpstreamError):
     """The Engine answered a request with an error."""
 
     def __init__(self, code: int, message: str, parameter: str = "") -> None:
@@ -38,7 +39,7 @@ class EngineError(Exception):
         self.parameter = parameter
 
 
-class AppNotFound(EngineError):
+class AppNotFound(EngineError, NotFound):
     """The Engine does not know the app (Qlik's error 1003)."""
 
     def __str__(self) -> str:
@@ -55,11 +56,11 @@ class AppClosed(AppNotFound):
         )
 
 
-class EngineUnavailable(Exception):
+class EngineUnavailable(UpstreamError):
     """The Engine cannot be reached, or the socket closed before an answer came."""
 
 
-class EngineTimeout(EngineUnavailable):
+class EngineTimeout(EngineUnavailable, UpstreamTimeout):
     """The Engine did not answer in time."""
 
 

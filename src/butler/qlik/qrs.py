@@ -28,6 +28,7 @@ import orjson
 from yarl import URL
 
 from butler.config.settings import CertificateSettings, QrsSettings
+from butler.errors import UpstreamError, UpstreamTimeout
 from butler.qlik.tls import client_tls
 
 log = logging.getLogger("butler.qrs")
@@ -48,7 +49,7 @@ def quote_filter_value(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class QrsError(Exception):
+class QrsError(UpstreamError):
     """QRS answered with an error, or could not be reached. ``status`` is None when nothing came back."""
 
     def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
@@ -57,7 +58,7 @@ class QrsError(Exception):
         self.body = body
 
 
-class QrsTimeout(QrsError):
+class QrsTimeout(QrsError, UpstreamTimeout):
     """QRS did not answer within ``Butler.configQRS.timeoutSeconds``."""
 
 

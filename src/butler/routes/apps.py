@@ -6,17 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from butler.http.routing import JSON_HEADERS, ApiRequest, Reply, Route, json_reply
-from butler.qlik.engine import AppNotFound, EngineError, EngineTimeout, EngineUnavailable
-from butler.qlik.qrs import QrsError
 from butler.routes import RouteContext
-
-ERRORS: tuple[tuple[type[Exception], int], ...] = (
-    (AppNotFound, 404),
-    (EngineTimeout, 504),
-    (EngineUnavailable, 502),
-    (EngineError, 502),
-    (QrsError, 502),
-)
 
 
 def routes(context: RouteContext) -> list[Route]:
@@ -51,13 +41,13 @@ def routes(context: RouteContext) -> list[Route]:
         return json_reply(outcome, 201)
 
     return [
-        Route("GET", "/v4/apps/list", list_apps, errors=ERRORS),
-        Route("GET", "/v4/senselistapps", list_apps, errors=ERRORS),
-        Route("GET", "/v2/senseListApps", list_apps, errors=ERRORS),
-        Route("GET", "/v4/app/{appId}/dump", dump, errors=ERRORS),
-        Route("GET", "/v4/senseappdump/{appId}", dump, errors=ERRORS),
-        Route("GET", "/v2/senseAppDump", v2_dump, errors=ERRORS),
-        Route("PUT", "/v4/app/{appId}/reload", reload, errors=ERRORS),
+        Route("GET", "/v4/apps/list", list_apps),
+        Route("GET", "/v4/senselistapps", list_apps),
+        Route("GET", "/v2/senseListApps", list_apps),
+        Route("GET", "/v4/app/{appId}/dump", dump),
+        Route("GET", "/v4/senseappdump/{appId}", dump),
+        Route("GET", "/v2/senseAppDump", v2_dump),
+        Route("PUT", "/v4/app/{appId}/reload", reload),
     ]
 
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from butler.files import FileAccessDenied, FileConflict, FileRequestError, FileService
+from butler.files import FileService
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.routes import RouteContext
 
 MISSING = "Required parameter missing"
-ERRORS: tuple[tuple[type[Exception], int], ...] = (
-    (FileRequestError, 400),
-    (FileAccessDenied, 403),
-    (FileConflict, 409),
-)
 
 
 def _failed(what: str, exc: OSError) -> HttpError:
@@ -96,4 +91,4 @@ def routes(context: RouteContext) -> list[Route]:
         ("GET", "/v2/createDir", v2_create_dir),
         ("GET", "/v2/createDirQVD", v2_create_qvd_dir),
     ]
-    return [Route(method, path, handler, errors=ERRORS) for method, path, handler in handlers]
+    return [Route(method, path, handler) for method, path, handler in handlers]

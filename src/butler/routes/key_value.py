@@ -5,11 +5,10 @@ from __future__ import annotations
 from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
 from butler.json_encoding import encode_json
-from butler.kvstore import InvalidPair, KeyValueError, StoreUnavailable, check_pair
+from butler.kvstore import InvalidPair, check_pair
 from butler.routes import RouteContext
 
 MISSING = "Required parameter is missing"
-ERRORS: tuple[tuple[type[Exception], int], ...] = ((StoreUnavailable, 503), (KeyValueError, 400))
 
 
 def routes(context: RouteContext) -> list[Route]:
@@ -47,8 +46,7 @@ def routes(context: RouteContext) -> list[Route]:
         try:
             ttl = check_pair(namespace, key, body.get("ttl") or 0)
         except InvalidPair as exc:
-            where = "params" if exc.field == "namespace" else "body"
-            raise HttpError(400, f"{where}/{exc}") from None
+            raise HttpError(400, exc.located("params" if exc.field == "namespace" else "body")) from None
         value = body.get("value")
         await store.set(namespace, key, value, ttl)
         answer = {"namespace": namespace, "key": key}
@@ -85,4 +83,4 @@ def routes(context: RouteContext) -> list[Route]:
         ("DELETE", "/v4/keyvalues/{namespace}", delete_namespace),
         ("GET", "/v4/keylist/{namespace}", list_keys),
     ]
-    return [Route(method, path, handler, errors=ERRORS) for method, path, handler in handlers]
+    return [Route(method, path, handler) for method, path, handler in handlers]

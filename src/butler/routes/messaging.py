@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
-from butler.mqtt import InvalidMessage, MqttUnavailable
 from butler.routes import RouteContext
-from butler.slack import SlackError, message
-
-MQTT_ERRORS: tuple[tuple[type[Exception], int], ...] = ((InvalidMessage, 400), (MqttUnavailable, 503))
+from butler.slack import message
 
 
 def routes(context: RouteContext) -> list[Route]:
@@ -30,8 +27,8 @@ def routes(context: RouteContext) -> list[Route]:
         return json_reply({"topic": request.query["topic"], "message": request.query["message"]})
 
     found += [
-        Route("PUT", "/v4/mqttpublishmessage", mqtt_publish, errors=MQTT_ERRORS),
-        Route("GET", "/v2/mqttPublishMessage", v2_mqtt_publish, errors=MQTT_ERRORS),
+        Route("PUT", "/v4/mqttpublishmessage", mqtt_publish),
+        Route("GET", "/v2/mqttPublishMessage", v2_mqtt_publish),
     ]
 
     slack = context.slack
@@ -41,10 +38,7 @@ def routes(context: RouteContext) -> list[Route]:
             raise HttpError(
                 503, "No Slack webhook is configured (Butler.slackNotification.restMessage.webhookURL)"
             )
-        try:
-            await slack.post(message(channel, from_user, text, emoji))
-        except SlackError as exc:
-            raise HttpError(502, str(exc)) from None
+        await slack.post(message(channel, from_user, text, emoji))
 
     async def slack_post(request: ApiRequest) -> Reply:
         body = request.body

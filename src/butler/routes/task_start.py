@@ -6,22 +6,12 @@ import orjson
 
 from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
-from butler.kvstore import KeyValueError, StoreUnavailable
-from butler.qlik.qrs import QrsError, QrsTimeout
 from butler.routes import RouteContext
-from butler.task_start import TASK_ID, TaskRequestError
+from butler.task_start import TASK_ID
 
 MISSING_ID = 'Required parameter (task ID) missing. Should be a task ID or "-" if task info is passed in body'
 #: Seconds ``?wait=true`` waits when no ``timeout`` is given.
 DEFAULT_WAIT = 300.0
-ERRORS: tuple[tuple[type[Exception], int], ...] = (
-    (TaskRequestError, 400),
-    # Key-value items are stored before any task starts: a full namespace stops the request.
-    (StoreUnavailable, 503),
-    (KeyValueError, 400),
-    (QrsTimeout, 504),
-    (QrsError, 502),
-)
 
 
 def routes(context: RouteContext) -> list[Route]:
@@ -59,8 +49,8 @@ def routes(context: RouteContext) -> list[Route]:
         return json_reply(result)
 
     return [
-        Route("GET", "/v4/reloadtask/{taskId}/status", status, errors=ERRORS),
-        Route("PUT", "/v4/reloadtask/{taskId}/start", start, errors=ERRORS),
-        Route("POST", "/v4/reloadtask/{taskId}/start", start, errors=ERRORS),
-        Route("GET", "/v2/senseStartTask", v2_start, errors=ERRORS),
+        Route("GET", "/v4/reloadtask/{taskId}/status", status),
+        Route("PUT", "/v4/reloadtask/{taskId}/start", start),
+        Route("POST", "/v4/reloadtask/{taskId}/start", start),
+        Route("GET", "/v2/senseStartTask", v2_start),
     ]

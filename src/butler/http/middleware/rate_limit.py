@@ -1,0 +1,32 @@
+"""The per-IP rate limit (``--api-rate-limit``): counts requests to the routes it applies to, and sends the
+``x-ratelimit-*`` headers with whatever they are answered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+
+from butler.http.errors import HttpError
+from butler.http.middleware import App, Context
+from butler.http.ratelimit import RateLimiter
+from butler.http.routing import Reply
+
+log = logging.getLogger("butler.rest")
+
+
+class RateLimit:
+    def __init__(self, app: App, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    def __call__(self, context: Context) -> Awaitable[Reply]:
+        assert context.route is not None
+        if context.route.rate_limited:
+            try:
+                context.add_headers(self.limiter.hit(context.client_ip))
+            except HttpError:
+                log.warning(
+                    "Rate limit exceeded: %s %s from %s", context.method, context.target, context.client_ip
+                )
+                raise
+        return self.app(context)
