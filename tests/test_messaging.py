@@ -197,9 +197,11 @@ async def test_broker_with_tls(start_butler: StartButler, tmp_path: Path) -> Non
         tls_broker.stop()
 
 
-async def test_task_start_from_mqtt(
+async def mqtt_task_starts(
     start_butler: StartButler, broker: Broker, simulator: Any, site_certs: Any, subscriber: Any
-) -> None:
+) -> Any:
+    """Butler on the simulated site taking task starts by MQTT, connected to the broker; the messages of
+    the result topic."""
     document = butler_config(simulator, site_certs)
     document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
     document["Butler"]["restServerEndpointsEnable"]["mqttPublishMessage"] = True
@@ -207,6 +209,13 @@ async def test_task_start_from_mqtt(
     base = await start_butler(document)
     async with aiohttp.ClientSession() as http:
         await wait_connected(base, http)
+    return results
+
+
+async def test_task_start_from_mqtt(
+    start_butler: StartButler, broker: Broker, simulator: Any, site_certs: Any, subscriber: Any
+) -> None:
+    results = await mqtt_task_starts(start_butler, broker, simulator, site_certs, subscriber)
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         await client.publish("qliksense/start_task", APP1["taskId"].upper())
         first = json.loads((await next_message(results)).payload)
@@ -226,13 +235,7 @@ async def test_task_start_from_mqtt(
 async def test_task_start_message_with_a_bad_item_names_it_among_the_items(
     start_butler: StartButler, broker: Broker, simulator: Any, site_certs: Any, subscriber: Any
 ) -> None:
-    document = butler_config(simulator, site_certs)
-    document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
-    document["Butler"]["restServerEndpointsEnable"]["mqttPublishMessage"] = True
-    results = await subscriber("qliksense/start_task/result")
-    base = await start_butler(document)
-    async with aiohttp.ClientSession() as http:
-        await wait_connected(base, http)
+    results = await mqtt_task_starts(start_butler, broker, simulator, site_certs, subscriber)
     tag = {"type": "starttasktag", "payload": {"tag": "startTask1"}}
     cases = [
         ([tag, {"type": "starttaskid"}], "items/1/payload must be object"),
@@ -261,13 +264,7 @@ async def test_every_task_start_message_is_answered(
     subscriber: Any,
     monkeypatch: Any,
 ) -> None:
-    document = butler_config(simulator, site_certs)
-    document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
-    document["Butler"]["restServerEndpointsEnable"]["mqttPublishMessage"] = True
-    results = await subscriber("qliksense/start_task/result")
-    base = await start_butler(document)
-    async with aiohttp.ClientSession() as http:
-        await wait_connected(base, http)
+    results = await mqtt_task_starts(start_butler, broker, simulator, site_certs, subscriber)
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         # Valid JSON, but over the size limit: the answer says so, not "neither a task id nor JSON".
         big = json.dumps(
