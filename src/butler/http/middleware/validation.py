@@ -9,11 +9,16 @@ from urllib.parse import unquote_plus
 
 from aiohttp.web_request import BaseRequest
 
+from butler.http.errors import HttpError
 from butler.http.middleware import App, Context
 from butler.http.routing import ApiRequest, Reply
 
 #: Methods whose requests carry a body Butler reads.
 BODY_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+_SENT_AS_TEXT = (
+    " (the body was sent as Content-Type: text/plain, which is read as text; "
+    "send JSON with Content-Type: application/json)"
+)
 
 
 def parse_query(query: str) -> dict[str, Any]:
@@ -59,7 +64,17 @@ class Validation:
     async def _with_body(
         self, context: Context, check: Callable[[Any], Any], query: dict[str, Any], params: dict[str, str]
     ) -> Reply:
-        self._checked(context, query, params, check(await self.read_body(context.request)))
+        body = await self.read_body(context.request)
+        try:
+            checked = check(body)
+        except HttpError as exc:
+            # A text/plain body is text, as upstream reads it; its 400 says why a JSON body was not taken.
+            if isinstance(body, str) and exc.message.startswith("body must be "):
+                raise HttpError(
+                    exc.status, exc.message + _SENT_AS_TEXT, code=exc.code, headers=exc.headers
+                ) from None
+            raise
+        self._checked(context, query, params, checked)
         return await self.app(context)
 
     @staticmethod
