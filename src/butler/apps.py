@@ -36,6 +36,9 @@ APP_OBJECT_TYPES = {
 
 
 class AppService:
+    """App list, dump and reload through the Engine, for the REST API; one Engine session per call. A
+    reload's follow-up tasks go through the task starter, so the allow-list applies to them too."""
+
     def __init__(
         self, settings: EngineSettings, certificates: CertificateSettings, starter: TaskStarter | None
     ) -> None:

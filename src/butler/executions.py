@@ -48,6 +48,9 @@ def describe(result: ExecutionResult) -> dict[str, Any]:
 
 
 class ExecutionWatcher:
+    """Follows task runs through the repository: a run until it ends (start and wait), or a task's last
+    result (task status)."""
+
     def __init__(self, repository: Repository, poll_seconds: float = 0.5) -> None:
         self.repository = repository
         self.poll_seconds = poll_seconds

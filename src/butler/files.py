@@ -639,6 +639,9 @@ def _identity(info: os.stat_result) -> tuple[int, int]:
 
 @dataclass
 class FileService:
+    """Copies, moves, deletes and folders inside the approved folders, for the REST API. Every operation
+    runs in a thread and works on handles, as the module's docstring says."""
+
     settings: FileSettings
 
     # -- operations: each runs in a thread, checks included (they touch the disk too) ---------------------

@@ -44,6 +44,9 @@ def result_error(exc: BaseException) -> str | None:
 
 
 class MqttTaskStarts:
+    """Task starts asked for on ``taskStartTopic``: each message goes to the task starter (the allow-list
+    applies), and its outcome, or what was wrong with it, is published on ``taskStartResultTopic``."""
+
     def __init__(self, starter: TaskStarter, mqtt: MqttClient) -> None:
         self.starter = starter
         self.mqtt = mqtt

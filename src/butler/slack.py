@@ -48,6 +48,9 @@ def message(channel: str, from_user: str, text: str, emoji: str | None) -> dict[
 
 
 class SlackWebhook:
+    """Posts to one Slack incoming webhook over a kept-alive connection; Slack's refusals are errors the
+    caller sees."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._session: aiohttp.ClientSession | None = None

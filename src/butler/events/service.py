@@ -27,6 +27,9 @@ log = logging.getLogger("butler.events")
 
 
 class SenseEvents:
+    """What Sense's log appenders tell Butler over UDP: the two listeners, the active users, the task
+    outcomes enriched from QRS, and the bus that hands both to their consumers (MQTT today)."""
+
     def __init__(
         self,
         settings: UdpServerSettings,

@@ -113,6 +113,9 @@ def _compile(route: Route) -> _Pattern:
 
 
 class Router:
+    """Finds the route of a method and path: static paths by one dictionary look-up, paths with
+    parameters by pattern, static segments first (as upstream's router does)."""
+
     def __init__(self) -> None:
         self._static: dict[tuple[str, str], Route] = {}
         self._dynamic: dict[str, list[_Pattern]] = {}

@@ -14,6 +14,9 @@ from butler.kvstore import NamespaceFull, NamespaceNotFound
 
 
 class MemoryStore:
+    """Pairs in memory, lost on restart as upstream's are; expiry is exact (one timer for the next pair
+    to expire)."""
+
     def __init__(self, max_keys: int = 1000) -> None:
         self.max_keys = max_keys
         # namespace -> key -> (value, expires at on the time.time() clock or 0 for never)

@@ -56,6 +56,9 @@ def _encode(name: str) -> str:
 
 
 class RedisStore:
+    """Pairs kept in Redis under ``keyPrefix``, so that several Butlers share them; the key limit and
+    the key order are kept by scripts that run atomically in Redis, and Redis expires the pairs."""
+
     def __init__(self, url: str, prefix: str = "butler:kv:", max_keys: int = 1000) -> None:
         self.max_keys = max_keys
         self.prefix = prefix

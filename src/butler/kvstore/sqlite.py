@@ -33,6 +33,9 @@ Operation = tuple[str, tuple[Any, ...]]
 
 
 class SqliteStore(MemoryStore):
+    """The memory store, with every change also written to a SQLite file (by one thread, in batches) before
+    the write is answered, and read back at start-up: pairs survive restarts."""
+
     def __init__(self, path: Path, max_keys: int = 1000) -> None:
         super().__init__(max_keys)
         self.path = path
