@@ -432,6 +432,30 @@ async def test_active_users_off_answers_503(
         assert "udpServerConfig.enable" in (await response.json())["message"]
 
 
+async def test_health_check_listener_reports_the_same_services(start_butler: StartButler) -> None:
+    """The Docker health-check listener and the REST API answer /health from the same set of services."""
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    document = udp_config(base_config(), task_port, session_port)
+    health_port = free_port()
+    document["Butler"]["dockerHealthCheck"] = {"enable": True, "port": health_port}
+    base = await start_butler(document)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(
+            session_datagram("Start session", "sense1", "LAB", "alice"), ("127.0.0.1", session_port)
+        )
+
+    async def received(http: aiohttp.ClientSession, url: str) -> Any:
+        async with http.get(url + "/health") as response:
+            return (await response.json()).get("udpEvents", {}).get("sessionEvents", {}).get("received")
+
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        while True:  # the datagram is counted when the listener has read it
+            if await received(http, base) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert await received(http, f"http://127.0.0.1:{health_port}") == 1
+
+
 async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_certs: Any) -> None:
     from butler.app import Butler
     from butler.config import parse_config
@@ -448,10 +472,10 @@ async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_ce
             session_datagram("Start session", "sense1", "LAB", "goran"), ("127.0.0.1", session_port)
         )
         sender.sendto(session_datagram("Start session", "sense2", "EXT", "anna"), ("127.0.0.1", session_port))
-        assert first.events is not None
+        assert first.services.events is not None
         async with asyncio.timeout(5):
             while True:  # until both datagrams are in
-                if first.events.users.count() == 2:
+                if first.services.events.users.count() == 2:
                     break
                 await asyncio.sleep(0.02)
     finally:
@@ -460,8 +484,8 @@ async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_ce
     second = Butler(settings)
     await second.start()
     try:
-        assert second.events is not None
-        assert second.events.users.user_ids() == ["anna", "goran"]
+        assert second.services.events is not None
+        assert second.services.events.users.user_ids() == ["anna", "goran"]
     finally:
         await second.stop()
 
@@ -506,10 +530,10 @@ async def test_a_blocked_consumer_delays_no_other(
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     release = asyncio.Event()
     try:
-        assert butler.mqtt is not None
-        await asyncio.wait_for(butler.mqtt.connected.wait(), 10)  # MQTT connects in the background
-        assert butler.events is not None
-        bus = butler.events.bus
+        assert butler.services.mqtt is not None
+        await asyncio.wait_for(butler.services.mqtt.connected.wait(), 10)  # MQTT connects in the background
+        assert butler.services.events is not None
+        bus = butler.services.events.bus
         # One event first, so that what happens on the first event only (the first message published, the
         # first outcome encoded) is not measured.
         warm_up = "0b0b0b0b-0000-4000-8000-0000000000ff"

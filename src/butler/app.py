@@ -1,4 +1,11 @@
-"""Assembling Butler from its settings: the REST API's routes, its listeners, and the run loop."""
+"""Assembling Butler from its settings: which features are on, the services they share, the REST API's
+routes, its listeners, and the run loop.
+
+A feature is declared once, in ``FEATURES``: its routes module, the enable flags of its routes (or the setting
+that turns it on), the services it needs and a start-up check. ``Butler.start`` opens the services the enabled
+features need and then the listeners, registering every close on one ``AsyncExitStack``; ``Butler.stop``
+closes that stack, so listeners stop first and services after them, newest first.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +16,16 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from butler.apps import AppService
 from butler.config import Settings
-from butler.config.settings import EngineSettings, QrsSettings
-from butler.events.service import SenseEvents
 from butler.http.browsers import BrowserCheck
 from butler.http.docs import DOCS_PATH, ApiDocument, DocumentationSite, load_openapi
 from butler.http.ratelimit import RateLimiter
-from butler.http.routing import Router
+from butler.http.routing import Route, Router
 from butler.http.server import Listener, RestApi, tls_context
-from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
-from butler.mqtt import MqttClient
-from butler.mqtt_tasks import MqttTaskStarts
-from butler.qlik.qrs import QrsClient
-from butler.qlik.repository import QrsRepository
-from butler.qlik.tls import CertificateError
 from butler.routes import (
-    RouteContext,
     active_users,
     apps,
     base_conversion,
@@ -37,38 +35,88 @@ from butler.routes import (
     messaging,
     task_start,
 )
-from butler.slack import SlackWebhook
-from butler.task_start import TaskStarter
+from butler.services import Services, StartupError, open_services
+
+__all__ = ["DEFAULT_RATE_LIMIT", "FEATURES", "Butler", "Feature", "StartupError", "build_router", "run"]
 
 log = logging.getLogger("butler")
-
-#: Route modules, one per feature.
-ROUTE_MODULES = (
-    butler_status,
-    base_conversion,
-    key_value,
-    task_start,
-    messaging,
-    files,
-    apps,
-    active_users,
-)
 
 #: Requests per minute per client IP when ``--api-rate-limit`` is not given (upstream's default).
 DEFAULT_RATE_LIMIT = 100
 
 
-class StartupError(Exception):
-    """Butler cannot start as configured; the message says why."""
+@dataclass(frozen=True)
+class Feature:
+    """What one feature serves and needs.
+
+    It is on when any of ``flags`` is true, when ``when`` says so for features no endpoint flag turns on,
+    and always when it has neither. The enable flag ``openapi.yaml`` gives each of its routes must be among
+    ``flags`` (``build_router`` refuses it otherwise). While on, the ``services`` it names (keys of
+    ``butler.services.OPENERS``) are opened and ``check`` runs at start-up.
+    """
+
+    routes: Callable[[Services], list[Route]] | None = None
+    flags: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    when: Callable[[Settings], bool] | None = None
+    check: Callable[[Settings], None] | None = None
+
+    def on(self, settings: Settings) -> bool:
+        if self.when is not None:
+            return self.when(settings)
+        return not self.flags or any(settings.endpoints.enabled(flag) for flag in self.flags)
 
 
-def build_router(context: RouteContext, document: ApiDocument) -> Router:
+def _mqtt_on(settings: Settings) -> bool:
+    return settings.mqtt.enable
+
+
+def _udp_on(settings: Settings) -> bool:
+    return settings.udp.enable
+
+
+def _qlik_reachable(on: Callable[[Settings], bool]) -> Callable[[Settings], bool]:
+    """``on``, for the parts that need Qlik Sense: set-ups without client certificates run without them."""
+    return lambda settings: on(settings) and settings.certificates.client_cert is not None
+
+
+#: Every feature, one line each. Their routes are registered in this order.
+FEATURES = (
+    Feature(butler_status.routes, flags=("butlerping", "apiListEnabledEndpoints")),
+    Feature(base_conversion.routes, flags=("base62ToBase16", "base16ToBase62")),
+    Feature(key_value.routes, flags=("keyValueStore",), services=("key_values",)),
+    Feature(task_start.routes, flags=("senseStartTask",), services=("task_starter",)),
+    Feature(messaging.mqtt_routes, flags=("mqttPublishMessage",)),
+    Feature(messaging.slack_routes, flags=("slackPostMessage",), services=("slack",)),
+    Feature(
+        files.routes,
+        flags=("fileCopy", "fileMove", "fileDelete", "createDir", "createDirQVD"),
+        check=files.warn_unlimited,
+    ),
+    Feature(apps.routes, flags=("senseListApps", "senseAppDump", "senseAppReload"), services=("apps",)),
+    Feature(active_users.routes, flags=("activeUserCount", "activeUsers")),
+    # MQTT: events and messages published, task starts received.
+    Feature(when=_mqtt_on, services=("mqtt",)),
+    Feature(when=_qlik_reachable(_mqtt_on), services=("task_starter",)),
+    # Events from Sense over UDP, task outcomes enriched from QRS.
+    Feature(when=_udp_on, services=("events",)),
+    Feature(when=_qlik_reachable(_udp_on), services=("task_starter",)),
+)
+
+
+def build_router(services: Services, document: ApiDocument) -> Router:
     """Register every route whose enable flag is on, with its validators from the API document."""
     router = Router()
-    flags = context.settings.endpoints
-    for module in ROUTE_MODULES:
-        for route in module.routes(context):
+    flags = services.settings.endpoints
+    for feature in FEATURES:
+        if feature.routes is None:
+            continue
+        for route in feature.routes(services):
             document.bind(route)
+            if route.flag is not None and route.flag not in feature.flags:
+                raise LookupError(
+                    f"{route.method} {route.path}: flag {route.flag} is not among its feature's"
+                )
             if route.flag is None or flags.enabled(route.flag):
                 router.add(route)
     for route in DocumentationSite(document, router.routes).routes():
@@ -78,30 +126,19 @@ def build_router(context: RouteContext, document: ApiDocument) -> Router:
 
 @dataclass
 class Butler:
-    """A configured Butler: ``start`` opens its listeners, ``stop`` closes them."""
+    """A configured Butler: ``start`` opens its services and listeners, ``stop`` closes them."""
 
     settings: Settings
     rate_limit: int = DEFAULT_RATE_LIMIT
     listeners: list[Listener] = field(default_factory=list)
-    key_values: KeyValueStore | None = None
-    qrs: QrsClient | None = None
-    task_starter: TaskStarter | None = None
-    mqtt: MqttClient | None = None
-    slack: SlackWebhook | None = None
-    apps: AppService | None = None
-    events: SenseEvents | None = None
+    services: Services = field(init=False)
+    _exits: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
+
+    def __post_init__(self) -> None:
+        self.services = Services(self.settings)
 
     def build_api(self) -> RestApi:
-        context = RouteContext(
-            self.settings,
-            key_values=self.key_values,
-            task_starter=self.task_starter,
-            mqtt=self.mqtt,
-            slack=self.slack,
-            apps=self.apps,
-            events=self.events,
-        )
-        router = build_router(context, ApiDocument(load_openapi()))
+        router = build_router(self.services, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         browsers = BrowserCheck(self.settings.rest.allowed_origins, open_paths=(DOCS_PATH,))
         return RestApi(router, limiter, browsers)
@@ -114,62 +151,12 @@ class Butler:
             raise
 
     async def _start(self) -> None:
-        if self.settings.endpoints.enabled("createDir") and self.settings.files.create_dir is None:
-            log.warning(
-                "POST /v4/createdir can create folders anywhere Butler may write; "
-                "Butler.createDirApprovedDirectories limits it"
-            )
-        if self.settings.endpoints.enabled("keyValueStore"):
-            try:
-                self.key_values = await open_store(self.settings.key_value)
-            except StoreUnavailable as exc:
-                raise StartupError(str(exc)) from exc
-            log.info("key-value store: %s", self.settings.key_value.backend)
-        mqtt_settings = self.settings.mqtt
-        udp = self.settings.udp
-        # MQTT task starts and task-event enrichment need QRS too, but set-ups without certificates are
-        # fine without them.
-        has_certificates = self.settings.certificates.client_cert is not None
-        mqtt_starts = mqtt_settings.enable and has_certificates
-        if (
-            self.settings.endpoints.enabled("senseStartTask")
-            or mqtt_starts
-            or (udp.enable and has_certificates)
-        ):
-            try:
-                self.qrs = QrsClient(self.settings.qrs, self.settings.certificates)
-            except CertificateError as exc:
-                raise StartupError(str(exc)) from exc
-            self.task_starter = TaskStarter(
-                QrsRepository(self.qrs), self.settings.start_task_filter, self.key_values
-            )
-            _warn_if_unverified("configQRS", "QRS", self.settings.qrs)
-        if mqtt_settings.enable:
-            self.mqtt = MqttClient(mqtt_settings)
-            if self.task_starter is not None:
-                self.mqtt.on_message = MqttTaskStarts(self.task_starter, self.mqtt).on_message
-            else:
-                log.warning(
-                    "MQTT task starts are off: Butler.cert is not set, so Qlik Sense cannot be reached"
-                )
-            self.mqtt.start()
-        flags = self.settings.endpoints
-        if any(flags.enabled(f) for f in ("senseListApps", "senseAppDump", "senseAppReload")):
-            try:
-                self.apps = AppService(self.settings.engine, self.settings.certificates, self.task_starter)
-            except CertificateError as exc:
-                raise StartupError(str(exc)) from exc
-            _warn_if_unverified("configEngine", "the Engine", self.settings.engine)
-        if udp.enable:
-            self.events = SenseEvents(udp, self.qrs, self.mqtt, mqtt_settings.events)
-            try:
-                await self.events.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"Butler.udpServerConfig: cannot listen for events on {udp.host}: {exc.strerror or exc}"
-                ) from exc
-        if self.settings.slack_webhook and self.settings.endpoints.enabled("slackPostMessage"):
-            self.slack = SlackWebhook(self.settings.slack_webhook)
+        enabled = [feature for feature in FEATURES if feature.on(self.settings)]
+        for feature in enabled:
+            if feature.check is not None:
+                feature.check(self.settings)
+        needed = {service for feature in enabled for service in feature.services}
+        await open_services(self.services, needed, self._exits)
         rest = self.settings.rest
         if rest.enable:
             listener = Listener(self.build_api(), rest.host, rest.port, self._tls_context(), rest.limits)
@@ -179,34 +166,17 @@ class Butler:
         health = self.settings.health_check
         if health.enable:
             router = Router()
-            context = RouteContext(self.settings, mqtt=self.mqtt, events=self.events)
-            router.add(butler_status.health_route(context))
+            router.add(butler_status.health_route(self.services))
             health_api = RestApi(router, browsers=BrowserCheck(rest.allowed_origins))
             health_listener = Listener(health_api, rest.host, health.port, limits=rest.limits)
             await self._open(health_listener, "health check")
 
     async def stop(self) -> None:
-        for listener in reversed(self.listeners):
-            await listener.stop()
-        self.listeners.clear()
-        if self.events is not None:
-            await self.events.stop()
-            self.events = None
-        if self.key_values is not None:
-            await self.key_values.close()
-            self.key_values = None
-        if self.mqtt is not None:
-            await self.mqtt.stop()
-            self.mqtt = None
-        if self.slack is not None:
-            await self.slack.close()
-            self.slack = None
-        if self.apps is not None:
-            await self.apps.close()
-            self.apps = None
-        if self.qrs is not None:
-            await self.qrs.close()
-            self.qrs = None
+        try:
+            await self._exits.aclose()
+        finally:
+            self.listeners.clear()
+            self.services = Services(self.settings)
 
     async def _open(self, listener: Listener, what: str) -> None:
         try:
@@ -215,6 +185,7 @@ class Butler:
             raise StartupError(
                 f"cannot listen on {listener.host}:{listener.port} for the {what}: {exc.strerror or exc}"
             ) from exc
+        self._exits.push_async_callback(listener.stop)
         self.listeners.append(listener)
         log.info("%s listening on %s", what, listener.url)
 
@@ -232,19 +203,6 @@ class Butler:
             ca = f" and CA {tls.ca}" if tls.ca else ""
             what = f"certificate {tls.cert} with key {tls.key}{ca}"
             raise StartupError(f"Butler.restServerConfig.tls: cannot load {what}: {exc}") from exc
-
-
-def _warn_if_unverified(section: str, service: str, settings: QrsSettings | EngineSettings) -> None:
-    if settings.use_ssl and not settings.reject_unauthorized:
-        log.warning(
-            "Butler.%s.rejectUnauthorized is false: the certificate of %s at %s:%d is not verified, so "
-            "whoever can intercept the connection can pose as Qlik Sense; true verifies it against "
-            "Butler.cert.clientCertCA",
-            section,
-            service,
-            settings.host,
-            settings.port,
-        )
 
 
 async def run(butler: Butler, started: Callable[[], None] | None = None) -> None:

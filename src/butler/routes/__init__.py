@@ -1,4 +1,5 @@
-"""REST routes, one module per feature. Each module's ``routes(context)`` lists its endpoints.
+"""REST routes, one module per feature. Each module's ``routes(context)`` lists its endpoints; one line of
+``butler.app.FEATURES`` registers it with its enable flags and the services it needs.
 
 Handlers are thin: they take validated input, call the feature's service and shape the answer. Enable
 flags and request schemas come from ``openapi.yaml``, not from these modules.
@@ -6,29 +7,7 @@ flags and request schemas come from ``openapi.yaml``, not from these modules.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from butler.services import Services
 
-from butler import __version__
-from butler.apps import AppService
-from butler.config import Settings
-from butler.events.service import SenseEvents
-from butler.kvstore import KeyValueStore
-from butler.mqtt import MqttClient
-from butler.slack import SlackWebhook
-from butler.task_start import TaskStarter
-
-
-@dataclass(frozen=True)
-class RouteContext:
-    """What route modules may use: the settings and, as features are added, their services."""
-
-    settings: Settings
-    key_values: KeyValueStore | None = None
-    task_starter: TaskStarter | None = None
-    mqtt: MqttClient | None = None
-    slack: SlackWebhook | None = None
-    apps: AppService | None = None
-    events: SenseEvents | None = None
-    version: str = __version__
-    started: float = field(default_factory=time.monotonic)
+#: What route modules may use: the settings and the services of the enabled features.
+RouteContext = Services

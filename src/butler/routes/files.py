@@ -3,18 +3,31 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from butler.config import Settings
 from butler.files import FileService
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.routes import RouteContext
+
+log = logging.getLogger("butler")
 
 MISSING = "Required parameter missing"
 
 
 def _failed(what: str, exc: OSError) -> HttpError:
     return HttpError(500, f"{what}: {exc.strerror or exc}")
+
+
+def warn_unlimited(settings: Settings) -> None:
+    """At start-up: say when createdir may write anywhere."""
+    if settings.endpoints.enabled("createDir") and settings.files.create_dir is None:
+        log.warning(
+            "POST /v4/createdir can create folders anywhere Butler may write; "
+            "Butler.createDirApprovedDirectories limits it"
+        )
 
 
 def routes(context: RouteContext) -> list[Route]:

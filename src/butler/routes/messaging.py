@@ -9,8 +9,7 @@ from butler.routes import RouteContext
 from butler.slack import message
 
 
-def routes(context: RouteContext) -> list[Route]:
-    found: list[Route] = []
+def mqtt_routes(context: RouteContext) -> list[Route]:
     mqtt = context.mqtt
 
     async def mqtt_publish(request: ApiRequest) -> Reply:
@@ -26,11 +25,13 @@ def routes(context: RouteContext) -> list[Route]:
         await mqtt.publish_now(request.query["topic"], request.query["message"])
         return json_reply({"topic": request.query["topic"], "message": request.query["message"]})
 
-    found += [
+    return [
         Route("PUT", "/v4/mqttpublishmessage", mqtt_publish),
         Route("GET", "/v2/mqttPublishMessage", v2_mqtt_publish),
     ]
 
+
+def slack_routes(context: RouteContext) -> list[Route]:
     slack = context.slack
 
     async def send(channel: str, from_user: str, text: str, emoji: str | None) -> None:
@@ -52,8 +53,7 @@ def routes(context: RouteContext) -> list[Route]:
         echo = {key: query[key] for key in ("channel", "msg", "from_user", "emoji") if key in query}
         return json_reply(echo)
 
-    found += [
+    return [
         Route("PUT", "/v4/slackpostmessage", slack_post),
         Route("GET", "/v2/slackPostMessage", v2_slack_post),
     ]
-    return found

@@ -1,0 +1,162 @@
+"""The services Butler's features share: each opened at most once, in one order, and closed by one exit stack.
+
+A feature names the services it needs (``butler.app.FEATURES``); ``open_services`` opens those, in the order
+of ``OPENERS`` so that a service finds the ones it builds on already open, and registers each close on the
+caller's ``AsyncExitStack``. Closing the stack closes them newest first: event listening before the MQTT
+and QRS clients it uses, the QRS client last but for the key-value store. Every listener is handed the same
+``Services``, so the REST API and the health-check listener report the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from butler import __version__
+from butler.apps import AppService
+from butler.config import Settings
+from butler.config.settings import EngineSettings, QrsSettings
+from butler.events.service import SenseEvents
+from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
+from butler.mqtt import MqttClient
+from butler.mqtt_tasks import MqttTaskStarts
+from butler.qlik.qrs import QrsClient
+from butler.qlik.repository import QrsRepository
+from butler.qlik.tls import CertificateError
+from butler.slack import SlackWebhook
+from butler.task_start import TaskStarter
+
+log = logging.getLogger("butler")
+
+
+class StartupError(Exception):
+    """Butler cannot start as configured; the message says why."""
+
+
+@dataclass
+class Services:
+    """The settings and the open services of one Butler; a service is ``None`` when no enabled feature needs
+    it or its configuration leaves it off."""
+
+    settings: Settings
+    key_values: KeyValueStore | None = None
+    qrs: QrsClient | None = None
+    task_starter: TaskStarter | None = None
+    mqtt: MqttClient | None = None
+    slack: SlackWebhook | None = None
+    apps: AppService | None = None
+    events: SenseEvents | None = None
+    version: str = __version__
+    started: float = field(default_factory=time.monotonic)
+
+
+Opener = Callable[[Services, AsyncExitStack], Awaitable[None]]
+
+
+async def _key_values(services: Services, exits: AsyncExitStack) -> None:
+    settings = services.settings.key_value
+    try:
+        store = await open_store(settings)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from exc
+    exits.push_async_callback(store.close)
+    services.key_values = store
+    log.info("key-value store: %s", settings.backend)
+
+
+async def _task_starter(services: Services, exits: AsyncExitStack) -> None:
+    settings = services.settings
+    try:
+        qrs = QrsClient(settings.qrs, settings.certificates)
+    except CertificateError as exc:
+        raise StartupError(str(exc)) from exc
+    exits.push_async_callback(qrs.close)
+    services.qrs = qrs
+    services.task_starter = TaskStarter(QrsRepository(qrs), settings.start_task_filter, services.key_values)
+    _warn_if_unverified("configQRS", "QRS", settings.qrs)
+
+
+async def _mqtt(services: Services, exits: AsyncExitStack) -> None:
+    settings = services.settings.mqtt
+    if not settings.enable:
+        return
+    mqtt = MqttClient(settings)
+    if services.task_starter is not None:
+        mqtt.on_message = MqttTaskStarts(services.task_starter, mqtt).on_message
+    else:
+        log.warning("MQTT task starts are off: Butler.cert is not set, so Qlik Sense cannot be reached")
+    exits.push_async_callback(mqtt.stop)
+    services.mqtt = mqtt
+    mqtt.start()
+
+
+async def _apps(services: Services, exits: AsyncExitStack) -> None:
+    settings = services.settings
+    try:
+        apps = AppService(settings.engine, settings.certificates, services.task_starter)
+    except CertificateError as exc:
+        raise StartupError(str(exc)) from exc
+    exits.push_async_callback(apps.close)
+    services.apps = apps
+    _warn_if_unverified("configEngine", "the Engine", settings.engine)
+
+
+async def _events(services: Services, exits: AsyncExitStack) -> None:
+    settings = services.settings
+    udp = settings.udp
+    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events)
+    # Closed even when it fails half-way: the first UDP port may be open when the second cannot be had.
+    exits.push_async_callback(events.stop)
+    services.events = events
+    try:
+        await events.start()
+    except OSError as exc:
+        raise StartupError(
+            f"Butler.udpServerConfig: cannot listen for events on {udp.host}: {exc.strerror or exc}"
+        ) from exc
+
+
+async def _slack(services: Services, exits: AsyncExitStack) -> None:
+    webhook = services.settings.slack_webhook
+    if not webhook:
+        return
+    slack = SlackWebhook(webhook)
+    exits.push_async_callback(slack.close)
+    services.slack = slack
+
+
+#: Every service by the name features use for it, in the order they are opened: each after those it uses.
+OPENERS: dict[str, Opener] = {
+    "key_values": _key_values,
+    "task_starter": _task_starter,
+    "mqtt": _mqtt,
+    "apps": _apps,
+    "events": _events,
+    "slack": _slack,
+}
+
+
+async def open_services(services: Services, needed: Collection[str], exits: AsyncExitStack) -> None:
+    """Open the ``needed`` services into ``services``, registering each close on ``exits``."""
+    unknown = set(needed) - OPENERS.keys()
+    if unknown:
+        raise LookupError(f"no such service: {', '.join(sorted(unknown))}")
+    for name, opener in OPENERS.items():
+        if name in needed:
+            await opener(services, exits)
+
+
+def _warn_if_unverified(section: str, service: str, settings: QrsSettings | EngineSettings) -> None:
+    if settings.use_ssl and not settings.reject_unauthorized:
+        log.warning(
+            "Butler.%s.rejectUnauthorized is false: the certificate of %s at %s:%d is not verified, so "
+            "whoever can intercept the connection can pose as Qlik Sense; true verifies it against "
+            "Butler.cert.clientCertCA",
+            section,
+            service,
+            settings.host,
+            settings.port,
+        )

@@ -1,0 +1,68 @@
+"""The feature declarations of app.py: what each serves matches openapi.yaml, and what it needs is opened."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import pytest
+
+from butler import app
+from butler.app import FEATURES, Butler, Feature, build_router
+from butler.config import ENDPOINT_FLAGS, parse_config
+from butler.http.docs import ApiDocument, load_openapi
+from butler.kvstore.memory import MemoryStore
+from butler.routes import key_value
+from butler.services import OPENERS, Services, StartupError
+from tests.conftest import base_config, free_port
+from tests.test_events import udp_config
+
+
+def test_each_feature_names_known_flags_and_services() -> None:
+    # That each route's flag is among its feature's, build_router checks; test_openapi builds every route.
+    for feature in FEATURES:
+        assert set(feature.flags) <= set(ENDPOINT_FLAGS), feature
+        assert set(feature.services) <= OPENERS.keys(), feature
+        assert feature.routes is not None or feature.when is not None, feature  # else it does nothing
+
+
+def test_a_route_whose_flag_its_feature_does_not_declare_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = parse_config(base_config(keyValueStore=True), base_dir=tmp_path)
+    monkeypatch.setattr(app, "FEATURES", (Feature(key_value.routes),))
+    with pytest.raises(LookupError, match="flag keyValueStore is not among its feature's"):
+        build_router(Services(settings, key_values=MemoryStore()), ApiDocument(load_openapi()))
+
+
+async def test_only_the_services_of_enabled_features_are_opened_and_stop_closes_them(tmp_path: Path) -> None:
+    settings = parse_config(base_config(keyValueStore=True), base_dir=tmp_path)
+    settings = dataclasses.replace(settings, rest=dataclasses.replace(settings.rest, port=0))
+    butler = Butler(settings)
+    await butler.start()
+    try:
+        services = butler.services
+        assert services.key_values is not None
+        assert (services.qrs, services.task_starter, services.mqtt, services.apps, services.events) == (
+            None,
+        ) * 5
+        listener = butler.listeners[0]
+    finally:
+        await butler.stop()
+    assert butler.listeners == [] and butler.services.key_values is None
+    with pytest.raises(OSError):  # the listener is closed: nothing answers on its port any more
+        socket.create_connection(("127.0.0.1", listener.port), timeout=1).close()
+
+
+async def test_a_start_that_fails_half_way_closes_what_it_opened(tmp_path: Path) -> None:
+    """The session-event port is taken: the task-event port, opened just before, is free again."""
+    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    document = udp_config(base_config(), task_port, session_port)
+    settings = parse_config(document, base_dir=tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", session_port))
+        with pytest.raises(StartupError, match=r"Butler\.udpServerConfig: cannot listen for events"):
+            await Butler(settings).start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", task_port))
