@@ -58,6 +58,24 @@ FLUSH_INTERVAL = 0.05
 MAX_LOGGED_URL = 1000
 
 
+class Throttle:
+    """Whether a warning that a flood of the same trouble would repeat may be logged again: at most once per
+    ``interval`` seconds for each kind, so that the flood is one line, not thousands (the counts are
+    elsewhere, in ``GET /health``)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def ready(self, kind: str = "") -> bool:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[kind] = now
+        return True
+
+
 class LogBuffer:
     """Lines waiting to be written to one stream, flushed within FLUSH_INTERVAL seconds."""
 

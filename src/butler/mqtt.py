@@ -34,7 +34,6 @@ import asyncio
 import logging
 import re
 import ssl
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import aiomqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from butler.errors import BadRequest, Unavailable
+from butler.logs import Throttle
 
 if TYPE_CHECKING:
     # The config declares its topics with this module's topic rule, so it imports this module.
@@ -164,7 +164,7 @@ class MqttClient:
         self._handed: _Outgoing | None = None
         self._runner: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._last_warning: dict[str, float] = {}
+        self._warnings = Throttle(10.0)
 
     @property
     def where(self) -> str:
@@ -269,9 +269,7 @@ class MqttClient:
 
     def _warn(self, kind: str, text: str, *args: Any) -> None:
         """A warning that a flood of the same trouble would repeat: logged at most every 10 s per kind."""
-        now = time.monotonic()
-        if now - self._last_warning.get(kind, -10.0) >= 10:
-            self._last_warning[kind] = now
+        if self._warnings.ready(kind):
             log.warning(text, *args)
 
     # -- the connection -------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
+
+from butler.logs import Throttle
 
 log = logging.getLogger("butler.events.bus")
 
@@ -57,7 +58,7 @@ class Subscription(Generic[Event]):
         self._idle: asyncio.Future[None] | None = None
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
-        self._logged = {"failed": -LOG_INTERVAL, "dropped": -LOG_INTERVAL}
+        self._throttle = Throttle(LOG_INTERVAL)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -71,7 +72,7 @@ class Subscription(Generic[Event]):
     def offer(self, event: Event) -> None:
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
-            if self._may_log("dropped"):
+            if self._throttle.ready("dropped"):
                 log.warning(
                     "event consumer %s is behind: its queue of %d events is full, events are dropped "
                     "(logged once a minute; counts in GET /health)",
@@ -105,7 +106,7 @@ class Subscription(Generic[Event]):
                 await self.handler(event)
             except Exception:  # a consumer's fault must not end its worker
                 self.failed += 1
-                if self._may_log("failed"):
+                if self._throttle.ready("failed"):
                     log.exception(
                         "event consumer %s failed on %s (logged once a minute; counts in GET /health)",
                         self.name,
@@ -113,13 +114,6 @@ class Subscription(Generic[Event]):
                     )
             else:
                 self.delivered += 1
-
-    def _may_log(self, what: str) -> bool:
-        now = time.monotonic()
-        if now - self._logged[what] < LOG_INTERVAL:
-            return False
-        self._logged[what] = now
-        return True
 
     async def stop(self, drain_seconds: float) -> None:
         """Deliver what is queued within ``drain_seconds``, then cancel the worker."""

@@ -38,7 +38,7 @@ from butler.http.middleware.validation import Validation, parse_query
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import JSON_HEADERS, Route, Router
 from butler.json_encoding import encode_json
-from butler.logs import RequestLog
+from butler.logs import RequestLog, Throttle
 
 BODY_LIMIT = 1024 * 1024
 #: Answers given before the whole body was read: too large (413), too slow (408).
@@ -404,7 +404,7 @@ class _Server(web.Server):
         super().__init__(api, keepalive_timeout=limits.keep_alive_timeout, **kwargs)
         self.limits = limits
         self.refused = 0
-        self._next_report = 0.0
+        self._refusals = Throttle(_REFUSAL_REPORT_INTERVAL)
         self.busy_answer = _raw_answer(
             503, f"Butler has {limits.max_connections} connections open, the most it takes; try again shortly"
         )
@@ -420,9 +420,7 @@ class _Server(web.Server):
         if len(self._connections) < self.limits.max_connections:
             return True
         self.refused += 1
-        now = self._loop.time()
-        if now >= self._next_report:
-            self._next_report = now + _REFUSAL_REPORT_INTERVAL
+        if self._refusals.ready():
             log.warning(
                 "%d connections open, the most Butler.restServerConfig.maxConnections allows: "
                 "new connections are refused (%d so far)",
