@@ -26,8 +26,9 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     return made
 
 
-@pytest.fixture
-async def files(start_butler: StartButler, folders: dict[str, Path]) -> Any:
+def files_config(folders: dict[str, Path]) -> dict[str, Any]:
+    """Every file endpoint on, with ``from`` -> ``to`` approved for copies and moves, ``delete`` for deletes
+    and ``qvd`` as the QVD folder."""
     document = base_config(fileCopy=True, fileMove=True, fileDelete=True, createDir=True, createDirQVD=True)
     butler = document["Butler"]
     pair = [{"fromDirectory": str(folders["from"]), "toDirectory": str(folders["to"])}]
@@ -35,7 +36,12 @@ async def files(start_butler: StartButler, folders: dict[str, Path]) -> Any:
     butler["fileMoveApprovedDirectories"] = pair
     butler["fileDeleteApprovedDirectories"] = [str(folders["delete"])]
     butler["configDirectories"] = {"qvdPath": str(folders["qvd"])}
-    base = await start_butler(document)
+    return document
+
+
+@pytest.fixture
+async def files(start_butler: StartButler, folders: dict[str, Path]) -> Any:
+    base = await start_butler(files_config(folders))
     async with aiohttp.ClientSession() as http:
 
         async def call(method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

@@ -22,7 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import StartButler, base_config
+from tests.conftest import StartButler
+from tests.test_files import files_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the swapper needs POSIX symbolic links")
 
@@ -227,14 +228,9 @@ async def test_swapped_links_lead_nowhere(start_butler: StartButler, tmp_path: P
     random.seed(operation)
     canary = b"CANARY-" + os.urandom(16).hex().encode()
     places = layout(tmp_path, canary)
-    document = base_config(fileCopy=True, fileMove=True, fileDelete=True, createDir=True, createDirQVD=True)
+    document = files_config(places)
     butler = document["Butler"]
-    pair = [{"fromDirectory": str(places["from"]), "toDirectory": str(places["to"])}]
-    butler["fileCopyApprovedDirectories"] = pair
-    butler["fileMoveApprovedDirectories"] = pair
-    butler["fileDeleteApprovedDirectories"] = [str(places["delete"])]
     butler["createDirApprovedDirectories"] = [str(places["made"])]
-    butler["configDirectories"] = {"qvdPath": str(places["qvd"])}
     base = await start_butler(document)
     pairs, request = scenario(operation, places)
     before = outside_state(places["outside"])
