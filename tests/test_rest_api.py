@@ -512,3 +512,91 @@ async def test_pieces_are_sent_with_the_server_header(http: aiohttp.ClientSessio
         assert (status, body, response.headers.getall("Server")) == (200, [1, 2], ["Butler"])
     finally:
         await listener.stop()
+
+
+async def _read_answer(
+    reader: asyncio.StreamReader, head_only: bool = False
+) -> tuple[str, dict[str, str], bytes]:
+    """One answer off a raw connection: status line, headers (lower-case names), the body its length says
+    (none for the answer to a HEAD)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+    status_line, *lines = head.removesuffix("\r\n\r\n").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(": ")
+        assert name.lower() not in headers, f"{name} sent twice"
+        headers[name.lower()] = value
+    length = 0 if head_only else int(headers.get("content-length", "0"))
+    return status_line, headers, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_answer_heads_follow_http_rules() -> None:
+    """Each answer's head says how long it is and whether the connection stays open, as HTTP/1.1 and 1.0
+    clients need, and a HEAD or a 204 has no body, so the next answer on the connection is read right."""
+
+    async def ok(request: ApiRequest) -> Reply:
+        return json_reply({"ok": True})
+
+    async def nothing(request: ApiRequest) -> Reply:
+        return Reply(204)
+
+    async def untyped(request: ApiRequest) -> Reply:
+        return Reply(200, b"raw")
+
+    async def forged(request: ApiRequest) -> Reply:
+        return Reply(200, b"x", headers={"X-Note": "a\r\nSet-Cookie: stolen=1"})
+
+    router = Router()
+    for path, handler in (("/ok", ok), ("/nothing", nothing), ("/untyped", untyped), ("/forged", forged)):
+        router.add(Route("GET", path, handler))
+    listener = Listener(RestApi(router), "127.0.0.1", 0)
+    await listener.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(
+            b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /untyped HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        status, headers, body = await _read_answer(reader)
+        assert (status, body) == ("HTTP/1.1 200 OK", b'{"ok":true}')
+        assert headers["content-length"] == "11" and "connection" not in headers
+        assert headers["content-type"] == "application/json; charset=utf-8" and headers["server"] == "Butler"
+        assert headers["date"].endswith(" GMT")
+        head_status, head_headers, _ = await _read_answer(reader, head_only=True)
+        # A HEAD answer has the GET answer's length but no body: read as if it had none.
+        assert head_status == "HTTP/1.1 200 OK" and head_headers["content-length"] == "11"
+        status, headers, _ = await _read_answer(reader)
+        assert status == "HTTP/1.1 204 No Content" and "content-length" not in headers
+        status, headers, body = await _read_answer(reader)
+        assert (status, body, headers["content-type"]) == (
+            "HTTP/1.1 200 OK",
+            b"raw",
+            "application/octet-stream",
+        )
+        status, headers, body = await _read_answer(reader)
+        assert (status, headers["connection"], body) == ("HTTP/1.1 200 OK", "close", b'{"ok":true}')
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing more sent
+        writer.close()
+
+        # HTTP/1.0 closes after each answer unless the client asks to keep the connection.
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"GET /ok HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /ok HTTP/1.0\r\n\r\n")
+        status, headers, _ = await _read_answer(reader)
+        assert (status, headers["connection"]) == ("HTTP/1.0 200 OK", "keep-alive")
+        status, headers, body = await _read_answer(reader)
+        assert (status, "connection" in headers, body) == ("HTTP/1.0 200 OK", False, b'{"ok":true}')
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+        # A header value with a line break would let its text add headers: it is a fault, not sent.
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"GET /forged HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await _read_answer(reader)
+        assert status == "HTTP/1.1 500 Internal Server Error" and "set-cookie" not in headers
+        assert json.loads(body)["statusCode"] == 500
+        writer.close()
+    finally:
+        await listener.stop()

@@ -19,6 +19,9 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -85,11 +88,69 @@ class RestApi:
             headers.update(context.headers)
         if isinstance(reply.body, list):
             return await _send_pieces(request, reply.status, reply.body, headers)
-        response = web.Response(status=reply.status, body=reply.body, headers=headers)
+        response = _Answer(reply.status, reply.body, headers)
         if reply.status in _BODY_LEFT_UNREAD:
             # The rest of the body was never read; the connection cannot be reused.
             response.force_close()
         return response
+
+
+#: Statuses whose answers have neither a body nor a Content-Length (RFC 9110, 6.4.1).
+_NO_BODY = frozenset({*range(100, 200), 204, 304})
+
+
+class _Answer(web.StreamResponse):
+    """An answer whose body is known in full, sent with its head in one write.
+
+    aiohttp's ``Response`` builds a case-insensitive header map, then prepares, serialises and writes the
+    head and the body in steps meant for answers of any kind; for Butler's answers, known in full before
+    anything is sent, those steps were a fifth of the time Butler spent on a ping. The head follows the same
+    rules:
+    ``Content-Length`` (none for 1xx, 204 and 304; a HEAD gets the GET answer's length and no body),
+    ``Date``, and ``Connection`` when the connection does not stay open as its HTTP version implies.
+    """
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(status=status)
+        self._whole_body = body
+        fields = []
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value:  # a value must never start a header of its own
+                raise ValueError(f"header {name} holds a line break")
+            fields.append(f"{name}: {value}\r\n")
+        if body and "Content-Type" not in headers:
+            fields.append("Content-Type: application/octet-stream\r\n")
+        self._fields = "".join(fields)
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        status = self._status
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        version = request.version
+        body = self._whole_body
+        head = [f"HTTP/{version.major}.{version.minor} {status} {self._reason}\r\n", self._fields]
+        if status in _NO_BODY:
+            body = b""
+        else:
+            head.append(f"Content-Length: {len(body)}\r\n")
+            if request.method == "HEAD":
+                body = b""
+        head.append(f"Date: {rfc822_formatted_time()}\r\n")
+        if not keep_alive and version == HttpVersion11:
+            head.append("Connection: close\r\n")
+        elif keep_alive and version == HttpVersion10:
+            head.append("Connection: keep-alive\r\n")
+        head.append("\r\n")
+        self._eof_sent = True
+        self._body_length = len(body)
+        await request.writer.write_eof("".join(head).encode() + body)
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        """Nothing is left to send: ``prepare`` sent the whole answer."""
 
 
 async def _send_pieces(
