@@ -105,9 +105,8 @@ class _Answer(web.StreamResponse):
     aiohttp's ``Response`` builds a case-insensitive header map, then prepares, serialises and writes the
     head and the body in steps meant for answers of any kind; for Butler's answers, known in full before
     anything is sent, those steps were a fifth of the time Butler spent on a ping. The head follows the same
-    rules:
-    ``Content-Length`` (none for 1xx, 204 and 304; a HEAD gets the GET answer's length and no body),
-    ``Date``, and ``Connection`` when the connection does not stay open as its HTTP version implies.
+    rules: ``Content-Length`` (none for 1xx, 204 and 304; a HEAD gets the GET answer's length and no
+    body), ``Date``, and ``Connection`` when the connection does not stay open as its HTTP version implies.
     """
 
     def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
