@@ -24,7 +24,7 @@ from butler.config.settings import CertificateSettings, EngineSettings, QrsSetti
 from butler.http.docs import ApiDocument, load_openapi
 from butler.kvstore.memory import MemoryStore
 from butler.qlik.qrs import QrsClient
-from butler.routes import RouteContext
+from butler.services import Services
 from butler.task_start import TaskStarter
 from tests.conftest import Broker, StartButler, base_config, free_port
 from tests.test_apps import app_id, engine_config
@@ -45,7 +45,7 @@ def test_every_route_is_documented_and_every_operation_served(tmp_path: object) 
     qrs = QrsClient(QrsSettings(use_ssl=False), CertificateSettings())
     starter = TaskStarter(qrs, StartTaskFilter(), None)
     apps = AppService(EngineSettings(use_ssl=False), CertificateSettings(), starter)
-    context = RouteContext(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
+    context = Services(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
     router = build_router(context, document)
     registered = {(r.method, r.path) for r in router.routes if r.documented}
     assert registered == set(document.operations())

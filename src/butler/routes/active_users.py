@@ -12,11 +12,11 @@ from typing import Any
 from butler.events.active_users import ActiveUsers
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
-from butler.routes import RouteContext
+from butler.services import Services
 
 
-def routes(context: RouteContext) -> list[Route]:
-    events = context.events
+def routes(services: Services) -> list[Route]:
+    events = services.events
 
     def active() -> ActiveUsers:
         if events is None:

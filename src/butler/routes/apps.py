@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from butler.http.routing import JSON_HEADERS, ApiRequest, Reply, Route, json_reply
-from butler.routes import RouteContext
+from butler.services import Services
 
 
-def routes(context: RouteContext) -> list[Route]:
-    apps = context.apps
+def routes(services: Services) -> list[Route]:
+    apps = services.apps
     if apps is None:  # the endpoints are switched off
         return []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from butler.base_conversion import BASE16, BASE62, convert
 from butler.http.errors import HttpError
 from butler.http.routing import JSON_HEADERS, ApiRequest, Handler, Reply, Route
-from butler.routes import RouteContext
+from butler.services import Services
 
 _ALPHABETS = {"base62": BASE62, "base16": BASE16}
 
@@ -35,7 +35,7 @@ def _converter(source: str, target: str, *, bare: bool) -> Handler:
     return handler
 
 
-def routes(context: RouteContext) -> list[Route]:
+def routes(services: Services) -> list[Route]:
     return [
         Route("GET", "/v4/base62tobase16", _converter("base62", "base16", bare=False)),
         Route("GET", "/v4/base16tobase62", _converter("base16", "base62", bare=False)),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
-from butler.routes import RouteContext
+from butler.services import Services
 
 
-def routes(context: RouteContext) -> list[Route]:
-    ping = json_reply({"response": "Butler reporting for duty", "butlerVersion": context.version})
+def routes(services: Services) -> list[Route]:
+    ping = json_reply({"response": "Butler reporting for duty", "butlerVersion": services.version})
     v2_ping = json_reply({"response": "Butler reporting for duty"})
-    enabled = json_reply(context.settings.endpoints.enabled_leaf_names())
+    enabled = json_reply(services.settings.endpoints.enabled_leaf_names())
 
     async def butler_ping(request: ApiRequest) -> Reply:
         return ping
@@ -27,20 +27,20 @@ def routes(context: RouteContext) -> list[Route]:
         Route("GET", "/v4/configfile/endpointsenabled", enabled_endpoints),
         Route("GET", "/v2/butlerPing", v2_butler_ping),
         Route("GET", "/v2/butlerping", v2_butler_ping),
-        health_route(context),
+        health_route(services),
     ]
 
 
-def health_route(context: RouteContext) -> Route:
+def health_route(services: Services) -> Route:
     """``GET /health``: served by the REST API and, when enabled, by the Docker health-check listener."""
 
     async def health(request: ApiRequest) -> Reply:
-        uptime = round(time.monotonic() - context.started, 1)
-        status = {"status": "ok", "version": context.version, "uptimeSeconds": uptime}
-        if context.events is not None:
-            status["udpEvents"] = context.events.stats()
-        if context.mqtt is not None:
-            status["mqtt"] = context.mqtt.stats()
+        uptime = round(time.monotonic() - services.started, 1)
+        status = {"status": "ok", "version": services.version, "uptimeSeconds": uptime}
+        if services.events is not None:
+            status["udpEvents"] = services.events.stats()
+        if services.mqtt is not None:
+            status["mqtt"] = services.mqtt.stats()
         return json_reply(status)
 
     return Route("GET", "/health", health, rate_limited=False)

@@ -10,7 +10,7 @@ from butler.config import Settings
 from butler.files import FileService
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
-from butler.routes import RouteContext
+from butler.services import Services
 
 log = logging.getLogger("butler")
 
@@ -30,8 +30,8 @@ def warn_unlimited(settings: Settings) -> None:
         )
 
 
-def routes(context: RouteContext) -> list[Route]:
-    files = FileService(context.settings.files)
+def routes(services: Services) -> list[Route]:
+    files = FileService(services.settings.files)
 
     def required(body: dict[str, Any], *names: str) -> list[str]:
         values = [body.get(name) for name in names]

@@ -6,13 +6,13 @@ from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
 from butler.json_encoding import encode_json
 from butler.kvstore import InvalidPair, check_pair
-from butler.routes import RouteContext
+from butler.services import Services
 
 MISSING = "Required parameter is missing"
 
 
-def routes(context: RouteContext) -> list[Route]:
-    store = context.key_values
+def routes(services: Services) -> list[Route]:
+    store = services.key_values
     if store is None:  # the endpoints are switched off
         return []
 

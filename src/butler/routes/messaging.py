@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
-from butler.routes import RouteContext
+from butler.services import Services
 from butler.slack import message
 
 
-def mqtt_routes(context: RouteContext) -> list[Route]:
-    mqtt = context.mqtt
+def mqtt_routes(services: Services) -> list[Route]:
+    mqtt = services.mqtt
 
     async def mqtt_publish(request: ApiRequest) -> Reply:
         if mqtt is None:
@@ -31,8 +31,8 @@ def mqtt_routes(context: RouteContext) -> list[Route]:
     ]
 
 
-def slack_routes(context: RouteContext) -> list[Route]:
-    slack = context.slack
+def slack_routes(services: Services) -> list[Route]:
+    slack = services.slack
 
     async def send(channel: str, from_user: str, text: str, emoji: str | None) -> None:
         if slack is None:

@@ -6,7 +6,7 @@ import orjson
 
 from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
-from butler.routes import RouteContext
+from butler.services import Services
 from butler.task_start import TASK_ID
 
 MISSING_ID = 'Required parameter (task ID) missing. Should be a task ID or "-" if task info is passed in body'
@@ -14,8 +14,8 @@ MISSING_ID = 'Required parameter (task ID) missing. Should be a task ID or "-" i
 DEFAULT_WAIT = 300.0
 
 
-def routes(context: RouteContext) -> list[Route]:
-    starter = context.task_starter
+def routes(services: Services) -> list[Route]:
+    starter = services.task_starter
     if starter is None:  # the endpoint is switched off
         return []
 
