@@ -319,7 +319,7 @@ async def test_failed_task_published_enriched(events: Any, simulator: Any, subsc
     assert (
         full["taskName"] == FAILING_TASK and full["taskId"] == task["id"] and full["appName"] == "Failing App"
     )
-    assert full["user"] == "INTERNAL/sa_scheduler" and full["logLevel"] == "ERROR"
+    assert full["user"] == "INTERNAL\\sa_scheduler" and full["logLevel"] == "ERROR"
     assert full["qs_taskTags"] == ["butler"]
     assert {"name": "ButlerAlert", "value": "email"} in full["qs_taskCustomProperties"]
     assert full["qs_appTags"] == [] and full["qs_appMetadata"]["name"] == "Failing App"

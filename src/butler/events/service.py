@@ -36,11 +36,12 @@ class SenseEvents:
         qrs: QrsClient | None,
         mqtt: MqttClient | None,
         topics: EventTopics,
+        full_logs: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
         self.bus = EventBus()
         self.users = ActiveUsers(settings.session_expiry_seconds, settings.session_state_file, bus=self.bus)
-        enricher = TaskEnricher(qrs, settings.task_events) if qrs is not None else None
+        enricher = TaskEnricher(qrs, settings.task_events, full_logs) if qrs is not None else None
         self.outcomes = TaskOutcomes(enricher, settings.task_events, self.bus)
         self.publisher = (
             EventPublisher(mqtt, topics, self.users, settings.active_users_publish_seconds)

@@ -48,8 +48,12 @@ class TaskOutcome:
     task: dict[str, Any] | None = None
     app: dict[str, Any] | None = None
     execution: dict[str, Any] | None = None
+    #: QRS's execution result as it came (details with their times and types, the node that ran it).
+    execution_result: dict[str, Any] | None = None
     script_log_head: list[str] | None = None
     script_log_tail: list[str] | None = None
+    #: Every line of the script log, kept only for the outcomes alerts need it for.
+    script_log: list[str] | None = None
     missing: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -76,7 +80,8 @@ class TaskOutcome:
         task, app = self.task or {}, self.app or {}
         return {
             "hostName": event.host,
-            "user": event.user.replace("\\", "/"),
+            # Upstream's form, DIR\user (a doubled backslash, as some appenders send it, made single).
+            "user": event.user.replace("\\\\", "\\"),
             "taskName": self.task_name,
             "taskId": event.task_id,
             "appName": self.app_name,
@@ -182,11 +187,18 @@ class _Lookup:
 
 
 class TaskEnricher:
-    """What QRS knows of a scheduler event."""
+    """What QRS knows of a scheduler event.
 
-    def __init__(self, qrs: QrsClient, settings: TaskOutcomeSettings) -> None:
+    The script log is read for failed and aborted reloads, and for the outcomes in ``full_logs`` (those
+    alerts are configured for), whose events keep every line of it.
+    """
+
+    def __init__(
+        self, qrs: QrsClient, settings: TaskOutcomeSettings, full_logs: frozenset[str] = frozenset()
+    ) -> None:
         self.repository = QrsRepository(qrs)
         self.settings = settings
+        self.full_logs = full_logs
         self._tasks = _Lookup(self.repository.task_metadata, "id", settings.cache_seconds)
         self._apps = _Lookup(self.repository.app_metadata, "id", settings.cache_seconds)
         self._results = _Lookup(self.repository.execution_result_metadata, "executionID", 0)
@@ -232,7 +244,8 @@ class TaskEnricher:
         outcome.app = await self._apps.get(outcome.event.app_id)
 
     def _wants_log(self, outcome: TaskOutcome) -> bool:
-        return outcome.event.outcome in ("failed", "aborted") and outcome.event.app_id != ""
+        kind = outcome.event.outcome
+        return (kind in ("failed", "aborted") or kind in self.full_logs) and outcome.event.app_id != ""
 
     async def _execution(self, outcome: TaskOutcome) -> None:
         result = await self._results.get(outcome.event.execution_id)
@@ -240,6 +253,7 @@ class TaskEnricher:
             return
         record = execution_result(result)
         outcome.execution = describe(record)
+        outcome.execution_result = result
         if not self._wants_log(outcome) or not result.get("scriptLogAvailable", True):
             return
         reference = record.file_reference_id
@@ -257,6 +271,8 @@ class TaskEnricher:
                 outcome.missing.append("scriptLog")
             return
         settings = self.settings
+        if outcome.event.outcome in self.full_logs:
+            outcome.script_log = lines
         outcome.script_log_head = lines[: settings.script_log_head]
         outcome.script_log_tail = lines[-settings.script_log_tail :] if settings.script_log_tail else []
 

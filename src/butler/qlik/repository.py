@@ -227,6 +227,26 @@ class QrsRepository:
     async def app_metadata(self, app_ids: Sequence[str]) -> list[dict[str, Any]]:
         return await self._list("app/full", _any_of("id", app_ids))
 
+    async def custom_property_names(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` are custom properties defined in QRS."""
+        condition = " or ".join(f"name eq {quote_filter_value(name)}" for name in names)
+        found = await self._list("custompropertydefinition", condition)
+        return {str(entry.get("name")) for entry in found}
+
+    async def user_emails(self, user_id: str) -> tuple[str, ...]:
+        """The e-mail addresses QRS keeps for a user (attributes of type email, in QRS's order)."""
+        path = f"user/{user_id}"
+        user = await self.qrs.get_json(path)
+        if not isinstance(user, dict):
+            raise _shape(path, "a user object", user)
+        return tuple(
+            str(a["attributeValue"])
+            for a in user.get("attributes") or []
+            if isinstance(a, dict)
+            and str(a.get("attributeType", "")).lower() == "email"
+            and a.get("attributeValue")
+        )
+
     async def execution_result_metadata(self, execution_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The results of the runs ``execution_ids``; ``execution_result`` reads one."""
         return await self._list("executionresult/full", _any_of("ExecutionId", execution_ids))
