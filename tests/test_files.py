@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +307,13 @@ async def test_killed_cross_device_move_keeps_the_source(
                     json={"fromFile": str(source), "toFile": str(other / "big.bin")},
                 )
             )
-            await asyncio.sleep(0.15)
+            # Killed as soon as the copy has begun: its temporary file is there (a fixed delay was
+            # sometimes enough for the whole move on a fast disk).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if any(other.iterdir()):
+                    break
+                await asyncio.sleep(0.001)
             process.proc.send_signal(signal.SIGKILL)
             with pytest.raises(aiohttp.ClientError):
                 await move
