@@ -10,20 +10,26 @@ explanation and the README check cannot disagree about it.
 
 Keys upstream Butler knows but this version does not use are named in the class's ``UPSTREAM_ONLY`` (paths
 relative to its section): they are accepted without checks and explained as such.
+
+Sections repeated with the same keys (one per alert event) are declared once: ``part`` also takes
+``{name: class}`` (a dict of settings objects, one section each), ``items`` reads a list of sections, and
+``variant`` makes a class whose keys have other defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import yaml
 
-from butler.config.schema import Key, Section, Spec, default_of
+from butler.config.schema import Key, ListOf, Section, Spec, default_of
 
 _DECLARED = "butler.config"
+
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +40,10 @@ class _Declared:
     help: str
     entry: Key | None = None  # a key of the file
     part: type[Any] | None = None  # or a nested settings class
+    parts: Mapping[str, type[Any]] | None = None  # or one per name, each in section key.name
+    items: type[Any] | None = None  # or a list of them
+    addition: bool = False  # for a part: every key below is an addition
+    additions: Collection[str] = ()  # for parts: the names whose keys are all additions
     convert: Callable[[Any], Any] | None = None
     file: bool = False
 
@@ -67,28 +77,89 @@ def setting(
     )
 
 
-def part(key: str, cls: type[Any], *, help: str = "") -> Any:
-    """A field holding the nested settings class ``cls``, read from section ``key`` ("" for the same one)."""
-    declared = _Declared(key, help, part=cls)
+def part(
+    key: str,
+    cls: type[Any] | Mapping[str, type[Any]],
+    *,
+    help: str = "",
+    addition: bool = False,
+    additions: Collection[str] = (),
+) -> Any:
+    """A field holding the nested settings class ``cls``, read from section ``key`` ("" for the same one).
+
+    ``addition``: the whole section is an addition to upstream's keys. Given ``{name: cls}`` instead, the
+    field holds a dict of settings objects by name, each read from section ``key.name`` (``name`` when
+    ``key`` is ""), those named in ``additions`` being additions.
+    """
+    assert key or not addition, "an addition needs a section of its own"
+    if isinstance(cls, Mapping):
+        classes = dict(cls)
+        declared = _Declared(key, help, parts=classes, additions=frozenset(additions))
+        return dataclasses.field(
+            default_factory=lambda: {name: inner() for name, inner in classes.items()},
+            metadata={_DECLARED: declared},
+        )
+    declared = _Declared(key, help, part=cls, addition=addition)
     if _required(section_of(cls)):
         return dataclasses.field(metadata={_DECLARED: declared})
     return dataclasses.field(default_factory=cls, metadata={_DECLARED: declared})
+
+
+def items(key: str, cls: type[Any], *, help: str, addition: bool = False) -> Any:
+    """A field holding a tuple of settings objects ``cls``, read from the list at ``key`` (each item a
+    section declared by ``cls``, so its paths are resolved and its defaults filled in as for a section)."""
+    entry = Key(ListOf(section_of(cls)), help=help, addition=addition)
+    declared = _Declared(key, help, entry=entry, items=cls)
+    return dataclasses.field(default=(), metadata={_DECLARED: declared})
+
+
+def variant(cls: type[_T], name: str, **defaults: Any) -> type[_T]:
+    """A subclass of settings class ``cls`` whose fields named in ``defaults`` get those defaults (as
+    written in the file), or for a ``part`` field, that settings class instead.
+
+    Sections that differ only in their defaults (one per event) are then declared once.
+    """
+    fields: list[tuple[str, Any, Any]] = []
+    for attribute, default in defaults.items():
+        field = {f.name: f for f in dataclasses.fields(cast(Any, cls))}[attribute]
+        declared: _Declared = field.metadata[_DECLARED]
+        if declared.part is not None:
+            declared = dataclasses.replace(declared, part=default)
+            new = dataclasses.field(default_factory=default, metadata={_DECLARED: declared})
+        else:
+            assert declared.entry is not None and not declared.entry.required, attribute
+            entry = dataclasses.replace(declared.entry, default=default)
+            declared = dataclasses.replace(declared, entry=entry)
+            new = dataclasses.field(
+                default=_attribute(declared, default_of(entry), Path()), metadata={_DECLARED: declared}
+            )
+        fields.append((attribute, field.type, new))
+    made = dataclasses.make_dataclass(name, fields, bases=(cls,), frozen=True, kw_only=True)
+    made.__module__ = cls.__module__
+    made.__doc__ = cls.__doc__
+    return cast(type[_T], made)
 
 
 def section_of(cls: type[Any]) -> Section:
     """The validation tree of the keys ``cls`` declares (a fresh one on each call)."""
     section = Section()
     for declared in _declarations(cls):
-        if declared.part is None:
+        if declared.parts is not None:
+            for name, inner_cls in declared.parts.items():
+                inner = section_of(inner_cls)
+                if name in declared.additions:
+                    _mark_addition(inner)
+                _place(section, f"{declared.key}.{name}" if declared.key else name, Key(inner))
+        elif declared.part is None:
             assert declared.entry is not None
             _place(section, declared.key, declared.entry)
         elif declared.key:
-            _place(section, declared.key, Key(section_of(declared.part), help=declared.help))
-        else:
             inner = section_of(declared.part)
-            for name, entry in inner.keys.items():
-                _place(section, name, entry)
-            section.tolerated |= inner.tolerated
+            if declared.addition:
+                _mark_addition(inner)
+            _place(section, declared.key, Key(inner, help=declared.help))
+        else:
+            _merge(section, section_of(declared.part))
     for path in getattr(cls, "UPSTREAM_ONLY", ()):
         *parents, name = path.split(".")
         holder = _section_at(section, parents)
@@ -107,6 +178,12 @@ def build(cls: type[Any], values: Mapping[str, Any], base_dir: Path, **extra: An
         value = _value_at(values, declared.key)
         if declared.part is not None:
             arguments[field.name] = build(declared.part, value, base_dir)
+        elif declared.parts is not None:
+            arguments[field.name] = {
+                name: build(inner, value[name], base_dir) for name, inner in declared.parts.items()
+            }
+        elif declared.items is not None:
+            arguments[field.name] = tuple(build(declared.items, item, base_dir) for item in value)
         else:
             arguments[field.name] = _attribute(declared, value, base_dir)
     return cls(**arguments, **extra)
@@ -184,6 +261,32 @@ def _section_at(section: Section, names: list[str]) -> Section:
     return section
 
 
+def _mark_addition(section: Section) -> None:
+    # Copies: a setting's Key is shared by every section made from its class.
+    for name, entry in section.keys.items():
+        spec = entry.spec
+        if isinstance(spec, Section):
+            spec = dataclasses.replace(spec, keys=dict(spec.keys))
+            _mark_addition(spec)
+        section.keys[name] = dataclasses.replace(entry, spec=spec, addition=True)
+
+
+def _merge(section: Section, inner: Section) -> None:
+    """Add ``inner``'s keys to ``section``: two classes may declare keys of one section (as the Slack
+    webhook of the REST API and Slack's alerts do), but never the same key."""
+    section.tolerated |= inner.tolerated
+    for name, entry in inner.keys.items():
+        present = section.keys.get(name)
+        if present is None:
+            section.keys[name] = entry
+            continue
+        assert isinstance(present.spec, Section) and isinstance(entry.spec, Section), f"{name} declared twice"
+        # Merged into a copy, as for additions: the present Key may be a setting's, shared.
+        merged = dataclasses.replace(present.spec, keys=dict(present.spec.keys))
+        _merge(merged, entry.spec)
+        section.keys[name] = dataclasses.replace(present, spec=merged, help=present.help or entry.help)
+
+
 def _place(section: Section, path: str, entry: Key) -> None:
     *parents, name = path.split(".")
     holder = _section_at(section, parents)
@@ -241,8 +344,10 @@ __all__ = [
     "UnknownKey",
     "build",
     "explain",
+    "items",
     "leaf_keys",
     "part",
     "section_of",
     "setting",
+    "variant",
 ]

@@ -11,6 +11,7 @@ counts as empty, as admins leave the template's optional parts.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,39 @@ class Int(Spec):
         in_range = (
             isinstance(value, int)
             and not isinstance(value, bool)
+            and (self.minimum is None or value >= self.minimum)
+            and (self.maximum is None or value <= self.maximum)
+        )
+        if in_range:
+            return value
+        self.fail(value, path, errors)
+        return None
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+@dataclass
+class Number(Spec):
+    """An integer or a decimal number (seconds, for example), within bounds."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def expected(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"a number {_plain(self.minimum)}-{_plain(self.maximum)}"
+        if self.minimum is not None:
+            return f"a number >= {_plain(self.minimum)}"
+        return "a number"
+
+    def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        in_range = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
             and (self.minimum is None or value >= self.minimum)
             and (self.maximum is None or value <= self.maximum)
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from butler.config.alerts import AlertSettings
 from butler.config.declare import part, setting
 from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Spec, Str, describe
 from butler.http.browsers import parse_origin
@@ -60,17 +61,9 @@ UPSTREAM_SECTIONS: tuple[str, ...] = (
     "configVisualisation",
     "heartbeat",
     "uptimeMonitor",
-    "thirdPartyToolsCredentials",
     "influxDb",
-    "scriptLog",
-    "qlikSenseUrls",
-    "genericUrls",
     "qlikSenseVersion",
     "qlikSenseLicense",
-    "teamsNotification",
-    "emailNotification",
-    "incidentTool",
-    "webhookNotification",
     "scheduler",
     "restServerEndpointsConfig",
     "serviceMonitor",
@@ -714,12 +707,6 @@ class Settings:
         *UPSTREAM_SECTIONS,
         # Tunes upstream's internals and changes nothing here.
         "restServerApiDocGenerate",
-        "slackNotification.enable",
-        "slackNotification.reloadTaskFailure",
-        "slackNotification.reloadTaskAborted",
-        "slackNotification.serviceStopped",
-        "slackNotification.serviceStarted",
-        "slackNotification.userSessionEvents",
     )
 
     log_level: str = setting("logLevel", Enum(choices=LOG_LEVELS), "info", help="how much Butler logs")
@@ -754,6 +741,7 @@ class Settings:
     udp: UdpServerSettings = part(
         "udpServerConfig", UdpServerSettings, help="the UDP events of Sense's log appenders"
     )
+    alerts: AlertSettings = part("", AlertSettings)
     #: The config file, when loaded from one.
     source: Path | None = None
     #: Upstream sections in the file that this version ignores.
