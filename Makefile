@@ -25,6 +25,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --platform win32
 
 test: setup lint
 	@scripts/ensure-test-services

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -20,6 +22,7 @@ from openapi_spec_validator import validate
 from butler.app import build_router
 from butler.apps import AppService
 from butler.config import ENDPOINT_FLAGS, parse_config
+from butler.config.alerts import WebhookSettings
 from butler.config.settings import CertificateSettings, EngineSettings, QrsSettings, StartTaskFilter
 from butler.http.docs import ApiDocument, load_openapi
 from butler.kvstore.memory import MemoryStore
@@ -45,6 +48,10 @@ def test_every_route_is_documented_and_every_operation_served(tmp_path: object) 
     qrs = QrsClient(QrsSettings(use_ssl=False), CertificateSettings())
     starter = TaskStarter(qrs, StartTaskFilter(), None)
     apps = AppService(EngineSettings(use_ssl=False), CertificateSettings(), starter)
+    # An alert channel on, so that the alert routes are registered too.
+    settings = dataclasses.replace(
+        settings, alerts=dataclasses.replace(settings.alerts, webhook=WebhookSettings(enable=True))
+    )
     context = Services(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
     router = build_router(context, document)
     registered = {(r.method, r.path) for r in router.routes if r.documented}
@@ -167,6 +174,17 @@ async def slack_webhook() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+async def dead_letter(base: str) -> str:
+    """The id of the alert delivery that became a dead letter, once the alert's deliveries are done."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+        while True:
+            async with http.get(f"{base}/v4/alerts") as answer:
+                deliveries = [d for a in await answer.json() for d in a["deliveries"]]
+            if len(deliveries) == 2 and all(d["state"] != "pending" for d in deliveries):
+                return str(next(d["id"] for d in deliveries if d["state"] == "dead"))
+            await asyncio.sleep(0.05)
+
+
 async def test_real_answers_match_the_document(
     start_butler: StartButler,
     simulator: Any,
@@ -184,6 +202,14 @@ async def test_real_answers_match_the_document(
     butler["configEngine"] = engine_config(simulator)
     butler["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
     butler["slackNotification"] = {"enable": False, "restMessage": {"webhookURL": slack_webhook}}
+    # Alerts on failed reloads to a webhook that takes them and to one that does not exist (a dead letter).
+    hooks = [(slack_webhook, "taken"), (slack_webhook.removesuffix("hook") + "nowhere", "refused")]
+    butler["webhookNotification"] = {
+        "enable": True,
+        "reloadTaskFailure": {
+            "webhooks": [{"description": d, "webhookURL": url, "httpMethod": "POST"} for url, d in hooks]
+        },
+    }
     folders = {name: tmp_path / name for name in ("from", "to", "delete", "qvd", "outside", "made")}
     for folder in folders.values():
         folder.mkdir()
@@ -195,6 +221,11 @@ async def test_real_answers_match_the_document(
     butler["fileDeleteApprovedDirectories"] = [str(folders["delete"])]
     butler["configDirectories"] = {"qvdPath": str(folders["qvd"])}
     base = await start_butler(config)
+
+    failing = next(t["id"] for t in simulator.site.tasks.values() if t["name"] == "Reload Failing App")
+    simulator.udp.targets = [("127.0.0.1", task_port)]
+    simulator.scheduler.start(failing)
+    dead = await dead_letter(base)
 
     app1, app3 = (app_id(simulator, name) for name in ("App1", "App3"))
     unknown = "00000000-0000-4000-8000-00000000dead"
@@ -356,6 +387,12 @@ async def test_real_answers_match_the_document(
         Call("GET", "/v4/activeusers", "/v4/activeusers", 200),
         Call("GET", "/v2/activeUserCount", "/v2/activeUserCount", 200),
         Call("GET", "/v2/activeUsers", "/v2/activeUsers", 200),
+        # Alerts (the failed reload's, above)
+        Call("GET", "/v4/alerts", "/v4/alerts", 200),
+        Call("GET", "/v4/alerts", "/v4/alerts?state=dead&channel=webhook&limit=5", 200),
+        Call("GET", "/v4/alerts", "/v4/alerts?state=lost", 400),
+        Call("POST", "/v4/alerts/{id}/retry", f"/v4/alerts/{dead}/retry", 202),
+        Call("POST", "/v4/alerts/{id}/retry", f"/v4/alerts/{unknown}/retry", 404),
     ]
     document = load_openapi()
     problems: list[str] = []

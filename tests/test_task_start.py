@@ -736,6 +736,19 @@ async def test_butler_demo(tmp_path: Any) -> None:
                     if await r.json() == ["goran"]:
                         break
                 await asyncio.sleep(0.05)
+    # The failing reload of the instructions: its alerts reach the demo's mail catcher and webhook sink.
+    status, _, _ = await put(
+        base, "/v4/reloadtask/-/start", [{"type": "starttasktag", "payload": {"tag": "butler"}}]
+    )
+    assert status == 200
+    state = tmp_path / "state"
+    async with asyncio.timeout(20):
+        while True:
+            if list((state / "mail").glob("*.eml")) and (state / "webhooks.jsonl").is_file():
+                break
+            await asyncio.sleep(0.05)
+    assert "Reload Failing App" in json.loads((state / "webhooks.jsonl").read_text().splitlines()[0])["body"]
+    assert "Reload Failing App" in (state / "mail" / "0001.eml").read_text()
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), 20) == 0
     with pytest.raises(aiohttp.ClientError):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from butler.alerts.setup import channels_on
 from butler.config import Settings
 from butler.http.browsers import BrowserCheck
 from butler.http.docs import DOCS_PATH, ApiDocument, DocumentationSite, load_openapi
@@ -27,6 +28,7 @@ from butler.http.routing import Route, Router
 from butler.http.server import Listener, RestApi, tls_context
 from butler.routes import (
     active_users,
+    alerts,
     apps,
     base_conversion,
     butler_status,
@@ -75,6 +77,10 @@ def _udp_on(settings: Settings) -> bool:
     return settings.udp.enable
 
 
+def _alerts_on(settings: Settings) -> bool:
+    return bool(channels_on(settings.alerts))
+
+
 def _qlik_reachable(on: Callable[[Settings], bool]) -> Callable[[Settings], bool]:
     """``on``, for the parts that need Qlik Sense: set-ups without client certificates run without them."""
     return lambda settings: on(settings) and settings.certificates.client_cert is not None
@@ -95,6 +101,9 @@ FEATURES = (
     ),
     Feature(apps.routes, flags=("senseListApps", "senseAppDump", "senseAppReload"), services=("apps",)),
     Feature(active_users.routes, flags=("activeUserCount", "activeUsers")),
+    # Alerts on task outcomes; QRS, when it can be reached, for the app owners and custom properties.
+    Feature(alerts.routes, when=_alerts_on, services=("alerts",)),
+    Feature(when=_qlik_reachable(_alerts_on), services=("task_starter",)),
     # MQTT: events and messages published, task starts received.
     Feature(when=_mqtt_on, services=("mqtt",)),
     Feature(when=_qlik_reachable(_mqtt_on), services=("task_starter",)),
@@ -109,7 +118,8 @@ def build_router(services: Services, document: ApiDocument) -> Router:
     router = Router()
     flags = services.settings.endpoints
     for feature in FEATURES:
-        if feature.routes is None:
+        # A feature turned on by a setting serves nothing while off; others serve their flagged routes.
+        if feature.routes is None or (feature.when is not None and not feature.when(services.settings)):
             continue
         for route in feature.routes(services):
             document.bind(route)

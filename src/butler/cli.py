@@ -2,7 +2,8 @@
 
 ``butler serve -c FILE.yaml`` runs the service (``butler -c FILE.yaml`` too, as upstream is started);
 ``butler config check FILE.yaml`` validates a config file, ``butler config check --explain KEY`` says what a
-key means; ``butler --version``.
+key means; ``butler alert test -c FILE.yaml --channel CHANNEL`` sends a sample alert through one channel;
+``butler --version``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from butler import __version__
+from butler.alerts.model import CHANNELS
+from butler.alerts.sample import send_sample
 from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
 from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_config
 from butler.demo import run_demo
+from butler.errors import BadRequest
 from butler.logs import LEVELS, setup_logging
 
 log = logging.getLogger("butler")
@@ -81,7 +85,41 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="say what a config key (such as Butler.configQRS.timeoutSeconds) means, its type and default",
     )
+
+    alert = commands.add_parser("alert", help="work with alerts")
+    alert_commands = alert.add_subparsers(dest="alert_command", metavar="SUBCOMMAND", required=True)
+    test = alert_commands.add_parser(
+        "test",
+        help="send a sample alert (a failed reload) through one channel now; exit 0 if it was taken",
+        description="Builds the alert of a canned failed reload with the channel's reloadTaskFailure "
+        "settings (switched on for the test) and sends it at once, printing each recipient's answer.",
+    )
+    test.add_argument("-c", "--configfile", required=True, metavar="FILE.yaml", help="Butler config file")
+    test.add_argument("--channel", required=True, choices=CHANNELS, help="the channel to try")
+    test.add_argument("--to", metavar="ADDRESS", help="e-mail only: send to this address alone")
     return parser
+
+
+def alert_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.to is not None and args.channel != "email":
+        parser.error("--to is for --channel email")
+    settings = _load(args.configfile)
+    if settings is None:
+        return 1
+    setup_logging("warn")
+    try:
+        results = asyncio.run(send_sample(settings.alerts, args.channel, args.to))
+    except BadRequest as exc:
+        print(f"butler: nothing sent: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        if result.error is None:
+            print(f"{args.channel} to {result.message.target}: sent ({result.answer})")
+        else:
+            print(f"{args.channel} to {result.message.target}: NOT sent: {result.error}")
+        for note in result.message.notes:
+            print(f"  note: {note}")
+    return 0 if all(result.error is None for result in results) else 1
 
 
 def _load(path: str) -> Settings | None:
@@ -186,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_check(args, parser)
     if args.command == "demo":
         return demo(args)
+    if args.command == "alert":
+        return alert_test(args, parser)
     parser.print_help()
     return 2
 

@@ -3,19 +3,28 @@
 The simulator (``qliksim``, the demo site of Butler's task-start documentation) runs as a child process
 with certificates made in the state folder; Butler runs here with every implemented endpoint on. The
 config file written to the state folder is an ordinary Butler config file: a starting point for a real
-site.
+site. Alerts on failed reloads go to a mail catcher and a webhook sink the demo starts on local ports, which
+keep what they get in the state folder (``mail/*.eml``, ``webhooks.jsonl``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email
+import email.policy
+import json
 import logging
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import yaml
+from aiohttp import web
 
+import butler
 from butler.app import Butler, StartupError, run
 from butler.config import load_config
 
@@ -45,8 +54,57 @@ def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
+TEMPLATES = Path(butler.__file__).parent / "alert_templates"
+
+
+def _alerts(smtp_port: int | None, webhook_url: str) -> dict[str, Any]:
+    """Alerts on failed reloads: e-mail to the demo's mail catcher (when it runs) and a webhook."""
+    sections: dict[str, Any] = {
+        "qlikSenseUrls": {
+            "qmc": "https://sense1.example.com/qmc",
+            "hub": "https://sense1.example.com/hub",
+            "appBaseUrl": "https://sense1.example.com/sense/app",
+        },
+        "webhookNotification": {
+            "enable": True,
+            "reloadTaskFailure": {
+                "rateLimit": 0,
+                "webhooks": [{"description": "demo sink", "webhookURL": webhook_url, "httpMethod": "POST"}],
+            },
+        },
+    }
+    if smtp_port is not None:
+        sections["emailNotification"] = {
+            "enable": True,
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "secure": False,
+                "tls": {"ignoreTLS": True, "requireTLS": False},
+                "auth": {"enable": False},
+            },
+            "reloadTaskFailure": {
+                "enable": True,
+                "rateLimit": 0,
+                "appOwnerAlert": {"enable": True, "includeOwner": {"includeAll": True}},
+                "subject": '❌ Qlik Sense reload failed: "{{taskName}}"',
+                "bodyFileDirectory": str(TEMPLATES / "email"),
+                "htmlTemplateFile": "failed-reload-qseow",
+                "fromAddress": "Qlik Sense (no-reply) <qliksense-noreply@example.com>",
+                "recipients": ["sense-admins@example.com"],
+            },
+        }
+    return sections
+
+
 def write_demo_config(
-    state: Path, host: str, port: int, qrs_port: int, engine_port: int, udp_ports: tuple[int, int]
+    state: Path,
+    host: str,
+    port: int,
+    qrs_port: int,
+    engine_port: int,
+    udp_ports: tuple[int, int],
+    alerts: dict[str, Any] | None = None,
 ) -> Path:
     certs = state / "certs"
     document = {
@@ -93,6 +151,7 @@ def write_demo_config(
                 "portTaskFailure": udp_ports[0],
                 "portSessionConnectionEvents": udp_ports[1],
             },
+            **(alerts or {}),
         }
     }
     path = state / "butler-demo.yaml"
@@ -118,8 +177,69 @@ async def _wait_for_port(port: int, process: asyncio.subprocess.Process, seconds
             await asyncio.sleep(0.1)
 
 
-def _instructions(base: str, control: str, config: Path, rate_limit: int) -> str:
+class _MailCatcher:
+    """Keeps each mail it is sent in ``folder`` as an .eml file and logs a line for it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{self.count:04d}.eml"
+        path.write_bytes(envelope.content)
+        subject = email.message_from_bytes(envelope.content, policy=email.policy.default)["Subject"]
+        log.info("mail catcher: %r for %s, kept in %s", subject, ", ".join(envelope.rcpt_tos), path)
+        return "250 OK: kept by the demo's mail catcher"
+
+
+@contextlib.asynccontextmanager
+async def _mail_catcher(folder: Path) -> AsyncIterator[int | None]:
+    """An SMTP server on a free local port (its port), or None when aiosmtpd is not installed."""
+    try:
+        from aiosmtpd.smtp import SMTP
+    except ImportError:
+        log.warning(
+            "no mail catcher: aiosmtpd is not installed (make setup installs it); e-mail alerts are off"
+        )
+        yield None
+        return
+    catcher = _MailCatcher(folder)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(catcher, hostname="demo-mail", loop=loop), "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def _webhook_sink(file: Path) -> AsyncIterator[str]:
+    """An HTTP server on a free local port that appends each call it gets to ``file`` (its URL)."""
+
+    async def take(request: web.Request) -> web.Response:
+        body = await request.text()
+        with file.open("a", encoding="utf-8") as sink:
+            sink.write(json.dumps({"method": request.method, "path": request.path_qs, "body": body}) + "\n")
+        log.info("webhook sink: %s %s, kept in %s", request.method, request.path, file)
+        return web.Response(text="kept by the demo's webhook sink")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", take)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/butler-alerts"
+    finally:
+        await runner.cleanup()
+
+
+def _instructions(base: str, control: str, config: Path, rate_limit: int, state: Path, mail: bool) -> str:
     limit = f"{rate_limit} requests per minute per client IP" if rate_limit else "off"
+    mail_line = f"{state / 'mail'}/*.eml" if mail else "off (aiosmtpd is not installed)"
     return f"""
 Butler demo is running: a simulated Qlik Sense site, and Butler connected to it.
 
@@ -128,6 +248,8 @@ Butler demo is running: a simulated Qlik Sense site, and Butler connected to it.
   Config file         {config}
   Simulator control   {control}/calls   (what the simulated Sense site was asked to do)
   Rate limit          {limit} (butler demo --api-rate-limit N; 0 turns it off)
+  Alert e-mails       {mail_line}   (the demo's mail catcher)
+  Alert webhooks      {state / "webhooks.jsonl"}   (the demo's webhook sink)
 
 Try (from Butler's documentation):
 
@@ -151,10 +273,12 @@ Users log in on the simulated proxies (their session events reach Butler over UD
   curl {base}/v4/activeusers
   curl {base}/v2/activeUsers
 
-A failing reload (its task event reaches Butler over UDP; Butler enriches it from QRS and logs it):
+A failing reload (its task event reaches Butler over UDP; Butler enriches it from QRS, logs it and
+sends its alerts: an e-mail to the mail catcher, for the admins and the app's owner, and a webhook call):
 
   curl -X PUT "{base}/v4/reloadtask/-/start" -H 'Content-Type: application/json' \\
        -d '[{{"type":"starttasktag","payload":{{"tag":"butler"}}}}]'
+  curl {base}/v4/alerts
   curl {base}/health
   curl {control}/calls
 
@@ -190,11 +314,23 @@ async def run_demo(state: Path, host: str, port: int, rate_limit: int) -> None:
     )
     try:
         await _wait_for_port(qrs_port, simulator)
-        config = write_demo_config(state, host, port, qrs_port, engine_port, udp_ports)
-        butler = Butler(load_config(config), rate_limit=rate_limit)
-        shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
-        text = _instructions(f"http://{shown}:{port}", f"http://127.0.0.1:{control_port}", config, rate_limit)
-        await run(butler, lambda: print(text, flush=True))
+        async with (
+            _mail_catcher(state / "mail") as smtp_port,
+            _webhook_sink(state / "webhooks.jsonl") as hook,
+        ):
+            alerts = _alerts(smtp_port, hook)
+            config = write_demo_config(state, host, port, qrs_port, engine_port, udp_ports, alerts)
+            service = Butler(load_config(config), rate_limit=rate_limit)
+            shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
+            text = _instructions(
+                f"http://{shown}:{port}",
+                f"http://127.0.0.1:{control_port}",
+                config,
+                rate_limit,
+                state,
+                smtp_port is not None,
+            )
+            await run(service, lambda: print(text, flush=True))
     finally:
         if simulator.returncode is None:
             simulator.terminate()

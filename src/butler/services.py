@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from butler import __version__
+from butler.alerts.service import AlertService
+from butler.alerts.setup import open_alerts
 from butler.apps import AppService
 from butler.config import Settings
 from butler.config.settings import EngineSettings, QrsSettings
@@ -48,6 +50,7 @@ class Services:
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
     apps: AppService | None = None
+    alerts: AlertService | None = None
     events: SenseEvents | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
@@ -107,7 +110,11 @@ async def _apps(services: Services, exits: AsyncExitStack) -> None:
 async def _events(services: Services, exits: AsyncExitStack) -> None:
     settings = services.settings
     udp = settings.udp
-    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events)
+    alerts = services.alerts
+    full_logs = alerts.full_logs() if alerts is not None else frozenset()
+    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs)
+    if alerts is not None:
+        alerts.subscribe(events.bus)
     # Closed even when it fails half-way: the first UDP port may be open when the second cannot be had.
     exits.push_async_callback(events.stop)
     services.events = events
@@ -117,6 +124,11 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
         raise StartupError(
             f"Butler.udpServerConfig: cannot listen for events on {udp.host}: {exc.strerror or exc}"
         ) from exc
+
+
+async def _alerts(services: Services, exits: AsyncExitStack) -> None:
+    repository = QrsRepository(services.qrs) if services.qrs is not None else None
+    services.alerts = await open_alerts(services.settings, repository, services.version, exits)
 
 
 async def _slack(services: Services, exits: AsyncExitStack) -> None:
@@ -134,6 +146,8 @@ OPENERS: dict[str, Opener] = {
     "task_starter": _task_starter,
     "mqtt": _mqtt,
     "apps": _apps,
+    # Before events: at shutdown the event bus hands what it holds to the alerts, then they close.
+    "alerts": _alerts,
     "events": _events,
     "slack": _slack,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -246,10 +247,10 @@ def _allow_descriptors(connections: int) -> None:
     the soft limit to the hard one at start-up, so upstream Butler never met the lower one. Windows has no
     such limit on sockets.
     """
-    try:
-        import resource
-    except ImportError:
+    if sys.platform == "win32":
         return
+    import resource
+
     wanted = connections + _SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:

@@ -1,0 +1,281 @@
+"""Alerts on task outcomes: from an enriched outcome on the event bus to messages in the outbox.
+
+For each outcome an alert is configured for (alerts.md §1.2), what the channels need beyond the enriched
+outcome is fetched once and shared by all of them (alerts.md A9): the app owner's e-mail addresses (the
+owner itself is in the app's metadata). Each channel's builder makes its messages (one per recipient or
+webhook), the script log of a failed reload is stored on disk if configured, and the messages go into the
+outbox, from which the dispatcher sends them. Alerts are handled concurrently, a bounded number at a
+time, so a slow QRS lookup for one task does not hold the others back.
+
+A channel whose configuration cannot work (a custom property that does not exist in QRS, a template that
+cannot be read) is switched off at start-up with a warning naming the key; ``/health`` shows why, and
+every other channel and feature goes on (alerts.md A10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from butler.alerts.channels import email, newrelic, signl4, slack, teams, webhook
+from butler.alerts.context import AlertFacts, AppOwner
+from butler.alerts.dispatcher import Dispatcher
+from butler.alerts.model import Channel, Message
+from butler.alerts.outbox import AlertInfo, OutboxUnavailable
+from butler.alerts.script_logs import prune_script_logs, store_script_log
+from butler.config.alerts import AlertSettings
+from butler.events.bus import EventBus
+from butler.events.task_outcomes import TaskOutcome
+from butler.logs import Throttle
+from butler.qlik.qrs import QrsError
+from butler.qlik.repository import QrsRepository
+
+log = logging.getLogger("butler.alerts")
+
+Builder = Callable[[AlertFacts, AlertSettings], list[Message]]
+BUILDERS: dict[Channel, Builder] = {
+    "email": email.build,
+    "slack": slack.build,
+    "teams": teams.build,
+    "webhook": webhook.build,
+    "signl4": signl4.build,
+    "newrelic": newrelic.build,
+}
+
+#: How often script logs past their retention are removed (seconds).
+PRUNE_INTERVAL = 6 * 3600.0
+#: App owners' e-mail addresses are read from QRS again after this long (seconds).
+OWNER_CACHE_SECONDS = 300.0
+#: Alerts gathered and built at once at most.
+CONCURRENT_ALERTS = 32
+#: Task outcomes waiting for their alerts at most.
+ALERT_QUEUE = 20_000
+#: The events chat and webhook channels alert on (success is an addition).
+CHAT_EVENTS = frozenset({"reloadTaskFailure", "reloadTaskAborted", "reloadTaskSuccess"})
+
+_RELOAD, _DISTRIBUTE, _PRELOAD = 0, 3, 4
+_EVENTS = {
+    (_RELOAD, "failed"): "reloadTaskFailure",
+    (_RELOAD, "aborted"): "reloadTaskAborted",
+    (_RELOAD, "success"): "reloadTaskSuccess",
+    (_DISTRIBUTE, "failed"): "distributeTaskFailure",
+    (_DISTRIBUTE, "success"): "distributeTaskSuccess",
+    (_PRELOAD, "failed"): "preloadTaskFailure",
+    (_PRELOAD, "success"): "preloadTaskSuccess",
+}
+
+
+def alert_event(outcome: TaskOutcome) -> str | None:
+    """The alert event of an outcome (``reloadTaskFailure``...), None when no alert is made for it."""
+    task_type = (outcome.task or {}).get("taskType")
+    return _EVENTS.get((task_type if isinstance(task_type, int) else _RELOAD, outcome.event.outcome))
+
+
+class AlertService:
+    """Turns task outcomes into alert messages for every configured channel and hands them to the
+    dispatcher; lists alerts and sends dead letters again for the REST API."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        dispatcher: Dispatcher,
+        repository: QrsRepository | None,
+        version: str,
+        channels: frozenset[Channel],
+    ) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.repository = repository
+        self.version = version
+        #: The channels that are on and usable.
+        self.channels = channels
+        self.handled = 0
+        self.failed = 0
+        self._slots = asyncio.Semaphore(CONCURRENT_ALERTS)
+        self._running: set[asyncio.Task[None]] = set()
+        self._owners: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._throttle = Throttle(60.0)
+        self._pruner: asyncio.Task[None] | None = None
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butler-alerts")
+
+    def start(self) -> None:
+        """Remove old script logs now and every PRUNE_INTERVAL, when a retention is set."""
+        settings = self.settings.script_log
+        if settings.enable and settings.retention_days > 0:
+            self._pruner = asyncio.get_running_loop().create_task(self._prune())
+
+    async def _prune(self) -> None:
+        while True:
+            try:
+                removed = await prune_script_logs(self.settings.script_log)
+            except OSError as exc:
+                log.warning("old script logs not removed: %s", exc)
+            else:
+                if removed:
+                    log.info("script logs past their retention removed: %d day folders", len(removed))
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    async def handle(self, outcome: TaskOutcome) -> None:
+        """The event bus's handler: returns once the alert is being worked on (at most CONCURRENT_ALERTS
+        at once), so that the bus's queue holds what waits."""
+        if alert_event(outcome) is None:
+            return
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._alert(outcome))
+        self._running.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def close(self) -> None:
+        """Let the alerts being built reach the outbox (a few seconds at most), then stop."""
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        if self._running:
+            _, pending = await asyncio.wait(list(self._running), timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._builder.shutdown(wait=True)
+
+    async def _alert(self, outcome: TaskOutcome) -> None:
+        event = alert_event(outcome)
+        assert event is not None
+        try:
+            facts = AlertFacts(
+                event=event,
+                outcome=outcome,
+                execution=outcome.execution_result,
+                script_log=outcome.script_log,
+                owner=await self._owner(outcome),
+                butler_version=self.version,
+            )
+            # Rendering templates and composing messages is CPU work of several milliseconds per alert:
+            # it is done in a thread of its own, so that the event loop keeps answering meanwhile.
+            loop = asyncio.get_running_loop()
+            messages = await loop.run_in_executor(self._builder, self._build_all, facts)
+            if event == "reloadTaskFailure" and self.settings.script_log.enable:
+                await store_script_log(facts, self.settings.script_log)
+            if not messages:
+                return
+            task = outcome.task or {}
+            alert = AlertInfo(
+                id=f"{outcome.event.execution_id or outcome.event.timestamp + outcome.event.task_id}:{event}",
+                event=event,
+                task_id=outcome.event.task_id,
+                task_name=outcome.task_name or str(task.get("name", "")),
+                app_name=outcome.app_name,
+                execution_id=outcome.event.execution_id,
+            )
+            await self.dispatcher.submit(alert, messages)
+            self.handled += 1
+        except OutboxUnavailable as exc:
+            self.failed += 1
+            log.error("alert for task %s lost: %s", outcome.event.task_id, exc)
+        except Exception:
+            self.failed += 1
+            log.exception("alert for task %s could not be made", outcome.event.task_id)
+
+    def _build_all(self, facts: AlertFacts) -> list[Message]:
+        return [message for channel in sorted(self.channels) for message in self._build(channel, facts)]
+
+    def _build(self, channel: Channel, facts: AlertFacts) -> list[Message]:
+        try:
+            return BUILDERS[channel](facts, self.settings)
+        except Exception:  # one channel's fault must not keep the alert from the others
+            if self._throttle.ready(channel):
+                log.exception(
+                    "the %s alert for task %s could not be built", channel, facts.outcome.event.task_id
+                )
+            return []
+
+    async def _owner(self, outcome: TaskOutcome) -> AppOwner | None:
+        owner = (outcome.app or {}).get("owner")
+        if not isinstance(owner, dict) or not owner.get("id"):
+            return None
+        owner_id = str(owner["id"])
+        now = time.monotonic()
+        cached = self._owners.get(owner_id)
+        emails = cached[1] if cached is not None and cached[0] > now else None
+        if emails is None and self.repository is not None:
+            try:
+                emails = await self.repository.user_emails(owner_id)
+            except (QrsError, TimeoutError) as exc:
+                log.warning("e-mail address of app owner %s not read from QRS: %s", owner.get("userId"), exc)
+            else:
+                if len(self._owners) > 10_000:
+                    self._owners.clear()
+                self._owners[owner_id] = (now + OWNER_CACHE_SECONDS, emails)
+        return AppOwner(
+            name=str(owner.get("name") or ""),
+            user_id=str(owner.get("userId") or ""),
+            user_directory=str(owner.get("userDirectory") or ""),
+            emails=emails or (),
+        )
+
+    def full_logs(self) -> frozenset[str]:
+        """The outcomes whose events must keep the whole script log: every channel cuts its own head and
+        tail from it, and failed reloads may store it on disk or attach it to their e-mail."""
+        outcomes = {"failed", "aborted"}
+        if any(self._wants(channel, "reloadTaskSuccess") for channel in self.channels):
+            outcomes.add("success")
+        return frozenset(outcomes)
+
+    def _wants(self, channel: Channel, event: str) -> bool:
+        settings = self.settings
+        if channel == "email":
+            return settings.email.event(event).enable
+        if channel in ("slack", "teams"):
+            chat = settings.slack if channel == "slack" else settings.teams
+            return event in CHAT_EVENTS and chat.event(event).enable
+        if channel == "webhook":
+            return event in CHAT_EVENTS and bool(settings.webhook.event(event).webhooks)
+        return False
+
+    def subscribe(self, bus: EventBus) -> None:
+        """Take the task outcomes published to ``bus``. The queue is deep: an alert is never dropped for a
+        burst (each queued outcome is a few kilobytes, its script log included)."""
+        bus.subscribe("alerts", self.handle, TaskOutcome, queue_size=ALERT_QUEUE)
+
+    def recent(
+        self,
+        *,
+        state: str | None = None,
+        task_id: str | None = None,
+        channel: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest alerts first, each with its deliveries; only deliveries matching the filters, and
+        only alerts with one."""
+        alerts: dict[str, dict[str, Any]] = {}
+        for delivery in sorted(self.dispatcher.outbox.all(), key=lambda d: d.created, reverse=True):
+            if (
+                (state is not None and delivery.state != state)
+                or (channel is not None and delivery.message.channel != channel)
+                or (task_id is not None and delivery.alert.task_id.lower() != task_id.lower())
+            ):
+                continue
+            entry = alerts.get(delivery.alert.id)
+            if entry is None:
+                if len(alerts) == limit:
+                    continue
+                entry = alerts[delivery.alert.id] = {**delivery.alert.as_dict(), "deliveries": []}
+            entry["deliveries"].append(delivery.summary())
+        return list(alerts.values())
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "alertsMade": self.handled,
+            "alertsFailed": self.failed,
+            "channels": self.dispatcher.stats(),
+        }
+
+
+__all__ = ["BUILDERS", "AlertService", "alert_event"]
