@@ -40,7 +40,7 @@ import yaml
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from harness import free_port, memory_mb, rss_mb, run_wrk, start_butler, wait_port
+from harness import free_port, memory_mb, rss_mb, run_wrk, start_butler, start_simulator, wait_port
 
 TASKS = 200
 TEMPLATES = Path(__file__).resolve().parents[1] / "src" / "butler" / "alert_templates"
@@ -225,21 +225,6 @@ def datagram(task: Task, execution: int, token: str) -> bytes:
         token,
     ]
     return ";".join(fields).encode()
-
-
-def start_simulator(
-    workdir: Path, qrs_port: int, engine_port: int, control_port: int
-) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "qliksim", "serve", "--site", str(workdir / "site.yaml")]
-    command += [
-        "--certs",
-        str(workdir / "certs"),
-        "--qrs-port",
-        str(qrs_port),
-        "--engine-port",
-        str(engine_port),
-    ]
-    return subprocess.Popen([*command, "--control-port", str(control_port), "--loglevel", "warning"])
 
 
 def put(url: str, body: object) -> None:

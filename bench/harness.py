@@ -108,6 +108,25 @@ def start_butler(config: Path, core: str, log: object = subprocess.DEVNULL) -> s
     return subprocess.Popen(command, stdout=log, stderr=log)  # type: ignore[arg-type]
 
 
+def start_simulator(
+    workdir: Path,
+    qrs_port: int,
+    engine_port: int,
+    control_port: int,
+    *,
+    core: str | None = None,
+    time_scale: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """``qliksim serve`` of ``workdir``'s ``site.yaml`` and ``certs``, pinned to ``core`` when given."""
+    command = [sys.executable, "-m", "qliksim", "serve", "--site", str(workdir / "site.yaml")]
+    command += ["--certs", str(workdir / "certs"), "--qrs-port", str(qrs_port)]
+    command += ["--engine-port", str(engine_port), "--control-port", str(control_port)]
+    if time_scale is not None:
+        command += ["--time-scale", time_scale]
+    pinned = ["taskset", "-c", core] if core is not None else []
+    return subprocess.Popen([*pinned, *command, "--loglevel", "warning"])
+
+
 def write_butler_config(
     path: Path, port: int, endpoints: list[str], certs: Path | None = None, **sections: object
 ) -> Path:

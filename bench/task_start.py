@@ -30,7 +30,16 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from harness import cpu_seconds, free_port, rss_mb, run_wrk, start_butler, wait_port, write_butler_config
+from harness import (
+    cpu_seconds,
+    free_port,
+    rss_mb,
+    run_wrk,
+    start_butler,
+    start_simulator,
+    wait_port,
+    write_butler_config,
+)
 
 TAGGED = 10
 #: Requests/s the 8 connections of 10 ``starttaskid`` items must reach, per QRS latency (ms).
@@ -114,30 +123,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
     failures = []
     try:
-        simulator = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                load_core,
-                sys.executable,
-                "-m",
-                "qliksim",
-                "serve",
-                "--site",
-                str(workdir / "site.yaml"),
-                "--certs",
-                str(workdir / "certs"),
-                "--qrs-port",
-                str(qrs_port),
-                "--engine-port",
-                str(engine_port),
-                "--control-port",
-                str(control_port),
-                "--time-scale",
-                "1",
-                "--loglevel",
-                "warning",
-            ]
+        simulator = start_simulator(
+            workdir, qrs_port, engine_port, control_port, core=load_core, time_scale="1"
         )
         processes.append(simulator)
         wait_port(qrs_port, simulator)

@@ -19,6 +19,7 @@ import yaml
 
 from butler.app import Butler
 from butler.config import ENDPOINT_FLAGS, parse_config
+from tests.receivers import receivers  # noqa: F401 (a fixture for every test module)
 
 TEMPLATE = Path(__file__).resolve().parent / "data" / "production_template.yaml"
 

@@ -21,7 +21,7 @@ import pytest
 
 import butler
 from tests.conftest import StartButler, base_config, free_port, write_config
-from tests.test_alert_delivery import Receiver, hang, receivers, status  # noqa: F401 (fixture)
+from tests.receivers import Receiver, hang, status
 from tests.test_alert_email import Accounts, Mailbox, Server, certs, server_tls  # noqa: F401 (fixture)
 from tests.test_events import FAILING_TASK, udp_config
 from tests.test_task_start import APP1, butler_config
@@ -48,7 +48,7 @@ class Sinks:
 
 @pytest.fixture
 async def sinks(
-    receivers: Callable[[], Awaitable[Receiver]],  # noqa: F811 (the fixture imported above)
+    receivers: Callable[[], Awaitable[Receiver]],
     certs: Any,  # noqa: F811
 ) -> AsyncIterator[Sinks]:
     smtp = Server(
@@ -555,3 +555,36 @@ async def test_alert_test_command_sends_a_sample_through_one_channel(sinks: Sink
         code == 1
         and "nothing sent: webhookNotification.reloadTaskFailure.webhooks lists no webhook" in output
     )
+
+
+async def test_two_butlers_sharing_one_redis_alert_once(
+    start_butler: StartButler, simulator: Any, site_certs: Any, sinks: Sinks, redis_url: str
+) -> None:
+    """Both get the appenders' events (A16 of upstream: each sent its own alerts): one message is sent."""
+    hook = sinks.http["webhook"]
+    ports = []
+    prefix = f"test:{time.monotonic_ns()}:kv:"
+    for _ in range(2):
+        task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
+        document["Butler"]["keyValueStore"] = {
+            "backend": "redis",
+            "redis": {"url": redis_url, "keyPrefix": prefix},
+        }
+        document["Butler"]["webhookNotification"] = {
+            "enable": True,
+            "reloadTaskFailure": {
+                "webhooks": [{"description": "ops", "webhookURL": hook.url, "httpMethod": "POST"}]
+            },
+        }
+        await start_butler(document)
+        ports.append(task_port)
+    simulator.udp.targets = [("127.0.0.1", port) for port in ports]
+    simulator.scheduler.start(failing_task(simulator)["id"])
+    async with asyncio.timeout(10):
+        while True:
+            if hook.taken:
+                break
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(1)  # time for a second message, were there one
+    assert len(hook.got) == 1 and hook.got[0][2]["taskName"] == FAILING_TASK

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from butler.alerts.setup import channels_on
 from butler.config import Settings
 from butler.http.browsers import BrowserCheck
 from butler.http.docs import DOCS_PATH, ApiDocument, DocumentationSite, load_openapi
@@ -78,7 +77,7 @@ def _udp_on(settings: Settings) -> bool:
 
 
 def _alerts_on(settings: Settings) -> bool:
-    return bool(channels_on(settings.alerts))
+    return bool(settings.alerts.channels_on())
 
 
 def _qlik_reachable(on: Callable[[Settings], bool]) -> Callable[[Settings], bool]:

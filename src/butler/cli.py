@@ -18,7 +18,6 @@ from typing import Any
 
 from butler import __version__
 from butler.alerts.model import CHANNELS
-from butler.alerts.sample import send_sample
 from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
 from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_config
 from butler.demo import run_demo
@@ -107,6 +106,8 @@ def alert_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if settings is None:
         return 1
     setup_logging("warn")
+    from butler.alerts.sample import send_sample  # what alerts need is loaded only for them
+
     try:
         results = asyncio.run(send_sample(settings.alerts, args.channel, args.to))
     except BadRequest as exc:

@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from butler import __version__
-from butler.alerts.service import AlertService
-from butler.alerts.setup import open_alerts
+from butler.alerts.outbox import OutboxUnavailable
 from butler.apps import AppService
 from butler.config import Settings
 from butler.config.settings import EngineSettings, QrsSettings
@@ -30,6 +30,9 @@ from butler.qlik.repository import QrsRepository
 from butler.qlik.tls import CertificateError
 from butler.slack import SlackWebhook
 from butler.task_start import TaskStarter
+
+if TYPE_CHECKING:
+    from butler.alerts.service import AlertService
 
 log = logging.getLogger("butler")
 
@@ -51,6 +54,8 @@ class Services:
     slack: SlackWebhook | None = None
     apps: AppService | None = None
     alerts: AlertService | None = None
+    #: Why the alerts are off although a channel is on (the outbox cannot be written).
+    alerts_off: str | None = None
     events: SenseEvents | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
@@ -127,8 +132,15 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
 
 
 async def _alerts(services: Services, exits: AsyncExitStack) -> None:
+    # Imported only when an alert channel is on: templates, SMTP and MIME cost start-up time and memory.
+    from butler.alerts.setup import open_alerts
+
     repository = QrsRepository(services.qrs) if services.qrs is not None else None
-    services.alerts = await open_alerts(services.settings, repository, services.version, exits)
+    try:
+        services.alerts = await open_alerts(services.settings, repository, services.version, exits)
+    except OutboxUnavailable as exc:
+        # Every other feature goes on; /health and /v4/alerts say why no alert will be sent.
+        services.alerts_off = str(exc)
 
 
 async def _slack(services: Services, exits: AsyncExitStack) -> None:

@@ -37,6 +37,8 @@ from butler.logs import Throttle
 
 log = logging.getLogger("butler.alerts")
 
+#: A claim on a delivery outlasts the longest attempt by this much (seconds).
+CLAIM_MARGIN = 5.0
 #: How often finished deliveries past their keeping time are forgotten (seconds).
 PURGE_INTERVAL = 600.0
 
@@ -62,7 +64,9 @@ class RetryPolicy:
     deadline: float = 86_400.0
 
     def wait(self, attempts: int, rng: random.Random, asked: float | None = None) -> float:
-        if asked is not None:
+        # A receiver asking for no wait (0, a date past, -1 read as 0) would otherwise get the message as
+        # fast as it answers, until the deadline: a wait shorter than the first backoff gets the backoff.
+        if asked is not None and asked >= self.first:
             return asked
         full = min(self.longest, self.first * 2.0 ** max(0, attempts - 1))
         return full * (0.5 + rng.random() / 2)
@@ -96,10 +100,12 @@ class _Lane:
 
     sender: Sender | None
     heap: list[tuple[float, int, str]] = field(default_factory=list)
+    #: The queued deliveries and the order of each one's entry in the heap: an entry of another order is
+    #: one left behind when the delivery was made due earlier, and is skipped.
+    queued: dict[str, int] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stats: ChannelStats = field(default_factory=ChannelStats)
     worker: asyncio.Task[None] | None = None
-    pending: int = 0
     #: Deliveries waiting for a retry after a failure.
     backing_off: set[str] = field(default_factory=set)
 
@@ -218,7 +224,9 @@ class Dispatcher:
 
     def stats(self) -> dict[str, Any]:
         return {
-            channel: lane.stats.as_dict(lane.pending, self.disabled.get(channel), self.warnings.get(channel))
+            channel: lane.stats.as_dict(
+                len(lane.queued), self.disabled.get(channel), self.warnings.get(channel)
+            )
             for channel, lane in self._lanes.items()
             if lane.sender is not None or channel in self.disabled
         }
@@ -226,10 +234,12 @@ class Dispatcher:
     # -- the workers ------------------------------------------------------------------------------------
 
     def _queue(self, delivery: Delivery) -> None:
-        lane = self._lanes[delivery.message.channel]
+        self._push(self._lanes[delivery.message.channel], delivery.next_attempt, delivery.id)
+
+    def _push(self, lane: _Lane, due: float, ident: str) -> None:
         self._order += 1
-        heapq.heappush(lane.heap, (delivery.next_attempt, self._order, delivery.id))
-        lane.pending += 1
+        heapq.heappush(lane.heap, (due, self._order, ident))
+        lane.queued[ident] = self._order
         lane.wake.set()
 
     def _spend(self, delivery: Delivery, moment: float) -> None:
@@ -240,17 +250,24 @@ class Dispatcher:
     def _slot_taken(self, delivery: Delivery, now: float) -> bool:
         limit = delivery.message.rate_limit
         spent = self._spent.get(delivery.rate_slot)
+        if spent is not None and spent > now:
+            # The clock was set back: the slot counts as spent now, not until the clock is back where it
+            # was (every alert of the task would be held back until then).
+            spent = self._spent[delivery.rate_slot] = now
         return limit > 0 and spent is not None and now - spent < limit
 
     async def _next_due(self, lane: _Lane) -> Delivery:
         while True:
             lane.wake.clear()
             if lane.heap:
-                due, _, ident = lane.heap[0]
+                due, order, ident = lane.heap[0]
+                if lane.queued.get(ident) != order:
+                    heapq.heappop(lane.heap)
+                    continue
                 wait = due - self._clock()
                 if wait <= 0:
                     heapq.heappop(lane.heap)
-                    lane.pending -= 1
+                    del lane.queued[ident]
                     lane.backing_off.discard(ident)
                     delivery = self.outbox.get(ident)
                     if delivery is not None and delivery.state == "pending":
@@ -266,14 +283,50 @@ class Dispatcher:
         while True:
             delivery = await self._next_due(lane)
             try:
-                await self._deliver(channel, lane, lane.sender, delivery)
+                await self._attempt(channel, lane, lane.sender, delivery)
             except OutboxUnavailable as exc:
-                # The state could not be kept: try the delivery again later rather than lose track of it.
                 if self._throttle.ready(channel):
                     log.error("alerts: %s", exc)
-                delivery.next_attempt = self._clock() + self.policy.first
-                self._queue(delivery)
-                await asyncio.sleep(self.policy.first)
+                if delivery.state == "pending":
+                    # The retry could not be kept: the delivery is tried again later, not lost track of.
+                    delivery.next_attempt = self._clock() + self.policy.first
+                    self._queue(delivery)
+                    await asyncio.sleep(self.policy.first)
+                else:
+                    # Delivered (or finished otherwise) but not on disk: a restart would send it again.
+                    await self._keep(channel, delivery)
+
+    async def _keep(self, channel: Channel, delivery: Delivery) -> None:
+        """Write a finished delivery's state, however long the outbox takes to be writable again."""
+        while True:
+            await asyncio.sleep(self.policy.first)
+            try:
+                await self.outbox.save(delivery)
+            except OutboxUnavailable as exc:
+                if self._throttle.ready(channel):
+                    log.error("alerts: %s", exc)
+            else:
+                return
+
+    async def _attempt(self, channel: Channel, lane: _Lane, sender: Sender, delivery: Delivery) -> None:
+        """One attempt, when this Butler holds the delivery's claim and the delivery is still pending in
+        the outbox (Butlers sharing an outbox in Redis: another may be attempting it, or have finished)."""
+        if not await self.outbox.claim(delivery, self.send_timeout + CLAIM_MARGIN):
+            # Another Butler is attempting it: look again soon, to take it over if that one stopped.
+            delivery.next_attempt = self._clock() + self.policy.first
+            self._queue(delivery)
+            return
+        try:
+            stored = await self.outbox.current(delivery)
+            if stored.state != "pending":
+                return
+            if stored is not delivery and stored.next_attempt > self._clock():
+                # Another Butler's attempt failed meanwhile: its backoff holds.
+                self._queue(stored)
+                return
+            await self._deliver(channel, lane, sender, stored)
+        finally:
+            await self.outbox.release(delivery)
 
     async def _deliver(self, channel: Channel, lane: _Lane, sender: Sender, delivery: Delivery) -> None:
         now = self._clock()
@@ -329,13 +382,12 @@ class Dispatcher:
     def _channel_is_back(self, lane: _Lane, now: float) -> None:
         """A delivery went through: what waits for a retry is due now, not after its backoff (after a long
         outage the waits have grown to ``longest``; the backlog goes out as soon as one gets through)."""
-        if not lane.backing_off:
-            return
+        # Each waiting delivery gets a new entry, due now; its old one is skipped when it comes up. Each
+        # failure is paid for once, not each time a delivery goes through.
         waiting, lane.backing_off = lane.backing_off, set()
-        lane.heap = [
-            (min(due, now) if ident in waiting else due, order, ident) for due, order, ident in lane.heap
-        ]
-        heapq.heapify(lane.heap)
+        for ident in waiting:
+            if ident in lane.queued:
+                self._push(lane, now, ident)
 
     async def _failed(self, channel: Channel, lane: _Lane, delivery: Delivery, error: DeliveryError) -> None:
         now = self._clock()

@@ -10,6 +10,8 @@ errors and timeouts may pass (retried, ``Retry-After`` honoured); any other stat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import time
 from email.utils import parsedate_to_datetime
@@ -22,6 +24,9 @@ from butler.alerts.model import DeliveryError
 
 #: Answers kept in an error message at most (characters).
 _ANSWER_SHOWN = 300
+#: Bytes of a refusal's body read at most, and how long they are waited for (seconds).
+_ANSWER_READ = 16_384
+_ANSWER_WAIT = 2.0
 #: Longest wait a Retry-After may ask for that is honoured as asked (seconds); beyond it the backoff decides.
 _LONGEST_RETRY_AFTER = 3600.0
 
@@ -71,16 +76,19 @@ class HttpSender:
                 headers=headers,
                 ssl=self._tls(payload.get("tls")),
             ) as response:
-                text = await response.text(errors="replace")
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
+                # The status says whether the message was taken: a body that never ends must not make a
+                # delivered message look failed (and be sent again), nor may a huge one fill the memory.
+                # A short one is still read, so that the connection can be used again.
+                text = await _beginning(response)
+                if 200 <= status < 300:
+                    return f"HTTP {status}"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.timeout:g} s", retryable=True) from None
         shown = " ".join(text.split())[:_ANSWER_SHOWN]
-        if 200 <= status < 300:
-            return f"HTTP {status}"
         message = f"HTTP {status}: {shown}" if shown else f"HTTP {status}"
         if status == 429 or status >= 500:
             raise DeliveryError(message, retryable=True, retry_after=retry_after)
@@ -104,6 +112,20 @@ class HttpSender:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _beginning(response: aiohttp.ClientResponse) -> str:
+    """The first ``_ANSWER_READ`` bytes of an answer's body, read for ``_ANSWER_WAIT`` seconds at most:
+    enough to show why a message was refused."""
+    body = b""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with asyncio.timeout(_ANSWER_WAIT):
+            while len(body) < _ANSWER_READ:
+                chunk = await response.content.read(_ANSWER_READ - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    return body.decode("utf-8", errors="replace")
 
 
 def _retry_after(value: str | None) -> float | None:

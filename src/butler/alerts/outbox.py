@@ -168,46 +168,33 @@ def _cannot_write(exc: Exception) -> Exception:
 
 
 class Outbox:
-    """Deliveries in memory, each change on disk in ``path`` before the change is acted on."""
+    """Deliveries in memory, each change in a store before the change is acted on.
 
-    def __init__(self, path: Path, keep_seconds: float) -> None:
-        self.path = path
+    A subclass keeps them in its store (``_load``, ``_keep_new``, ``save``, ``_drop``). ``claim`` and
+    ``current`` serve Butlers sharing one store: before an attempt a Butler claims the delivery (no other
+    sends it meanwhile) and checks it is still pending there (another may have delivered it). With a store
+    of its own, a Butler owns every delivery.
+    """
+
+    def __init__(self, keep_seconds: float) -> None:
         self.keep_seconds = keep_seconds
-        self._writer = SqliteWriter(path, _SCHEMA, _cannot_write)
         self._deliveries: dict[str, Delivery] = {}
 
     async def open(self) -> list[Delivery]:
-        """Read the file: the deliveries still pending or finished within ``keep_seconds``, oldest first."""
-        rows = await self._writer.open(self._load)
-        for delivery_id_, record in rows:
-            delivery = Delivery.from_record(delivery_id_, orjson.loads(record))
+        """Read the store: the deliveries still pending or finished within ``keep_seconds``, oldest first."""
+        for delivery in await self._load(time.time() - self.keep_seconds):
             self._deliveries[delivery.id] = delivery
         return list(self._deliveries.values())
 
-    def _load(self, connection: sqlite3.Connection) -> list[tuple[str, str]]:
-        cutoff = time.time() - self.keep_seconds
-        connection.execute("DELETE FROM deliveries WHERE finished IS NOT NULL AND finished < ?", (cutoff,))
-        return list(connection.execute("SELECT id, record FROM deliveries ORDER BY created, id"))
-
     async def add(self, deliveries: Iterable[Delivery]) -> list[Delivery]:
-        """Keep the deliveries not kept yet (by id); returns those, once they are on disk."""
-        new = []
-        for delivery in deliveries:
-            if delivery.id not in self._deliveries:
-                self._deliveries[delivery.id] = delivery
-                new.append(delivery)
-        if new:
-            try:
-                await self._writer.write([_save(d) for d in new])
-            except OutboxUnavailable:
-                for delivery in new:
-                    del self._deliveries[delivery.id]
-                raise
-        return new
-
-    async def save(self, delivery: Delivery) -> None:
-        """Write a delivery's new state; returns once it is on disk."""
-        await self._writer.write([_save(delivery)])
+        """Keep the deliveries not kept yet (by id); returns those, once they are in the store."""
+        new = [d for d in dict((d.id, d) for d in deliveries).values() if d.id not in self._deliveries]
+        if not new:
+            return []
+        kept = await self._keep_new(new)
+        for delivery in kept:
+            self._deliveries[delivery.id] = delivery
+        return kept
 
     def get(self, delivery_id_: str) -> Delivery | None:
         return self._deliveries.get(delivery_id_)
@@ -222,18 +209,89 @@ class Outbox:
         for delivery_id_ in old:
             del self._deliveries[delivery_id_]
         if old:
-            self._writer.write_later([("DELETE FROM deliveries WHERE id = ?", (i,)) for i in old])
+            self._drop(old)
         return len(old)
+
+    async def claim(self, delivery: Delivery, seconds: float) -> bool:
+        """Whether this Butler may attempt the delivery now (for at most ``seconds``)."""
+        return True
+
+    async def release(self, delivery: Delivery) -> None:
+        """The attempt is over."""
+
+    async def current(self, delivery: Delivery) -> Delivery:
+        """The delivery as the store has it now."""
+        return delivery
+
+    async def _load(self, cutoff: float) -> list[Delivery]:
+        raise NotImplementedError
+
+    async def _keep_new(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Store ``deliveries``; those that were not in the store yet."""
+        raise NotImplementedError
+
+    async def save(self, delivery: Delivery) -> None:
+        """Write a delivery's new state; returns once it is stored."""
+        raise NotImplementedError
+
+    def _drop(self, ids: list[str]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteOutbox(Outbox):
+    """The outbox in a SQLite file of this Butler's."""
+
+    def __init__(self, path: Path, keep_seconds: float) -> None:
+        super().__init__(keep_seconds)
+        self.path = path
+        self._writer = SqliteWriter(path, _SCHEMA, _cannot_write)
+
+    async def _load(self, cutoff: float) -> list[Delivery]:
+        def read(connection: sqlite3.Connection) -> list[tuple[str, str]]:
+            connection.execute(
+                "DELETE FROM deliveries WHERE finished IS NOT NULL AND finished < ?", (cutoff,)
+            )
+            return list(connection.execute("SELECT id, record FROM deliveries ORDER BY created, id"))
+
+        try:
+            rows = await self._writer.open(read)
+        except (sqlite3.Error, OSError) as exc:  # a folder it cannot make, a file that is no database
+            raise _cannot_write(exc) from exc
+        return [Delivery.from_record(ident, orjson.loads(record)) for ident, record in rows]
+
+    async def _keep_new(self, deliveries: list[Delivery]) -> list[Delivery]:
+        await self._writer.write([_save(d) for d in deliveries])
+        return deliveries
+
+    async def save(self, delivery: Delivery) -> None:
+        await self._writer.write([_save(delivery)])
+
+    def _drop(self, ids: list[str]) -> None:
+        self._writer.write_later([("DELETE FROM deliveries WHERE id = ?", (i,)) for i in ids])
 
     async def close(self) -> None:
         await self._writer.close()
 
 
+def encode_record(delivery: Delivery) -> str:
+    return orjson.dumps(delivery.record()).decode()
+
+
 def _save(delivery: Delivery) -> tuple[str, tuple[Any, ...]]:
-    return (
-        _SAVE,
-        (delivery.id, delivery.created, delivery.finished, orjson.dumps(delivery.record()).decode()),
-    )
+    return (_SAVE, (delivery.id, delivery.created, delivery.finished, encode_record(delivery)))
 
 
-__all__ = ["STATES", "AlertInfo", "Delivery", "Outbox", "OutboxUnavailable", "State", "delivery_id"]
+__all__ = [
+    "STATES",
+    "AlertInfo",
+    "Delivery",
+    "Outbox",
+    "OutboxUnavailable",
+    "SqliteOutbox",
+    "State",
+    "delivery_id",
+    "encode_record",
+]

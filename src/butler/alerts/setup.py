@@ -18,7 +18,8 @@ from pathlib import Path
 from butler.alerts.dispatcher import Dispatcher, RetryPolicy, Sender
 from butler.alerts.http import HttpSender
 from butler.alerts.model import CHANNELS, EVENTS, Channel, DeliveryError
-from butler.alerts.outbox import Outbox, OutboxUnavailable
+from butler.alerts.outbox import Outbox, OutboxUnavailable, SqliteOutbox
+from butler.alerts.outbox_redis import RedisOutbox, alerts_prefix
 from butler.alerts.service import CHAT_EVENTS, AlertService
 from butler.alerts.smtp import SmtpSender
 from butler.alerts.templates import TemplateError, load_template
@@ -39,28 +40,22 @@ _SECTIONS: dict[Channel, str] = {
 }
 
 
-def channels_on(settings: AlertSettings) -> frozenset[Channel]:
-    """The channels whose master switch is on."""
-    switches: dict[Channel, bool] = {
-        "email": settings.email.enable,
-        "slack": settings.slack.enable,
-        "teams": settings.teams.enable,
-        "webhook": settings.webhook.enable,
-        "signl4": settings.signl4.enable,
-        "newrelic": settings.new_relic.enable,
-    }
-    return frozenset(channel for channel in CHANNELS if switches[channel])
-
-
 async def open_alerts(
     settings: Settings, repository: QrsRepository | None, version: str, exits: AsyncExitStack
 ) -> AlertService | None:
-    """The alert service, its dispatcher started and both closed by ``exits``; None when no channel is on
-    or the outbox cannot be opened (logged: every other feature goes on)."""
+    """The alert service, its dispatcher started and both closed by ``exits``; None when no channel is on.
+    Raises OutboxUnavailable when the outbox cannot be opened (logged)."""
     alerts = settings.alerts
-    on = channels_on(alerts)
+    on = frozenset(channel for channel in CHANNELS if channel in alerts.channels_on())
     if not on:
         return None
+    if not settings.udp.enable:
+        # Task outcomes arrive only as the log appenders' UDP events: without them nothing ever alerts.
+        log.warning(
+            "alerts are on (%s) but Butler.udpServerConfig.enable is false: Butler hears of no task outcome, "
+            "so no alert will be sent; enable it and point Sense's log appenders at Butler",
+            ", ".join(sorted(on)),
+        )
     problems = _local_problems(alerts, on)
     problems |= {
         c: p
@@ -78,7 +73,7 @@ async def open_alerts(
             if channel == "email"
             else HttpSender(delivery.http_timeout_seconds)
         )
-    outbox = Outbox(outbox_path(settings), delivery.keep_seconds)
+    outbox = open_outbox(settings)
     dispatcher = Dispatcher(
         outbox,
         senders,
@@ -92,7 +87,7 @@ async def open_alerts(
     except OutboxUnavailable as exc:
         log.error("alerts are off: %s", exc)
         await dispatcher.stop()
-        return None
+        raise
     exits.push_async_callback(dispatcher.stop)
     smtp = senders.get("email")
     if isinstance(smtp, SmtpSender):
@@ -119,6 +114,15 @@ async def _check_smtp(sender: SmtpSender, dispatcher: Dispatcher) -> None:
 async def _cancelled(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def open_outbox(settings: Settings) -> Outbox:
+    """The outbox in the store Butler already has: Redis when the key-value store is there (Butlers sharing
+    one Redis share the outbox too), else a SQLite file beside the key-value store's."""
+    key_value, keep = settings.key_value, settings.alerts.delivery.keep_seconds
+    if key_value.backend == "redis":
+        return RedisOutbox(key_value.redis_url, alerts_prefix(key_value.redis_prefix), keep)
+    return SqliteOutbox(outbox_path(settings), keep)
 
 
 def outbox_path(settings: Settings) -> Path:
@@ -227,4 +231,4 @@ async def _custom_property_problems(
     return problems
 
 
-__all__ = ["channels_on", "open_alerts", "outbox_path"]
+__all__ = ["open_alerts", "open_outbox", "outbox_path"]

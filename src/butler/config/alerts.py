@@ -746,6 +746,18 @@ class AlertSettings:
     signl4: Signl4Settings = part("incidentTool.signl4", Signl4Settings, help="Signl4 alerts")
     new_relic: NewRelicSettings = part("", NewRelicSettings)
 
+    def channels_on(self) -> frozenset[str]:
+        """The alert channels whose master switch is on (``butler.alerts.model.CHANNELS`` names)."""
+        switches = {
+            "email": self.email.enable,
+            "slack": self.slack.enable,
+            "teams": self.teams.enable,
+            "webhook": self.webhook.enable,
+            "signl4": self.signl4.enable,
+            "newrelic": self.new_relic.enable,
+        }
+        return frozenset(channel for channel, on in switches.items() if on)
+
 
 __all__ = [
     "AlertSettings",

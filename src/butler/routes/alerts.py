@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from butler.alerts.service import AlertService
 from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.services import Services
 
+if TYPE_CHECKING:
+    from butler.alerts.service import AlertService
+
 
 def routes(services: Services) -> list[Route]:
     def service() -> AlertService:
+        if services.alerts_off is not None:
+            raise HttpError(503, f"Alerts are off: {services.alerts_off}")
         if services.alerts is None:
             raise HttpError(
                 503,

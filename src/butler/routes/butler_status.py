@@ -43,6 +43,8 @@ def health_route(services: Services) -> Route:
             status["mqtt"] = services.mqtt.stats()
         if services.alerts is not None:
             status["alerts"] = services.alerts.stats()
+        elif services.alerts_off is not None:
+            status["alerts"] = {"off": services.alerts_off}
         return json_reply(status)
 
     return Route("GET", "/health", health, rate_limited=False)

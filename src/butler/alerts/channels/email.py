@@ -202,7 +202,11 @@ def render(facts: AlertFacts, settings: AlertSettings, event: EmailEvent) -> Con
 
 
 def _subject(facts: AlertFacts, event: EmailEvent, context: dict[str, Any] | None, notes: list[str]) -> str:
-    fallback = f'{TITLES.get(facts.event, "Qlik Sense task event")}: "{facts.outcome.task_name}"'
+    # A header cannot hold line breaks, and a task name from Sense may: a mail with one could not be
+    # composed at all.
+    fallback = " ".join(
+        f'{TITLES.get(facts.event, "Qlik Sense task event")}: "{facts.outcome.task_name}"'.split()
+    )
     if context is None or not event.subject:
         return fallback
     try:
@@ -212,7 +216,7 @@ def _subject(facts: AlertFacts, event: EmailEvent, context: dict[str, Any] | Non
         notes.append(f"the subject template failed ({exc}); a basic subject was used")
         return fallback
     # `{{x}}` HTML-escapes, right for the body but wrong in a header, where upstream's subjects show `&amp;`
-    # (alerts.md §3.1); a header also cannot hold line breaks.
+    # (alerts.md §3.1).
     return " ".join(html.unescape(rendered).split())
 
 

@@ -11,77 +11,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from butler.alerts.context import (
-    AlertFacts,
-    FormattedError,
-    chat_log_fields,
-    fallback_note,
-    http_payload,
-    limit_texts,
-    redacted_url,
-    render_json_template,
-    render_text,
-    template_context,
-)
+from butler.alerts.channels.chat import CHAT_EVENTS, build_chat
+from butler.alerts.context import AlertFacts, limit_texts
 from butler.alerts.model import Message
 
 if TYPE_CHECKING:
     from butler.config.alerts import AlertSettings, ChatEvent
 
-#: The events Slack and Teams alert on, and the basic text used when none is configured or it fails.
-CHAT_EVENTS = {
-    "reloadTaskFailure": 'Qlik Sense reload failed: "{{taskName}}"',
-    "reloadTaskAborted": 'Qlik Sense reload aborted: "{{taskName}}"',
-    "reloadTaskSuccess": 'Qlik Sense reload success: "{{taskName}}"',
-}
 TEXT_KEYS = frozenset({"text"})
 
 
 def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
-    slack = settings.slack
-    if not slack.enable or facts.event not in CHAT_EVENTS:
-        return []
-    event = slack.event(facts.event)
-    if not event.enable or not event.webhook_url:
-        return []
-    context = template_context(facts, settings, event.head_lines, event.tail_lines, slash_user=True)
-    chat_log_fields(context)
-    text, notes = basic_text(facts.event, event, context, "Slack")
-    envelope = {"username": event.from_user, "channel": event.channel, "icon_emoji": event.icon_emoji}
-    basic = http_payload(event.webhook_url, {**envelope, **basic_message(text, context, notes)})
-    payload = basic
-    if event.message_type == "formatted":
-        try:
-            formatted = render_json_template(event.template_file, context)
-        except FormattedError as exc:
-            notes.append(fallback_note("Slack", str(exc)))
-            basic = http_payload(event.webhook_url, {**envelope, **basic_message(text, context, notes)})
-            payload = basic
-        else:
-            body = limit_texts({**envelope, **formatted}, TEXT_KEYS)
-            payload = http_payload(event.webhook_url, body, fallback=basic)
-    return [
-        Message(
-            channel="slack",
-            event=facts.event,
-            rate_key=facts.outcome.event.task_id,
-            rate_limit=event.rate_limit,
-            target=redacted_url(event.webhook_url),
-            payload=payload,
-            notes=tuple(notes),
-        )
-    ]
+    return build_chat(facts, settings, "slack", _basic, _formatted)
 
 
-def basic_text(name: str, event: ChatEvent, context: dict[str, Any], channel: str) -> tuple[str, list[str]]:
-    """The rendered ``basicMsgTemplate``, or upstream's default text for the event if that fails."""
-    notes: list[str] = []
-    if event.basic_template:
-        try:
-            return render_text(event.basic_template, context, f"{channel} basicMsgTemplate"), notes
-        except FormattedError as exc:
-            notes.append(f"{exc}; the default text is used")
-    return render_text(CHAT_EVENTS[name], context, f"{channel} default text"), notes
+def _envelope(event: ChatEvent) -> dict[str, Any]:
+    return {"username": event.from_user, "channel": event.channel, "icon_emoji": event.icon_emoji}
+
+
+def _basic(event: ChatEvent, text: str, context: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    return {**_envelope(event), **basic_message(text, context, notes)}
+
+
+def _formatted(event: ChatEvent, rendered: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = limit_texts({**_envelope(event), **rendered}, TEXT_KEYS)
+    return body
 
 
 def basic_message(text: str, context: dict[str, Any], notes: list[str]) -> dict[str, Any]:

@@ -10,58 +10,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from butler.alerts.channels.slack import CHAT_EVENTS, basic_text
-from butler.alerts.context import (
-    AlertFacts,
-    FormattedError,
-    chat_log_fields,
-    fallback_note,
-    http_payload,
-    limit_texts,
-    redacted_url,
-    render_json_template,
-    template_context,
-)
+from butler.alerts.channels.chat import build_chat
+from butler.alerts.context import AlertFacts, limit_texts
 from butler.alerts.model import Message
 
 if TYPE_CHECKING:
-    from butler.config.alerts import AlertSettings
+    from butler.config.alerts import AlertSettings, ChatEvent
 
 TEXT_KEYS = frozenset({"text", "codeSnippet"})
 
 
 def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
-    teams = settings.teams
-    if not teams.enable or facts.event not in CHAT_EVENTS:
-        return []
-    event = teams.event(facts.event)
-    if not event.enable or not event.webhook_url:
-        return []
-    context = template_context(facts, settings, event.head_lines, event.tail_lines, slash_user=True)
-    chat_log_fields(context)
-    text, notes = basic_text(facts.event, event, context, "Teams")
-    basic = http_payload(event.webhook_url, basic_message(text, context, notes))
-    payload = basic
-    if event.message_type == "formatted":
-        try:
-            formatted = render_json_template(event.template_file, context)
-        except FormattedError as exc:
-            notes.append(fallback_note("Teams", str(exc)))
-            basic = http_payload(event.webhook_url, basic_message(text, context, notes))
-            payload = basic
-        else:
-            payload = http_payload(event.webhook_url, limit_texts(formatted, TEXT_KEYS), fallback=basic)
-    return [
-        Message(
-            channel="teams",
-            event=facts.event,
-            rate_key=facts.outcome.event.task_id,
-            rate_limit=event.rate_limit,
-            target=redacted_url(event.webhook_url),
-            payload=payload,
-            notes=tuple(notes),
-        )
-    ]
+    return build_chat(facts, settings, "teams", _basic, _formatted)
+
+
+def _basic(event: ChatEvent, text: str, context: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    return basic_message(text, context, notes)
+
+
+def _formatted(event: ChatEvent, rendered: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = limit_texts(rendered, TEXT_KEYS)
+    return body
 
 
 def basic_message(text: str, context: dict[str, Any], notes: list[str]) -> dict[str, Any]:

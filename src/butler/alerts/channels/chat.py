@@ -1,0 +1,90 @@
+"""What Slack and Teams messages share (alerts.md §3.2, §3.3): the events, the basic text, and the choice
+between the formatted message (the rendered template file, carrying the basic message as ``fallback``)
+and the basic one, sent with a note saying why when the template is missing, fails to render or gives no
+JSON object (A3). Each channel shapes its own basic and formatted bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from butler.alerts.context import (
+    AlertFacts,
+    FormattedError,
+    chat_log_fields,
+    fallback_note,
+    http_payload,
+    redacted_url,
+    render_json_template,
+    render_text,
+    template_context,
+)
+from butler.alerts.model import Message
+
+if TYPE_CHECKING:
+    from butler.config.alerts import AlertSettings, ChatEvent
+
+#: The events Slack and Teams alert on, and the basic text used when none is configured or it fails.
+CHAT_EVENTS = {
+    "reloadTaskFailure": 'Qlik Sense reload failed: "{{taskName}}"',
+    "reloadTaskAborted": 'Qlik Sense reload aborted: "{{taskName}}"',
+    "reloadTaskSuccess": 'Qlik Sense reload success: "{{taskName}}"',
+}
+
+#: A channel's basic message from its event settings, the basic text, the template context and the notes.
+BasicBody = Callable[["ChatEvent", str, dict[str, Any], list[str]], dict[str, Any]]
+#: A channel's formatted message from its event settings and the rendered template.
+FormattedBody = Callable[["ChatEvent", dict[str, Any]], dict[str, Any]]
+
+
+def build_chat(
+    facts: AlertFacts,
+    settings: AlertSettings,
+    channel: Literal["slack", "teams"],
+    basic: BasicBody,
+    formatted: FormattedBody,
+) -> list[Message]:
+    """The one message of ``channel`` for an outcome, or none when its settings say so."""
+    chat, name = (settings.slack, "Slack") if channel == "slack" else (settings.teams, "Teams")
+    if not chat.enable or facts.event not in CHAT_EVENTS:
+        return []
+    event = chat.event(facts.event)
+    if not event.enable or not event.webhook_url:
+        return []
+    context = template_context(facts, settings, event.head_lines, event.tail_lines, slash_user=True)
+    chat_log_fields(context)
+    text, notes = basic_text(facts.event, event, context, name)
+    payload = http_payload(event.webhook_url, basic(event, text, context, notes))
+    if event.message_type == "formatted":
+        try:
+            rendered = render_json_template(event.template_file, context)
+        except FormattedError as exc:
+            notes.append(fallback_note(name, str(exc)))
+            payload = http_payload(event.webhook_url, basic(event, text, context, notes))
+        else:
+            payload = http_payload(event.webhook_url, formatted(event, rendered), fallback=payload)
+    return [
+        Message(
+            channel=channel,
+            event=facts.event,
+            rate_key=facts.outcome.event.task_id,
+            rate_limit=event.rate_limit,
+            target=redacted_url(event.webhook_url),
+            payload=payload,
+            notes=tuple(notes),
+        )
+    ]
+
+
+def basic_text(name: str, event: ChatEvent, context: dict[str, Any], channel: str) -> tuple[str, list[str]]:
+    """The rendered ``basicMsgTemplate``, or upstream's default text for the event if that fails."""
+    notes: list[str] = []
+    if event.basic_template:
+        try:
+            return render_text(event.basic_template, context, f"{channel} basicMsgTemplate"), notes
+        except FormattedError as exc:
+            notes.append(f"{exc}; the default text is used")
+    return render_text(CHAT_EVENTS[name], context, f"{channel} default text"), notes
+
+
+__all__ = ["CHAT_EVENTS", "basic_text", "build_chat"]

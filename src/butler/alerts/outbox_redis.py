@@ -1,0 +1,135 @@
+"""The outbox in Redis, for Butlers whose key-value store is Redis: one outbox that several Butlers share.
+
+Each delivery is one key holding its record (JSON), listed in a sorted set by creation time. A delivery
+is added with ``SET NX``: when two Butlers get the same alert (both receive the appenders' events), only
+the first adds it, and only that one queues it. Before each attempt a Butler claims the delivery (a key
+with its name, ``SET NX`` with a lease a little longer than an attempt may take) and reads its record
+again: a delivery another Butler is attempting, or has delivered, is not sent. A Butler that starts reads
+the deliveries still pending, its own and those a Butler that stopped left behind, and claims each before
+an attempt, so none is lost and none is sent by two at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from butler.alerts.outbox import Delivery, Outbox, OutboxUnavailable, encode_record
+
+T = TypeVar("T")
+#: Records read from Redis per round trip at start-up.
+_BATCH = 500
+
+
+class RedisOutbox(Outbox):
+    """The outbox as keys below ``prefix`` in the Redis at ``url``."""
+
+    def __init__(self, url: str, prefix: str, keep_seconds: float) -> None:
+        super().__init__(keep_seconds)
+        self.prefix = prefix
+        #: Who holds a claim: this Butler, for as long as it runs.
+        self.instance = uuid.uuid4().hex
+        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self._housekeeping: set[asyncio.Task[Any]] = set()
+
+    def _record_key(self, ident: str) -> str:
+        return f"{self.prefix}delivery:{ident}"
+
+    def _claim_key(self, ident: str) -> str:
+        return f"{self.prefix}claim:{ident}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}deliveries"
+
+    async def _call(self, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except (RedisError, OSError) as exc:
+            raise OutboxUnavailable(f"The alert outbox cannot reach Redis: {exc}") from exc
+
+    async def _load(self, cutoff: float) -> list[Delivery]:
+        ids: list[Any] = await self._call(self._client.zrange(self._index, 0, -1))
+        deliveries: list[Delivery] = []
+        gone: list[str] = []
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start : start + _BATCH]
+            records: list[Any] = await self._call(self._client.mget([self._record_key(i) for i in batch]))
+            for ident, record in zip(batch, records, strict=True):
+                delivery = Delivery.from_record(ident, orjson.loads(record)) if record else None
+                if delivery is None or (delivery.finished is not None and delivery.finished < cutoff):
+                    gone.append(ident)
+                else:
+                    deliveries.append(delivery)
+        if gone:
+            self._drop(gone)
+        return deliveries
+
+    async def _keep_new(self, deliveries: list[Delivery]) -> list[Delivery]:
+        pipeline = self._client.pipeline(transaction=False)
+        for delivery in deliveries:
+            pipeline.set(self._record_key(delivery.id), encode_record(delivery), nx=True)
+        added: list[Any] = await self._call(pipeline.execute())
+        new = [d for d, was_set in zip(deliveries, added, strict=True) if was_set]
+        if new:
+            await self._call(self._client.zadd(self._index, {d.id: d.created for d in new}))
+        return new
+
+    async def save(self, delivery: Delivery) -> None:
+        await self._call(self._client.set(self._record_key(delivery.id), encode_record(delivery)))
+
+    def _drop(self, ids: list[str]) -> None:
+        pipeline = self._client.pipeline(transaction=False)
+        pipeline.delete(*(self._record_key(i) for i in ids))
+        pipeline.zrem(self._index, *ids)
+        task = asyncio.get_running_loop().create_task(pipeline.execute())
+        self._housekeeping.add(task)
+        # Forgetting old records is housekeeping: a failure leaves them for the next start to forget.
+        task.add_done_callback(self._housekeeping_done)
+
+    def _housekeeping_done(self, task: asyncio.Task[Any]) -> None:
+        self._housekeeping.discard(task)
+        if not task.cancelled():
+            task.exception()  # looked at, so that a failure is not reported as never retrieved
+
+    async def claim(self, delivery: Delivery, seconds: float) -> bool:
+        lease = max(1, int(seconds * 1000))
+        taken = await self._call(
+            self._client.set(self._claim_key(delivery.id), self.instance, nx=True, px=lease)
+        )
+        return bool(taken)
+
+    async def release(self, delivery: Delivery) -> None:
+        # Only this Butler's own claim is removed: after a lease ran out, another may hold it.
+        key = self._claim_key(delivery.id)
+        if await self._call(self._client.get(key)) == self.instance:
+            await self._call(self._client.delete(key))
+
+    async def current(self, delivery: Delivery) -> Delivery:
+        record = await self._call(self._client.get(self._record_key(delivery.id)))
+        if not record:
+            return delivery
+        stored = Delivery.from_record(delivery.id, orjson.loads(record))
+        # Another Butler's attempt counts too: the stored state is the one that holds.
+        if stored.state != "pending" or stored.attempts > delivery.attempts:
+            self._deliveries[delivery.id] = stored
+            return stored
+        return delivery
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        await self._client.aclose()
+
+
+def alerts_prefix(key_value_prefix: str) -> str:
+    """The alert outbox's key prefix beside the key-value store's (``butler:kv:`` → ``butler:alerts:``)."""
+    return key_value_prefix.removesuffix("kv:") + "alerts:"
+
+
+__all__ = ["RedisOutbox", "alerts_prefix"]

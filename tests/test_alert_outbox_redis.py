@@ -1,0 +1,170 @@
+"""The alert outbox in Redis, shared by two Butlers (two dispatchers here), against a real redis-server and
+a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from butler.alerts.dispatcher import Dispatcher, RetryPolicy
+from butler.alerts.http import HttpSender
+from butler.alerts.outbox import AlertInfo, Delivery
+from butler.alerts.outbox_redis import RedisOutbox, alerts_prefix
+from tests.receivers import Receiver, hang, status
+from tests.test_alert_delivery import ALERT, message
+
+POLICY = RetryPolicy(first=0.05, longest=0.2, deadline=30)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Keys of this test's own, in the session's Redis."""
+    return f"test:{uuid.uuid4().hex}:alerts:"
+
+
+def butler(redis_url: str, prefix: str, timeout: float = 5) -> Dispatcher:
+    return Dispatcher(
+        RedisOutbox(redis_url, prefix, 3600),
+        {"webhook": HttpSender(timeout)},
+        POLICY,
+        timeout + 1,
+        rng=random.Random(3),
+    )
+
+
+async def finished(sending: Dispatcher, ident: str, seconds: float = 10) -> Delivery:
+    deadline = time.monotonic() + seconds
+    while True:
+        delivery = sending.outbox.get(ident)
+        if delivery is not None and delivery.state != "pending":
+            return delivery
+        assert time.monotonic() < deadline, delivery.summary() if delivery else "no such delivery"
+        await asyncio.sleep(0.01)
+
+
+def test_the_prefix_sits_beside_the_key_value_stores() -> None:
+    assert alerts_prefix("butler:kv:") == "butler:alerts:"
+    assert alerts_prefix("site1:") == "site1:alerts:"
+
+
+async def test_an_alert_two_butlers_get_is_sent_once(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hook = await receivers()
+    first, second = butler(redis_url, prefix), butler(redis_url, prefix)
+    await first.start()
+    await second.start()
+    try:
+        # Both receive the appenders' event: the first to add it sends it, the second adds nothing.
+        added = [
+            await first.submit(ALERT, [message(hook.url)]),
+            await second.submit(ALERT, [message(hook.url)]),
+        ]
+        assert [len(a) for a in added] == [1, 0]
+        delivery = await finished(first, added[0][0].id)
+        assert delivery.state == "delivered"
+        await asyncio.sleep(0.3)
+        assert hook.taken == [delivery.id]
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_what_a_stopped_butler_left_pending_another_sends_once(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hook = await receivers()
+    hook.answers = [status(503)] * 3  # the receiver is down while the first Butler runs
+    first = butler(redis_url, prefix)
+    await first.start()
+    [delivery] = await first.submit(ALERT, [message(hook.url)])
+    deadline = time.monotonic() + 10
+    while len(hook.got) < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await first.stop()  # gone, its alert still pending in Redis
+    hook.answers = []
+    second = butler(redis_url, prefix)
+    await second.start()
+    try:
+        assert (await finished(second, delivery.id)).state == "delivered"
+    finally:
+        await second.stop()
+    # The first Butler back: the delivery is done, nothing is sent again.
+    again = butler(redis_url, prefix)
+    await again.start()
+    try:
+        await asyncio.sleep(0.5)
+        stored = again.outbox.get(delivery.id)
+        assert stored is not None and stored.state == "delivered"
+        assert hook.taken == [delivery.id]
+    finally:
+        await again.stop()
+
+
+async def test_a_delivery_another_butler_is_attempting_is_not_sent_meanwhile(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hook = await receivers()
+    hook.answers = [hang(1.5)]  # the first Butler's attempt takes 1.5 s, then succeeds
+    first = butler(redis_url, prefix)
+    await first.start()
+    other = butler(redis_url, prefix)
+    try:
+        [delivery] = await first.submit(ALERT, [message(hook.url)])
+        deadline = time.monotonic() + 10
+        while not hook.got:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await other.start()  # reads the pending delivery; the first Butler holds its claim
+        assert (await finished(first, delivery.id)).state == "delivered"
+        await asyncio.sleep(0.5)
+        assert len(hook.got) == 1 and hook.taken == [delivery.id]
+    finally:
+        await first.stop()
+        await other.stop()
+
+
+async def test_finished_deliveries_past_their_time_are_forgotten_at_start(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hook = await receivers()
+    first = butler(redis_url, prefix)
+    await first.start()
+    alert = AlertInfo("old:reloadTaskFailure", "reloadTaskFailure", "t", "T", "A", "old")
+    [delivery] = await first.submit(alert, [message(hook.url)])
+    await finished(first, delivery.id)
+    await first.stop()
+    later = Dispatcher(RedisOutbox(redis_url, prefix, keep_seconds=0), {}, POLICY, 5)
+    assert await later.outbox.open() == []
+    await later.outbox.close()
+
+
+async def test_a_delivery_another_butler_delivered_is_not_sent_again(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    """Both Butlers hold the pending delivery and retry it while the receiver is down; once it is back, the
+    one that delivers it first is the only one: the other finds it delivered in the outbox."""
+    hook = await receivers()
+    hook.answers = [status(503)] * 6
+    first, second = butler(redis_url, prefix), butler(redis_url, prefix)
+    await first.start()
+    try:
+        [delivery] = await first.submit(ALERT, [message(hook.url)])
+        deadline = time.monotonic() + 10
+        while not hook.got:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await second.start()  # reads the delivery while it is pending: both now retry it
+        for sending in (first, second):
+            assert (await finished(sending, delivery.id)).state == "delivered"
+        await asyncio.sleep(0.5)
+        assert hook.taken == [delivery.id]
+    finally:
+        await first.stop()
+        await second.stop()
