@@ -23,6 +23,17 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def udp_ports() -> tuple[int, int]:
+    """Two different free UDP ports: both held while chosen (two separate choices may give one twice)."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as one,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as two,
+    ):
+        one.bind(("127.0.0.1", 0))
+        two.bind(("127.0.0.1", 0))
+        return int(one.getsockname()[1]), int(two.getsockname()[1])
+
+
 def memory_mb(pid: int, field: str) -> float:
     """A memory figure of /proc/PID/status: VmRSS (now) or VmHWM (peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -37,6 +37,7 @@ from harness import (
     rss_mb,
     start_butler,
     stop_run,
+    udp_ports,
     wait_port,
     write_butler_config,
 )
@@ -153,7 +154,7 @@ async def run(rate: int, seconds: float, task_share: float, broker_port: int | N
     os.sched_setaffinity(0, {int(load_core)})
     workdir = Path(tempfile.mkdtemp(prefix="butler-udp-bench-"))
     certs = make_site_certificates(workdir / "certs", "bench")
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     simulator = Simulator(
         load_site(None),
         certs,

@@ -82,6 +82,18 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
+def udp_ports() -> tuple[int, int]:
+    """Two different free UDP ports of 127.0.0.1 (task and session events): both held while chosen, since
+    two separate choices may give the same port twice."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as one,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as two,
+    ):
+        one.bind(("127.0.0.1", 0))
+        two.bind(("127.0.0.1", 0))
+        return int(one.getsockname()[1]), int(two.getsockname()[1])
+
+
 def write_config(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path

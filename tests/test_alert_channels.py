@@ -1,5 +1,5 @@
-"""Messages of the Slack, Teams, webhook, Signl4 and New Relic builders (alerts.md §3.2-§3.6, §4.5, A3-A5,
-A12): exact payloads of a failed reload, values that could break JSON, limits, gating and rate keys."""
+"""Messages of the Slack, Teams, webhook, Signl4 and New Relic builders: exact payloads of a failed reload,
+values that could break JSON, limits, gating and rate keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The template context of task alerts (alerts.md §4.2, §4.3) and script logs kept on disk (§7)."""
+"""The template context of task alerts and script logs kept on disk (§7)."""
 
 from __future__ import annotations
 

@@ -202,7 +202,7 @@ def test_owner_is_mailed_without_the_enable_property(templates: Path) -> None:
             {"owner_include_all": False, "owner_include": (("CORP", "anna"),)},
             ["anna@corp.example", "anna.b@corp.example"],
         ),
-        # exact, case-sensitive (alerts.md §6)
+        # exact, case-sensitive
         ({"owner_include_all": False, "owner_include": (("corp", "anna"),)}, []),
         ({"owner_exclude": (("CORP", "anna"),)}, []),
         (

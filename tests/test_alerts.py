@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 
 import butler
-from tests.conftest import StartButler, base_config, free_port, write_config
+from tests.conftest import StartButler, base_config, free_port, udp_ports, write_config
 from tests.receivers import Receiver, hang, status
 from tests.test_alert_email import Accounts, Mailbox, Server, certs, server_tls  # noqa: F401 (fixture)
 from tests.test_events import FAILING_TASK, udp_config
-from tests.test_task_start import APP1, butler_config
+from tests.test_task_start import APP1, butler_config, next_run
 
 TEMPLATES = Path(butler.__file__).parent / "alert_templates"
 OWNER_EMAIL = "goran@ptarmiganlabs.com"  # LAB\goran owns Failing App in the simulated site
@@ -200,7 +200,7 @@ async def site(
     start_butler: StartButler, simulator: Any, site_certs: Any, sinks: Sinks, tmp_path: Path
 ) -> Callable[..., Awaitable[Site]]:
     async def start(smtp_port: int | None = None) -> Site:
-        task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        task_port, session_port = udp_ports()
         document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
         document["Butler"]["keyValueStore"] = {
             "backend": "sqlite",
@@ -425,7 +425,7 @@ async def test_a_killed_butler_delivers_its_pending_alert_once_after_a_restart(
     is to be made): after the restart the alert is delivered, once."""
     hook = sinks.http["webhook"]
     hook.answers = [hang(30)]
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     port = free_port()
     document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
     document["Butler"]["restServerConfig"]["serverPort"] = port
@@ -565,7 +565,7 @@ async def test_two_butlers_sharing_one_redis_alert_once(
     ports = []
     prefix = f"test:{time.monotonic_ns()}:kv:"
     for _ in range(2):
-        task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        task_port, session_port = udp_ports()
         document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
         document["Butler"]["keyValueStore"] = {
             "backend": "redis",
@@ -588,3 +588,74 @@ async def test_two_butlers_sharing_one_redis_alert_once(
             await asyncio.sleep(0.02)
     await asyncio.sleep(1)  # time for a second message, were there one
     assert len(hook.got) == 1 and hook.got[0][2]["taskName"] == FAILING_TASK
+
+
+DISTRIBUTION_TASK = "d15a7b10-0000-4000-8000-000000000003"  # "Distribute Sales to Cloud", fails
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["reported-at-end", "reported-while-queued"])
+async def test_a_failed_distribution_is_mailed_once_its_result_is_known(
+    start_butler: StartButler, simulator: Any, site_certs: Any, sinks: Sinks, early: bool
+) -> None:
+    """The distribution task says only that it ran (``/scheduler-distribute/``); Butler asks QRS how it
+    ended (again and again while it is queued or running) and mails its failure with upstream's
+    distribute template, once."""
+    task_port, session_port = udp_ports()
+    document = udp_config(
+        butler_config(simulator, site_certs),
+        task_port,
+        session_port,
+        taskEvents={"distributionPollSeconds": 0.1},
+    )
+    config = alert_config(document, sinks)["Butler"]
+    config["emailNotification"]["distributeTaskFailure"] = {
+        "enable": True,
+        "rateLimit": 0,
+        "subject": '❌ Qlik Sense distribute task failed: "{{taskName}}"',
+        "bodyFileDirectory": str(TEMPLATES / "email"),
+        "htmlTemplateFile": "failed-distribute-qseow",
+        "fromAddress": "qliksense-noreply@corp.example",
+        "recipients": ["ops@corp.example"],
+    }
+    base = await start_butler(document)
+    # Announced as soon as it started (only then), the run (0.6 s: queued, then distributing) must be
+    # followed in QRS until it ended; else Butler hears the run's own datagram at its end.
+    simulator.udp.targets = [] if early else [("127.0.0.1", task_port)]
+    if early:
+        await next_run(
+            simulator,
+            DISTRIBUTION_TASK,
+            outcome="fail",
+            queuedMs=30_000,
+            durationMs=30_000,
+            error="Distribution to cloud failed",
+        )
+    session = simulator.scheduler.start(DISTRIBUTION_TASK)
+    if early:
+        fields = [
+            "/scheduler-distribute/",
+            "sense1",
+            "Distribute Sales to Cloud",
+            "",
+            "INTERNAL\\sa_scheduler",
+        ]
+        fields += [
+            DISTRIBUTION_TASK,
+            "",
+            "2026-11-29 05:13:01,234",
+            "INFO",
+            session,
+            "Distribute task request.",
+        ]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(";".join(fields).encode(), ("127.0.0.1", task_port))
+    [alert] = await Site(base, task_port).settled(1)
+    await asyncio.sleep(0.5)  # a second /scheduler-distribute/ of the run adds no second alert
+    assert len(await Site(base, task_port).alerts()) == 1
+    assert (alert["event"], alert["taskId"]) == ("distributeTaskFailure", DISTRIBUTION_TASK)
+    [(_, recipients, raw)] = sinks.smtp.mailbox.received
+    mail = email.message_from_bytes(raw, policy=email.policy.default)
+    assert recipients == ["ops@corp.example"]
+    assert mail["Subject"] == '❌ Qlik Sense distribute task failed: "Distribute Sales to Cloud"'
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "FinishedFail" in html and "Distribution to cloud failed" in html

@@ -22,7 +22,7 @@ from butler.events.parsing import (
     parse_session_datagram,
     parse_task_datagram,
 )
-from tests.conftest import Broker, StartButler, base_config, free_port
+from tests.conftest import Broker, StartButler, base_config, free_port, udp_ports
 from tests.test_task_start import APP1, butler_config, control, next_run
 
 FAILING_TASK = "Reload Failing App"
@@ -188,7 +188,7 @@ async def events(
     sockets: list[socket.socket] = []
 
     async def start(mqtt: bool = True, **extra: Any) -> Events:
-        task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        task_port, session_port = udp_ports()
         document = udp_config(butler_config(simulator, site_certs), task_port, session_port, **extra)
         if mqtt:
             document["Butler"]["mqttConfig"] = {
@@ -434,7 +434,7 @@ async def test_active_users_off_answers_503(
 
 async def test_health_check_listener_reports_the_same_services(start_butler: StartButler) -> None:
     """The Docker health-check listener and the REST API answer /health from the same set of services."""
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     document = udp_config(base_config(), task_port, session_port)
     health_port = free_port()
     document["Butler"]["dockerHealthCheck"] = {"enable": True, "port": health_port}
@@ -460,7 +460,7 @@ async def test_sessions_survive_a_restart(tmp_path: Any, simulator: Any, site_ce
     from butler.app import Butler
     from butler.config import parse_config
 
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
     settings = parse_config(document, base_dir=tmp_path)
     assert settings.udp.session_state_file == tmp_path / "butler-sessions.json"
@@ -519,7 +519,7 @@ async def test_a_blocked_consumer_delays_no_other(
     from butler.config import parse_config
     from butler.events.task_outcomes import TaskOutcome
 
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     # One enrichment worker: were it to wait for a consumer, the second event would not even be enriched.
     document = udp_config(
         butler_config(simulator, site_certs), task_port, session_port, messageQueue={"maxConcurrent": 1}

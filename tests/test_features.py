@@ -23,7 +23,7 @@ from butler.qlik.qrs import QrsClient
 from butler.routes import key_value
 from butler.services import OPENERS, Services, StartupError
 from butler.slack import SlackWebhook
-from tests.conftest import Broker, base_config, free_port
+from tests.conftest import Broker, base_config, udp_ports
 from tests.test_apps import engine_config
 from tests.test_events import udp_config
 from tests.test_task_start import butler_config
@@ -67,7 +67,7 @@ async def test_only_the_services_of_enabled_features_are_opened_and_stop_closes_
 
 async def test_a_start_that_fails_half_way_closes_what_it_opened(tmp_path: Path) -> None:
     """The session-event port is taken: the task-event port, opened just before, is free again."""
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     document = udp_config(base_config(), task_port, session_port)
     settings = parse_config(document, base_dir=tmp_path)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
@@ -105,7 +105,7 @@ async def test_stop_closes_listeners_first_then_each_service_before_those_it_use
         (SqliteStore, "close", "key_values"),
     ):
         record(cls, method, name)
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     document = udp_config(
         butler_config(simulator, site_certs, senseListApps=True, slackPostMessage=True),
         task_port,

@@ -26,7 +26,7 @@ from butler.config.settings import MqttSettings
 from butler.mqtt import InvalidMessage, MqttClient, _Outgoing, check_topic
 from butler.task_start import TaskStarter
 from tests.certs import make_certs
-from tests.conftest import Broker, StartButler, base_config, free_port
+from tests.conftest import Broker, StartButler, base_config, free_port, udp_ports
 from tests.test_events import session_datagram, udp_config
 from tests.test_task_start import APP1, APP2, APP3, butler_config, started_counts
 
@@ -537,7 +537,7 @@ async def test_event_topics_from_sense_data_cannot_stop_the_client(
     """A proxy host name becomes part of an active-user topic; a datagram naming host ``sense#1`` (anyone
     may send one) must not stop the events that follow."""
     listener = await subscriber("qliksense/users/activeperserver/#")
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     document = udp_config(mqtt_config(broker.port), task_port, session_port)
     base = await start_butler(document)
     async with aiohttp.ClientSession() as http:

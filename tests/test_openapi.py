@@ -29,7 +29,7 @@ from butler.kvstore.memory import MemoryStore
 from butler.qlik.qrs import QrsClient
 from butler.services import Services
 from butler.task_start import TaskStarter
-from tests.conftest import Broker, StartButler, base_config, free_port
+from tests.conftest import Broker, StartButler, base_config, udp_ports
 from tests.test_apps import app_id, engine_config
 from tests.test_events import session_datagram, udp_config
 from tests.test_messaging import wait_connected
@@ -193,7 +193,7 @@ async def test_real_answers_match_the_document(
     slack_webhook: str,
     tmp_path: Path,
 ) -> None:
-    task_port, session_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    task_port, session_port = udp_ports()
     config = udp_config(butler_config(simulator, site_certs), task_port, session_port)
     butler = config["Butler"]
     butler["restServerEndpointsEnable"] = base_config(**dict.fromkeys(ENDPOINT_FLAGS, True))["Butler"][

@@ -1,4 +1,4 @@
-"""The QRS filter language: every example of qlik-apis.md §3, and generated expressions."""
+"""The QRS filter language: the examples of Qlik's documentation, and generated expressions."""
 
 from __future__ import annotations
 

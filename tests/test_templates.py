@@ -113,7 +113,7 @@ def times(prefix: str, utc: str) -> dict[str, str]:
 TASK_ID = "f1e2d3c4-0000-1111-2222-333344445555"
 APP_ID = "a1b2c3d4-aaaa-bbbb-cccc-ddddeeeeffff"
 
-#: A failed reload with every field of alerts.md §4.2, plus the service (§4.4) and preload (§4.3) ones.
+#: A failed reload with every field of upstream's reload templates, plus the service and preload ones.
 FAILED_RELOAD: dict[str, Any] = {
     "hostName": "sense1.corp.local",
     "host": "sense1.corp.local",

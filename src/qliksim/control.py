@@ -7,7 +7,8 @@ GET  /calls                      QRS calls per route, Engine calls per method, t
                                  each with service, method, path, status ("dropped": cut) and client
 POST /calls/reset                zero all counters
 GET  /tasks/{id}                 the task as QRS serves it, and whether it is running
-PUT  /tasks/{id}/next-run        {"outcome": "success|fail|abort", "durationMs": n, "error": "..."}
+PUT  /tasks/{id}/next-run        {"outcome": "success|fail|abort", "durationMs": n, "error": "..."};
+                                 "queuedMs": n for a distribution task's time in DistributionQueue
 PUT  /apps/{id}/next-reload      the same, for the app's next Engine or QRS reload
 POST /sessions                   {"userDirectory", "userId", "proxy"?}: a user opens a session
 DELETE /sessions/{id}            the session ends
@@ -58,9 +59,12 @@ def _behaviour(body: dict[str, Any]) -> RunBehaviour:
         raise web.HTTPBadRequest(text=f"outcome must be one of {', '.join(OUTCOMES)}")
     try:
         duration = int(body.get("durationMs", 1000))
+        queued = int(body.get("queuedMs", 0))
     except (TypeError, ValueError):
-        raise web.HTTPBadRequest(text="durationMs must be a number") from None
-    return RunBehaviour(outcome, duration, list(body.get("scriptLog", [])), str(body.get("error", "")))
+        raise web.HTTPBadRequest(text="durationMs and queuedMs must be numbers") from None
+    return RunBehaviour(
+        outcome, duration, list(body.get("scriptLog", [])), str(body.get("error", "")), queued
+    )
 
 
 def control_application(simulator: Simulator) -> web.Application:

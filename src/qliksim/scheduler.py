@@ -2,7 +2,9 @@
 
 A started task gets an execution session and an execution result that move through Triggered, Started
 and then FinishedSuccess, FinishedFail or Aborted, as the site says for that task (or as the control API
-set for its next run). Details, the script log and ``operational.lastExecutionResult`` are updated as
+set for its next run). A distribution task waits in DistributionQueue and runs in DistributionRunning
+instead, and its end is announced by the distribution appender's single event (whatever the outcome),
+never by the reload ones. Details, the script log and ``operational.lastExecutionResult`` are updated as
 Sense updates them, and the QRS state is final before the UDP event goes out, because a client that
 receives the event asks QRS at once.
 
@@ -44,7 +46,10 @@ _STATUS_NAMES = {
     8: "FinishedFail",
     4: "AbortInitiated",
     5: "Aborting",
+    13: "DistributionQueue",
+    14: "DistributionRunning",
 }
+DISTRIBUTION = "DistributionTask"
 
 
 @dataclass
@@ -160,7 +165,7 @@ class Scheduler:
             "appID": app_id or EMPTY_GUID,
             "executingNodeID": "4e3f2a1b-0c9d-4e8f-a7b6-c5d4e3f2a1b0",
         }
-        self._change(result, 1)
+        self._change(result, 13 if task["schemaPath"] == DISTRIBUTION else 1)
         self.site.execution_results[result["id"]] = result
         self.site.results_by_execution[execution.session_id] = result["id"]
         self.site.execution_sessions[execution.session_id] = {
@@ -188,10 +193,12 @@ class Scheduler:
     ) -> None:
         result = self.site.execution_results[execution.result_id]
         outcome = behaviour.outcome
-        if await _stopped_within(execution, 0.05 * self.time_scale):
+        distribution = task["schemaPath"] == DISTRIBUTION
+        waiting = behaviour.queued_ms / 1000 * self.time_scale if distribution else 0.05 * self.time_scale
+        if await _stopped_within(execution, waiting):
             outcome = "abort"
         else:
-            self._change(result, 2)
+            self._change(result, 14 if distribution else 2)
             self._publish(task, result)
             if await _stopped_within(execution, behaviour.duration_ms / 1000 * self.time_scale):
                 outcome = "abort"
@@ -199,10 +206,10 @@ class Scheduler:
         self.running.pop(task["id"], None)
         self.site.execution_sessions.pop(execution.session_id, None)
         self._notify("finished", result)
-        app = task.get("app") or {}
+        app = task.get("app") or {}  # none for a distribution task: its event names no app
         self.udp.send(
             TaskEvent(
-                outcome,
+                "distribute" if distribution else outcome,
                 self.site.hostname,
                 task["name"],
                 app.get("name", ""),

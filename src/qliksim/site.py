@@ -26,8 +26,12 @@ TASK_TYPES = {
     "reload": (0, "ReloadTask"),
     "externalprogram": (1, "ExternalProgramTask"),
     "usersync": (2, "UserSyncTask"),
+    # The Nov-2022 QRS spec has taskType 3 but no entity for it, so its schemaPath is a best guess.
+    "distribute": (3, "DistributionTask"),
 }
 OUTCOMES = {"success": 7, "fail": 8, "abort": 6}
+# A distribution run ends as the distribution service reports; an abort only comes from a stop.
+DISTRIBUTE_OUTCOMES = ("success", "fail")
 
 
 class SiteError(ValueError):
@@ -50,6 +54,7 @@ class RunBehaviour:
     duration_ms: int = 1000
     script_log: list[str] = field(default_factory=list)
     error: str = ""
+    queued_ms: int = 0  # distribution tasks only: time spent in DistributionQueue before running
 
 
 @dataclass
@@ -201,16 +206,22 @@ def never_run_result() -> dict[str, Any]:
     }
 
 
-def _behaviour(spec: dict[str, Any] | None, where: str) -> RunBehaviour:
+def _behaviour(
+    spec: dict[str, Any] | None, where: str, outcomes: tuple[str, ...] = tuple(OUTCOMES)
+) -> RunBehaviour:
     spec = spec or {}
     outcome = spec.get("outcome", "success")
-    if outcome not in OUTCOMES:
-        raise SiteError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    if outcome not in outcomes:
+        raise SiteError(f"{where}: outcome must be one of {', '.join(outcomes)}, got {outcome!r}")
     log = spec.get("scriptLog", [])
     if isinstance(log, str):
         log = log.splitlines()
     return RunBehaviour(
-        outcome, int(spec.get("durationMs", 1000)), [str(line) for line in log], str(spec.get("error", ""))
+        outcome,
+        int(spec.get("durationMs", 1000)),
+        [str(line) for line in log],
+        str(spec.get("error", "")),
+        int(spec.get("queuedMs", 0)),
     )
 
 
@@ -408,6 +419,9 @@ def _add_task(site: Site, spec: dict[str, Any], created: str) -> None:
         if app is None:
             raise SiteError(f"{where}: a reload task needs an app")
         task |= {"app": condensed_app(app), "isPartialReload": bool(spec.get("partial", False))}
+    elif kind == "distribute":
+        if "app" in spec:
+            raise SiteError(f"{where}: a distribution task has no app")
     elif kind == "externalprogram":
         task |= {
             "path": spec.get("path", "C:\\Scripts\\run.cmd"),
@@ -431,6 +445,8 @@ def _add_task(site: Site, spec: dict[str, Any], created: str) -> None:
     if kind == "reload" and not behaviour_spec:
         app_behaviour = site.app_behaviour[task["app"]["id"]]
         behaviour = copy.deepcopy(app_behaviour)
+    elif kind == "distribute":
+        behaviour = _behaviour({"queuedMs": 500} | (spec.get("distribute") or {}), where, DISTRIBUTE_OUTCOMES)
     else:
         behaviour = _behaviour(behaviour_spec, where)
     site.task_behaviour[task_id] = behaviour

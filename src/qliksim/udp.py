@@ -18,11 +18,14 @@ TASK_EVENT_TYPES = {
     "fail": "/scheduler-task-failed/",
     "abort": "/scheduler-task-aborted/",
     "success": "/scheduler-task-success/",
+    "distribute": "/scheduler-distribute/",
 }
 TASK_EVENT_MESSAGES = {
     "fail": "Max retries reached for task, task failed. Execution State Change to FinishedFail",
     "abort": "Execution State Change to Aborting",
     "success": "Execution State Change to FinishedSuccess",
+    # The one line DistributionTaskLogger passes, whatever the outcome: a listener asks QRS for it.
+    "distribute": "Exiting execute of Distribute task request.",
 }
 
 
@@ -33,7 +36,7 @@ def log4net_date(moment: datetime.datetime) -> str:
 
 @dataclass
 class TaskEvent:
-    outcome: str  # success | fail | abort
+    outcome: str  # success | fail | abort | distribute (a distribution run's end, of any outcome)
     hostname: str
     task_name: str
     app_name: str
@@ -47,7 +50,11 @@ class TaskEvent:
         kind = TASK_EVENT_TYPES[self.outcome]
         if self.outcome == "success" and success_type_typo:
             kind = "/scheduler-task-success//"  # as in the appender file upstream Butler ships
-        level = "INFO" if self.outcome == "success" else ("WARN" if self.outcome == "abort" else "ERROR")
+        level = (
+            "INFO"
+            if self.outcome in ("success", "distribute")
+            else ("WARN" if self.outcome == "abort" else "ERROR")
+        )
         fields = [
             kind,
             self.hostname,

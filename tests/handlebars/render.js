@@ -6,7 +6,7 @@ const Handlebars = require("handlebars");
 
 function render(template, context) {
   const hb = Handlebars.create();
-  // Upstream's only custom helper (alerts.md §4.1).
+  // Upstream's only custom helper.
   hb.registerHelper("eq", (a, b) => a === b);
   try {
     return { out: hb.compile(template)(context) };

@@ -1,1 +1,1 @@
-"""Task alerts: e-mail, Slack, Teams, webhooks, Signl4 and New Relic (docs in alerts.md)."""
+"""Alerts on task outcomes: e-mail, Slack, Teams, webhooks, Signl4 and New Relic (README, "Alerts")."""

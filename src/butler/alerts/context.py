@@ -1,10 +1,10 @@
 """What the channel builders know of a task outcome, and the Handlebars context they render with.
 
 ``AlertFacts`` is gathered once per outcome (task, app, execution result, script log, app owner) and
-handed to every channel. ``template_context`` turns it into the fields upstream's templates use
-(alerts.md §4.2, §4.3), with upstream's mistakes repaired but its names kept: ``appStreamName`` is the
+handed to every channel. ``template_context`` turns it into the fields upstream's templates use, with
+upstream's mistakes repaired but its names kept: ``appStreamName`` is the
 stream's name, ``host`` and ``tasId`` are aliases, ``executionDetailsText`` is set. A missing execution
-result or script log leaves its fields empty instead of losing the alert (A7).
+result or script log leaves its fields empty instead of losing the alert (upstream lost it).
 
 Times are shown in the host's zone. Local1 is upstream's ``yyyy-LL-dd HH:mm:ss``; Local2 to Local5
 stand for Luxon's en-US ``DATETIME_SHORT/MED/FULL_WITH_SECONDS`` with fixed English formats, so they do
@@ -14,7 +14,7 @@ it. Times of 1753 (SQL Server's "never") show as ``-``.
 
 Below the context are the helpers the builders share: HTTP payloads in the sender's shape, URLs shown
 without their secret part, and rendering a Handlebars template into a JSON message that no value can
-break and no text block makes too long for the receiver (alerts.md §4.5, A4).
+break and no text block makes too long for the receiver.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from butler.executions import STATUS_NAMES
 if TYPE_CHECKING:
     from butler.config.alerts import AlertSettings
 
-#: QRS's status names by code; the distribution states (13, 14) have none in alerts (alerts.md §4.2).
+#: QRS's status names by code; the distribution states (13, 14) have none in alerts.
 ALERT_STATUS_NAMES = STATUS_NAMES[:13]
 NEVER_PREFIX = "1753"
 MONTHS = (
@@ -91,7 +91,7 @@ def template_context(
     """The Handlebars context of a task alert.
 
     ``slash_user``: the user as ``DIR/user``, as upstream gives it to Slack, Teams, Signl4 and New Relic;
-    otherwise ``DIR\\user`` (e-mail, webhooks) (alerts.md §1.3).
+    otherwise ``DIR\\user`` (e-mail, webhooks).
     """
     outcome = facts.outcome
     event = outcome.event
@@ -423,7 +423,7 @@ def unquoted(rendered: str) -> str:
 
 
 def chat_log_fields(context: dict[str, Any]) -> None:
-    """Prepare the script log and execution details for a chat message (alerts.md §4.5, with its REC):
+    """Prepare the script log and execution details for a chat message:
     carriage returns dropped, line breaks kept as such, head and tail cut to what a text block holds."""
     for name in ("scriptLogHead", "scriptLogTail", "executionDetailsConcatenated"):
         value = context.get(name)

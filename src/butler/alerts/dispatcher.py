@@ -7,7 +7,7 @@ the ``Retry-After`` the channel asked for), until ``deadline_seconds`` after the
 letter, listed by ``GET /v4/alerts`` and sent again by ``POST /v4/alerts/{id}/retry``. Any other refusal
 makes it a dead letter at once.
 
-Rate limits (alerts.md §2.2) count deliveries, not attempts: a slot of a channel, event and key is spent
+Rate limits count deliveries, not attempts: a slot of a channel, event and key is spent
 when a message was delivered, so a message that failed never keeps the next one from going out (upstream
 spent the slot first). A message due while its slot is taken is not sent (``rateLimited``).
 

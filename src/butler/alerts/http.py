@@ -3,7 +3,7 @@
 A payload says everything about its request: ``method``, ``url``, ``headers``, a ``json`` body or a
 ``query``, ``tls`` (``{"ca": path or None, "verify": bool}`` for a webhook with its own CA or without
 verification) and a ``fallback`` payload, sent instead when the receiver refuses the message as
-malformed (400): the basic message when a formatted one was refused (alerts.md A3). Connections are kept
+malformed (400): the basic message when a formatted one was refused. Connections are kept
 and reused per channel. The answer decides what happens next: 2xx delivered; 429 and 5xx, connection
 errors and timeouts may pass (retried, ``Retry-After`` honoured); any other status is final.
 """

@@ -16,7 +16,7 @@ from butler.errors import UpstreamError
 Channel = Literal["email", "slack", "teams", "webhook", "signl4", "newrelic"]
 CHANNELS: tuple[Channel, ...] = ("email", "slack", "teams", "webhook", "signl4", "newrelic")
 
-#: The events alerts are configured by, as upstream's config names them (alerts.md §1.2).
+#: The events alerts are configured by, as upstream's config names them.
 EVENTS = (
     "reloadTaskFailure",
     "reloadTaskAborted",
@@ -33,7 +33,7 @@ class Message:
     """One message for one channel and recipient, ready to send.
 
     ``rate_key`` and ``rate_limit`` (seconds, 0 for none) say how often a message of this channel and
-    event may go out for the same key (alerts.md §2.2): a slot is spent only when a message is delivered.
+    event may go out for the same key: a slot is spent only when a message is delivered.
     ``target`` names the recipient for people (an e-mail address, or a URL without its secret path).
     ``payload`` is JSON: for HTTP channels ``{"method", "url", "headers", "json", "query", "tls",
     "fallback"}`` (see ``butler.alerts.http``), for e-mail ``{"from", "to", "subject", "html", "text",

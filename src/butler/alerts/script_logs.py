@@ -1,4 +1,4 @@
-"""Script logs of failed reloads kept on disk (alerts.md §7), and their retention.
+"""Script logs of failed reloads kept on disk, and their retention.
 
 The log of a failed reload goes to
 ``<directory>/<YYYY-MM-DD>/<YYYY-MM-DD_HH-MM-SS>_appId=<appId>_taskId=<taskId>.log`` (the date and time

@@ -1,7 +1,7 @@
 """Alerts on task outcomes: from an enriched outcome on the event bus to messages in the outbox.
 
-For each outcome an alert is configured for (alerts.md §1.2), what the channels need beyond the enriched
-outcome is fetched once and shared by all of them (alerts.md A9): the app owner's e-mail addresses (the
+For each outcome an alert is configured for, what the channels need beyond the enriched
+outcome is fetched once and shared by all of them: the app owner's e-mail addresses (the
 owner itself is in the app's metadata). Each channel's builder makes its messages (one per recipient or
 webhook), the script log of a failed reload is stored on disk if configured, and the messages go into the
 outbox, from which the dispatcher sends them. Alerts are handled concurrently, a bounded number at a
@@ -9,7 +9,7 @@ time, so a slow QRS lookup for one task does not hold the others back.
 
 A channel whose configuration cannot work (a custom property that does not exist in QRS, a template that
 cannot be read) is switched off at start-up with a warning naming the key; ``/health`` shows why, and
-every other channel and feature goes on (alerts.md A10).
+every other channel and feature goes on.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A channel is on when its master switch is. Before it is used, what would make ev
 fail is checked: the SMTP host, the templates of the enabled events, the custom properties named in the
 config (they must exist in QRS), a webhook's CA file. A channel that fails a check is switched off with
 a warning naming the key and what to fix, and ``/health`` shows why; the other channels and every other
-feature go on (upstream stopped Butler, alerts.md A10). A QRS that cannot be asked at start-up switches
+feature go on (upstream stopped Butler). A QRS that cannot be asked at start-up switches
 nothing off.
 """
 

@@ -1,12 +1,12 @@
 """Sending e-mail alerts over SMTP, through one connection kept open across messages.
 
 Upstream opened a new connection (and verified it) for every message; here one connection per sender is
-reused for as long as the server keeps it, and opened again when the server dropped it (alerts.md §9 A6).
+reused for as long as the server keeps it, and opened again when the server dropped it.
 Messages on one connection go one after the other, as SMTP requires.
 
-TLS, as the settings say (alerts.md §3.1): ``secure`` is TLS from the first byte; otherwise STARTTLS when the
+TLS, as the settings say: ``secure`` is TLS from the first byte; otherwise STARTTLS when the
 server offers it, unless ``ignore_tls``; ``require_tls`` refuses to send without it. Upstream passed these
-two to a place where they had no effect (§9 A8); here they are honoured. ``reject_unauthorized`` verifies
+two to a place where they had no effect; here they are honoured. ``reject_unauthorized`` verifies
 the server's certificate against ``server_name`` (the host when unset), which is also the name sent for SNI.
 
 Failures are ``DeliveryError``: retryable when the server could not be reached or answered 4xx (it asks to
@@ -36,7 +36,7 @@ from butler.config.alerts import SmtpSettings
 
 log = logging.getLogger("butler.alerts.smtp")
 
-#: nodemailer's priority headers, which upstream's mails carry (alerts.md §3.1).
+#: nodemailer's priority headers, which upstream's mails carry.
 PRIORITY_HEADERS = {
     "high": ("1 (Highest)", "High", "High"),
     "normal": ("3 (Normal)", "Normal", "Normal"),

@@ -1,4 +1,4 @@
-"""Handlebars templates of alerts, rendered as handlebars.js 4.7 renders them (alerts.md §4.1).
+"""Handlebars templates of alerts, rendered as handlebars.js 4.7 renders them.
 
 Users keep upstream's templates and their own edits of them, so the output must be upstream's byte for byte.
 The parsing and rendering are dotpromptz-handlebars's: of the Python Handlebars libraries it is the one whose

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from butler.config.alerts import AlertSettings
 from butler.config.declare import part, setting
-from butler.config.schema import Bool, Enum, Int, Key, ListOf, Section, Spec, Str, describe
+from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Section, Spec, Str, describe
 from butler.http.browsers import parse_origin
 from butler.mqtt import InvalidMessage, check_topic
 
@@ -394,6 +394,22 @@ class TaskOutcomeSettings:
         60,
         addition=True,
         help="how long task and app metadata are cached",
+    )
+    distribution_poll_seconds: float = setting(
+        "taskEvents.distributionPollSeconds",
+        Number(0.01, 3600),
+        30,
+        convert=float,
+        addition=True,
+        help="how often a distribution task that reported /scheduler-distribute/ is asked how it ended",
+    )
+    distribution_wait_seconds: float = setting(
+        "taskEvents.distributionWaitHours",
+        Int(1, 48),
+        6,
+        convert=lambda hours: hours * 3600.0,
+        addition=True,
+        help="hours a distribution task is followed at most; upstream's 6",
     )
     script_log_head: int = setting(
         "taskEvents.scriptLogHeadLines",

@@ -17,6 +17,7 @@ at once. A worker publishes the outcome and takes the next event: it never waits
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -35,6 +36,9 @@ log = logging.getLogger("butler.taskevents")
 
 TASK_TYPES = {0: "Reload", 1: "ExternalProgram", 2: "UserSync", 3: "Distribution", 4: "Preload"}
 MAX_BATCH = 40
+#: How a distribution task's last run ended, by its status: success or failure; other states are not an
+#: end (queued, running, and 13/14, the distribution queue and run).
+DISTRIBUTION_OUTCOMES = {7: "success", 6: "failed", 8: "failed", 11: "failed"}
 #: Execution ids remembered for deduplication at most; beyond that the oldest are forgotten early, so a
 #: sustained flood of events cannot grow memory without bound.
 MAX_REMEMBERED = 50_000
@@ -291,15 +295,18 @@ class TaskOutcomes:
         self._expiring: deque[tuple[float, str]] = deque()
         self._workers: list[asyncio.Task[None]] = []
         self._warned = 0.0
+        #: Distribution tasks followed until they end, by task id.
+        self._distributions: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work()) for _ in range(self.settings.workers)]
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        following = list(self._distributions.values())
+        for task in [*self._workers, *following]:
+            task.cancel()
+        await asyncio.gather(*self._workers, *following, return_exceptions=True)
         self._workers = []
         if self.enricher is not None:
             await self.enricher.close()
@@ -311,8 +318,7 @@ class TaskOutcomes:
     def submit(self, event: TaskEvent) -> str | None:
         """Queue an event; the reason it was not queued (``duplicate``, ``queueFull``), or None."""
         if event.outcome == "distribute":
-            log.info("distribution task %s (%s) reported: %s", event.task_name, event.task_id, event.message)
-            return None
+            return self._follow_distribution(event)
         key = self._dedup_key(event)
         now = time.monotonic()
         if key is not None:
@@ -331,6 +337,48 @@ class TaskOutcomes:
             self._warned = now
             log.warning("task event queue at %d of %d events", size, self._queue.maxsize)
         return None
+
+    def _follow_distribution(self, event: TaskEvent) -> str | None:
+        """A distribution task says only that it ran (``/scheduler-distribute/``); how it ended is in its
+        last execution result, which may still be queued or running: it is asked for until it ended, then
+        the event goes on as that task's success or failure."""
+        log.info("distribution task %s (%s) reported: %s", event.task_name, event.task_id, event.message)
+        if self.enricher is None:
+            return None
+        if event.task_id in self._distributions:
+            return "duplicate"
+        follow = asyncio.get_running_loop().create_task(self._distribution_outcome(event, self.enricher))
+        self._distributions[event.task_id] = follow
+        follow.add_done_callback(lambda _: self._distributions.pop(event.task_id, None))
+        return None
+
+    async def _distribution_outcome(self, event: TaskEvent, enricher: TaskEnricher) -> None:
+        settings = self.settings
+        deadline = time.monotonic() + settings.distribution_wait_seconds
+        while True:
+            try:
+                found = await enricher.repository.task_with_last_result(event.task_id)
+            except (QrsError, TimeoutError) as exc:
+                log.warning(
+                    "distribution task %s: its result not read from QRS (%s); asking again",
+                    event.task_id,
+                    exc,
+                )
+                found = None
+            status = found.last_result.status if found is not None else None
+            outcome = DISTRIBUTION_OUTCOMES.get(status) if status is not None else None
+            if outcome is not None:
+                self.submit(dataclasses.replace(event, outcome=outcome))
+                return
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(settings.distribution_poll_seconds)
+        log.warning(
+            "distribution task %s (%s) had not ended after %g hours: no alert is made for it",
+            event.task_name,
+            event.task_id,
+            settings.distribution_wait_seconds / 3600,
+        )
 
     def _dedup_key(self, event: TaskEvent) -> str | None:
         """What makes two events the same; None when they are not deduplicated."""

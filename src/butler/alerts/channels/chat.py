@@ -1,7 +1,7 @@
-"""What Slack and Teams messages share (alerts.md §3.2, §3.3): the events, the basic text, and the choice
+"""What Slack and Teams messages share: the events, the basic text, and the choice
 between the formatted message (the rendered template file, carrying the basic message as ``fallback``)
 and the basic one, sent with a note saying why when the template is missing, fails to render or gives no
-JSON object (A3). Each channel shapes its own basic and formatted bodies."""
+JSON object. Each channel shapes its own basic and formatted bodies."""
 
 from __future__ import annotations
 

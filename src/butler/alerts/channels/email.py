@@ -1,4 +1,4 @@
-"""E-mail alerts: who is mailed about a task outcome, and what the mail says (alerts.md §3.1, §5, §6).
+"""E-mail alerts: who is mailed about a task outcome, and what the mail says.
 
 One Message per recipient, so that a refused or unreachable recipient does not hold up the others and each
 recipient has its own rate limit (``<taskId>|<address>``, as upstream keys it). Recipients are, in order:
@@ -8,7 +8,7 @@ properties come from the task as QRS ``task/full`` returned it, so building cost
 
 Subject and HTML body are the event's Handlebars templates; a plain-text part is derived from the HTML so
 that text-only readers and previews get something legible. A body template that is missing or fails gives
-Butler's basic message with a note saying why, instead of no mail at all (alerts.md §9 A3).
+Butler's basic message with a note saying why, instead of no mail at all.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def recipients(facts: AlertFacts, event: EmailEvent) -> list[str]:
     properties = task_custom_properties(facts.outcome.task)
     candidates: list[str] = []
     if event.recipients_cp_name:
-        # Upstream compares the definition name itself, exactly (qlik-apis.md §1, call 6).
+        # Upstream compares the definition name itself, exactly.
         candidates += [value for name, value in properties if name == event.recipients_cp_name]
     if not event.enable_by_cp or _has_enable_property(properties, event):
         candidates += event.recipients
@@ -123,7 +123,7 @@ def _has_enable_property(properties: Iterable[tuple[str, str]], event: EmailEven
 
 
 def owner_addresses(owner: AppOwner | None, event: EmailEvent, app_name: str = "") -> list[str]:
-    """The app owner's addresses when the owner is to be mailed (alerts.md §6); exclude wins over include."""
+    """The app owner's addresses when the owner is to be mailed; exclude wins over include."""
     if not event.owner_alert or owner is None:
         return []
     who = (owner.user_directory, owner.user_id)
@@ -216,7 +216,7 @@ def _subject(facts: AlertFacts, event: EmailEvent, context: dict[str, Any] | Non
         notes.append(f"the subject template failed ({exc}); a basic subject was used")
         return fallback
     # `{{x}}` HTML-escapes, right for the body but wrong in a header, where upstream's subjects show `&amp;`
-    # (alerts.md §3.1).
+    # .
     return " ".join(html.unescape(rendered).split())
 
 

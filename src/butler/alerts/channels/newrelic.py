@@ -1,11 +1,11 @@
-"""New Relic events and logs for failed and aborted reload tasks (alerts.md §3.6).
+"""New Relic events and logs for failed and aborted reload tasks.
 
 Each destination (event, log) goes to a set of accounts: the ``always`` accounts when that route is on,
 the accounts named by the task's custom property when that route is on (upstream took the route whenever
-the key existed, A12), and the default accounts. One message per destination and account, with the
+the key existed), and the default accounts. One message per destination and account, with the
 account's ``Api-Key``; the headers and shared attributes are the event's own (``sharedSettings``).
 
-New Relic drops attributes that are not scalars (A12), so what upstream sent as arrays and objects is
+New Relic drops attributes that are not scalars, so what upstream sent as arrays and objects is
 sent as scalars: custom properties as a JSON string, execution times as their UTC text, the duration in
 seconds; the task and app metadata (whole QRS objects, dropped by New Relic) are left out. Upstream's
 misspelt ``qs_exeuctionStatusText`` is kept next to ``qs_executionStatusText`` for existing queries.

@@ -1,4 +1,4 @@
-"""Signl4 alerts for failed and aborted reload tasks (alerts.md §3.5), posted to the team's webhook."""
+"""Signl4 alerts for failed and aborted reload tasks, posted to the team's webhook."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Slack messages for reload tasks (alerts.md §3.2), posted to an incoming webhook.
+"""Slack messages for reload tasks, posted to an incoming webhook.
 
 A formatted message is the rendered template file merged into ``{username, channel, icon_emoji}``; it
 carries the basic message as its ``fallback``, sent if Slack refuses the formatted one. When the
 template is missing, fails to render or gives no JSON object, the basic message goes out instead with a
-note saying why (A3). The basic message is a header (the rendered ``basicMsgTemplate``) with buttons to
+note saying why. The basic message is a header (the rendered ``basicMsgTemplate``) with buttons to
 the QMC and the hub; a button without URL is left out, as Slack refuses the whole message for it.
 """
 

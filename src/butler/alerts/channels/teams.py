@@ -1,9 +1,9 @@
-"""Teams messages for reload tasks (alerts.md §3.3), posted to a Power Automate workflow.
+"""Teams messages for reload tasks, posted to a Power Automate workflow.
 
 Workflows take Adaptive Cards, so the basic message is the smallest Adaptive Card envelope of the kind
-the shipped formatted templates produce (A5), not upstream's legacy MessageCard. As for Slack, a
+the shipped formatted templates produce, not upstream's legacy MessageCard. As for Slack, a
 formatted message carries the basic one as ``fallback``, and a template that fails gives the basic
-message with a note (A3).
+message with a note.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Outgoing webhooks for reload tasks (alerts.md §3.4): one message per configured webhook.
+"""Outgoing webhooks for reload tasks: one message per configured webhook.
 
 Webhooks have no per-event switch: an event goes out when the master switch is on and the event lists
 webhooks. GET sends the fields as query parameters, PUT and POST as a JSON body. Each webhook has its
