@@ -1,0 +1,1 @@
+"""Starting Sense tasks on cron schedules."""
