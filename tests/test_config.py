@@ -61,8 +61,10 @@ def test_upstream_template_loads_unchanged() -> None:
     assert settings.endpoints.enabled_leaf_names() == []
     assert (
         "udpServerConfig" not in settings.unsupported_sections
-        and "scheduler" in settings.unsupported_sections
+        and "scheduler" not in settings.unsupported_sections
+        and "serviceMonitor" in settings.unsupported_sections
     )
+    assert (settings.scheduler.enable, settings.scheduler.file.name) == (False, "schedule.yaml")
     assert (
         settings.udp.enable is False and settings.udp.task_port == 9998 and settings.udp.session_port == 9997
     )
@@ -334,8 +336,8 @@ def test_explain_a_key() -> None:
     assert "type: a section with the keys maxConcurrent, maxSize, backpressureThreshold" in explain_key(
         "Butler.udpServerConfig.messageQueue"
     )
-    ignored = explain_key("Butler.scheduler.configfile")
-    assert ignored.startswith("Butler.scheduler (upstream key)") and "ignored" in ignored
+    ignored = explain_key("Butler.serviceMonitor.enable")
+    assert ignored.startswith("Butler.serviceMonitor (upstream key)") and "ignored" in ignored
 
 
 def test_explain_an_unknown_key_suggests_one() -> None:

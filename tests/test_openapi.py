@@ -220,6 +220,12 @@ async def test_real_answers_match_the_document(
     butler["fileCopyApprovedDirectories"] = butler["fileMoveApprovedDirectories"] = pair
     butler["fileDeleteApprovedDirectories"] = [str(folders["delete"])]
     butler["configDirectories"] = {"qvdPath": str(folders["qvd"])}
+    schedules = tmp_path / "schedule.yaml"
+    schedules.write_text(
+        "butlerSchedule:\n  - name: Mornings\n    cronSchedule: '0 6 * * *'\n    timezone: Europe/Stockholm\n"
+        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: sched-1\n"
+    )
+    butler["scheduler"] = {"enable": True, "configfile": str(schedules)}
     base = await start_butler(config)
 
     failing = next(t["id"] for t in simulator.site.tasks.values() if t["name"] == "Reload Failing App")
@@ -239,6 +245,14 @@ async def test_real_answers_match_the_document(
             "payload": {"customPropertyName": "taskGroup", "customPropertyValue": "tasks1"},
         },
     ]
+    schedule = {
+        "name": "Evenings",
+        "cronSchedule": "0 18 * * 1-5",
+        "timezone": "America/New_York",
+        "qlikSenseTaskId": APP1["taskId"],
+        "startupState": "stopped",
+        "tags": ["reports"],
+    }
     calls = [
         Call("GET", "/v4/butlerping", "/v4/butlerping", 200),
         Call("GET", "/v2/butlerPing", "/v2/butlerPing", 200),
@@ -387,6 +401,25 @@ async def test_real_answers_match_the_document(
         Call("GET", "/v4/activeusers", "/v4/activeusers", 200),
         Call("GET", "/v2/activeUserCount", "/v2/activeUserCount", 200),
         Call("GET", "/v2/activeUsers", "/v2/activeUsers", 200),
+        # Scheduler (the file's schedule sched-1)
+        Call("GET", "/v4/schedules", "/v4/schedules", 200),
+        Call("GET", "/v4/schedules", "/v4/schedules?id=sched-1", 200),
+        Call("GET", "/v4/schedules", "/v4/schedules?id=nope", 400),
+        Call("POST", "/v4/schedules", "/v4/schedules", 201, schedule),
+        Call("POST", "/v4/schedules", "/v4/schedules", 400, {**schedule, "cronSchedule": "0 0 1 13 *"}),
+        Call("POST", "/v4/schedules", "/v4/schedules", 400, {**schedule, "startupState": "later"}),
+        Call("PUT", "/v4/schedules/{scheduleId}", "/v4/schedules/sched-1", 200, {**schedule, "name": "Noon"}),
+        Call("PUT", "/v4/schedules/{scheduleId}", "/v4/schedules/nope", 400, schedule),
+        Call("PUT", "/v4/schedules/{scheduleId}/stop", "/v4/schedules/sched-1/stop", 200),
+        Call("PUT", "/v4/schedules/{scheduleId}/start", "/v4/schedules/sched-1/start", 200),
+        Call("PUT", "/v4/schedules/{scheduleId}/start", "/v4/schedules/nope/start", 400),
+        Call("PUT", "/v4/schedules/startall", "/v4/schedules/startall", 200),
+        Call("PUT", "/v4/schedules/stopall", "/v4/schedules/stopall", 200),
+        Call("GET", "/v4/schedules/status", "/v4/schedules/status", 200),
+        Call("GET", "/v4/schedules/{scheduleId}/runs", "/v4/schedules/sched-1/runs", 200),
+        Call("GET", "/v4/schedules/{scheduleId}/runs", "/v4/schedules/nope/runs", 404),
+        Call("DELETE", "/v4/schedules/{scheduleId}", "/v4/schedules/sched-1", 204),
+        Call("DELETE", "/v4/schedules/{scheduleId}", "/v4/schedules/sched-1", 400),
         # Alerts (the failed reload's, above)
         Call("GET", "/v4/alerts", "/v4/alerts", 200),
         Call("GET", "/v4/alerts", "/v4/alerts?state=dead&channel=webhook&limit=5", 200),

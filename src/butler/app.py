@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from butler.config import Settings
+from butler.config import ENDPOINT_FLAGS, Settings
 from butler.http.browsers import BrowserCheck
 from butler.http.docs import DOCS_PATH, ApiDocument, DocumentationSite, load_openapi
 from butler.http.ratelimit import RateLimiter
@@ -34,6 +34,7 @@ from butler.routes import (
     files,
     key_value,
     messaging,
+    scheduler,
     task_start,
 )
 from butler.services import Services, StartupError, open_services
@@ -76,6 +77,13 @@ def _udp_on(settings: Settings) -> bool:
     return settings.udp.enable
 
 
+SCHEDULER_FLAGS = tuple(flag for flag in ENDPOINT_FLAGS if flag.startswith("scheduler."))
+
+
+def _scheduler_on(settings: Settings) -> bool:
+    return settings.scheduler.enable or any(settings.endpoints.enabled(flag) for flag in SCHEDULER_FLAGS)
+
+
 def _alerts_on(settings: Settings) -> bool:
     return bool(settings.alerts.channels_on())
 
@@ -100,6 +108,10 @@ FEATURES = (
     ),
     Feature(apps.routes, flags=("senseListApps", "senseAppDump", "senseAppReload"), services=("apps",)),
     Feature(active_users.routes, flags=("activeUserCount", "activeUsers")),
+    # Schedules: the routes whenever a scheduler flag is on (as upstream), the file read when enabled.
+    Feature(scheduler.routes, flags=SCHEDULER_FLAGS, services=("scheduler",)),
+    Feature(when=_scheduler_on, services=("scheduler",)),
+    Feature(when=_qlik_reachable(_scheduler_on), services=("task_starter",)),
     # Alerts on task outcomes; QRS, when it can be reached, for the app owners and custom properties.
     Feature(alerts.routes, when=_alerts_on, services=("alerts",)),
     Feature(when=_qlik_reachable(_alerts_on), services=("task_starter",)),

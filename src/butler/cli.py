@@ -3,6 +3,7 @@
 ``butler serve -c FILE.yaml`` runs the service (``butler -c FILE.yaml`` too, as upstream is started);
 ``butler config check FILE.yaml`` validates a config file, ``butler config check --explain KEY`` says what a
 key means; ``butler alert test -c FILE.yaml --channel CHANNEL`` sends a sample alert through one channel;
+``butler schedules check FILE.yaml`` validates a schedule file and shows each entry's next fires;
 ``butler --version``.
 """
 
@@ -85,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
         help="say what a config key (such as Butler.configQRS.timeoutSeconds) means, its type and default",
     )
 
+    schedules = commands.add_parser("schedules", help="work with schedule files")
+    schedule_commands = schedules.add_subparsers(
+        dest="schedules_command", metavar="SUBCOMMAND", required=True
+    )
+    schedule_check = schedule_commands.add_parser(
+        "check", help="validate a schedule file and print each entry's next fires in its time zone"
+    )
+    schedule_check.add_argument("file", metavar="FILE.yaml")
+    schedule_check.add_argument(
+        "--compat", action="store_true", help="read months 0-11 as upstream does (Butler.scheduler.compat)"
+    )
+    schedule_check.add_argument("--count", type=int, default=3, help="fires shown per entry (default 3)")
+
     alert = commands.add_parser("alert", help="work with alerts")
     alert_commands = alert.add_subparsers(dest="alert_command", metavar="SUBCOMMAND", required=True)
     test = alert_commands.add_parser(
@@ -97,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--channel", required=True, choices=CHANNELS, help="the channel to try")
     test.add_argument("--to", metavar="ADDRESS", help="e-mail only: send to this address alone")
     return parser
+
+
+def schedules_check(args: argparse.Namespace) -> int:
+    from butler.scheduler.service import check_file
+
+    lines, ok = check_file(Path(args.file), compat=args.compat, count=max(1, args.count))
+    for line in lines:
+        print(line)
+    print(f"{args.file}: {'OK' if ok else 'some entries cannot run'}")
+    return 0 if ok else 1
 
 
 def alert_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -227,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(args)
     if args.command == "alert":
         return alert_test(args, parser)
+    if args.command == "schedules":
+        return schedules_check(args)
     parser.print_help()
     return 2
 

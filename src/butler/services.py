@@ -33,6 +33,7 @@ from butler.task_start import TaskStarter
 
 if TYPE_CHECKING:
     from butler.alerts.service import AlertService
+    from butler.scheduler.service import SchedulerService
 
 log = logging.getLogger("butler")
 
@@ -54,6 +55,7 @@ class Services:
     slack: SlackWebhook | None = None
     apps: AppService | None = None
     alerts: AlertService | None = None
+    scheduler: SchedulerService | None = None
     #: Why the alerts are off although a channel is on (the outbox cannot be written).
     alerts_off: str | None = None
     events: SenseEvents | None = None
@@ -131,6 +133,24 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
         ) from exc
 
 
+async def _scheduler(services: Services, exits: AsyncExitStack) -> None:
+    from butler.scheduler.claims import fire_claims
+    from butler.scheduler.service import SchedulerService
+    from butler.scheduler.store import ScheduleFile
+
+    settings = services.settings.scheduler
+    scheduler = SchedulerService(
+        ScheduleFile(settings.file),
+        services.task_starter,
+        compat=settings.compat,
+        history=settings.history,
+        claims=fire_claims(services.settings),
+    )
+    await scheduler.open(load_file=settings.enable)
+    exits.push_async_callback(scheduler.close)
+    services.scheduler = scheduler
+
+
 async def _alerts(services: Services, exits: AsyncExitStack) -> None:
     # Imported only when an alert channel is on: templates, SMTP and MIME cost start-up time and memory.
     from butler.alerts.setup import open_alerts
@@ -158,6 +178,7 @@ OPENERS: dict[str, Opener] = {
     "task_starter": _task_starter,
     "mqtt": _mqtt,
     "apps": _apps,
+    "scheduler": _scheduler,
     # Before events: at shutdown the event bus hands what it holds to the alerts, then they close.
     "alerts": _alerts,
     "events": _events,

@@ -64,7 +64,6 @@ UPSTREAM_SECTIONS: tuple[str, ...] = (
     "influxDb",
     "qlikSenseVersion",
     "qlikSenseLicense",
-    "scheduler",
     "restServerEndpointsConfig",
     "serviceMonitor",
     "qlikSenseCloud",
@@ -622,6 +621,32 @@ class UdpServerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SchedulerSettings:
+    """``Butler.scheduler``: Sense tasks started on cron schedules kept in upstream's schedule file."""
+
+    enable: bool = setting(
+        "enable", Bool(), False, help="read the schedule file at start-up and run its schedules"
+    )
+    file: Path = setting(
+        "configfile", Str(), "config/schedule.yaml", file=True, help="the schedule file (butlerSchedule:)"
+    )
+    compat: bool = setting(
+        "compat",
+        Bool(),
+        False,
+        addition=True,
+        help="read cron months 0-11 and both day fields together, as upstream does (files written for it)",
+    )
+    history: int = setting(
+        "runHistory",
+        Int(1, 1000),
+        50,
+        addition=True,
+        help="fires kept per schedule for GET /v4/schedules/{id}/runs",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class FileSettings:
     """The approved folders (``Butler.fileCopyApprovedDirectories`` and friends, ``configDirectories``)."""
 
@@ -756,6 +781,9 @@ class Settings:
     engine: EngineSettings = part("configEngine", EngineSettings, help="the Qlik Sense Engine")
     udp: UdpServerSettings = part(
         "udpServerConfig", UdpServerSettings, help="the UDP events of Sense's log appenders"
+    )
+    scheduler: SchedulerSettings = part(
+        "scheduler", SchedulerSettings, help="tasks started on cron schedules"
     )
     alerts: AlertSettings = part("", AlertSettings)
     #: The config file, when loaded from one.

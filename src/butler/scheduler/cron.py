@@ -34,12 +34,20 @@ datetimes sharing a ``ZoneInfo`` do not (Python compares those by wall time, ign
 from __future__ import annotations
 
 import calendar
+import functools
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from butler.errors import BadRequest
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str, zone: str, compat: bool) -> Cron:
+    # Schedules of one file share a few crons (weekday mornings in one zone): one parse and one object each.
+    return Cron._parse(text, zone, compat)
+
 
 __all__ = ["Cron", "CronError"]
 
@@ -182,6 +190,10 @@ class Cron:
     @classmethod
     def parse(cls, text: str, *, zone: str = "UTC", compat: bool = False) -> Cron:
         """Parse a 5-field or (seconds first) 6-field expression; CronError names what is wrong."""
+        return _parse_cached(text, zone, compat)
+
+    @classmethod
+    def _parse(cls, text: str, zone: str, compat: bool) -> Cron:
         fields = text.split()
         if len(fields) not in (5, 6):
             raise _fail(f"expected 5 or 6 fields (6 with seconds first), got {len(fields)} in {text!r}")

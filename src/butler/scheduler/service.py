@@ -1,0 +1,350 @@
+"""The scheduler: Sense tasks started on cron schedules, kept in upstream's schedule file.
+
+Schedules are read from the file at start-up (``Butler.scheduler.enable``) without writing it; each keeps the
+state it had (``lastKnownState``). One timer loop serves every schedule: a heap of due times, so ten
+thousand schedules cost one sleeping task, not ten thousand. A fire goes through the task-start service,
+as a REST start does: the task must exist, ``startTaskFilter`` applies, QRS's answer is awaited; a task still
+running is not started again (the skip is recorded). Each schedule keeps its last fires (due and fired time,
+outcome) for ``GET /v4/schedules/{id}/runs``. Every change made over REST is written to the file atomically;
+a file changed on disk since Butler read it is not overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import heapq
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from butler.errors import BadRequest, NotFound
+from butler.scheduler.claims import ClaimsUnavailable, FireClaims, LocalClaims
+from butler.scheduler.cron import Cron, CronError
+from butler.scheduler.store import Schedule, ScheduleFile, ScheduleFileError, load
+from butler.task_start import TaskStarter
+
+log = logging.getLogger("butler.scheduler")
+
+#: Task states in which a start would do nothing but be ignored by Sense's scheduler.
+RUNNING_STATES = frozenset({1, 2, 3, 4, 5})
+STARTED = frozenset({"start", "started"})
+
+
+@dataclass
+class Run:
+    """One fire of a schedule."""
+
+    due: float
+    fired: float
+    outcome: str  # started, skipped, denied, invalid, failed
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "due": _iso(self.due),
+            "fired": _iso(self.fired),
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Job:
+    """A schedule, its parsed cron (None when it cannot run) and its history."""
+
+    schedule: Schedule
+    cron: Cron | None
+    problem: str | None = None
+    runs: deque[Run] = field(default_factory=lambda: deque(maxlen=50))
+    fires: int = 0
+    #: Changed on every (re)scheduling, so that stale heap entries are skipped.
+    generation: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.schedule.lastKnownState == "started" and self.cron is not None
+
+
+class SchedulerService:
+    """The schedules, their timers and their fires."""
+
+    def __init__(
+        self,
+        file: ScheduleFile,
+        starter: TaskStarter | None,
+        *,
+        compat: bool = False,
+        history: int = 50,
+        claims: FireClaims | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.file = file
+        self.starter = starter
+        self.claims: FireClaims = claims or LocalClaims()
+        self.compat = compat
+        self.history = history
+        self._clock = clock
+        self.jobs: dict[str, Job] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._fires: set[asyncio.Task[None]] = set()
+
+    # -- life ---------------------------------------------------------------------------------------------
+
+    async def open(self, load_file: bool) -> None:
+        """Read the schedule file (when ``load_file``) and start the timers. A file that cannot be read is
+        said once with its line; Butler runs with no schedules, and does not overwrite that file."""
+        if load_file:
+            try:
+                result = await self.file.load()
+            except ScheduleFileError as exc:
+                log.error("scheduler: %s; no schedule is run", exc)
+            else:
+                for problem in result.problems:
+                    log.error("scheduler: %s; that schedule is not run", problem)
+                for schedule in result.schedules:
+                    self._add(schedule)
+                log.info("scheduler: %d schedules read from %s", len(result.schedules), self.file.path)
+        self._loop_task = asyncio.get_running_loop().create_task(self._timer())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._fires) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.claims.close()
+
+    # -- schedules ----------------------------------------------------------------------------------------
+
+    def _parse(self, schedule: Schedule) -> Cron:
+        return Cron.parse(schedule.cronSchedule, zone=schedule.timezone or "UTC", compat=self.compat)
+
+    def _add(self, schedule: Schedule) -> Job:
+        try:
+            cron: Cron | None = self._parse(schedule)
+            problem = None
+        except CronError as exc:
+            cron, problem = None, str(exc)
+            log.error("schedule %s (%s) is not run: %s", schedule.id, schedule.name, exc)
+        if cron is not None and self.compat and cron.months_differ_under_compat():
+            log.warning(
+                "schedule %s (%s): its months read as upstream reads them (0 = January)",
+                schedule.id,
+                schedule.name,
+            )
+        if not schedule.lastKnownState:
+            schedule.lastKnownState = "started" if schedule.startupState in STARTED else "stopped"
+        job = Job(schedule, cron, problem, deque(maxlen=self.history))
+        previous = self.jobs.get(schedule.id)
+        if previous is not None:  # an update keeps the history
+            job.runs.extend(previous.runs)
+            job.fires = previous.fires
+            job.generation = previous.generation
+        self.jobs[schedule.id] = job
+        self._plan(job)
+        return job
+
+    def _plan(self, job: Job) -> None:
+        job.generation += 1
+        if not job.running:
+            return
+        assert job.cron is not None
+        due = job.cron.next_after(datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)).timestamp()
+        heapq.heappush(self._heap, (due, job.generation, job.schedule.id))
+        self._wake.set()
+
+    def get(self, ident: str) -> Job:
+        job = self.jobs.get(ident)
+        if job is None:
+            raise NotFound(f"REST SCHEDULER: Schedule ID {ident} not found.")
+        return job
+
+    async def create(self, fields: dict[str, Any]) -> Job:
+        """A new schedule from a request's fields (``id`` and ``created`` are Butler's); BadRequest naming the
+        field when its cron or time zone cannot work."""
+        schedule = Schedule.from_dict(
+            {
+                **fields,
+                "id": str(uuid.uuid4()),
+                "created": _iso(self._clock()),
+                "lastKnownState": "started" if fields.get("startupState") in STARTED else "stopped",
+            }
+        )
+        self._check(schedule)
+        await self._save_with(schedule)
+        return self._add(schedule)
+
+    async def update(self, ident: str, fields: dict[str, Any]) -> Job:
+        """Replace a schedule's fields, keeping its id, created time and state."""
+        old = self.get(ident).schedule
+        schedule = Schedule.from_dict(
+            {**fields, "id": old.id, "created": old.created, "lastKnownState": old.lastKnownState}
+        )
+        self._check(schedule)
+        await self._save_with(schedule)
+        return self._add(schedule)
+
+    def _check(self, schedule: Schedule) -> None:
+        try:
+            self._parse(schedule)
+        except CronError as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def delete(self, ident: str) -> None:
+        self.get(ident)
+        await self.file.save([job.schedule for job in self.jobs.values() if job.schedule.id != ident])
+        del self.jobs[ident]
+
+    async def set_state(self, ident: str, state: str) -> Job:
+        job = self.get(ident)
+        await self._save_with(dataclasses.replace(job.schedule, lastKnownState=state))
+        job.schedule.lastKnownState = state
+        self._plan(job)
+        return job
+
+    async def set_all(self, state: str) -> list[Job]:
+        await self.file.save(
+            [dataclasses.replace(j.schedule, lastKnownState=state) for j in self.jobs.values()]
+        )
+        for job in self.jobs.values():
+            job.schedule.lastKnownState = state
+            self._plan(job)
+        return list(self.jobs.values())
+
+    async def _save_with(self, schedule: Schedule) -> None:
+        """Write the file with ``schedule`` added or replacing its namesake; only once it is written does
+        the change take effect (a file that cannot be written, or was edited on disk, changes nothing)."""
+        schedules = [job.schedule for job in self.jobs.values() if job.schedule.id != schedule.id]
+        if schedule.id in self.jobs:
+            position = list(self.jobs).index(schedule.id)
+            schedules.insert(position, schedule)
+        else:
+            schedules.append(schedule)
+        await self.file.save(schedules)
+
+    def next_fires(self, job: Job, count: int = 5) -> list[str]:
+        if not job.running or job.cron is None:
+            return []
+        moment = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+        return [_iso(fire.timestamp()) for fire in job.cron.next_fires(moment, count)]
+
+    # -- firing -------------------------------------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        while True:
+            self._wake.clear()
+            if not self._heap:
+                await self._wake.wait()
+                continue
+            due, generation, ident = self._heap[0]
+            wait = due - self._clock()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            heapq.heappop(self._heap)
+            job = self.jobs.get(ident)
+            if job is None or job.generation != generation or not job.running:
+                continue
+            self._plan(job)  # the next fire is planned before this one runs: a slow start delays none
+            fire = asyncio.get_running_loop().create_task(self._fire(job, due))
+            self._fires.add(fire)
+            fire.add_done_callback(self._fires.discard)
+
+    async def _fire(self, job: Job, due: float) -> None:
+        schedule = job.schedule
+        fired = self._clock()
+        try:
+            if not await self.claims.claim(schedule.id, due):
+                return  # another Butler sharing the store fires this one
+        except ClaimsUnavailable as exc:
+            job.runs.append(Run(due, fired, "failed", str(exc)))
+            log.error("schedule %s (%s) not fired: %s", schedule.id, schedule.name, exc)
+            return
+        log.info("Cron event for schedule ID %s: %s", schedule.id, schedule.name)
+        try:
+            outcome, detail = await self._start(schedule.qlikSenseTaskId)
+        except Exception as exc:  # a fault must not stop the schedule
+            log.exception("schedule %s: the start of task %s failed", schedule.id, schedule.qlikSenseTaskId)
+            outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
+        job.fires += 1
+        job.runs.append(Run(due, fired, outcome, detail))
+        level = logging.INFO if outcome in ("started", "skipped") else logging.WARNING
+        log.log(
+            level,
+            "schedule %s (%s): task %s %s %s",
+            schedule.id,
+            schedule.name,
+            schedule.qlikSenseTaskId,
+            outcome,
+            detail,
+        )
+
+    async def _start(self, task_id: str) -> tuple[str, str]:
+        starter = self.starter
+        if starter is None:
+            return "failed", "Qlik Sense cannot be reached: Butler.cert is not set"
+        found = await starter.repository.task_with_last_result(task_id)
+        if found is None:
+            return "invalid", f"no task with id {task_id}"
+        if found.last_result.status in RUNNING_STATES:
+            return "skipped", "the task is still running from an earlier start"
+        outcome = await starter.start(task_id, [], all_ids_must_exist=True)
+        if outcome.denied:
+            return "denied", "startTaskFilter does not allow this task"
+        if outcome.start_failed:
+            return "failed", str(outcome.start_failed[0].get("message", ""))
+        if outcome.invalid:
+            return "invalid", f"no task with id {task_id}"
+        return "started", ""
+
+
+def _iso(moment: float) -> str:
+    return (
+        datetime.datetime.fromtimestamp(moment, datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def check_file(path: Path, *, compat: bool = False, count: int = 3) -> tuple[list[str], bool]:
+    """What ``butler schedules check`` prints for a schedule file: each entry with its next ``count`` fires
+    in its own zone, or what keeps it from running; and whether every entry can run."""
+    try:
+        result = load(path)
+    except ScheduleFileError as exc:
+        return [str(exc)], False
+    lines = [str(problem) for problem in result.problems]
+    ok = not result.problems
+    now = datetime.datetime.now(datetime.UTC)
+    for schedule in result.schedules:
+        zone = schedule.timezone or "UTC"
+        try:
+            cron = Cron.parse(schedule.cronSchedule, zone=zone, compat=compat)
+        except CronError as exc:
+            lines.append(f"{schedule.id} ({schedule.name}): {exc}")
+            ok = False
+            continue
+        fires = ", ".join(
+            fire.astimezone(cron.zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+            for fire in cron.next_fires(now, count)
+        )
+        note = (
+            " (months read differently by upstream)"
+            if not compat and cron.months_differ_under_compat()
+            else ""
+        )
+        lines.append(f"{schedule.id} ({schedule.name}): {schedule.cronSchedule} in {zone}: {fires}{note}")
+    return lines, ok
+
+
+__all__ = ["Job", "Run", "SchedulerService", "check_file"]

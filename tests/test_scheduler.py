@@ -1,0 +1,206 @@
+"""The scheduler in real time against the simulated site: schedules made over REST fire through the task-start
+service (existence, startTaskFilter, QRS's answer), skip a task still running, and survive a restart with
+their state in the schedule file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from butler.config import ENDPOINT_FLAGS
+from tests.conftest import StartButler, run_butler
+from tests.test_task_start import ALLOW, APP1, butler_config, next_run, started_counts
+
+#: "Reload task of App4": not in the allow-list of the task-start filter.
+APP4_TASK = "8b4fe424-d90c-493f-a61d-0ce91cd485c9"
+FLAGS = {flag.split(".", 1)[1]: True for flag in ENDPOINT_FLAGS if flag.startswith("scheduler.")}
+
+
+def scheduler_config(simulator: Any, site_certs: Any, file: Path, filter_on: bool = False) -> dict[str, Any]:
+    document = butler_config(simulator, site_certs, filter_on)
+    document["Butler"]["restServerEndpointsEnable"]["scheduler"] = FLAGS
+    document["Butler"]["scheduler"] = {"enable": True, "configfile": str(file)}
+    return document
+
+
+def schedule(
+    task_id: str, cron: str = "* * * * * *", state: str = "started", **fields: Any
+) -> dict[str, Any]:
+    return {
+        "name": "Every second",
+        "cronSchedule": cron,
+        "timezone": "Europe/Stockholm",
+        "qlikSenseTaskId": task_id,
+        "startupState": state,
+        **fields,
+    }
+
+
+async def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.request(method, url, json=body) as answer:
+        text = await answer.text()
+        try:
+            return answer.status, json.loads(text)
+        except ValueError:
+            return answer.status, text
+
+
+async def runs_until(base: str, ident: str, count: int, seconds: float = 10) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while True:
+        status, answer = await call("GET", f"{base}/v4/schedules/{ident}/runs")
+        assert status == 200, answer
+        if len(answer["runs"]) >= count:
+            return list(answer["runs"])
+        assert time.monotonic() < deadline, answer
+        await asyncio.sleep(0.05)
+
+
+async def test_a_schedule_made_over_rest_starts_its_task(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    base = await start_butler(scheduler_config(simulator, site_certs, tmp_path / "schedule.yaml"))
+    status, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], tags=["t1"]))
+    assert status == 201 and made["lastKnownState"] == "started" and made["tags"] == ["t1"]
+    runs = await runs_until(base, made["id"], 2)
+    assert {run["outcome"] for run in runs} == {"started"}
+    assert (await started_counts(simulator))[APP1["taskId"]] >= 2
+    status, listed = await call("GET", f"{base}/v4/schedules")
+    [entry] = listed
+    assert len(entry["nextFires"]) == 5 and entry["id"] == made["id"]
+    # Stopped, it fires no more.
+    status, _ = await call("PUT", f"{base}/v4/schedules/{made['id']}/stop")
+    assert status == 200
+    await asyncio.sleep(0.2)
+    fired = (await call("GET", f"{base}/v4/schedules/{made['id']}/runs"))[1]["fires"]
+    await asyncio.sleep(1.5)
+    assert (await call("GET", f"{base}/v4/schedules/{made['id']}/runs"))[1]["fires"] == fired
+
+
+async def test_a_task_the_filter_does_not_allow_is_not_started_and_the_refusal_is_recorded(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    assert APP4_TASK not in json.dumps(ALLOW)
+    base = await start_butler(scheduler_config(simulator, site_certs, tmp_path / "s.yaml", filter_on=True))
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(APP4_TASK))
+    [run, *_] = await runs_until(base, made["id"], 1)
+    assert run["outcome"] == "denied"
+    assert APP4_TASK not in await started_counts(simulator)
+
+
+async def test_a_task_still_running_is_skipped(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    await next_run(simulator, APP1["taskId"], outcome="success", durationMs=300_000)  # 3 s at the test scale
+    base = await start_butler(scheduler_config(simulator, site_certs, tmp_path / "s.yaml"))
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"]))
+    runs = await runs_until(base, made["id"], 2)
+    assert [run["outcome"] for run in reversed(runs)][:2] == ["started", "skipped"]
+    assert (await started_counts(simulator))[APP1["taskId"]] == 1
+
+
+async def test_schedules_and_their_state_survive_a_restart(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedule.yaml"
+    document = scheduler_config(simulator, site_certs, file)
+    base = await start_butler(document)
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], cron="0 6 * * 1-5"))
+    status, _ = await call("PUT", f"{base}/v4/schedules/{made['id']}/stop")
+    assert status == 200
+    saved = yaml.safe_load(file.read_text())["butlerSchedule"]
+    assert [(s["id"], s["lastKnownState"]) for s in saved] == [(made["id"], "stopped")]
+    again = await start_butler(document)  # a second Butler reading the same file, as after a restart
+    status, text = await call("GET", f"{again}/v4/schedules?id={made['id']}")
+    assert status == 200
+    [entry] = json.loads(text) if isinstance(text, str) else text
+    assert (entry["lastKnownState"], entry["cronSchedule"], entry["startupState"]) == (
+        "stopped",
+        "0 6 * * 1-5",
+        "started",
+    )
+
+
+async def test_a_cron_or_time_zone_that_cannot_work_is_a_400_naming_it(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    base = await start_butler(scheduler_config(simulator, site_certs, tmp_path / "s.yaml"))
+    for fields, message in (
+        ({"cronSchedule": "0 0 1 13 *"}, "cronSchedule: month 13 is out of range 1-12"),
+        ({"timezone": "Mars/Base"}, "timezone: unknown time zone 'Mars/Base'"),
+        ({"cronSchedule": "0 0 31 2 *"}, "never fires"),
+    ):
+        status, answer = await call("POST", f"{base}/v4/schedules", {**schedule(APP1["taskId"]), **fields})
+        assert status == 400 and message in answer["message"], answer
+    assert (await call("GET", f"{base}/v4/schedules"))[1] == []
+
+
+async def test_an_edit_made_on_disk_is_not_overwritten(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedule.yaml"
+    base = await start_butler(scheduler_config(simulator, site_certs, file))
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], cron="0 6 * * *"))
+    edited = file.read_text().replace("0 6 * * *", "0 7 * * *")
+    file.write_text(edited)  # an admin's edit while Butler runs
+    status, answer = await call("PUT", f"{base}/v4/schedules/{made['id']}/stop")
+    assert status == 409 and "changed on disk" in answer["message"], answer
+    assert file.read_text() == edited
+    # Nothing changed in Butler either.
+    status, listed = await call("GET", f"{base}/v4/schedules")
+    assert [entry["lastKnownState"] for entry in listed] == ["started"]
+
+
+def test_schedules_check_shows_the_next_fires_and_names_entries_that_cannot_run(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "butlerSchedule:\n  - name: Mornings\n    cronSchedule: '0 6 * * 1-5'\n"
+        "    timezone: America/New_York\n    qlikSenseTaskId: t\n    startupState: started\n    id: m\n"
+    )
+    result = run_butler("schedules", "check", str(good), "--count", "2")
+    assert result.returncode == 0, result.stderr
+    [line, verdict] = result.stdout.splitlines()
+    assert (
+        line.startswith("m (Mornings): 0 6 * * 1-5 in America/New_York: ") and line.count("06:00:00 E") == 2
+    )
+    assert verdict == f"{good}: OK"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text() + "  - name: Never\n    cronSchedule: '0 0 31 2 *'\n    timezone: UTC\n"
+                   "    qlikSenseTaskId: t\n    startupState: started\n    id: n\n")  # fmt: skip
+    result = run_butler("schedules", "check", str(bad))
+    assert result.returncode == 1
+    assert "n (Never): cronSchedule: '0 0 31 2 *' never fires" in result.stdout
+
+
+async def test_butlers_sharing_one_redis_fire_each_due_time_once(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """Three Butlers run the same schedule file (a fire every second) on one Redis: each due time starts
+    the task once, by whichever Butler claimed it."""
+    file = tmp_path / "schedule.yaml"
+    file.write_text(
+        "butlerSchedule:\n  - name: Every second\n    cronSchedule: '* * * * * *'\n    timezone: UTC\n"
+        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: every-second\n"
+    )
+    prefix = f"test:{time.monotonic_ns()}:kv:"
+    bases = []
+    for _ in range(3):
+        document = scheduler_config(simulator, site_certs, file)
+        document["Butler"]["keyValueStore"] = {
+            "backend": "redis",
+            "redis": {"url": redis_url, "keyPrefix": prefix},
+        }
+        bases.append(await start_butler(document))
+    await asyncio.sleep(5.5)
+    per_butler = [(await call("GET", f"{base}/v4/schedules/every-second/runs"))[1]["runs"] for base in bases]
+    runs = [run for runs_of_one in per_butler for run in runs_of_one]
+    dues = [run["due"] for run in runs]
+    assert len(dues) >= 4 and len(dues) == len(set(dues))  # each due time once, among all three
+    assert {run["outcome"] for run in runs} == {"started"}
+    assert (await started_counts(simulator))[APP1["taskId"]] == len(runs)
