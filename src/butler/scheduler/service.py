@@ -19,7 +19,6 @@ import heapq
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,8 @@ class Job:
     schedule: Schedule
     cron: Cron | None
     problem: str | None = None
-    runs: deque[Run] = field(default_factory=lambda: deque(maxlen=50))
+    #: The last fires, oldest first (a list, not a deque: ten thousand idle schedules cost no blocks).
+    runs: list[Run] = field(default_factory=list)
     fires: int = 0
     #: Changed on every (re)scheduling, so that stale heap entries are skipped.
     generation: int = 0
@@ -143,7 +143,7 @@ class SchedulerService:
             )
         if not schedule.lastKnownState:
             schedule.lastKnownState = "started" if schedule.startupState in STARTED else "stopped"
-        job = Job(schedule, cron, problem, deque(maxlen=self.history))
+        job = Job(schedule, cron, problem)
         previous = self.jobs.get(schedule.id)
         if previous is not None:  # an update keeps the history
             job.runs.extend(previous.runs)
@@ -267,7 +267,7 @@ class SchedulerService:
             if not await self.claims.claim(schedule.id, due):
                 return  # another Butler sharing the store fires this one
         except ClaimsUnavailable as exc:
-            job.runs.append(Run(due, fired, "failed", str(exc)))
+            self._record(job, Run(due, fired, "failed", str(exc)))
             log.error("schedule %s (%s) not fired: %s", schedule.id, schedule.name, exc)
             return
         log.info("Cron event for schedule ID %s: %s", schedule.id, schedule.name)
@@ -277,7 +277,7 @@ class SchedulerService:
             log.exception("schedule %s: the start of task %s failed", schedule.id, schedule.qlikSenseTaskId)
             outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
         job.fires += 1
-        job.runs.append(Run(due, fired, outcome, detail))
+        self._record(job, Run(due, fired, outcome, detail))
         level = logging.INFO if outcome in ("started", "skipped") else logging.WARNING
         log.log(
             level,
@@ -288,6 +288,10 @@ class SchedulerService:
             outcome,
             detail,
         )
+
+    def _record(self, job: Job, run: Run) -> None:
+        job.runs.append(run)
+        del job.runs[: -self.history]
 
     async def _start(self, task_id: str) -> tuple[str, str]:
         starter = self.starter

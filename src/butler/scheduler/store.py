@@ -601,7 +601,10 @@ class ScheduleFile:
         async with self._lock:
             result = await asyncio.to_thread(load, self.path)
             self._known = result.fingerprint
-            self._document = result.document
+            # The entries are written from the schedules: the keys around the list and its place are kept.
+            self._document = {
+                key: None if key == ROOT_KEY else value for key, value in result.document.items()
+            }
             self._left_out = result.left_out
             return result
 
