@@ -5,6 +5,7 @@ their state in the schedule file."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 from pathlib import Path
@@ -204,3 +205,45 @@ async def test_butlers_sharing_one_redis_fire_each_due_time_once(
     assert len(dues) >= 4 and len(dues) == len(set(dues))  # each due time once, among all three
     assert {run["outcome"] for run in runs} == {"started"}
     assert (await started_counts(simulator))[APP1["taskId"]] == len(runs)
+
+
+async def test_overlap_allow_starts_a_running_task_again(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    await next_run(simulator, APP1["taskId"], outcome="success", durationMs=300_000)
+    base = await start_butler(scheduler_config(simulator, site_certs, tmp_path / "s.yaml"))
+    status, answer = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], overlap="sometimes"))
+    assert (status, answer["message"]) == (400, "body/overlap must be equal to one of the allowed values")
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], overlap="allow"))
+    runs = await runs_until(base, made["id"], 2)
+    assert [run["outcome"] for run in runs][:2] == ["started", "started"]
+    assert (await started_counts(simulator))[APP1["taskId"]] >= 2
+
+
+async def test_a_fire_missed_while_butler_was_down_is_made_once_with_run_once(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    missed = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=3)
+    cron = f"{missed.second} {missed.minute} {missed.hour} * * *"
+    file = tmp_path / "schedule.yaml"
+    entries = []
+    for ident, rule in (("once", "runOnce"), ("skipped", "skip")):
+        entries.append(
+            {
+                "name": ident,
+                "cronSchedule": cron,
+                "timezone": "UTC",
+                "qlikSenseTaskId": APP1["taskId"],
+                "startupState": "started",
+                "id": ident,
+                "misfire": rule,
+                "misfireGraceSeconds": 60,
+            }
+        )
+    file.write_text(yaml.safe_dump({"butlerSchedule": entries}))
+    base = await start_butler(scheduler_config(simulator, site_certs, file))
+    [run] = await runs_until(base, "once", 1)
+    assert run["outcome"] == "started" and run["due"].startswith(missed.strftime("%Y-%m-%dT%H:%M:%S"))
+    await asyncio.sleep(0.5)
+    assert (await call("GET", f"{base}/v4/schedules/skipped/runs"))[1]["runs"] == []
+    assert (await started_counts(simulator))[APP1["taskId"]] == 1

@@ -32,6 +32,14 @@ from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler.scheduler")
 
+#: What a schedule may say (additions to upstream's fields): ``overlap`` (a fire while the task still runs:
+#: ``skip`` it, or ``allow`` the start, which Sense then ignores) and ``misfire`` (a fire due while Butler
+#: was down: ``skip`` it, or ``runOnce`` at start-up when it was due within ``misfireGraceSeconds``).
+RULES = {"overlap": ("skip", "allow"), "misfire": ("skip", "runOnce")}
+#: How long after its due time a fire missed while Butler was down may still be made (``runOnce``).
+DEFAULT_GRACE_SECONDS = 300.0
+#: Due times looked through for the last one missed (a per-second schedule with a 300 s grace has 300).
+MAX_MISSED_LOOKUP = 100_000
 #: Task states in which a start would do nothing but be ignored by Sense's scheduler.
 RUNNING_STATES = frozenset({1, 2, 3, 4, 5})
 STARTED = frozenset({"start", "started"})
@@ -113,6 +121,7 @@ class SchedulerService:
                     log.error("scheduler: %s; that schedule is not run", problem)
                 for schedule in result.schedules:
                     self._add(schedule)
+                self._run_missed()
                 log.info("scheduler: %d schedules read from %s", len(result.schedules), self.file.path)
         self._loop_task = asyncio.get_running_loop().create_task(self._timer())
 
@@ -152,6 +161,26 @@ class SchedulerService:
         self.jobs[schedule.id] = job
         self._plan(job)
         return job
+
+    def _run_missed(self) -> None:
+        """``misfire: runOnce``: the last fire due while Butler was down, if within the grace, is made now
+        (once: it is claimed like any fire, so a Butler that did fire it before stopping is not repeated
+        where the claims are kept in a shared store)."""
+        now = self._clock()
+        for job in self.jobs.values():
+            if not job.running or job.schedule.extra.get("misfire") != "runOnce" or job.cron is None:
+                continue
+            grace = self._grace(job.schedule)
+            moment, missed = datetime.datetime.fromtimestamp(now - grace, datetime.UTC), None
+            for _ in range(MAX_MISSED_LOOKUP):
+                due = job.cron.next_after(moment)
+                if due.timestamp() > now:
+                    break
+                missed, moment = due.timestamp(), due
+            if missed is not None:
+                fire = asyncio.get_running_loop().create_task(self._fire(job, missed))
+                self._fires.add(fire)
+                fire.add_done_callback(self._fires.discard)
 
     def _plan(self, job: Job) -> None:
         job.generation += 1
@@ -198,6 +227,14 @@ class SchedulerService:
             self._parse(schedule)
         except CronError as exc:
             raise BadRequest(str(exc)) from None
+        for name, allowed in RULES.items():
+            value = schedule.extra.get(name, allowed[0])
+            if value not in allowed:
+                raise BadRequest(f"{name} must be {' or '.join(allowed)}, not {value!r}", at="")
+
+    def _grace(self, schedule: Schedule) -> float:
+        value = schedule.extra.get("misfireGraceSeconds", DEFAULT_GRACE_SECONDS)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
     async def delete(self, ident: str) -> None:
         self.get(ident)
@@ -272,7 +309,9 @@ class SchedulerService:
             return
         log.info("Cron event for schedule ID %s: %s", schedule.id, schedule.name)
         try:
-            outcome, detail = await self._start(schedule.qlikSenseTaskId)
+            outcome, detail = await self._start(
+                schedule.qlikSenseTaskId, schedule.extra.get("overlap") == "allow"
+            )
         except Exception as exc:  # a fault must not stop the schedule
             log.exception("schedule %s: the start of task %s failed", schedule.id, schedule.qlikSenseTaskId)
             outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
@@ -293,14 +332,14 @@ class SchedulerService:
         job.runs.append(run)
         del job.runs[: -self.history]
 
-    async def _start(self, task_id: str) -> tuple[str, str]:
+    async def _start(self, task_id: str, overlap: bool = False) -> tuple[str, str]:
         starter = self.starter
         if starter is None:
             return "failed", "Qlik Sense cannot be reached: Butler.cert is not set"
         found = await starter.repository.task_with_last_result(task_id)
         if found is None:
             return "invalid", f"no task with id {task_id}"
-        if found.last_result.status in RUNNING_STATES:
+        if found.last_result.status in RUNNING_STATES and not overlap:
             return "skipped", "the task is still running from an earlier start"
         outcome = await starter.start(task_id, [], all_ids_must_exist=True)
         if outcome.denied:
