@@ -72,6 +72,15 @@ async def test_a_schedule_made_over_rest_starts_its_task(
     runs = await runs_until(base, made["id"], 2)
     assert {run["outcome"] for run in runs} == {"started"}
     assert (await started_counts(simulator))[APP1["taskId"]] >= 2
+    # Each started run is followed until it ended: its status and execution result are noted.
+    async with asyncio.timeout(10):
+        while True:
+            runs = (await call("GET", f"{base}/v4/schedules/{made['id']}/runs"))[1]["runs"]
+            ended = [run for run in runs if run["status"]]
+            if ended:
+                break
+            await asyncio.sleep(0.2)
+    assert ended[0]["status"] == "FinishedSuccess" and ended[0]["executionResultId"]
     status, listed = await call("GET", f"{base}/v4/schedules")
     [entry] = listed
     assert len(entry["nextFires"]) == 5 and entry["id"] == made["id"]

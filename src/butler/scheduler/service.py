@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from butler.errors import BadRequest, NotFound
+from butler.executions import FINAL, STATUS_NAMES
+from butler.qlik.qrs import QrsError
 from butler.scheduler.claims import ClaimsUnavailable, FireClaims, LocalClaims
 from butler.scheduler.cron import Cron, CronError
 from butler.scheduler.store import Schedule, ScheduleFile, ScheduleFileError, load
@@ -38,6 +40,10 @@ log = logging.getLogger("butler.scheduler")
 RULES = {"overlap": ("skip", "allow"), "misfire": ("skip", "runOnce")}
 #: How long after its due time a fire missed while Butler was down may still be made (``runOnce``).
 DEFAULT_GRACE_SECONDS = 300.0
+#: How long a started run is followed at most (seconds): a reload running longer ends unrecorded.
+FOLLOW_LIMIT = 6 * 3600.0
+#: Butler's and Sense's clocks may differ by this much (seconds) when matching a run to its fire.
+CLOCK_SLACK = 5.0
 #: Due times looked through for the last one missed (a per-second schedule with a 300 s grace has 300).
 MAX_MISSED_LOOKUP = 100_000
 #: Task states in which a start would do nothing but be ignored by Sense's scheduler.
@@ -53,6 +59,9 @@ class Run:
     fired: float
     outcome: str  # started, skipped, denied, invalid, failed
     detail: str = ""
+    #: How the started run ended (QRS's status name) and its execution result, once known.
+    status: str | None = None
+    execution_result_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +69,8 @@ class Run:
             "fired": _iso(self.fired),
             "outcome": self.outcome,
             "detail": self.detail,
+            "status": self.status,
+            "executionResultId": self.execution_result_id,
         }
 
 
@@ -92,8 +103,11 @@ class SchedulerService:
         compat: bool = False,
         history: int = 50,
         claims: FireClaims | None = None,
+        follow_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        #: How often a started run is asked about until it ended.
+        self.follow_seconds = follow_seconds
         self.file = file
         self.starter = starter
         self.claims: FireClaims = claims or LocalClaims()
@@ -316,7 +330,10 @@ class SchedulerService:
             log.exception("schedule %s: the start of task %s failed", schedule.id, schedule.qlikSenseTaskId)
             outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
         job.fires += 1
-        self._record(job, Run(due, fired, outcome, detail))
+        run = Run(due, fired, outcome, detail)
+        self._record(job, run)
+        if outcome == "started":
+            await self._follow(run, schedule.qlikSenseTaskId)
         level = logging.INFO if outcome in ("started", "skipped") else logging.WARNING
         log.log(
             level,
@@ -327,6 +344,26 @@ class SchedulerService:
             outcome,
             detail,
         )
+
+    async def _follow(self, run: Run, task_id: str) -> None:
+        """Ask QRS about the task's last run until it ended (for at most FOLLOW_LIMIT), and note how."""
+        starter = self.starter
+        assert starter is not None
+        deadline = self._clock() + FOLLOW_LIMIT
+        while self._clock() < deadline:
+            await asyncio.sleep(self.follow_seconds)
+            try:
+                found = await starter.repository.task_with_last_result(task_id)
+            except (QrsError, TimeoutError):
+                continue  # asked again at the next round
+            result = found.last_result if found is not None else None
+            if result is None or result.status not in FINAL or not _since(result.start_time, run.fired):
+                continue
+            run.status = (
+                STATUS_NAMES[result.status] if result.status < len(STATUS_NAMES) else str(result.status)
+            )
+            run.execution_result_id = result.id
+            return
 
     def _record(self, job: Job, run: Run) -> None:
         job.runs.append(run)
@@ -349,6 +386,17 @@ class SchedulerService:
         if outcome.invalid:
             return "invalid", f"no task with id {task_id}"
         return "started", ""
+
+
+def _since(start_time: str | None, fired: float) -> bool:
+    """Whether a run that started at ``start_time`` (QRS's ISO time) is the one a fire at ``fired`` began."""
+    if not start_time:
+        return False
+    try:
+        started = datetime.datetime.fromisoformat(start_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return started >= fired - CLOCK_SLACK
 
 
 def _iso(moment: float) -> str:
