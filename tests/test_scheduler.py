@@ -151,20 +151,24 @@ async def test_a_cron_or_time_zone_that_cannot_work_is_a_400_naming_it(
     assert (await call("GET", f"{base}/v4/schedules"))[1] == []
 
 
-async def test_an_edit_made_on_disk_is_not_overwritten(
+async def test_an_edit_made_on_disk_is_read_not_overwritten(
     start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
 ) -> None:
     file = tmp_path / "schedule.yaml"
     base = await start_butler(scheduler_config(simulator, site_certs, file))
     _, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], cron="0 6 * * *"))
-    edited = file.read_text().replace("0 6 * * *", "0 7 * * *")
-    file.write_text(edited)  # an admin's edit while Butler runs
-    status, answer = await call("PUT", f"{base}/v4/schedules/{made['id']}/stop")
-    assert status == 409 and "changed on disk" in answer["message"], answer
-    assert file.read_text() == edited
-    # Nothing changed in Butler either.
-    status, listed = await call("GET", f"{base}/v4/schedules")
-    assert [entry["lastKnownState"] for entry in listed] == ["started"]
+    file.write_text(file.read_text().replace("0 6 * * *", "0 7 * * *"))  # an admin's edit while Butler runs
+    async with asyncio.timeout(10):
+        while True:
+            [entry] = (await call("GET", f"{base}/v4/schedules"))[1]
+            if entry["cronSchedule"] == "0 7 * * *":
+                break
+            await asyncio.sleep(0.1)
+    assert entry["nextFires"][0].endswith(":00:00.000Z")
+    status, _ = await call("PUT", f"{base}/v4/schedules/{made['id']}/stop")
+    assert status == 200
+    [saved] = yaml.safe_load(file.read_text())["butlerSchedule"]
+    assert (saved["cronSchedule"], saved["lastKnownState"]) == ("0 7 * * *", "stopped")
 
 
 def test_schedules_check_shows_the_next_fires_and_names_entries_that_cannot_run(tmp_path: Path) -> None:

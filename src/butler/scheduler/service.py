@@ -104,8 +104,12 @@ class SchedulerService:
         history: int = 50,
         claims: FireClaims | None = None,
         follow_seconds: float = 2.0,
+        watch_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        #: How often the file is looked at for edits made while Butler runs.
+        self.watch_seconds = watch_seconds
+        self._watcher: asyncio.Task[None] | None = None
         #: How often a started run is asked about until it ended.
         self.follow_seconds = follow_seconds
         self.file = file
@@ -138,9 +142,11 @@ class SchedulerService:
                 self._run_missed()
                 log.info("scheduler: %d schedules read from %s", len(result.schedules), self.file.path)
         self._loop_task = asyncio.get_running_loop().create_task(self._timer())
+        if load_file:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
-        tasks = [t for t in (self._loop_task, *self._fires) if t is not None]
+        tasks = [t for t in (self._loop_task, self._watcher, *self._fires) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -175,6 +181,31 @@ class SchedulerService:
         self.jobs[schedule.id] = job
         self._plan(job)
         return job
+
+    async def _watch(self) -> None:
+        """An edit made to the file while Butler runs is read: schedules added, changed or removed there
+        are so here too (the histories of the others stay)."""
+        while True:
+            await asyncio.sleep(self.watch_seconds)
+            if not await asyncio.to_thread(self.file.changed_on_disk):
+                continue
+            try:
+                result = await self.file.load()
+            except ScheduleFileError as exc:
+                log.error(
+                    "scheduler: the edited file cannot be read: %s; the schedules run as they were", exc
+                )
+                continue
+            for problem in result.problems:
+                log.error("scheduler: %s; that schedule is not run", problem)
+            read = {schedule.id: schedule for schedule in result.schedules}
+            for ident in [i for i in self.jobs if i not in read]:
+                del self.jobs[ident]
+            for schedule in result.schedules:
+                job = self.jobs.get(schedule.id)
+                if job is None or job.schedule.as_dict() != schedule.as_dict():
+                    self._add(schedule)
+            log.info("scheduler: %s was edited; %d schedules read from it", self.file.path, len(read))
 
     def _run_missed(self) -> None:
         """``misfire: runOnce``: the last fire due while Butler was down, if within the grace, is made now
