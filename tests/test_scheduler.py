@@ -260,3 +260,33 @@ async def test_a_fire_missed_while_butler_was_down_is_made_once_with_run_once(
     await asyncio.sleep(0.5)
     assert (await call("GET", f"{base}/v4/schedules/skipped/runs"))[1]["runs"] == []
     assert (await started_counts(simulator))[APP1["taskId"]] == 1
+
+
+async def test_a_fire_that_starts_nothing_raises_an_alert(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path, receivers: Any
+) -> None:
+    hook = await receivers()
+    document = scheduler_config(simulator, site_certs, tmp_path / "s.yaml")
+    document["Butler"]["webhookNotification"] = {
+        "enable": True,
+        "reloadTaskFailure": {
+            "webhooks": [{"description": "ops", "webhookURL": hook.url, "httpMethod": "POST"}]
+        },
+    }
+    base = await start_butler(document)
+    unknown = "00000000-0000-4000-8000-00000000dead"
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(unknown))
+    [run, *_] = await runs_until(base, made["id"], 1)
+    assert run["outcome"] == "invalid"
+    async with asyncio.timeout(10):
+        while True:
+            if hook.got:
+                break
+            await asyncio.sleep(0.05)
+    body = hook.got[0][2]
+    assert (body["event"], body["taskId"]) == ("Qlik Sense reload failed", unknown)
+    assert body["logMessage"].startswith(
+        "Butler's scheduled start of this task failed: invalid: no task with id"
+    )
+    await asyncio.sleep(1.5)
+    assert len(hook.got) == 1  # the next fires fail too, within the webhook's rate limit for the task

@@ -145,6 +145,7 @@ async def _scheduler(services: Services, exits: AsyncExitStack) -> None:
         compat=settings.compat,
         history=settings.history,
         claims=fire_claims(services.settings),
+        on_failure=services.alerts.start_failed if services.alerts is not None else None,
     )
     await scheduler.open(load_file=settings.enable)
     exits.push_async_callback(scheduler.close)
@@ -178,9 +179,9 @@ OPENERS: dict[str, Opener] = {
     "task_starter": _task_starter,
     "mqtt": _mqtt,
     "apps": _apps,
-    "scheduler": _scheduler,
-    # Before events: at shutdown the event bus hands what it holds to the alerts, then they close.
+    # Before the scheduler and events: both hand alerts over, and close before the alerts do.
     "alerts": _alerts,
+    "scheduler": _scheduler,
     "events": _events,
     "slack": _slack,
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from butler.alerts.outbox import AlertInfo, OutboxUnavailable
 from butler.alerts.script_logs import prune_script_logs, store_script_log
 from butler.config.alerts import AlertSettings
 from butler.events.bus import EventBus
+from butler.events.parsing import TaskEvent
 from butler.events.task_outcomes import TaskOutcome
 from butler.logs import Throttle
 from butler.qlik.qrs import QrsError
@@ -46,6 +48,8 @@ BUILDERS: dict[Channel, Builder] = {
     "newrelic": newrelic.build,
 }
 
+#: The message type of a failed start Butler made itself (the scheduler's).
+SCHEDULED_START = "/butler-scheduled-start-failed/"
 #: How often script logs past their retention are removed (seconds).
 PRUNE_INTERVAL = 6 * 3600.0
 #: App owners' e-mail addresses are read from QRS again after this long (seconds).
@@ -128,6 +132,37 @@ class AlertService:
         task = asyncio.get_running_loop().create_task(self._alert(outcome))
         self._running.add(task)
         task.add_done_callback(self._done)
+
+    async def start_failed(self, task_id: str, problem: str, ident: str) -> None:
+        """A start Butler itself made (a schedule's fire) did not happen: alerted as a failed run of that
+        task, through the channels configured for failures, the log message saying why (``ident`` makes
+        the alert unique: the schedule and the due time)."""
+        task: dict[str, Any] | None = None
+        app: dict[str, Any] | None = None
+        if self.repository is not None:
+            try:
+                found = await self.repository.task_metadata([task_id])
+                task = found[0] if found else None
+                app_id = str(((task or {}).get("app") or {}).get("id") or "")
+                apps = await self.repository.app_metadata([app_id]) if app_id else []
+                app = apps[0] if apps else None
+            except (QrsError, TimeoutError) as exc:
+                log.warning("the task of a failed scheduled start not read from QRS: %s", exc)
+        event = TaskEvent(
+            outcome="failed",
+            message_type=SCHEDULED_START,
+            host=socket.gethostname(),
+            task_name=str((task or {}).get("name") or task_id),
+            app_name=str((app or {}).get("name") or ""),
+            user="",
+            task_id=task_id,
+            app_id=str((app or {}).get("id") or ""),
+            timestamp=time.strftime("%Y-%m-%d %H:%M:%S,000"),
+            level="ERROR",
+            execution_id=ident,
+            message=f"Butler's scheduled start of this task failed: {problem}",
+        )
+        await self.handle(TaskOutcome(event, task=task, app=app))
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

@@ -19,7 +19,7 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ log = logging.getLogger("butler.scheduler")
 RULES = {"overlap": ("skip", "allow"), "misfire": ("skip", "runOnce")}
 #: How long after its due time a fire missed while Butler was down may still be made (``runOnce``).
 DEFAULT_GRACE_SECONDS = 300.0
+#: Fire outcomes that are alerted: the task did not start (refused by QRS, unknown, not allowed).
+FAILED = frozenset({"failed", "invalid", "denied"})
 #: How long a started run is followed at most (seconds): a reload running longer ends unrecorded.
 FOLLOW_LIMIT = 6 * 3600.0
 #: Butler's and Sense's clocks may differ by this much (seconds) when matching a run to its fire.
@@ -105,8 +107,11 @@ class SchedulerService:
         claims: FireClaims | None = None,
         follow_seconds: float = 2.0,
         watch_seconds: float = 2.0,
+        on_failure: Callable[[str, str, str], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        #: Told of a fire that did not start its task (task id, why, the fire's id): the alerts.
+        self.on_failure = on_failure
         #: How often the file is looked at for edits made while Butler runs.
         self.watch_seconds = watch_seconds
         self._watcher: asyncio.Task[None] | None = None
@@ -363,6 +368,13 @@ class SchedulerService:
         job.fires += 1
         run = Run(due, fired, outcome, detail)
         self._record(job, run)
+        if outcome in FAILED and self.on_failure is not None:
+            try:
+                await self.on_failure(
+                    schedule.qlikSenseTaskId, f"{outcome}: {detail}", f"{schedule.id}:{int(due)}"
+                )
+            except Exception:  # the alert's fault must not stop the schedule
+                log.exception("schedule %s: the alert of its failed start could not be made", schedule.id)
         if outcome == "started":
             await self._follow(run, schedule.qlikSenseTaskId)
         level = logging.INFO if outcome in ("started", "skipped") else logging.WARNING
