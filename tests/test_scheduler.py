@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import aiohttp
 import yaml
 
 from butler.config import ENDPOINT_FLAGS
-from tests.conftest import StartButler, run_butler
+from tests.conftest import StartButler, free_port, run_butler, write_config
 from tests.test_task_start import ALLOW, APP1, butler_config, next_run, started_counts
 
 #: "Reload task of App4": not in the allow-list of the task-start filter.
@@ -290,3 +291,51 @@ async def test_a_fire_that_starts_nothing_raises_an_alert(
     )
     await asyncio.sleep(1.5)
     assert len(hook.got) == 1  # the next fires fail too, within the webhook's rate limit for the task
+
+
+async def test_killing_the_butler_that_fired_last_misses_no_fire(
+    simulator: Any, site_certs: Any, tmp_path: Path, redis_url: str, butler_process: Any
+) -> None:
+    """Two Butler processes share a schedule (a fire every second) on one Redis; the one that fired last is
+    killed: the other fires the next due times, each once."""
+    file = tmp_path / "schedule.yaml"
+    file.write_text(
+        "butlerSchedule:\n  - name: Every second\n    cronSchedule: '* * * * * *'\n    timezone: UTC\n"
+        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: every-second\n"
+    )
+    prefix = f"test:{time.monotonic_ns()}:kv:"
+    butlers = []
+    for _ in range(2):
+        document = scheduler_config(simulator, site_certs, file)
+        port = free_port()
+        document["Butler"]["restServerConfig"]["serverPort"] = port
+        document["Butler"]["keyValueStore"] = {
+            "backend": "redis",
+            "redis": {"url": redis_url, "keyPrefix": prefix},
+        }
+        process = butler_process("serve", "-c", str(write_config(tmp_path / f"butler-{port}.yaml", document)))
+        await asyncio.to_thread(process.wait_for_port, port)
+        butlers.append((process, f"http://127.0.0.1:{port}"))
+
+    async def runs_of(base: str) -> list[dict[str, Any]]:
+        return list((await call("GET", f"{base}/v4/schedules/every-second/runs"))[1]["runs"])
+
+    await asyncio.sleep(4)
+    before = [await runs_of(base) for _, base in butlers]
+    latest = max(range(2), key=lambda i: max((run["due"] for run in before[i]), default=""))
+    killed, survivor = butlers[latest], butlers[1 - latest]
+    killed[0].proc.kill()
+    killed_at = datetime.datetime.now(datetime.UTC)
+    killed[0].proc.wait(10)
+    await asyncio.sleep(4)
+    after = await runs_of(survivor[1])
+    # Fired once each: no due time in both Butlers' histories.
+    assert not {run["due"] for run in before[latest]} & {run["due"] for run in after}
+    # From the kill on, the survivor fires every second, the first within a second and a half.
+    since = sorted(
+        due
+        for due in (datetime.datetime.fromisoformat(run["due"].replace("Z", "+00:00")) for run in after)
+        if due > killed_at
+    )
+    assert len(since) >= 3 and since[0] - killed_at < datetime.timedelta(seconds=1.5), since
+    assert all(b - a == datetime.timedelta(seconds=1) for a, b in itertools.pairwise(since)), since
