@@ -1,8 +1,8 @@
 """Benchmark of the scheduler: 10,000 schedules loaded from a file, and 100 schedules firing in one second.
 
 1. Start-up: Butler with a schedule file of ``--schedules`` daily schedules in ten time zones, against Butler
-   without one: time to the first answer (target < 1 s), memory added (target < 50 MB), CPU while idle for
-   10 s (target < 1 % of a core).
+   without one: time to the first answer and until every schedule runs (target < 1 s), memory added
+   (target < 50 MB), CPU while idle for 10 s (target < 1 % of a core).
 2. Fire accuracy: 100 schedules firing in the same second (every 5 s, for 30 s): lateness from the due
    time to the fire (``fired`` - ``due`` of each run, ``GET /v4/schedules/{id}/runs``), target p99 < 100 ms.
    They start one task, so most fires find it running and are recorded as skipped: the lateness is the
@@ -97,30 +97,38 @@ def main() -> int:
         qrs = {"host": "localhost", "port": qrs_port, "rejectUnauthorized": True}
 
         def run(file: Path | None) -> tuple[float, float, float, subprocess.Popen[bytes]]:
+            """Seconds to the first answer and, with a file, to its schedules running; memory; idle CPU."""
             port = free_port()
             sections: dict[str, object] = {"configQRS": qrs, "restServerEndpointsEnable": endpoints}
             if file is not None:
                 sections["scheduler"] = {"enable": True, "configfile": str(file)}
             config = write_butler_config(workdir / f"butler-{port}.yaml", port, flags, certs, **sections)
+            started[0] = time.perf_counter()
             butler = start_butler(config, server_core)
             processes.append(butler)
             took = first_answer(f"http://127.0.0.1:{port}/v4/butlerping", 30)
+            if file is not None:
+                # The last schedule's runs answer once the file is read and every timer runs.
+                get(f"http://127.0.0.1:{port}/v4/schedules/bench-{args.schedules - 1}/runs")
+                loaded.append(time.perf_counter() - started[0])
             time.sleep(2)
             before = cpu_seconds(butler.pid)
             time.sleep(10)
             idle = (cpu_seconds(butler.pid) - before) / 10 * 100
             return took, rss_mb(butler.pid), idle, butler
 
+        started, loaded = [0.0], []
         # 1. Start-up with and without the schedules
         _, plain_rss, _, plain = run(None)
         plain.terminate()
         many = workdir / "many.yaml"
         schedule_file(many, args.schedules, "{minute} {hour} * * *")
         took, rss, idle, butler = run(many)
-        ok = took < 1 and rss - plain_rss < 50 and idle < 1
+        ok = loaded[0] < 1 and rss - plain_rss < 50 and idle < 1
         failures += [] if ok else ["start-up"]
         print(
-            f"{args.schedules:,} schedules: first answer after {took:.2f} s (target < 1 s), memory "
+            f"{args.schedules:,} schedules: first answer after {took:.2f} s, every schedule running after "
+            f"{loaded[0]:.2f} s (target < 1 s), memory "
             f"{rss:.0f} MB against {plain_rss:.0f} MB without (+{rss - plain_rss:.0f} MB, target < 50), "
             f"idle CPU {idle:.2f} % of a core (target < 1 %) {'ok' if ok else 'BELOW TARGET'}"
         )

@@ -51,6 +51,7 @@ def routes(services: Services) -> list[Route]:
         return entry
 
     async def get_schedules(request: ApiRequest) -> Reply:
+        await scheduler().ready()
         ident = request.query.get("id")
         if ident is None:
             return json_reply([listed(job) for job in scheduler().jobs.values()])
@@ -98,6 +99,7 @@ def routes(services: Services) -> list[Route]:
         return change
 
     async def status(request: ApiRequest) -> Reply:
+        await scheduler().ready()
         lines = [
             f"'{job.schedule.id}': {job.schedule.cronSchedule}: {'Running' if job.running else 'Stopped'}"
             for job in scheduler().jobs.values()
@@ -106,6 +108,7 @@ def routes(services: Services) -> list[Route]:
         return Reply(200, ("{\n" + "".join(line + "\n" for line in lines) + "}").encode(), TEXT_TYPE)
 
     async def runs(request: ApiRequest) -> Reply:
+        await scheduler().ready()
         ident = request.params["scheduleId"]
         job = scheduler().get(ident)
         return json_reply(

@@ -115,6 +115,7 @@ class SchedulerService:
         #: How often the file is looked at for edits made while Butler runs.
         self.watch_seconds = watch_seconds
         self._watcher: asyncio.Task[None] | None = None
+        self._ready: asyncio.Task[None] | None = None
         #: How often a started run is asked about until it ended.
         self.follow_seconds = follow_seconds
         self.file = file
@@ -132,8 +133,17 @@ class SchedulerService:
     # -- life ---------------------------------------------------------------------------------------------
 
     async def open(self, load_file: bool) -> None:
-        """Read the schedule file (when ``load_file``) and start the timers. A file that cannot be read is
-        said once with its line; Butler runs with no schedules, and does not overwrite that file."""
+        """Start reading the schedule file (when ``load_file``) and then the timers, without waiting: a large
+        file takes a second or two, and the rest of Butler need not wait for it. Whatever asks about the
+        schedules meanwhile waits until they are read (``ready``)."""
+        self._ready = asyncio.get_running_loop().create_task(self._begin(load_file))
+
+    async def ready(self) -> None:
+        """Return once the schedule file has been read and the timers run."""
+        if self._ready is not None:
+            await asyncio.shield(self._ready)
+
+    async def _begin(self, load_file: bool) -> None:
         if load_file:
             try:
                 result = await self.file.load()
@@ -146,12 +156,13 @@ class SchedulerService:
                     self._add(schedule)
                 self._run_missed()
                 log.info("scheduler: %d schedules read from %s", len(result.schedules), self.file.path)
-        self._loop_task = asyncio.get_running_loop().create_task(self._timer())
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._timer())
         if load_file:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            self._watcher = loop.create_task(self._watch())
 
     async def close(self) -> None:
-        tasks = [t for t in (self._loop_task, self._watcher, *self._fires) if t is not None]
+        tasks = [t for t in (self._ready, self._loop_task, self._watcher, *self._fires) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -250,6 +261,7 @@ class SchedulerService:
     async def create(self, fields: dict[str, Any]) -> Job:
         """A new schedule from a request's fields (``id`` and ``created`` are Butler's); BadRequest naming the
         field when its cron or time zone cannot work."""
+        await self.ready()
         schedule = Schedule.from_dict(
             {
                 **fields,
@@ -264,6 +276,7 @@ class SchedulerService:
 
     async def update(self, ident: str, fields: dict[str, Any]) -> Job:
         """Replace a schedule's fields, keeping its id, created time and state."""
+        await self.ready()
         old = self.get(ident).schedule
         schedule = Schedule.from_dict(
             {**fields, "id": old.id, "created": old.created, "lastKnownState": old.lastKnownState}
@@ -287,11 +300,13 @@ class SchedulerService:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
     async def delete(self, ident: str) -> None:
+        await self.ready()
         self.get(ident)
         await self.file.save([job.schedule for job in self.jobs.values() if job.schedule.id != ident])
         del self.jobs[ident]
 
     async def set_state(self, ident: str, state: str) -> Job:
+        await self.ready()
         job = self.get(ident)
         await self._save_with(dataclasses.replace(job.schedule, lastKnownState=state))
         job.schedule.lastKnownState = state
@@ -299,6 +314,7 @@ class SchedulerService:
         return job
 
     async def set_all(self, state: str) -> list[Job]:
+        await self.ready()
         await self.file.save(
             [dataclasses.replace(j.schedule, lastKnownState=state) for j in self.jobs.values()]
         )
