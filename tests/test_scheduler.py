@@ -190,7 +190,7 @@ def test_schedules_check_shows_the_next_fires_and_names_entries_that_cannot_run(
                    "    qlikSenseTaskId: t\n    startupState: started\n    id: n\n")  # fmt: skip
     result = run_butler("schedules", "check", str(bad))
     assert result.returncode == 1
-    assert "n (Never): cronSchedule: '0 0 31 2 *' never fires" in result.stdout
+    assert "n (Never), line 9: cronSchedule: '0 0 31 2 *' never fires" in result.stdout
 
 
 async def test_butlers_sharing_one_redis_fire_each_due_time_once(
@@ -339,3 +339,24 @@ async def test_killing_the_butler_that_fired_last_misses_no_fire(
     )
     assert len(since) >= 3 and since[0] - killed_at < datetime.timedelta(seconds=1.5), since
     assert all(b - a == datetime.timedelta(seconds=1) for a, b in itertools.pairwise(since)), since
+
+
+async def test_an_entry_that_cannot_run_is_named_with_its_line_and_the_others_run(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path, caplog: Any
+) -> None:
+    file = tmp_path / "schedule.yaml"
+    file.write_text(
+        "butlerSchedule:\n"
+        "  - name: Bad month\n    cronSchedule: '0 0 1 13 *'\n    timezone: UTC\n"
+        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: bad\n"
+        "  - name: Every second\n    cronSchedule: '* * * * * *'\n    timezone: UTC\n"
+        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: good\n"
+    )
+    base = await start_butler(scheduler_config(simulator, site_certs, file))
+    await runs_until(base, "good", 1)
+    listed = {entry["id"]: entry for entry in (await call("GET", f"{base}/v4/schedules"))[1]}
+    assert (
+        listed["bad"]["problem"] == "cronSchedule: month 13 is out of range 1-12"
+        and listed["bad"]["nextFires"] == []
+    )
+    assert f"{file}, line 3: schedule bad (Bad month) is not run: cronSchedule: month 13" in caplog.text

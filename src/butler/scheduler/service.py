@@ -153,7 +153,7 @@ class SchedulerService:
                 for problem in result.problems:
                     log.error("scheduler: %s; that schedule is not run", problem)
                 for schedule in result.schedules:
-                    self._add(schedule)
+                    self._add(schedule, result.cron_lines.get(schedule.id))
                 self._run_missed()
                 log.info("scheduler: %d schedules read from %s", len(result.schedules), self.file.path)
         loop = asyncio.get_running_loop()
@@ -173,13 +173,14 @@ class SchedulerService:
     def _parse(self, schedule: Schedule) -> Cron:
         return Cron.parse(schedule.cronSchedule, zone=schedule.timezone or "UTC", compat=self.compat)
 
-    def _add(self, schedule: Schedule) -> Job:
+    def _add(self, schedule: Schedule, line: int | None = None) -> Job:
         try:
             cron: Cron | None = self._parse(schedule)
             problem = None
         except CronError as exc:
             cron, problem = None, str(exc)
-            log.error("schedule %s (%s) is not run: %s", schedule.id, schedule.name, exc)
+            where = f"{self.file.path}, line {line}: " if line is not None else ""
+            log.error("scheduler: %sschedule %s (%s) is not run: %s", where, schedule.id, schedule.name, exc)
         if cron is not None and self.compat and cron.months_differ_under_compat():
             log.warning(
                 "schedule %s (%s): its months read as upstream reads them (0 = January)",
@@ -220,7 +221,7 @@ class SchedulerService:
             for schedule in result.schedules:
                 job = self.jobs.get(schedule.id)
                 if job is None or job.schedule.as_dict() != schedule.as_dict():
-                    self._add(schedule)
+                    self._add(schedule, result.cron_lines.get(schedule.id))
             log.info("scheduler: %s was edited; %d schedules read from it", self.file.path, len(read))
 
     def _run_missed(self) -> None:
@@ -481,7 +482,8 @@ def check_file(path: Path, *, compat: bool = False, count: int = 3) -> tuple[lis
         try:
             cron = Cron.parse(schedule.cronSchedule, zone=zone, compat=compat)
         except CronError as exc:
-            lines.append(f"{schedule.id} ({schedule.name}): {exc}")
+            line = result.cron_lines.get(schedule.id)
+            lines.append(f"{schedule.id} ({schedule.name}){f', line {line}' if line else ''}: {exc}")
             ok = False
             continue
         fires = ", ".join(

@@ -200,6 +200,8 @@ class LoadResult:
     left_out: list[tuple[int, Any]]
     #: None when there is no file.
     fingerprint: Fingerprint | None
+    #: The line of each loaded schedule's ``cronSchedule``, by id: where to look when it cannot run.
+    cron_lines: dict[str, int] = field(default_factory=dict)
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -422,6 +424,7 @@ def load(path: Path) -> LoadResult:
     problems: list[ScheduleFileError] = []
     left_out: list[tuple[int, Any]] = []
     seen: dict[str, tuple[int, int | None]] = {}
+    cron_lines: dict[str, int] = {}
     for index, entry in enumerate(entries):
         node = item_nodes[index] if index < len(item_nodes) else None
         line = _line(node) if node is not None else None
@@ -443,7 +446,10 @@ def load(path: Path) -> LoadResult:
             continue
         seen[schedule.id] = (index, line)
         schedules.append(schedule)
-    return LoadResult(path, schedules, problems, document, left_out, fingerprint)
+        cron_line = _field_line(node, "cronSchedule")
+        if cron_line is not None:
+            cron_lines[schedule.id] = cron_line
+    return LoadResult(path, schedules, problems, document, left_out, fingerprint, cron_lines)
 
 
 def _line(node: yaml.Node) -> int:
