@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from butler.alerts.outbox import Delivery, Outbox, OutboxUnavailable, encode_record
+from butler.redis_edge import RedisEdge
 
 T = TypeVar("T")
 #: Records read from Redis per round trip at start-up.
 _BATCH = 500
+
+
+def _unreachable(exc: Exception) -> Exception:
+    return OutboxUnavailable(f"The alert outbox cannot reach Redis: {exc}")
 
 
 class RedisOutbox(Outbox):
@@ -35,7 +37,9 @@ class RedisOutbox(Outbox):
         self.prefix = prefix
         #: Who holds a claim: this Butler, for as long as it runs.
         self.instance = uuid.uuid4().hex
-        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self._redis = RedisEdge(url, _unreachable)
+        self._client = self._redis.client
+        self._call = self._redis.call
         self._housekeeping: set[asyncio.Task[Any]] = set()
 
     def _record_key(self, ident: str) -> str:
@@ -47,12 +51,6 @@ class RedisOutbox(Outbox):
     @property
     def _index(self) -> str:
         return f"{self.prefix}deliveries"
-
-    async def _call(self, operation: Awaitable[T]) -> T:
-        try:
-            return await operation
-        except (RedisError, OSError) as exc:
-            raise OutboxUnavailable(f"The alert outbox cannot reach Redis: {exc}") from exc
 
     async def _load(self, cutoff: float) -> list[Delivery]:
         ids: list[Any] = await self._call(self._client.zrange(self._index, 0, -1))
@@ -124,7 +122,7 @@ class RedisOutbox(Outbox):
 
     async def close(self) -> None:
         await asyncio.gather(*self._housekeeping, return_exceptions=True)
-        await self._client.aclose()
+        await self._redis.close()
 
 
 def alerts_prefix(key_value_prefix: str) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, unquote
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from butler.kvstore import NamespaceFull, NamespaceNotFound, StoreUnavailable
+from butler.redis_edge import RedisEdge
 
 # KEYS: namespaces zset, sequence counter, namespace index zset, value key
 # ARGV: namespace, key, value ("" with ARGV[5]=="0" means: only create the namespace), ttl ms, has value,
@@ -55,6 +55,10 @@ def _encode(name: str) -> str:
     return quote(name, safe="")
 
 
+def _unreachable(exc: Exception) -> Exception:
+    return StoreUnavailable(f"The key-value store's Redis cannot be reached: {exc}")
+
+
 class RedisStore:
     """Pairs kept in Redis under ``keyPrefix``, so that several Butlers share them; the key limit and
     the key order are kept by scripts that run atomically in Redis, and Redis expires the pairs."""
@@ -62,7 +66,9 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = "butler:kv:", max_keys: int = 1000) -> None:
         self.max_keys = max_keys
         self.prefix = prefix
-        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self._redis = RedisEdge(url, _unreachable)
+        self._client = self._redis.client
+        self._call = self._redis.call
         self._namespaces = f"{prefix}namespaces"
         self._sequence = f"{prefix}seq"
         self._set = self._client.register_script(_SET)
@@ -75,18 +81,13 @@ class RedisStore:
         """The prefix of the value keys of a namespace; a value key is this plus the encoded key."""
         return f"{self.prefix}val:{_encode(namespace)}:"
 
-    async def _call(self, coroutine: Any) -> Any:
-        try:
-            return await coroutine
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"The key-value store's Redis cannot be reached: {exc}") from exc
-
     async def _require(self, namespace: str) -> None:
         if await self._call(self._client.zscore(self._namespaces, namespace)) is None:
             raise NamespaceNotFound(namespace)
 
     async def namespaces(self) -> list[str]:
-        names: list[str] = await self._call(self._client.zrange(self._namespaces, 0, -1))
+        # Strings, as the client decodes every answer (redis-py types the answer wider).
+        names: list[Any] = await self._call(self._client.zrange(self._namespaces, 0, -1))
         return names
 
     async def get(self, namespace: str, key: str) -> str | None:
@@ -139,7 +140,7 @@ class RedisStore:
 
     async def keys(self, namespace: str) -> list[str]:
         await self._require(namespace)
-        encoded: list[str] = await self._call(self._client.zrange(self._index(namespace), 0, -1))
+        encoded: list[Any] = await self._call(self._client.zrange(self._index(namespace), 0, -1))
         if not encoded:
             return []
         prefix = self._values(namespace)
@@ -153,4 +154,4 @@ class RedisStore:
         return [unquote(name) for name in live]
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._redis.close()

@@ -15,11 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
 from butler.config import Settings
 from butler.errors import Unavailable
+from butler.redis_edge import RedisEdge
 
 #: How long a claimed fire is remembered: long after any other Butler could still be asking for it.
 CLAIM_SECONDS = 3600
@@ -51,17 +49,20 @@ class RedisClaims:
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
         self.instance = uuid.uuid4().hex
-        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self._redis = RedisEdge(url, _unreachable)
 
     async def claim(self, schedule_id: str, due: float) -> bool:
         key = f"{self.prefix}fire:{schedule_id}:{int(due)}"
-        try:
-            return bool(await self._client.set(key, self.instance, nx=True, ex=CLAIM_SECONDS))
-        except (RedisError, OSError) as exc:
-            raise ClaimsUnavailable(f"the scheduler cannot reach Redis to claim a fire: {exc}") from exc
+        return bool(
+            await self._redis.call(self._redis.client.set(key, self.instance, nx=True, ex=CLAIM_SECONDS))
+        )
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._redis.close()
+
+
+def _unreachable(exc: Exception) -> Exception:
+    return ClaimsUnavailable(f"the scheduler cannot reach Redis to claim a fire: {exc}")
 
 
 class SqliteClaims:

@@ -1,0 +1,36 @@
+"""Redis for the parts of Butler that keep state there (the key-value store, the alert outbox, the
+scheduler's claims of fires): one way to connect, and Redis's errors turned into the caller's own
+``Unavailable`` at the edge, so that a Redis that is away is reported, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+T = TypeVar("T")
+
+
+class RedisEdge:
+    """A client of the Redis at ``url``; ``failure`` makes the caller's exception from Redis's."""
+
+    def __init__(self, url: str, failure: Callable[[Exception], Exception]) -> None:
+        self.client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self.failure = failure
+
+    async def call(self, operation: Awaitable[T]) -> T:
+        """The result of ``operation`` (a command or a pipeline's execute); the caller's exception when
+        Redis cannot be reached or refused it."""
+        try:
+            return await operation
+        except (RedisError, OSError) as exc:
+            raise self.failure(exc) from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+__all__ = ["RedisEdge"]
