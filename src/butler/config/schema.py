@@ -14,7 +14,7 @@ import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 _MISSING: Any = object()
 
@@ -61,56 +61,34 @@ class Bool(Spec):
         return None
 
 
-@dataclass
-class Int(Spec):
-    minimum: int | None = None
-    maximum: int | None = None
-
-    @property
-    def expected(self) -> str:
-        if self.minimum is not None and self.maximum is not None:
-            return f"an integer {self.minimum}-{self.maximum}"
-        if self.minimum is not None:
-            return f"an integer >= {self.minimum}"
-        return "an integer"
-
-    def check(self, value: Any, path: str, errors: list[str]) -> Any:
-        in_range = (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and (self.minimum is None or value >= self.minimum)
-            and (self.maximum is None or value <= self.maximum)
-        )
-        if in_range:
-            return value
-        self.fail(value, path, errors)
-        return None
-
-
 def _plain(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 
 
 @dataclass
 class Number(Spec):
-    """An integer or a decimal number (seconds, for example), within bounds."""
+    """A number within bounds: an integer or a decimal (seconds, for example)."""
 
     minimum: float | None = None
     maximum: float | None = None
+    #: What the messages call a value of this spec.
+    kind: ClassVar[str] = "a number"
 
     @property
     def expected(self) -> str:
         if self.minimum is not None and self.maximum is not None:
-            return f"a number {_plain(self.minimum)}-{_plain(self.maximum)}"
+            return f"{self.kind} {_plain(self.minimum)}-{_plain(self.maximum)}"
         if self.minimum is not None:
-            return f"a number >= {_plain(self.minimum)}"
-        return "a number"
+            return f"{self.kind} >= {_plain(self.minimum)}"
+        return self.kind
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` is of this spec's kind, bounds aside."""
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
     def check(self, value: Any, path: str, errors: list[str]) -> Any:
         in_range = (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
+            self.accepts(value)
             and (self.minimum is None or value >= self.minimum)
             and (self.maximum is None or value <= self.maximum)
         )
@@ -118,6 +96,16 @@ class Number(Spec):
             return value
         self.fail(value, path, errors)
         return None
+
+
+@dataclass
+class Int(Number):
+    """An integer within bounds."""
+
+    kind: ClassVar[str] = "an integer"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
