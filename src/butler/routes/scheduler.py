@@ -11,23 +11,14 @@ import orjson
 from butler.errors import NotFound
 from butler.http.errors import HttpError
 from butler.http.routing import TEXT_TYPE, ApiRequest, Reply, Route, json_reply
+from butler.scheduler.store import FIELDS
 from butler.services import Services
 
 if TYPE_CHECKING:
     from butler.scheduler.service import Job, SchedulerService
 
-#: The fields upstream's list answer has (its schema drops any other).
-LISTED = (
-    "id",
-    "created",
-    "name",
-    "cronSchedule",
-    "timezone",
-    "qlikSenseTaskId",
-    "startupState",
-    "tags",
-    "lastKnownState",
-)
+#: The fields upstream's list answer has (its schema drops any other), id and created first.
+LISTED = ("id", "created", *(name for name in FIELDS if name not in ("id", "created")))
 
 
 def _text(data: Any, status: int = 200) -> Reply:

@@ -171,7 +171,7 @@ class SchedulerService:
     # -- schedules ----------------------------------------------------------------------------------------
 
     def _parse(self, schedule: Schedule) -> Cron:
-        return Cron.parse(schedule.cronSchedule, zone=schedule.timezone or "UTC", compat=self.compat)
+        return cron_of(schedule, self.compat)
 
     def _add(self, schedule: Schedule, line: int | None = None) -> Job:
         try:
@@ -467,6 +467,11 @@ def _iso(moment: float) -> str:
     )
 
 
+def cron_of(schedule: Schedule, compat: bool) -> Cron:
+    """A schedule's cron in its zone (UTC when it names none); CronError naming the field."""
+    return Cron.parse(schedule.cronSchedule, zone=schedule.timezone or "UTC", compat=compat)
+
+
 def check_file(path: Path, *, compat: bool = False, count: int = 3) -> tuple[list[str], bool]:
     """What ``butler schedules check`` prints for a schedule file: each entry with its next ``count`` fires
     in its own zone, or what keeps it from running; and whether every entry can run."""
@@ -478,9 +483,8 @@ def check_file(path: Path, *, compat: bool = False, count: int = 3) -> tuple[lis
     ok = not result.problems
     now = datetime.datetime.now(datetime.UTC)
     for schedule in result.schedules:
-        zone = schedule.timezone or "UTC"
         try:
-            cron = Cron.parse(schedule.cronSchedule, zone=zone, compat=compat)
+            cron = cron_of(schedule, compat)
         except CronError as exc:
             line = result.cron_lines.get(schedule.id)
             lines.append(f"{schedule.id} ({schedule.name}){f', line {line}' if line else ''}: {exc}")
@@ -495,7 +499,9 @@ def check_file(path: Path, *, compat: bool = False, count: int = 3) -> tuple[lis
             if not compat and cron.months_differ_under_compat()
             else ""
         )
-        lines.append(f"{schedule.id} ({schedule.name}): {schedule.cronSchedule} in {zone}: {fires}{note}")
+        lines.append(
+            f"{schedule.id} ({schedule.name}): {schedule.cronSchedule} in {cron.zone}: {fires}{note}"
+        )
     return lines, ok
 
 
