@@ -40,7 +40,16 @@ import yaml
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
-from harness import free_port, memory_mb, rss_mb, run_wrk, start_butler, start_simulator, wait_port
+from harness import (
+    free_port,
+    memory_mb,
+    rss_mb,
+    run_wrk,
+    start_butler,
+    start_simulator,
+    stop_processes,
+    wait_port,
+)
 
 TASKS = 200
 TEMPLATES = Path(__file__).resolve().parents[1] / "src" / "butler" / "alert_templates"
@@ -402,11 +411,7 @@ async def run(args: argparse.Namespace) -> int:
         )
         raise
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_processes(processes)
         sender.close()
         smtp.close()
         await runner.cleanup()

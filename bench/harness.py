@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,25 @@ async def stop_run(butler: subprocess.Popen[bytes], simulator: Any, workdir: Pat
     butler.wait(10)
     await simulator.stop()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for_answer(url: str, timeout: float) -> float:
+    """Seconds until ``url`` first answers 200."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.005)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the processes still running, then wait for each."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait(10)

@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from harness import free_port, rss_mb, run_wrk, start_butler, wait_port, write_butler_config
+from harness import free_port, rss_mb, run_wrk, start_butler, stop_processes, wait_port, write_butler_config
 
 TARGETS = {"sqlite": (10_000, 15_000)}
 POST_SCRIPT = """
@@ -52,10 +52,7 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
 
     def stop_all(*_: object) -> None:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_processes(processes)
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
     failures = []

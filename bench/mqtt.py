@@ -30,7 +30,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from harness import free_port, start_butler, write_butler_config
+from harness import free_port, start_butler, stop_processes, write_butler_config
 from qliksim.certs import make_site_certificates
 from qliksim.server import Options, Simulator
 from qliksim.site import load_site
@@ -207,10 +207,7 @@ async def run(args: argparse.Namespace) -> int:
             f"(target >= 8,000 req/s, all received) {'ok' if ok else 'BELOW TARGET'}"
         )
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_processes(processes)
         if simulator is not None:
             await simulator.stop()
         shutil.rmtree(workdir, ignore_errors=True)

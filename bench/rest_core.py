@@ -15,10 +15,9 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from harness import free_port, rss_mb, run_wrk, start_butler
+from harness import free_port, rss_mb, run_wrk, start_butler, wait_for_answer
 
 TARGETS = {
     "GET /v4/butlerping": ("/v4/butlerping", 20_000),
@@ -37,19 +36,6 @@ Butler:
     base62ToBase16: true
     butlerping: true
 """
-
-
-def wait_for_answer(url: str, timeout: float) -> float:
-    """Seconds until ``url`` first answers 200."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as response:
-                if response.status == 200:
-                    return time.perf_counter() - started
-        except OSError:
-            time.sleep(0.005)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 def main() -> int:

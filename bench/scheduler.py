@@ -36,6 +36,8 @@ from harness import (
     rss_mb,
     start_butler,
     start_simulator,
+    stop_processes,
+    wait_for_answer,
     wait_port,
     write_butler_config,
 )
@@ -63,17 +65,6 @@ def schedule_file(path: Path, count: int, cron: str, task: str = TASK) -> None:
 def get(url: str) -> object:
     with urllib.request.urlopen(url) as answer:
         return json.loads(answer.read())
-
-
-def first_answer(url: str, timeout: float) -> float:
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        try:
-            urllib.request.urlopen(url, timeout=0.5).close()
-            return time.perf_counter() - started
-        except OSError:
-            time.sleep(0.005)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def main() -> int:
@@ -106,7 +97,7 @@ def main() -> int:
             started[0] = time.perf_counter()
             butler = start_butler(config, server_core)
             processes.append(butler)
-            took = first_answer(f"http://127.0.0.1:{port}/v4/butlerping", 30)
+            took = wait_for_answer(f"http://127.0.0.1:{port}/v4/butlerping", 30)
             if file is not None:
                 # The last schedule's runs answer once the file is read and every timer runs.
                 get(f"http://127.0.0.1:{port}/v4/schedules/bench-{args.schedules - 1}/runs")
@@ -149,7 +140,7 @@ def main() -> int:
         )
         butler = start_butler(config, server_core)
         processes.append(butler)
-        first_answer(f"http://127.0.0.1:{port}/v4/butlerping", 30)
+        wait_for_answer(f"http://127.0.0.1:{port}/v4/butlerping", 30)
         time.sleep(31)
         lateness = []
         for n in range(100):
@@ -168,11 +159,7 @@ def main() -> int:
             f"(target p99 < 100 ms) {'ok' if ok else 'BELOW TARGET'}"
         )
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_processes(processes)
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failures else 0
 

@@ -37,6 +37,7 @@ from harness import (
     run_wrk,
     start_butler,
     start_simulator,
+    stop_processes,
     wait_port,
     write_butler_config,
 )
@@ -114,11 +115,7 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
 
     def stop_all(*_: object) -> None:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_processes(processes)
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
     failures = []
