@@ -30,6 +30,7 @@ from tests.conftest import StartButler, base_config
 from tests.receivers import Receiver, hang
 from tests.test_alert_delivery import ALERT, dispatcher, message, settled
 from tests.test_alert_email import alert_settings, email_event, facts, templates  # noqa: F401
+from tests.waiting import eventually
 
 HOSTILE = "Reload\r\nBcc: victim@evil.example\r\n\r\nSales"
 
@@ -205,10 +206,7 @@ async def test_a_flapping_channel_with_a_large_backlog_costs_no_pass_over_it_per
         await sending.submit(ALERT, [message(f"http://hook/{n}") for n in range(10_000)])  # one write
         started = time.thread_time()  # the event loop's CPU, not the outbox writer's
         channel.open.set()
-        deadline = time.monotonic() + 60
-        while len(channel.taken) < 2000:
-            assert time.monotonic() < deadline, (len(channel.taken), channel.calls)
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(channel.taken) >= 2000, 60, lambda: (len(channel.taken), channel.calls))
         cpu = time.thread_time() - started
         assert len(set(channel.taken)) == len(channel.taken)  # none twice
         assert cpu < 1.5, cpu
@@ -236,10 +234,7 @@ async def test_a_delivery_whose_state_could_not_be_written_is_written_later_not_
     await sending.start()
     try:
         [delivery] = await sending.submit(ALERT, [message(hook.url)])
-        deadline = time.monotonic() + 10
-        while not hook.got:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await eventually(lambda: hook.got)
         await writable(sending.outbox, False)  # the disk fails while the receiver takes the message
         await settled(delivery)
         await asyncio.sleep(0.3)

@@ -17,6 +17,7 @@ from butler.alerts.model import Channel, Message
 from butler.alerts.outbox import AlertInfo, Delivery, SqliteOutbox
 from butler.errors import Conflict, NotFound
 from tests.receivers import Receiver, hang, status
+from tests.waiting import eventually
 
 ALERT = AlertInfo(
     "exec-1:reloadTaskFailure", "reloadTaskFailure", "task-1", "Reload of Sales", "Sales", "exec-1"
@@ -44,10 +45,11 @@ def dispatcher(path: Path, policy: RetryPolicy = FAST, timeout: float = 5, **sen
 
 
 async def settled(delivery: Delivery, seconds: float = 10) -> Delivery:
-    deadline = time.monotonic() + seconds
-    while delivery.state == "pending":
-        assert time.monotonic() < deadline, f"still pending after {seconds} s: {delivery.summary()}"
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: delivery.state != "pending",
+        seconds,
+        lambda: f"still pending after {seconds} s: {delivery.summary()}",
+    )
     return delivery
 
 

@@ -17,6 +17,7 @@ from butler.alerts.outbox import AlertInfo, Delivery
 from butler.alerts.outbox_redis import RedisOutbox, alerts_prefix
 from tests.receivers import Receiver, hang, status
 from tests.test_alert_delivery import ALERT, message
+from tests.waiting import eventually
 
 POLICY = RetryPolicy(first=0.05, longest=0.2, deadline=30)
 
@@ -83,10 +84,7 @@ async def test_what_a_stopped_butler_left_pending_another_sends_once(
     first = butler(redis_url, prefix)
     await first.start()
     [delivery] = await first.submit(ALERT, [message(hook.url)])
-    deadline = time.monotonic() + 10
-    while len(hook.got) < 2:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(hook.got) >= 2)
     await first.stop()  # gone, its alert still pending in Redis
     hook.answers = []
     second = butler(redis_url, prefix)
@@ -117,10 +115,7 @@ async def test_a_delivery_another_butler_is_attempting_is_not_sent_meanwhile(
     other = butler(redis_url, prefix)
     try:
         [delivery] = await first.submit(ALERT, [message(hook.url)])
-        deadline = time.monotonic() + 10
-        while not hook.got:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await eventually(lambda: hook.got)
         await other.start()  # reads the pending delivery; the first Butler holds its claim
         assert (await finished(first, delivery.id)).state == "delivered"
         await asyncio.sleep(0.5)
@@ -156,10 +151,7 @@ async def test_a_delivery_another_butler_delivered_is_not_sent_again(
     await first.start()
     try:
         [delivery] = await first.submit(ALERT, [message(hook.url)])
-        deadline = time.monotonic() + 10
-        while not hook.got:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await eventually(lambda: hook.got)
         await second.start()  # reads the delivery while it is pending: both now retry it
         for sending in (first, second):
             assert (await finished(sending, delivery.id)).state == "delivered"

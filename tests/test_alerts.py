@@ -25,6 +25,7 @@ from tests.receivers import Receiver, hang, status
 from tests.test_alert_email import Accounts, Mailbox, Server, certs, server_tls  # noqa: F401 (fixture)
 from tests.test_events import FAILING_TASK, udp_config
 from tests.test_task_start import APP1, butler_config, next_run
+from tests.waiting import eventually
 
 TEMPLATES = Path(butler.__file__).parent / "alert_templates"
 OWNER_EMAIL = "goran@ptarmiganlabs.com"  # LAB\goran owns Failing App in the simulated site
@@ -444,18 +445,12 @@ async def test_a_killed_butler_delivers_its_pending_alert_once_after_a_restart(
     await asyncio.to_thread(first.wait_for_port, port)
     simulator.udp.targets = [("127.0.0.1", task_port)]
     simulator.scheduler.start(failing_task(simulator)["id"])
-    deadline = time.monotonic() + 10
-    while not hook.got:
-        assert time.monotonic() < deadline, first.output()
-        await asyncio.sleep(0.01)
+    await eventually(lambda: hook.got, why=first.output)
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
     second = butler_process("serve", "-c", str(config))
     await asyncio.to_thread(second.wait_for_port, port)
-    deadline = time.monotonic() + 10
-    while not hook.taken:
-        assert time.monotonic() < deadline, second.output()
-        await asyncio.sleep(0.02)
+    await eventually(lambda: hook.taken, why=second.output)
     await asyncio.sleep(1)  # time for a repeat, were there one
     assert hook.taken == [hook.got[0][1]["Idempotency-Key"]]  # once, and as the same delivery
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/v4/alerts") as answer:

@@ -30,6 +30,7 @@ from butler.kvstore import (
     open_store,
 )
 from butler.kvstore.memory import MemoryStore, expires_at
+from tests.waiting import eventually
 
 
 class Clock:
@@ -279,10 +280,7 @@ def test_writes_outside_an_event_loop_expire_on_read(clock: Clock) -> None:
 
 
 async def wait_for(condition: Callable[[], object], seconds: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "the expiry timer did not run"
-        await asyncio.sleep(0.01)
+    await eventually(condition, seconds, lambda: "the expiry timer did not run")
 
 
 async def test_timer_drops_expired_pairs_unread() -> None:
