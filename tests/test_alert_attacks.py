@@ -214,6 +214,18 @@ async def test_a_flapping_channel_with_a_large_backlog_costs_no_pass_over_it_per
         await sending.stop()
 
 
+async def test_stop_is_not_lost_when_a_wake_up_comes_at_the_same_moment(tmp_path: Path) -> None:
+    """A worker waiting for a later delivery is woken (a new one queued) and cancelled by stop() in the same
+    turn of the loop: stop() must still end, not wait for the worker for ever."""
+    sending = dispatcher(tmp_path, RetryPolicy(first=60, longest=60, deadline=600), webhook=Flapping())
+    await sending.start()
+    lane = sending._lanes["webhook"]
+    sending._push(lane, time.time() + 60, "later")
+    await asyncio.sleep(0.05)  # the worker now waits for the delivery's time or a wake-up
+    sending._push(lane, time.time() + 60, "also later")
+    await asyncio.wait_for(sending.stop(), 5)
+
+
 async def writable(outbox: SqliteOutbox, on: bool) -> None:
     """Make the outbox's file refuse writes, or take them again, as a full or read-only disk would."""
     writer = outbox._writer

@@ -273,8 +273,11 @@ class Dispatcher:
                     if delivery is not None and delivery.state == "pending":
                         return delivery
                     continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the
+                # wake-up, and stop() would wait for this worker for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lane.wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await lane.wake.wait()
             else:
                 await lane.wake.wait()
 
@@ -345,9 +348,8 @@ class Dispatcher:
             return
         delivery.attempts += 1
         try:
-            receipt = await asyncio.wait_for(
-                sender.send(delivery.message.payload, delivery.id), self.send_timeout
-            )
+            async with asyncio.timeout(self.send_timeout):
+                receipt = await sender.send(delivery.message.payload, delivery.id)
         except (DeliveryError, TimeoutError) as exc:
             error = (
                 exc

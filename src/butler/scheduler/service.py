@@ -352,8 +352,11 @@ class SchedulerService:
             due, generation, ident = self._heap[0]
             wait = due - self._clock()
             if wait > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the
+                # wake-up, and close() would wait for the timer for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 continue
             heapq.heappop(self._heap)
             job = self.jobs.get(ident)
