@@ -292,6 +292,181 @@ def test_any_text_survives_a_write_and_a_read(name: str, tags: list[str]) -> Non
     assert yaml.safe_load(text) == document
 
 
+def read_with_nodes(data: bytes) -> tuple[Any, dict[str, int]]:
+    """The document and the cron lines as the node tree gives them, the reader of files with problems."""
+    loader = store._Loader(data)
+    try:
+        root = loader.get_single_node()
+        document = loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+    lines = {}
+    items = store._value_node(root, "butlerSchedule")
+    for position, node in enumerate(items.value if isinstance(items, yaml.SequenceNode) else []):
+        line = store._field_line(node, "cronSchedule")
+        if line is not None:
+            lines[position] = line
+    return document, lines
+
+
+def assert_readers_agree(data: bytes, *, tagged: bool = False) -> None:
+    plain = store._read_plain(data)
+    if plain is None and tagged:
+        return  # explicit tags are the node tree's
+    assert plain is not None, "left to the node tree"
+    document, lines = read_with_nodes(data)
+    # Typed, since 1 == 1.0 == True: the readers must agree on what each value is, not only on its worth.
+    assert typed(plain[0]) == typed(document)
+    assert plain[1] == lines
+
+
+def typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [(typed(key), typed(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+# Files as admins write them: every way of writing a value the plain reader handles itself.
+@pytest.mark.parametrize(
+    "text",
+    [
+        TEMPLATE,
+        TEMPLATE.replace("\n", "\r\n"),
+        "\ufeff" + TEMPLATE,
+        "---\n" + TEMPLATE + "...\n",
+        "# schedules\nversion: 2\nbutlerSchedule:  # the list\n"
+        "  - {name: A, cronSchedule: '1 * * * *', qlikSenseTaskId: t, startupState: started, id: a}\n"
+        '  - name: "B\\tquoted"\n    cronSchedule: "2 * * * *"\n    id: \'b\'\n'
+        "    tags: [x, 'y', \"z\", 1, 0o17, 0x1f, -2.5e3, .inf, -.INF, true, False, ~, null, yes, 12:30,"
+        " '']\n"
+        "    empty:\n    nested: {a: [1, {b: c}], 3: d, null: e, true: f}\n"
+        "    literal: |\n      line one\n      line two\n    folded: >-\n      word\n      word\n",
+        "butlerSchedule:\n- name: flush list\n  cronSchedule:\n    '0 6 * * *'\n  id: x\n"
+        "- cronSchedule: '0 7 * * *'\n  cronSchedule: '0 8 * * *'\n",
+        "butlerSchedule:\n  - [cronSchedule, '0 6 * * *']\n  - cronSchedule\n  - 3\n",
+        "other:\n  butlerSchedule:\n    - cronSchedule: '0 6 * * *'\nbutlerSchedule: []\n",
+        "butlerSchedule:\n",
+        "",
+        "# nothing\n",
+        "- 1\n- 2\n",
+        "just text\n",
+    ],
+)
+def test_the_plain_reader_reads_every_file_as_the_node_tree_does(text: str) -> None:
+    assert_readers_agree(text.encode("utf-8"))
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+    | st.sampled_from(
+        ["yes", "~", "0o17", "1e3", "12:30", ".inf", "0x1F", "True", "null", "-", "'", "#", "- a"]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers() | st.booleans(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.lists(
+        st.dictionaries(st.sampled_from(["cronSchedule", "name", "id", "x"]), _values), max_size=4
+    ),
+    flow=st.sampled_from([None, False, True]),
+    width=st.sampled_from([20, 80]),
+    style=st.sampled_from([None, "'", '"']),
+)
+def test_the_plain_reader_agrees_with_the_node_tree_on_any_document(
+    entries: list[dict[str, Any]], flow: bool | None, width: int, style: str | None
+) -> None:
+    document = {"butlerSchedule": entries}
+    for dumper in (yaml.SafeDumper, store._Dumper):
+        text = yaml.dump(
+            document,
+            Dumper=dumper,
+            default_flow_style=flow,
+            width=width,
+            default_style=style,
+            allow_unicode=True,
+        )
+        # Quoting every value makes the dumpers tag the numbers, booleans and nulls.
+        assert_readers_agree(text.encode("utf-8"), tagged=style is not None)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "line"),
+    [
+        (
+            "defaults: &d {qlikSenseTaskId: t, startupState: started}\nbutlerSchedule:\n"
+            "  - {<<: *d, name: A, cronSchedule: '0 6 * * *', id: a}\n",
+            "A",
+            3,
+        ),
+        (
+            "butlerSchedule:\n  - name: !!str 5\n    cronSchedule: '0 6 * * *'\n    qlikSenseTaskId: t\n"
+            "    startupState: started\n    id: a\n",
+            "5",
+            3,
+        ),
+        (
+            "butlerSchedule:\n  - id: &same a\n    name: *same\n    qlikSenseTaskId: t\n"
+            "    startupState: started\n    cronSchedule: '0 6 * * *'\n",
+            "a",
+            6,
+        ),
+    ],
+)
+def test_what_the_plain_reader_leaves_to_the_node_tree_loads_all_the_same(
+    tmp_path: Path, text: str, name: str, line: int
+) -> None:
+    assert store._read_plain(text.encode("utf-8")) is None
+
+    result = load(write(tmp_path / "schedule.yaml", text))
+
+    [loaded] = result.schedules
+    assert (loaded.id, loaded.name, loaded.qlikSenseTaskId, result.cron_lines) == (
+        "a",
+        name,
+        "t",
+        {"a": line},
+    )
+
+
+def test_a_complex_key_is_left_to_the_node_tree_which_refuses_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "schedule.yaml", "butlerSchedule:\n  - {? [a]: b, id: a}\n")
+
+    assert store._read_plain(path.read_bytes()) is None
+    with pytest.raises(ScheduleFileError, match="line 2: not valid YAML: found unhashable key"):
+        load(path)
+
+
+def test_several_documents_are_refused_as_the_node_tree_refuses_them(tmp_path: Path) -> None:
+    path = write(tmp_path / "schedule.yaml", "butlerSchedule: []\n---\nbutlerSchedule: []\n")
+
+    assert store._read_plain(path.read_bytes()) is None
+    with pytest.raises(ScheduleFileError, match="line 2: not valid YAML: but found another document"):
+        load(path)
+
+
+def test_a_large_file_is_read_without_the_node_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [schedule(n, id=f"s{n}").as_dict() for n in range(200)]
+    path = write(tmp_path / "schedule.yaml", render({"butlerSchedule": entries}).decode("utf-8"))
+    monkeypatch.setattr(store._Loader, "get_single_node", lambda self: pytest.fail("node tree built"))
+
+    result = load(path)
+
+    assert [s.id for s in result.schedules] == [f"s{n}" for n in range(200)]
+    assert result.cron_lines == {f"s{n}": 3 + 6 * n for n in range(200)}
+
+
 def test_bad_entries_are_reported_with_their_line_and_left_out(tmp_path: Path) -> None:
     path = write(
         tmp_path / "schedule.yaml",

@@ -42,6 +42,8 @@ RULES = {"overlap": ("skip", "allow"), "misfire": ("skip", "runOnce")}
 DEFAULT_GRACE_SECONDS = 300.0
 #: Fire outcomes that are alerted: the task did not start (refused by QRS, unknown, not allowed).
 FAILED = frozenset({"failed", "invalid", "denied"})
+#: Schedules set up at start-up between two turns of the event loop (about 10 ms of work).
+ADD_BATCH = 500
 #: How long a started run is followed at most (seconds): a reload running longer ends unrecorded.
 FOLLOW_LIMIT = 6 * 3600.0
 #: Butler's and Sense's clocks may differ by this much (seconds) when matching a run to its fire.
@@ -152,8 +154,10 @@ class SchedulerService:
             else:
                 for problem in result.problems:
                     log.error("scheduler: %s; that schedule is not run", problem)
-                for schedule in result.schedules:
+                for count, schedule in enumerate(result.schedules, 1):
                     self._add(schedule, result.cron_lines.get(schedule.id))
+                    if count % ADD_BATCH == 0:
+                        await asyncio.sleep(0)  # thousands of schedules: requests are answered meanwhile
                 self._run_missed()
                 log.info("scheduler: %d schedules read from %s", len(result.schedules), self.file.path)
         loop = asyncio.get_running_loop()
