@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from butler.config import ENDPOINT_FLAGS
@@ -116,6 +117,33 @@ async def test_a_task_still_running_is_skipped(
     assert (await started_counts(simulator))[APP1["taskId"]] == 1
 
 
+async def test_overlap_queue_starts_the_task_once_its_running_execution_ends(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    await next_run(simulator, APP1["taskId"], outcome="success", durationMs=300_000)  # 3 s at the test scale
+    base = await start_butler(scheduler_config(simulator, site_certs, tmp_path / "s.yaml"))
+    _, made = await call("POST", f"{base}/v4/schedules", schedule(APP1["taskId"], overlap="queue"))
+    async with asyncio.timeout(20):
+        while True:
+            runs = list(reversed(await runs_until(base, made["id"], 1)))  # in the order they were recorded
+            if any(run["detail"].startswith("queued") for run in runs):
+                break
+            await asyncio.sleep(0.1)
+    first, *waiting, queued = runs[
+        : next(i for i, run in enumerate(runs) if run["detail"].startswith("queued")) + 1
+    ]
+    assert (first["outcome"], first["detail"]) == ("started", "")
+    # Every fire while the queued one waited was skipped, even after the first execution had ended.
+    assert waiting and {(run["outcome"], run["detail"]) for run in waiting} == {
+        ("skipped", "an earlier fire is queued until the task's running execution ends")
+    }, runs
+    assert queued["outcome"] == "started", queued
+    assert float(queued["detail"].split()[1]) >= 1.0, queued
+    # The fire that waited is the first one after the start; it is recorded when it started the task.
+    assert first["due"] < queued["due"] < waiting[0]["due"]
+    assert (await started_counts(simulator))[APP1["taskId"]] >= 2
+
+
 async def test_schedules_and_their_state_survive_a_restart(
     start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
 ) -> None:
@@ -193,32 +221,53 @@ def test_schedules_check_shows_the_next_fires_and_names_entries_that_cannot_run(
     assert "n (Never), line 9: cronSchedule: '0 0 31 2 *' never fires" in result.stdout
 
 
-async def test_butlers_sharing_one_redis_fire_each_due_time_once(
-    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path, redis_url: str
+@pytest.mark.parametrize("instances", [2, 3])
+async def test_butlers_sharing_one_redis_start_each_fire_once(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    tmp_path: Path,
+    redis_url: str,
+    instances: int,
 ) -> None:
-    """Three Butlers run the same schedule file (a fire every second) on one Redis: each due time starts
-    the task once, by whichever Butler claimed it."""
+    """Two or three Butlers run the same schedule file on one Redis: 25 schedules due at the same five
+    seconds, 125 fires, each started once, by whichever Butler claimed it, and none missed."""
+    now = datetime.datetime.now(datetime.UTC)
+    first = now.replace(microsecond=0) + datetime.timedelta(seconds=4)
+    if first.second > 55:  # the five seconds within one minute, so that one cron names them
+        first = first.replace(second=0) + datetime.timedelta(minutes=1)
+    seconds = [first + datetime.timedelta(seconds=n) for n in range(5)]
+    cron = f"{','.join(str(due.second) for due in seconds)} {first.minute} {first.hour} * * *"
     file = tmp_path / "schedule.yaml"
-    file.write_text(
-        "butlerSchedule:\n  - name: Every second\n    cronSchedule: '* * * * * *'\n    timezone: UTC\n"
-        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: every-second\n"
-    )
+    entries = [
+        schedule(APP1["taskId"], cron, timezone="UTC", id=f"s{n}", name=f"Burst {n}", overlap="allow")
+        for n in range(25)
+    ]
+    file.write_text(yaml.safe_dump({"butlerSchedule": entries}))
     prefix = f"test:{time.monotonic_ns()}:kv:"
     bases = []
-    for _ in range(3):
+    for _ in range(instances):
         document = scheduler_config(simulator, site_certs, file)
         document["Butler"]["keyValueStore"] = {
             "backend": "redis",
             "redis": {"url": redis_url, "keyPrefix": prefix},
         }
         bases.append(await start_butler(document))
-    await asyncio.sleep(5.5)
-    per_butler = [(await call("GET", f"{base}/v4/schedules/every-second/runs"))[1]["runs"] for base in bases]
-    runs = [run for runs_of_one in per_butler for run in runs_of_one]
-    dues = [run["due"] for run in runs]
-    assert len(dues) >= 4 and len(dues) == len(set(dues))  # each due time once, among all three
-    assert {run["outcome"] for run in runs} == {"started"}
-    assert (await started_counts(simulator))[APP1["taskId"]] == len(runs)
+    assert datetime.datetime.now(datetime.UTC) < first, "the Butlers started too slowly for the test"
+    before = (await started_counts(simulator)).get(APP1["taskId"], 0)
+    await asyncio.sleep((seconds[-1] - datetime.datetime.now(datetime.UTC)).total_seconds() + 2)
+    fires: list[tuple[str, str]] = []
+    by_butler = []
+    for base in bases:
+        _, listed = await call("GET", f"{base}/v4/schedules")
+        runs = [(entry["id"], run) for entry in listed for run in entry["runs"]]
+        assert {run["outcome"] for _, run in runs} <= {"started"}
+        fires += [(ident, run["due"][:19]) for ident, run in runs]
+        by_butler.append(len(runs))
+    expected = {(f"s{n}", due.strftime("%Y-%m-%dT%H:%M:%S")) for n in range(25) for due in seconds}
+    assert sorted(fires) == sorted(expected), "a fire was missed or made twice"
+    assert sum(1 for count in by_butler if count) >= 2, by_butler  # the claims are shared, not one winner
+    assert (await started_counts(simulator))[APP1["taskId"]] - before == len(expected)
 
 
 async def test_overlap_allow_starts_a_running_task_again(
@@ -351,12 +400,53 @@ async def test_an_entry_that_cannot_run_is_named_with_its_line_and_the_others_ru
         f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: bad\n"
         "  - name: Every second\n    cronSchedule: '* * * * * *'\n    timezone: UTC\n"
         f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: good\n"
+        "    overlap: sometimes\n"
     )
     base = await start_butler(scheduler_config(simulator, site_certs, file))
     await runs_until(base, "good", 1)
+    assert (
+        "schedule good (Every second): overlap must be skip or queue or allow, not 'sometimes'; skip is used"
+        in (caplog.text)
+    )
     listed = {entry["id"]: entry for entry in (await call("GET", f"{base}/v4/schedules"))[1]}
     assert (
         listed["bad"]["problem"] == "cronSchedule: month 13 is out of range 1-12"
         and listed["bad"]["nextFires"] == []
     )
     assert f"{file}, line 3: schedule bad (Bad month) is not run: cronSchedule: month 13" in caplog.text
+    _, health = await call("GET", f"{base}/health")
+    assert health["status"] == "degraded"
+    assert health["scheduler"] == {
+        "file": str(file),
+        "schedules": 2,
+        "running": 1,
+        "fires": health["scheduler"]["fires"],
+        "problemCount": 1,
+        "problems": [
+            f"{file}, line 3: schedule bad (Bad month) is not run: "
+            "cronSchedule: month 13 is out of range 1-12"
+        ],
+    }
+    assert health["scheduler"]["fires"] >= 1
+
+
+async def test_a_schedule_file_that_cannot_be_read_marks_health_degraded_naming_it(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedule.yaml"
+    file.write_text("butlerSchedule:\n  - name: [unclosed\n")
+    base = await start_butler(scheduler_config(simulator, site_certs, file))
+    _, listed = await call("GET", f"{base}/v4/schedules")
+    assert listed == []
+    _, health = await call("GET", f"{base}/health")
+    assert health["status"] == "degraded"
+    [problem] = health["scheduler"]["problems"]
+    assert problem.startswith(f"{file}, line 3: not valid YAML: "), problem
+    file.write_text("butlerSchedule: []\n")  # mended: read again within watchSeconds, and healthy
+    async with asyncio.timeout(10):
+        while True:
+            _, health = await call("GET", f"{base}/health")
+            if health["status"] == "ok":
+                break
+            await asyncio.sleep(0.1)
+    assert health["scheduler"]["problems"] == []

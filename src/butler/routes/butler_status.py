@@ -45,6 +45,12 @@ def health_route(services: Services) -> Route:
             status["alerts"] = services.alerts.stats()
         elif services.alerts_off is not None:
             status["alerts"] = {"off": services.alerts_off}
+        if services.scheduler is not None:
+            scheduler = services.scheduler.stats()
+            status["scheduler"] = scheduler
+            if scheduler["problemCount"]:
+                # Still 200, so that a load balancer keeps sending; the admin sees which file and line.
+                status["status"] = "degraded"
         return json_reply(status)
 
     return Route("GET", "/health", health, rate_limited=False)

@@ -35,11 +35,15 @@ def routes(services: Services) -> list[Route]:
     def listed(job: Job) -> dict[str, Any]:
         whole = job.schedule.as_dict()
         entry = {key: whole[key] for key in LISTED if key in whole}
-        # Additions: whether it can run, and when it fires next.
+        # Additions: whether it can run, when it fires next and how its last fires went.
         entry["nextFires"] = scheduler().next_fires(job)
         if job.problem is not None:
             entry["problem"] = job.problem
+        entry.update(history(job))
         return entry
+
+    def history(job: Job) -> dict[str, Any]:
+        return {"fires": job.fires, "runs": [run.as_dict() for run in reversed(job.runs)]}
 
     async def get_schedules(request: ApiRequest) -> Reply:
         await scheduler().ready()
@@ -102,14 +106,7 @@ def routes(services: Services) -> list[Route]:
         await scheduler().ready()
         ident = request.params["scheduleId"]
         job = scheduler().get(ident)
-        return json_reply(
-            {
-                "id": ident,
-                "fires": job.fires,
-                "nextFires": scheduler().next_fires(job),
-                "runs": [run.as_dict() for run in reversed(job.runs)],
-            }
-        )
+        return json_reply({"id": ident, "nextFires": scheduler().next_fires(job), **history(job)})
 
     return [
         Route("GET", "/v4/schedules", get_schedules, flag="scheduler.getSchedule"),

@@ -27,6 +27,7 @@ from typing import Any
 from butler.errors import BadRequest, NotFound
 from butler.executions import FINAL, STATUS_NAMES
 from butler.qlik.qrs import QrsError
+from butler.qlik.repository import TaskWithResult
 from butler.scheduler.claims import ClaimsUnavailable, FireClaims, LocalClaims
 from butler.scheduler.cron import Cron, CronError
 from butler.scheduler.store import Schedule, ScheduleFile, ScheduleFileError, load
@@ -35,13 +36,16 @@ from butler.task_start import TaskStarter
 log = logging.getLogger("butler.scheduler")
 
 #: What a schedule may say (additions to upstream's fields): ``overlap`` (a fire while the task still runs:
-#: ``skip`` it, or ``allow`` the start, which Sense then ignores) and ``misfire`` (a fire due while Butler
-#: was down: ``skip`` it, or ``runOnce`` at start-up when it was due within ``misfireGraceSeconds``).
-RULES = {"overlap": ("skip", "allow"), "misfire": ("skip", "runOnce")}
+#: ``skip`` it, ``queue`` it until the run ends, or ``allow`` the start, which Sense then ignores) and
+#: ``misfire`` (a fire due while Butler was down: ``skip`` it, or ``runOnce`` at start-up when it was due
+#: within ``misfireGraceSeconds``). The first of each is the default.
+RULES = {"overlap": ("skip", "queue", "allow"), "misfire": ("skip", "runOnce")}
 #: How long after its due time a fire missed while Butler was down may still be made (``runOnce``).
 DEFAULT_GRACE_SECONDS = 300.0
 #: Fire outcomes that are alerted: the task did not start (refused by QRS, unknown, not allowed).
 FAILED = frozenset({"failed", "invalid", "denied"})
+#: Problems listed in ``/health`` (all are counted, and logged when the file is read).
+STATS_PROBLEMS = 20
 #: Schedules set up at start-up between two turns of the event loop (about 10 ms of work).
 ADD_BATCH = 500
 #: How long a started run is followed at most (seconds): a reload running longer ends unrecorded.
@@ -85,9 +89,13 @@ class Job:
     schedule: Schedule
     cron: Cron | None
     problem: str | None = None
+    #: The line of its cron in the schedule file, where it was read from the file.
+    line: int | None = None
     #: The last fires, oldest first (a list, not a deque: ten thousand idle schedules cost no blocks).
     runs: list[Run] = field(default_factory=list)
     fires: int = 0
+    #: A fire waits for the task's running execution to end (``overlap: queue``); the next ones are skipped.
+    queued: bool = False
     #: Changed on every (re)scheduling, so that stale heap entries are skipped.
     generation: int = 0
 
@@ -131,6 +139,8 @@ class SchedulerService:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._fires: set[asyncio.Task[None]] = set()
+        #: What the last reading of the file could not use (the file, or entries of it, with their lines).
+        self._file_problems: list[str] = []
 
     # -- life ---------------------------------------------------------------------------------------------
 
@@ -150,8 +160,10 @@ class SchedulerService:
             try:
                 result = await self.file.load()
             except ScheduleFileError as exc:
+                self._file_problems = [str(exc)]
                 log.error("scheduler: %s; no schedule is run", exc)
             else:
+                self._file_problems = [str(problem) for problem in result.problems]
                 for problem in result.problems:
                     log.error("scheduler: %s; that schedule is not run", problem)
                 for count, schedule in enumerate(result.schedules, 1):
@@ -172,6 +184,24 @@ class SchedulerService:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.claims.close()
 
+    def stats(self) -> dict[str, Any]:
+        """For ``/health``: the schedules, and what of the file cannot run (file, line and why)."""
+        problems = [*self._file_problems]
+        problems += [
+            f"{self.file.path}{f', line {job.line}' if job.line else ''}: schedule {job.schedule.id} "
+            f"({job.schedule.name}) is not run: {job.problem}"
+            for job in self.jobs.values()
+            if job.problem
+        ]
+        return {
+            "file": str(self.file.path),
+            "schedules": len(self.jobs),
+            "running": sum(1 for job in self.jobs.values() if job.running),
+            "fires": sum(job.fires for job in self.jobs.values()),
+            "problemCount": len(problems),
+            "problems": problems[:STATS_PROBLEMS],
+        }
+
     # -- schedules ----------------------------------------------------------------------------------------
 
     def _parse(self, schedule: Schedule) -> Cron:
@@ -191,9 +221,19 @@ class SchedulerService:
                 schedule.id,
                 schedule.name,
             )
+        for name in RULES:
+            rule_problem = _rule_problem(schedule, name)
+            if rule_problem is not None:  # only a file can hold one: REST refuses it
+                log.error(
+                    "scheduler: schedule %s (%s): %s; %s is used",
+                    schedule.id,
+                    schedule.name,
+                    rule_problem,
+                    RULES[name][0],
+                )
         if not schedule.lastKnownState:
             schedule.lastKnownState = "started" if schedule.startupState in STARTED else "stopped"
-        job = Job(schedule, cron, problem)
+        job = Job(schedule, cron, problem, line)
         previous = self.jobs.get(schedule.id)
         if previous is not None:  # an update keeps the history
             job.runs.extend(previous.runs)
@@ -213,10 +253,12 @@ class SchedulerService:
             try:
                 result = await self.file.load()
             except ScheduleFileError as exc:
+                self._file_problems = [str(exc)]
                 log.error(
                     "scheduler: the edited file cannot be read: %s; the schedules run as they were", exc
                 )
                 continue
+            self._file_problems = [str(problem) for problem in result.problems]
             for problem in result.problems:
                 log.error("scheduler: %s; that schedule is not run", problem)
             read = {schedule.id: schedule for schedule in result.schedules}
@@ -234,7 +276,7 @@ class SchedulerService:
         where the claims are kept in a shared store)."""
         now = self._clock()
         for job in self.jobs.values():
-            if not job.running or job.schedule.extra.get("misfire") != "runOnce" or job.cron is None:
+            if not job.running or _rule(job.schedule, "misfire") != "runOnce" or job.cron is None:
                 continue
             grace = self._grace(job.schedule)
             moment, missed = datetime.datetime.fromtimestamp(now - grace, datetime.UTC), None
@@ -295,10 +337,10 @@ class SchedulerService:
             self._parse(schedule)
         except CronError as exc:
             raise BadRequest(str(exc)) from None
-        for name, allowed in RULES.items():
-            value = schedule.extra.get(name, allowed[0])
-            if value not in allowed:
-                raise BadRequest(f"{name} must be {' or '.join(allowed)}, not {value!r}", at="")
+        for name in RULES:
+            problem = _rule_problem(schedule, name)
+            if problem is not None:
+                raise BadRequest(problem, at="")
 
     def _grace(self, schedule: Schedule) -> float:
         value = schedule.extra.get("misfireGraceSeconds", DEFAULT_GRACE_SECONDS)
@@ -383,9 +425,7 @@ class SchedulerService:
             return
         log.info("Cron event for schedule ID %s: %s", schedule.id, schedule.name)
         try:
-            outcome, detail = await self._start(
-                schedule.qlikSenseTaskId, schedule.extra.get("overlap") == "allow"
-            )
+            outcome, detail = await self._start(job)
         except Exception as exc:  # a fault must not stop the schedule
             log.exception("schedule %s: the start of task %s failed", schedule.id, schedule.qlikSenseTaskId)
             outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
@@ -414,6 +454,22 @@ class SchedulerService:
 
     async def _follow(self, run: Run, task_id: str) -> None:
         """Ask QRS about the task's last run until it ended (for at most FOLLOW_LIMIT), and note how."""
+
+        def ended(found: TaskWithResult | None) -> bool:
+            result = found.last_result if found is not None else None
+            if result is None or result.status not in FINAL or not _since(result.start_time, run.fired):
+                return False
+            run.status = (
+                STATUS_NAMES[result.status] if result.status < len(STATUS_NAMES) else str(result.status)
+            )
+            run.execution_result_id = result.id
+            return True
+
+        await self._ask_until(task_id, ended)
+
+    async def _ask_until(self, task_id: str, done: Callable[[TaskWithResult | None], bool]) -> bool:
+        """Ask QRS about the task every follow_seconds until ``done`` says so (True), for at most
+        FOLLOW_LIMIT (False)."""
         starter = self.starter
         assert starter is not None
         deadline = self._clock() + FOLLOW_LIMIT
@@ -423,28 +479,37 @@ class SchedulerService:
                 found = await starter.repository.task_with_last_result(task_id)
             except (QrsError, TimeoutError):
                 continue  # asked again at the next round
-            result = found.last_result if found is not None else None
-            if result is None or result.status not in FINAL or not _since(result.start_time, run.fired):
-                continue
-            run.status = (
-                STATUS_NAMES[result.status] if result.status < len(STATUS_NAMES) else str(result.status)
-            )
-            run.execution_result_id = result.id
-            return
+            if done(found):
+                return True
+        return False
 
     def _record(self, job: Job, run: Run) -> None:
         job.runs.append(run)
         del job.runs[: -self.history]
 
-    async def _start(self, task_id: str, overlap: bool = False) -> tuple[str, str]:
+    async def _start(self, job: Job) -> tuple[str, str]:
         starter = self.starter
         if starter is None:
             return "failed", "Qlik Sense cannot be reached: Butler.cert is not set"
+        task_id = job.schedule.qlikSenseTaskId
         found = await starter.repository.task_with_last_result(task_id)
         if found is None:
             return "invalid", f"no task with id {task_id}"
-        if found.last_result.status in RUNNING_STATES and not overlap:
-            return "skipped", "the task is still running from an earlier start"
+        overlap = _rule(job.schedule, "overlap")
+        if job.queued:  # even when the task has just ended: the queued fire starts it
+            return "skipped", "an earlier fire is queued until the task's running execution ends"
+        queued = ""
+        if found.last_result.status in RUNNING_STATES and overlap != "allow":
+            if overlap == "skip":
+                return "skipped", "the task is still running from an earlier start"
+            job.queued = True
+            began = self._clock()
+            try:
+                if not await self._ask_until(task_id, _not_running):
+                    return "skipped", f"the task still ran after {FOLLOW_LIMIT:.0f} s in the queue"
+            finally:
+                job.queued = False
+            queued = f"queued {self._clock() - began:.1f} s until the task's running execution ended"
         outcome = await starter.start(task_id, [], all_ids_must_exist=True)
         if outcome.denied:
             return "denied", "startTaskFilter does not allow this task"
@@ -452,7 +517,23 @@ class SchedulerService:
             return "failed", str(outcome.start_failed[0].get("message", ""))
         if outcome.invalid:
             return "invalid", f"no task with id {task_id}"
-        return "started", ""
+        return "started", queued
+
+
+def _not_running(found: TaskWithResult | None) -> bool:
+    return found is None or found.last_result.status not in RUNNING_STATES
+
+
+def _rule_problem(schedule: Schedule, name: str) -> str | None:
+    allowed = RULES[name]
+    value = schedule.extra.get(name, allowed[0])
+    return None if value in allowed else f"{name} must be {' or '.join(allowed)}, not {value!r}"
+
+
+def _rule(schedule: Schedule, name: str) -> str:
+    """A rule of the schedule; its default when the file gives a value that is not one (logged when read)."""
+    value = schedule.extra.get(name)
+    return str(value) if value in RULES[name] else RULES[name][0]
 
 
 def _since(start_time: str | None, fired: float) -> bool:
