@@ -221,17 +221,19 @@ def test_schedules_check_shows_the_next_fires_and_names_entries_that_cannot_run(
     assert "n (Never), line 9: cronSchedule: '0 0 31 2 *' never fires" in result.stdout
 
 
-@pytest.mark.parametrize("instances", [2, 3])
-async def test_butlers_sharing_one_redis_start_each_fire_once(
+@pytest.mark.parametrize(("backend", "instances"), [("redis", 2), ("redis", 3), ("sqlite", 3)])
+async def test_butlers_sharing_one_store_start_each_fire_once(
     start_butler: StartButler,
     simulator: Any,
     site_certs: Any,
     tmp_path: Path,
     redis_url: str,
+    backend: str,
     instances: int,
 ) -> None:
-    """Two or three Butlers run the same schedule file on one Redis: 25 schedules due at the same five
-    seconds, 125 fires, each started once, by whichever Butler claimed it, and none missed."""
+    """Two or three Butlers run the same schedule file on one Redis, or on one host with the key-value
+    store's SQLite file: 25 schedules due at the same five seconds, 125 fires, each started once, by
+    whichever Butler claimed it, and none missed."""
     now = datetime.datetime.now(datetime.UTC)
     first = now.replace(microsecond=0) + datetime.timedelta(seconds=4)
     if first.second > 55:  # the five seconds within one minute, so that one cron names them
@@ -249,8 +251,9 @@ async def test_butlers_sharing_one_redis_start_each_fire_once(
     for _ in range(instances):
         document = scheduler_config(simulator, site_certs, file)
         document["Butler"]["keyValueStore"] = {
-            "backend": "redis",
+            "backend": backend,
             "redis": {"url": redis_url, "keyPrefix": prefix},
+            "sqlite": {"path": str(tmp_path / "butler-kv.sqlite")},
         }
         bases.append(await start_butler(document))
     assert datetime.datetime.now(datetime.UTC) < first, "the Butlers started too slowly for the test"
