@@ -303,6 +303,8 @@ async def run_demo(state: Path, host: str, port: int, rate_limit: int) -> None:
         str(engine_port),
         "--control-port",
         str(control_port),
+        "--systeminfo-port",
+        str(_free_port()),
         "--udp-target",
         f"127.0.0.1:{udp_ports[0]}",
         "--session-udp-target",
