@@ -206,6 +206,9 @@ async def test_allocations_set_by_control_api(qrs: Any, control: Control) -> Non
     assert (await control("PUT", "/access/analyzer", {"allocations": [{"user": "X\\y"}]}))[0] == 400
     assert await users_of(qrs, "license/analyzeraccesstype/full") == ["anna", "joe", "olle"]
     assert (await control("POST", "/access/login", {"user": "LAB\\joe"}))[0] == 404
+    _, seen = await control("GET", "/access")
+    assert seen["overview"] == (await qrs("GET", "license/accesstypeoverview"))[1]
+    assert seen["analyzer"] == (await qrs("GET", "license/analyzeraccesstype/full"))[1]
 
 
 async def test_users_with_tags_properties_and_flags(qrs: Any) -> None:

@@ -23,6 +23,8 @@ POST /nodes/{node}/services/{service}/stop|start
                                  appmigration, printing) on a node named by name or host name
 GET  /license                    the server licence as QRS serves it
 PUT  /license                    {"expiresInDays": n} or {"validTo": "YYYY-MM-DD"}; {"expired": bool}
+GET  /access                     the access-type overview and the allocations of each type, as QRS
+                                 serves them
 PUT  /access/{professional|analyzer}
                                  {"allocations": [{"user": "DIR\\id", "lastUsed": iso | "lastUsedDaysAgo":
                                  n, "id"?}], "total"?: n}: replace every allocation of the type
@@ -245,6 +247,17 @@ def control_application(simulator: Simulator) -> web.Application:
                 return _error(400, "expired is true or false")
             licence.expired = body["expired"]
         return _json(licence.entity(today))
+
+    @routes.get("/access")
+    async def access(request: web.Request) -> web.Response:
+        now = datetime.datetime.now(datetime.UTC)
+        return _json(
+            {"overview": site.licensing.overview(now)}
+            | {
+                kind: list(site.licensing.table(collection, now).values())
+                for kind, collection in ACCESS_BY_NAME.items()
+            }
+        )
 
     @routes.put("/access/{type}")
     async def replace_access(request: web.Request) -> web.Response:
