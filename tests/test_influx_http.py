@@ -31,10 +31,12 @@ class InfluxReceiver:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], dict[str, str], str]] = []
         self.answers: list[int | float] = []  # a status, or seconds to hang
+        self.times: list[float] = []
         self.port = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.text()
+        self.times.append(time.monotonic())
         self.requests.append((request.method, request.path, dict(request.query), dict(request.headers), body))
         if request.path == "/query":
             return web.json_response({"results": [{"statement_id": 0}]})
@@ -178,6 +180,11 @@ async def test_failures_are_retried_and_refused_batches_dropped(
     # The first batch was sent four times, unchanged; the one InfluxDB refused once.
     bodies = [body for *_, body in receiver.requests]
     assert len(bodies) == 5 and len(set(bodies[:4])) == 1 and bodies[4].startswith("m n=2 ")
+    # Each retry waits longer: 0.02 s, then 0.04, then 0.08 (with 20 % jitter), the longest 0.1.
+    gaps = [later - earlier for earlier, later in zip(receiver.times[:3], receiver.times[1:4], strict=True)]
+    assert [round(gap, 2) >= least for gap, least in zip(gaps, (0.016, 0.032, 0.064), strict=True)] == [
+        True
+    ] * 3
 
 
 async def test_a_slow_influxdb_holds_up_neither_the_loop_nor_the_caller(
@@ -197,16 +204,19 @@ async def test_a_slow_influxdb_holds_up_neither_the_loop_nor_the_caller(
             lags.append(time.perf_counter() - started - 0.01)
 
     ticking = asyncio.create_task(ticker())
-    slowest = 0.0
+    slowest = total = 0.0
     for n in range(10_000):
         started = time.perf_counter()
         influx.write("m", {"k": "v"}, {"n": n, "text": "some words"})
-        slowest = max(slowest, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        slowest, total = max(slowest, took), total + took
         if n % 500 == 0:
             await asyncio.sleep(0)
     await ticking
-    assert slowest < 0.005, slowest
-    assert max(lags) < 0.05, max(lags)
+    # InfluxDB takes 3 s to answer: neither a write nor the loop waits for it. The bounds are far above
+    # what is measured (about 20 µs a write), as the machine may be busy with other work.
+    assert total / 10_000 < 0.0005 and slowest < 0.1, (total, slowest)
+    assert max(lags) < 0.1, max(lags)
     assert influx.stats()["buffered"] == 10_001
     await eventually(lambda: influx.written == 10_001, seconds=20, why=influx.stats)
 
@@ -246,6 +256,7 @@ def test_line_protocol_escaping() -> None:
         'f\\ k="say \\"hi\\" \\\\ there\nnext",i=42,f=-1.5e-07,b=false 1700000000000000000'
     )
     assert encode("m", {}, {"nan": float("nan")}, 1) is None
+    assert encode("m\\", {"t\\": "v"}, {"f\\": 1}, 1) == "m,t=v f=1 1"
 
 
 def outcome(task_type: int, kind: str, **task: Any) -> TaskOutcome:
