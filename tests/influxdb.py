@@ -4,11 +4,11 @@ data."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -68,11 +68,12 @@ class Influxd:
 
     def query(self, statement: str, database: str = "butler") -> dict[str, Any]:
         """The first result of an InfluxQL statement, as InfluxDB answers it."""
-        params = {"q": statement, "db": database}
+        data = urllib.parse.urlencode({"q": statement, "db": database}).encode()
+        request = urllib.request.Request(f"{self.url}/query", data=data)
         if self.auth is not None:
-            params |= {"u": self.auth[0], "p": self.auth[1]}
-        data = urllib.parse.urlencode(params).encode()
-        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as answer:
+            login = base64.b64encode(":".join(self.auth).encode()).decode()
+            request.add_header("Authorization", f"Basic {login}")
+        with urllib.request.urlopen(request, timeout=10) as answer:
             result: dict[str, Any] = json.loads(answer.read())["results"][0]
         return result
 

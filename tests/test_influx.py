@@ -216,3 +216,47 @@ def test_the_templates_section_is_accepted(tmp_path: Path) -> None:
     result = run_butler("config", "check", str(write_config(tmp_path / "butler.yaml", document)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "influxDb" not in result.stdout + result.stderr
+
+
+async def test_a_login_is_used_and_a_wrong_one_keeps_the_points(tmp_path: Path) -> None:
+    server = Influxd(tmp_path / "influxdb-auth", auth=True)
+    server.start()
+    try:
+        # The first user may be made without logging in.
+        assert "error" not in server.query("CREATE USER admin WITH PASSWORD 'pa ss' WITH ALL PRIVILEGES", "")
+        server.auth = ("admin", "pa ss")
+        document = base_config()
+        wrong = {"enable": True, "username": "admin", "password": "wrong"}
+        document["Butler"]["influxDb"] = influx_section(server, v1Config={"auth": wrong})
+        settings = parse_config(document, base_dir=tmp_path).influx
+        refused = InfluxWriter(open_client(settings), flush_interval=0.02, first_retry=0.02, max_retry=0.05)
+        refused.start()
+        refused.write("m", {}, {"n": 1})
+        await eventually(lambda: refused.failures >= 2, why=refused.stats)
+        assert refused.stats()["buffered"] == 1 and "401" in str(refused.stats()["lastError"])
+        await refused.close()
+
+        document["Butler"]["influxDb"]["v1Config"]["auth"]["password"] = "pa ss"
+        settings = parse_config(document, base_dir=tmp_path).influx
+        writer = InfluxWriter(open_client(settings), flush_interval=0.02)
+        writer.start()
+        writer.write("m", {}, {"n": 2})
+        await eventually(lambda: writer.written == 1, why=writer.stats)
+        await writer.close()
+        assert [row["n"] for row in server.rows("SELECT n FROM m")] == [2]
+    finally:
+        server.stop()
+
+
+async def test_a_database_dropped_while_butler_runs_is_made_again(
+    influxd: Influxd,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    writer = writer_for(influxd, tmp_path)
+    writer.write("m", {}, {"n": 1})
+    await eventually(lambda: writer.written == 1, why=writer.stats)
+    assert "error" not in influxd.query("DROP DATABASE butler", "")
+    writer.write("m", {}, {"n": 2})
+    await eventually(lambda: writer.written == 2, why=writer.stats)
+    await writer.close()
+    assert [row["n"] for row in influxd.rows("SELECT n FROM ten_days.m")] == [2]
