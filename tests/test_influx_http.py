@@ -338,3 +338,16 @@ def test_points_of_each_task_type() -> None:
     point = task_point(outcome(0, "success", customProperties=cp), settings)
     assert point is not None and point[0] == "reload_task_success"
     assert point[2]["scriptLog"] == "Script log not available" and point[2]["task_scriptLogHeadCount"] == 0
+
+
+async def test_batches_go_when_full_or_at_the_interval(receiver: InfluxReceiver, writer: Writer) -> None:
+    settings = settings_for(receiver.port, version=3, v3Config={"database": "d", "token": "t"})
+    influx = await writer(settings, batch_size=3, flush_interval=0.5)
+    started = time.monotonic()
+    for n in range(4):
+        influx.write("m", {}, {"n": n})
+    await eventually(lambda: influx.written == 3)
+    assert time.monotonic() - started < 0.4  # a full batch does not wait
+    await eventually(lambda: influx.written == 4)
+    assert time.monotonic() - started >= 0.5  # the rest waits for the interval
+    assert [body.count("\n") + 1 for *_, body in receiver.requests] == [3, 1]

@@ -74,6 +74,7 @@ class InfluxWriter:
         self._waiting = asyncio.Event()  # a point is buffered
         self._full = asyncio.Event()  # a batch is full
         self._task: asyncio.Task[None] | None = None
+        self._failing = 0  # failed attempts since the last success
         self._throttle = Throttle(LOG_INTERVAL)
 
     def start(self) -> None:
@@ -81,7 +82,10 @@ class InfluxWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="influx writer")
 
     def write(self, measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue]) -> None:
-        """Buffer a point, timestamped now; ``tags`` win over the static tags of ``influxDb.tag.static``."""
+        """Buffer a point, timestamped now; ``tags`` win over the static tags of ``influxDb.tag.static``.
+
+        Called from the event loop's thread; never waits.
+        """
         if len(self._buffer) >= self.buffer_size:
             self.dropped += 1
             if self._throttle.ready("dropped"):
@@ -144,6 +148,8 @@ class InfluxWriter:
             while self._buffer:
                 if await self._write_batch():
                     retry = self.first_retry
+                    if len(self._buffer) < self.batch_size:
+                        break  # what came meanwhile waits for its batch to fill, as any point does
                 else:
                     # Jitter, so that Butlers sharing an InfluxDB do not come back all at once.
                     await asyncio.sleep(retry * random.uniform(0.8, 1.2))
@@ -159,6 +165,7 @@ class InfluxWriter:
             self.last_error = str(exc)
             if exc.retry:
                 self.failures += 1
+                self._failing += 1
                 if self._throttle.ready("failed"):
                     log.warning(
                         "InfluxDB: %d points not written, tried again later (logged once a minute): %s",
@@ -170,6 +177,9 @@ class InfluxWriter:
             log.error("InfluxDB refused %d points, dropped: %s", count, exc)
         else:
             self.written += count
+            if self._failing:
+                log.info("InfluxDB: writing again after %d failed attempts", self._failing)
+        self._failing = 0
         for _ in range(count):
             self._buffer.popleft()
         return True
