@@ -17,7 +17,7 @@ from butler.influx import InfluxWriter, open_client
 from tests.conftest import StartButler, base_config, run_butler, udp_ports, write_config
 from tests.influxdb import Influxd, influxd  # noqa: F401 (fixture)
 from tests.test_events import FAILING_TASK, udp_config
-from tests.test_task_start import butler_config
+from tests.test_task_start import APP1, butler_config
 from tests.waiting import eventually
 
 
@@ -104,17 +104,41 @@ async def test_an_influxdb_that_is_away_loses_nothing_inside_the_bound(
     assert numbers == list(range(500))  # in order, each once: the ones beyond the bound are the dropped
 
 
+async def site_with_influx(
+    start_butler: StartButler, simulator: Any, site_certs: Any, server: Influxd, **sections: Any
+) -> str:
+    """Butler on the simulated site, its task events going to InfluxDB; its base URL."""
+    task_port, session_port = udp_ports()
+    document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
+    document["Butler"]["influxDb"] = influx_section(server, flushIntervalSeconds=0.05, **sections)
+    base = await start_butler(document)
+    simulator.udp.targets = [("127.0.0.1", task_port)]
+    return base
+
+
+async def stored_points(server: Influxd, measurement: str) -> dict[str, Any]:
+    """The one point of ``measurement``, once it is there."""
+
+    def stored() -> list[dict[str, Any]]:
+        result = server.query(f"SELECT * FROM {measurement}")
+        return server.rows(f"SELECT * FROM {measurement}") if "series" in result else []
+
+    await eventually(stored, seconds=20)
+    [point] = stored()
+    return point
+
+
 async def test_a_failed_reload_is_stored_as_upstream_stores_it(
     start_butler: StartButler,
     simulator: Any,
     site_certs: Any,
     influxd: Influxd,  # noqa: F811
 ) -> None:
-    task_port, session_port = udp_ports()
-    document = udp_config(butler_config(simulator, site_certs), task_port, session_port)
-    document["Butler"]["influxDb"] = influx_section(
+    base = await site_with_influx(
+        start_butler,
+        simulator,
+        site_certs,
         influxd,
-        flushIntervalSeconds=0.05,
         tag={"static": [{"name": "butler_instance", "value": "prod-1"}]},
         reloadTaskFailure={
             "enable": True,
@@ -125,17 +149,9 @@ async def test_a_failed_reload_is_stored_as_upstream_stores_it(
             },
         },
     )
-    base = await start_butler(document)
-    simulator.udp.targets = [("127.0.0.1", task_port)]
     task = next(t for t in simulator.site.tasks.values() if t["name"] == FAILING_TASK)
     simulator.scheduler.start(task["id"])
-
-    def stored() -> list[dict[str, Any]]:
-        result = influxd.query("SELECT * FROM reload_task_failed")
-        return influxd.rows("SELECT * FROM reload_task_failed") if "series" in result else []
-
-    await eventually(stored, seconds=20)
-    [point] = stored()
+    point = await stored_points(influxd, "reload_task_failed")
     assert {key: point[key] for key in ("host", "user", "task_id", "task_name", "app_name", "log_level")} == {
         "host": "sense1",
         "user": "INTERNAL/sa_scheduler",
@@ -260,3 +276,33 @@ async def test_a_database_dropped_while_butler_runs_is_made_again(
     await eventually(lambda: writer.written == 2, why=writer.stats)
     await writer.close()
     assert [row["n"] for row in influxd.rows("SELECT n FROM ten_days.m")] == [2]
+
+
+async def test_a_successful_reload_is_stored_with_the_head_and_tail_of_its_log(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    influxd: Influxd,  # noqa: F811
+) -> None:
+    await site_with_influx(
+        start_butler,
+        simulator,
+        site_certs,
+        influxd,
+        reloadTaskSuccess={
+            "allReloadTasks": {"enable": True},
+            "headScriptLogLines": 2,
+            "tailScriptLogLines": 3,
+        },
+    )
+    simulator.scheduler.start(APP1["taskId"])
+    point = await stored_points(influxd, "reload_task_success")
+    assert (point["task_id"], point["task_name"]) == (APP1["taskId"], APP1["taskName"])
+    assert (point["task_executionStatusNum"], point["task_exeuctionStatusText"]) == ("7", "FinishedSuccess")
+    assert point["appTag_butler"] == "true"
+    assert (point["task_scriptLogHeadCount"], point["task_scriptLogTailCount"]) == (2, 3)
+    log = point["reload_log"]
+    head = log.split("---------- SCRIPT LOG HEAD (2 lines) ----------\r\n")[1].split("\r\n\r\n")[0]
+    tail = log.split("---------- SCRIPT LOG TAIL (3 lines) ----------\r\n")[1]
+    assert len(head.split("\r\n")) == 2 and len(tail.split("\r\n")) == 3
+    assert point["task_executionDuration_json"].startswith('{"hours":0,')

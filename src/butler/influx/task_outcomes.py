@@ -209,8 +209,14 @@ class TaskOutcomePoints:
 
     def full_logs(self) -> frozenset[str]:
         """The outcomes whose events must keep the whole script log, for the lines of ``reload_log``."""
-        events = self.settings.events
-        wanted = {"failed": events["reloadTaskFailure"].enable, "success": events["reloadTaskSuccess"].enable}
+        success = self.settings.event("reloadTaskSuccess")
+        wanted = {
+            "failed": self.settings.event("reloadTaskFailure").enable,
+            # Template files turn the section on but neither way of choosing tasks: no log to fetch then.
+            "success": isinstance(success, InfluxReloadSuccess)
+            and success.enable
+            and (success.all_reload_tasks or success.by_custom_property),
+        }
         return frozenset(outcome for outcome, on in wanted.items() if on)
 
     def subscribe(self, bus: EventBus) -> None:
