@@ -351,3 +351,25 @@ async def test_batches_go_when_full_or_at_the_interval(receiver: InfluxReceiver,
     await eventually(lambda: influx.written == 4)
     assert time.monotonic() - started >= 0.5  # the rest waits for the interval
     assert [body.count("\n") + 1 for *_, body in receiver.requests] == [3, 1]
+
+
+async def test_a_fault_in_the_client_does_not_end_the_writer(receiver: InfluxReceiver) -> None:
+    settings = settings_for(receiver.port, version=3, v3Config={"database": "d", "token": "t"})
+    client = open_client(settings)
+    real_write = client.write
+    calls = 0
+
+    async def faulty(body: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        await real_write(body)
+
+    client.write = faulty  # type: ignore[method-assign]
+    influx = InfluxWriter(client, flush_interval=0.01, first_retry=0.01)
+    influx.start()
+    influx.write("m", {}, {"n": 1})
+    await eventually(lambda: influx.written == 1, why=influx.stats)
+    assert influx.stats()["failures"] == 1 and "a bug" in str(influx.stats()["lastError"])
+    await influx.close()

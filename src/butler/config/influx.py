@@ -84,7 +84,6 @@ class InfluxReloadFailure(InfluxTaskEvent):
     tail_lines: int = setting(
         "tailScriptLogLines", _LINES, 20, help="last lines of the script log in the reload_log field"
     )
-    head_lines: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

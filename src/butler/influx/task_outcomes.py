@@ -161,10 +161,11 @@ def _reload_fields(
         return
     fields["task_scriptLogSize"] = _number(execution.get("scriptLogSize"))
     details = details_concatenated(sorted_details(execution))
-    head_count, tail_count = config.head_lines, config.tail_lines
+    tail_count = config.tail_lines
     tail_source = lines if lines is not None else outcome.script_log_tail or []
     tail = "\r\n".join(tail_source[-tail_count:]) if tail_count else ""
-    if success:
+    if isinstance(config, InfluxReloadSuccess):
+        head_count = config.head_lines
         head = "\r\n".join((lines if lines is not None else outcome.script_log_head or [])[:head_count])
         fields["task_scriptLogHeadCount"] = head_count
         log = (

@@ -161,7 +161,11 @@ class InfluxWriter:
         body = "\n".join(islice(self._buffer, count)).encode()
         try:
             await self.client.write(body)
-        except InfluxError as exc:
+        except Exception as raised:
+            exc = raised if isinstance(raised, InfluxError) else InfluxError(repr(raised), retry=True)
+            if exc is not raised and self._throttle.ready("fault"):
+                # A fault of Butler's must not end the writer: logged, and the batch tried again.
+                log.exception("InfluxDB: writing a batch failed unexpectedly")
             self.last_error = str(exc)
             if exc.retry:
                 self.failures += 1
