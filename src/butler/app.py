@@ -118,6 +118,8 @@ FEATURES = (
     # MQTT: events and messages published, task starts received.
     Feature(when=_mqtt_on, services=("mqtt",)),
     Feature(when=_qlik_reachable(_mqtt_on), services=("task_starter",)),
+    # Points to InfluxDB, written by the features that have something to store.
+    Feature(when=lambda settings: settings.influx.enable, services=("influx",)),
     # Events from Sense over UDP, task outcomes enriched from QRS.
     Feature(when=_udp_on, services=("events",)),
     Feature(when=_qlik_reachable(_udp_on), services=("task_starter",)),

@@ -33,6 +33,8 @@ from butler.task_start import TaskStarter
 
 if TYPE_CHECKING:
     from butler.alerts.service import AlertService
+    from butler.influx import InfluxWriter
+    from butler.influx.task_outcomes import TaskOutcomePoints
     from butler.scheduler.service import SchedulerService
 
 log = logging.getLogger("butler")
@@ -59,6 +61,7 @@ class Services:
     #: Why the alerts are off although a channel is on (the outbox cannot be written).
     alerts_off: str | None = None
     events: SenseEvents | None = None
+    influx: InfluxWriter | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -119,9 +122,14 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
     udp = settings.udp
     alerts = services.alerts
     full_logs = alerts.full_logs() if alerts is not None else frozenset()
+    points = _influx_points(services)
+    if points is not None:
+        full_logs |= points.full_logs()
     events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs)
     if alerts is not None:
         alerts.subscribe(events.bus)
+    if points is not None:
+        points.subscribe(events.bus)
     # Closed even when it fails half-way: the first UDP port may be open when the second cannot be had.
     exits.push_async_callback(events.stop)
     services.events = events
@@ -164,6 +172,34 @@ async def _alerts(services: Services, exits: AsyncExitStack) -> None:
         services.alerts_off = str(exc)
 
 
+async def _influx(services: Services, exits: AsyncExitStack) -> None:
+    # Imported only when InfluxDB is on, as the alerts are.
+    from butler.influx import InfluxWriter, open_client
+
+    settings = services.settings.influx
+    client = open_client(settings)
+    writer = InfluxWriter(
+        client,
+        static_tags=dict(settings.static_tags),
+        buffer_size=settings.buffer_size,
+        batch_size=settings.batch_size,
+        flush_interval=settings.flush_interval,
+    )
+    exits.push_async_callback(writer.close)
+    services.influx = writer
+    writer.start()
+    log.info("InfluxDB: points go to %s", client.target)
+
+
+def _influx_points(services: Services) -> TaskOutcomePoints | None:
+    """Task outcomes to InfluxDB, when it is on."""
+    if services.influx is None:
+        return None
+    from butler.influx.task_outcomes import TaskOutcomePoints
+
+    return TaskOutcomePoints(services.influx, services.settings.influx)
+
+
 async def _slack(services: Services, exits: AsyncExitStack) -> None:
     webhook = services.settings.slack_webhook
     if not webhook:
@@ -179,6 +215,8 @@ OPENERS: dict[str, Opener] = {
     "task_starter": _task_starter,
     "mqtt": _mqtt,
     "apps": _apps,
+    # Before everything that writes points to it, so that it closes after them and takes their last.
+    "influx": _influx,
     # Before the scheduler and events: both hand alerts over, and close before the alerts do.
     "alerts": _alerts,
     "scheduler": _scheduler,

@@ -99,6 +99,8 @@ def _check_across_keys(settings: Settings) -> None:
             raise ConfigError(
                 [f"Butler.restServerConfig.tls.{name}: required when tls.enable is true" for name in missing]
             )
+    if problems := settings.influx.problems():
+        raise ConfigError(problems)
     udp = settings.udp
     if udp.task_port == udp.session_port != 0:
         raise ConfigError(

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from butler.config.alerts import AlertSettings
 from butler.config.declare import part, setting
+from butler.config.influx import InfluxSettings
 from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Section, Spec, Str, describe
 from butler.http.browsers import parse_origin
 from butler.mqtt import InvalidMessage, check_topic
@@ -61,7 +62,6 @@ UPSTREAM_SECTIONS: tuple[str, ...] = (
     "configVisualisation",
     "heartbeat",
     "uptimeMonitor",
-    "influxDb",
     "qlikSenseVersion",
     "qlikSenseLicense",
     "restServerEndpointsConfig",
@@ -786,6 +786,7 @@ class Settings:
         "scheduler", SchedulerSettings, help="tasks started on cron schedules"
     )
     alerts: AlertSettings = part("", AlertSettings)
+    influx: InfluxSettings = part("influxDb", InfluxSettings, help="points written to InfluxDB")
     #: The config file, when loaded from one.
     source: Path | None = None
     #: Upstream sections in the file that this version ignores.

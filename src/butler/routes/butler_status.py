@@ -41,6 +41,8 @@ def health_route(services: Services) -> Route:
             status["udpEvents"] = services.events.stats()
         if services.mqtt is not None:
             status["mqtt"] = services.mqtt.stats()
+        if services.influx is not None:
+            status["influxDb"] = services.influx.stats()
         if services.alerts is not None:
             status["alerts"] = services.alerts.stats()
         elif services.alerts_off is not None:
