@@ -34,6 +34,7 @@ from butler.routes import (
     files,
     key_value,
     messaging,
+    monitors,
     scheduler,
     task_start,
 )
@@ -121,6 +122,10 @@ FEATURES = (
     # Events from Sense over UDP, task outcomes enriched from QRS.
     Feature(when=_udp_on, services=("events",)),
     Feature(when=_qlik_reachable(_udp_on), services=("task_starter",)),
+    # Periodic monitors (services, version, licences, heartbeat, uptime); the licence releases they made.
+    Feature(monitors.routes, flags=("licenseReleases",), services=("monitors",)),
+    Feature(when=monitors.on, services=("monitors",)),
+    Feature(when=_qlik_reachable(monitors.on), services=("task_starter",)),
 )
 
 

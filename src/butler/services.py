@@ -33,6 +33,7 @@ from butler.task_start import TaskStarter
 
 if TYPE_CHECKING:
     from butler.alerts.service import AlertService
+    from butler.monitors.setup import Monitors
     from butler.scheduler.service import SchedulerService
 
 log = logging.getLogger("butler")
@@ -59,6 +60,7 @@ class Services:
     #: Why the alerts are off although a channel is on (the outbox cannot be written).
     alerts_off: str | None = None
     events: SenseEvents | None = None
+    monitors: Monitors | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -173,6 +175,24 @@ async def _slack(services: Services, exits: AsyncExitStack) -> None:
     services.slack = slack
 
 
+async def _monitors(services: Services, exits: AsyncExitStack) -> None:
+    from butler.monitors.sense import QrsSense
+    from butler.monitors.setup import Monitors
+
+    monitors = Monitors.open(
+        services.settings,
+        site=QrsSense(services.qrs) if services.qrs is not None else None,
+        publisher=services.mqtt,
+        alerts=services.alerts,
+        influx=getattr(services, "influx", None),
+        version=services.version,
+        started=services.started,
+    )
+    exits.push_async_callback(monitors.stop)
+    services.monitors = monitors
+    monitors.start()
+
+
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
     "key_values": _key_values,
@@ -184,6 +204,7 @@ OPENERS: dict[str, Opener] = {
     "scheduler": _scheduler,
     "events": _events,
     "slack": _slack,
+    "monitors": _monitors,
 }
 
 
