@@ -69,7 +69,7 @@ class _YesNoIgnore(Spec):
 
 
 def _frequency(default: str) -> Any:
-    return setting("frequency", _Later(), default, convert=parse, help="later.js text: when the monitor runs")
+    return setting("frequency", _Later(), default, help="later.js text: when the monitor runs")
 
 
 def _pairs(values: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:

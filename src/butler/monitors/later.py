@@ -88,17 +88,27 @@ class Schedule:
     def next_after(self, instant: float, zone: tzinfo | None = None) -> float:
         """The first fire strictly after ``instant`` (a POSIX time), by the clock of ``zone`` (None: the
         host's local zone)."""
-        now = datetime.fromtimestamp(instant, zone)
-        day = now.date()
+        # The day's times before the wall time of ``instant`` are skipped, but in the first pass of an hour a
+        # fall-back change repeats, where the second pass (up to an hour earlier by the clock) comes next.
+        earliest = datetime.fromtimestamp(instant, zone)
+        if earliest.fold == 0 and earliest.replace(fold=1).timestamp() != instant:
+            earliest = datetime.fromtimestamp(instant - 3600, zone)
+        day = earliest.date()
         for _ in range(800):  # a day clause matches within 31 days; this bound only guards a bug
             if self._day_matches(day):
-                for hour, minute, second in self._times_of_day(now if day == now.date() else None):
+                # Each fold's fires rise with the wall time; fold 1 differs only in the hour a fall-back
+                # change repeats, whose second pass comes after the first pass of the hours that follow.
+                firsts: list[float] = []
+                for hour, minute, second in self._times_of_day(earliest if day == earliest.date() else None):
                     wall = datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=zone)
-                    # fold 1: the second pass of an hour a fall-back change repeats.
                     for fold in (0, 1):
                         fire = wall.replace(fold=fold).timestamp()
                         if fire > instant:
-                            return fire
+                            firsts.append(fire)
+                    if wall.timestamp() > instant and wall.replace(fold=1).timestamp() > instant:
+                        break
+                if firsts:
+                    return min(firsts)
             day += timedelta(days=1)
         raise AssertionError(f"{self.text!r} found no fire")
 
@@ -110,9 +120,8 @@ class Schedule:
             return day.day in self.month_days or (0 in self.month_days and day.day == last)
         return True
 
-    def _times_of_day(self, now: datetime | None) -> Iterator[tuple[int, int, int]]:
-        """The day's fire times in order, from ``now``'s hour and minute on when given (earlier ones cannot
-        be after it; the caller compares the rest)."""
+    def _times_of_day(self, earliest: datetime | None) -> Iterator[tuple[int, int, int]]:
+        """The day's fire times in order, from ``earliest``'s hour and minute on when given."""
         if self.times is not None:
             for time in sorted(self.times):
                 yield time // 3600, time // 60 % 60, time % 60
@@ -122,10 +131,10 @@ class Schedule:
         minutes = self._values(self.minutes, "minute", finest)
         seconds = self._values(self.seconds, "second", finest)
         for hour in hours:
-            if now is not None and hour < now.hour:
+            if earliest is not None and hour < earliest.hour:
                 continue
             for minute in minutes:
-                if now is not None and hour == now.hour and minute < now.minute:
+                if earliest is not None and hour == earliest.hour and minute < earliest.minute:
                     continue
                 for second in seconds:
                     yield hour, minute, second
