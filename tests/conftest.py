@@ -197,6 +197,7 @@ async def simulator(site_certs: Any, udp_collector: tuple[UdpCollector, int]) ->
         qrs_port=0,
         engine_port=0,
         control_port=0,
+        systeminfo_port=0,
         udp_targets=[("127.0.0.1", udp_collector[1])],
         session_udp_targets=[("127.0.0.1", udp_collector[1])],
         time_scale=0.01,

@@ -75,6 +75,7 @@ async def test_serve_stops_at_once_with_engine_clients_connected(
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "qliksim", "serve", "--certs", str(site_certs.directory)),
             *("--qrs-port", str(qrs_port), "--engine-port", str(engine_port)),
+            *("--systeminfo-port", str(free_port())),
             stdout=output,
             stderr=subprocess.STDOUT,
         )

@@ -282,6 +282,14 @@ sends its alerts: an e-mail to the mail catcher, for the admins and the app's ow
   curl {base}/health
   curl {control}/calls
 
+The simulated site's two nodes, server licence and access allocations (what monitors read from QRS);
+stopping a service makes QRS report it as NoCommunication:
+
+  curl {control}/nodes
+  curl {control}/license
+  curl {control}/access
+  curl -X POST {control}/nodes/Rim1/services/engine/stop
+
 Ctrl-C stops both.
 """
 
@@ -303,6 +311,8 @@ async def run_demo(state: Path, host: str, port: int, rate_limit: int) -> None:
         str(engine_port),
         "--control-port",
         str(control_port),
+        "--systeminfo-port",
+        str(_free_port()),
         "--udp-target",
         f"127.0.0.1:{udp_ports[0]}",
         "--session-udp-target",

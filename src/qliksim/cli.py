@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--qrs-port", type=int, default=4242)
     serve.add_argument("--engine-port", type=int, default=4747)
+    serve.add_argument(
+        "--systeminfo-port", type=int, default=9032, help="the node's about service (/v1/systeminfo)"
+    )
     serve.add_argument("--control-port", type=int, help="plain-HTTP control API on 127.0.0.1")
     serve.add_argument(
         "--udp-target",
@@ -110,15 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qliksim: cannot use the site file: {exc}", file=sys.stderr)
         return 1
     options = Options(
-        args.host,
-        args.qrs_port,
-        args.engine_port,
-        args.control_port,
-        args.udp_target,
-        args.session_udp_target,
-        args.time_scale,
-        args.success_type_typo,
-        args.seed,
+        host=args.host,
+        qrs_port=args.qrs_port,
+        engine_port=args.engine_port,
+        control_port=args.control_port,
+        udp_targets=args.udp_target,
+        session_udp_targets=args.session_udp_target,
+        time_scale=args.time_scale,
+        success_type_typo=args.success_type_typo,
+        seed=args.seed,
+        systeminfo_port=args.systeminfo_port,
     )
     try:
         asyncio.run(_serve(Simulator(site, certificates, options)))

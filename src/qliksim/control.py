@@ -17,10 +17,24 @@ GET  /faults                     current faults
 PUT  /faults/{qrs|engine}        {"latency_ms", "status", "ratio", "drop", "down"}; "seed" reseeds the
                                  draws of ratio and drop; "next": [{settings}, ...], one per next call
 DELETE /faults                   clear every fault
+GET  /nodes                      the site's nodes, each with its services' states
+POST /nodes/{node}/services/{service}/stop|start
+                                 stop or start a service (repository, proxy, scheduler, engine,
+                                 appmigration, printing) on a node named by name or host name
+GET  /license                    the server licence as QRS serves it
+PUT  /license                    {"expiresInDays": n} or {"validTo": "YYYY-MM-DD"}; {"expired": bool}
+GET  /access                     the access-type overview and the allocations of each type, as QRS
+                                 serves them
+PUT  /access/{professional|analyzer}
+                                 {"allocations": [{"user": "DIR\\id", "lastUsed": iso | "lastUsedDaysAgo":
+                                 n, "id"?}], "total"?: n}: replace every allocation of the type
+POST /access/{professional|analyzer}
+                                 {"user", "lastUsed" | "lastUsedDaysAgo", "id"?}: allocate to one user
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -28,7 +42,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from qliksim.faults import SERVICES
-from qliksim.site import OUTCOMES, RunBehaviour
+from qliksim.licensing import ACCESS_BY_NAME
+from qliksim.nodes import SERVICE_TYPES
+from qliksim.site import OUTCOMES, RunBehaviour, SiteError
+from qliksim.times import now_iso
 from qliksim.udp import SessionEvent
 
 if TYPE_CHECKING:
@@ -180,15 +197,98 @@ def control_application(simulator: Simulator) -> web.Application:
             settings = simulator.faults.update(service, await _body(request))
         except (TypeError, ValueError) as exc:
             return _error(400, str(exc))
-        await simulator.set_down(service, settings.down)
+        await simulator.refresh(service)
         return _json(settings.as_dict())
 
     @routes.delete("/faults")
     async def clear_faults(request: web.Request) -> web.Response:
         simulator.faults.reset()
         for service in SERVICES:
-            await simulator.set_down(service, False)
+            await simulator.refresh(service)
         return web.Response(status=204)
+
+    @routes.get("/nodes")
+    async def nodes(request: web.Request) -> web.Response:
+        return _json([node.as_dict() for node in site.nodes])
+
+    @routes.post(r"/nodes/{node}/services/{service}/{action:start|stop}")
+    async def start_stop(request: web.Request) -> web.Response:
+        node, service = request.match_info["node"], request.match_info["service"].lower()
+        try:
+            await simulator.set_running(node, service, request.match_info["action"] == "start")
+        except KeyError:
+            return _error(404, f"no node named {node}")
+        except ValueError as exc:
+            return _error(409 if service in SERVICE_TYPES else 404, str(exc))
+        return _json(site.node(node).as_dict())
+
+    @routes.get("/license")
+    async def licence(request: web.Request) -> web.Response:
+        if site.licensing.licence is None:
+            return _error(404, "the site has no server licence")
+        return _json(site.licensing.licence.entity(datetime.datetime.now(datetime.UTC).date()))
+
+    @routes.put("/license")
+    async def set_licence(request: web.Request) -> web.Response:
+        licence = site.licensing.licence
+        if licence is None:
+            return _error(404, "the site has no server licence")
+        body = await _body(request)
+        today = datetime.datetime.now(datetime.UTC).date()
+        try:
+            if "expiresInDays" in body:
+                licence.valid_to = today + datetime.timedelta(days=int(body["expiresInDays"]))
+            elif "validTo" in body:
+                licence.valid_to = datetime.date.fromisoformat(str(body["validTo"]))
+        except (TypeError, ValueError):
+            return _error(400, "expiresInDays is a number of days, validTo a date (YYYY-MM-DD)")
+        if "expired" in body:
+            if not isinstance(body["expired"], bool):
+                return _error(400, "expired is true or false")
+            licence.expired = body["expired"]
+        return _json(licence.entity(today))
+
+    @routes.get("/access")
+    async def access(request: web.Request) -> web.Response:
+        now = datetime.datetime.now(datetime.UTC)
+        return _json(
+            {"overview": site.licensing.overview(now)}
+            | {
+                kind: list(site.licensing.table(collection, now).values())
+                for kind, collection in ACCESS_BY_NAME.items()
+            }
+        )
+
+    @routes.put("/access/{type}")
+    async def replace_access(request: web.Request) -> web.Response:
+        kind, body = request.match_info["type"], await _body(request)
+        if kind not in ACCESS_BY_NAME:
+            return _error(404, f"access types are {', '.join(ACCESS_BY_NAME)}")
+        allocations = body.get("allocations", [])
+        if not isinstance(allocations, list) or not all(isinstance(a, dict) for a in allocations):
+            return _error(400, "allocations is a list of {user, lastUsed | lastUsedDaysAgo, id?}")
+        total = body.get("total", site.licensing.totals.get(kind, 0))
+        if isinstance(total, bool) or not isinstance(total, int):
+            return _error(400, "total is a number")
+        previous = site.licensing.allocations[ACCESS_BY_NAME[kind]]
+        site.licensing.allocations[ACCESS_BY_NAME[kind]] = {}
+        try:
+            created = [site.allocate(kind, allocation, now_iso()) for allocation in allocations]
+        except SiteError as exc:
+            site.licensing.allocations[ACCESS_BY_NAME[kind]] = previous
+            return _error(400, str(exc))
+        site.licensing.totals[kind] = total
+        return _json(created)
+
+    @routes.post("/access/{type}")
+    async def add_access(request: web.Request) -> web.Response:
+        kind, body = request.match_info["type"], await _body(request)
+        if kind not in ACCESS_BY_NAME:
+            return _error(404, f"access types are {', '.join(ACCESS_BY_NAME)}")
+        try:
+            return _json(site.allocate(kind, body, now_iso()), 201)
+        except SiteError as exc:
+            return _error(400, str(exc))
 
     app = web.Application()
     app.add_routes(routes)

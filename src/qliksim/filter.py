@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from qliksim.times import instant
+
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -288,10 +290,9 @@ def _walk(node: Any, path: tuple[str, ...], found: list[bool]) -> Iterator[Any]:
 
 def _instant(text: str) -> datetime.datetime | None:
     try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return instant(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _compare(value: Any, operator: str, literal: Literal, prop: str) -> bool:

@@ -8,6 +8,7 @@ decoded as QRS decodes them: ``%XX`` only, ``+`` stays ``+``, and a bare ``&`` i
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import uuid
@@ -29,6 +30,7 @@ from qliksim.filter import (
     parse_orderby,
     sort_entities,
 )
+from qliksim.licensing import ACCESS_TYPES
 from qliksim.routing import Match, RouteTable
 from qliksim.scheduler import Scheduler
 from qliksim.site import CONDENSERS, EMPTY_GUID, Site
@@ -49,6 +51,7 @@ _LISTABLE = (
     "dataconnection",
     "executionresult",
     "executionsession",
+    "servicestatus",
 )
 _JSON = "application/json; charset=utf-8"
 
@@ -66,6 +69,12 @@ class QrsRequest:
         self.args = args  # the route's parameters: collection, id, ...
         self.query = query
         self.user = user
+
+    @property
+    def collection(self) -> str:
+        """The QRS type the route names: ``app`` in ``app/full``, ``analyzeraccesstype`` in
+        ``license/analyzeraccesstype/full``."""
+        return self.args.get("collection") or self.args["access"]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -137,8 +146,13 @@ class Qrs:
         self.routes: RouteTable[str] = RouteTable(
             [
                 ("GET", "about", "about"),
-                ("GET", "servicestatus", "service_status"),
-                ("GET", "servicestatus/<part>", "service_status"),
+                ("GET", "license", "licence"),
+                ("GET", "license/accesstypeoverview", "access_overview"),
+                ("GET", "license/<access>", "list_condensed"),
+                ("GET", "license/<access>/full", "list_full"),
+                ("GET", "license/<access>/count", "count"),
+                ("GET", "license/<access>/{id}", "by_id"),
+                ("DELETE", "license/<access>/{id}", "release_access"),
                 ("GET", "reloadtask/{id}/<log>", "script_log_ticket"),
                 ("GET", "download/reloadtask/{ticket}/{file}", "download"),
                 # Sense's task is a read-only union of the three task types, and has no count route.
@@ -157,7 +171,7 @@ class Qrs:
                 ("POST", "app/{id}/reload", "reload_app"),
                 ("DELETE", "app/{id}", "delete_app"),
             ],
-            {"collection": _LISTABLE, "log": ("scriptlog", "scriptlogfile")},
+            {"collection": _LISTABLE, "access": tuple(ACCESS_TYPES), "log": ("scriptlog", "scriptlogfile")},
         )
 
     def application(self) -> web.Application:
@@ -226,13 +240,11 @@ class Qrs:
     # -- reading ------------------------------------------------------------------------------------------
 
     def _selected(self, request: QrsRequest) -> list[dict[str, Any]]:
-        table = self.site.collection(request.args["collection"])
+        table = self.site.collection(request.collection)
         text = request.query.get("filter", "")
         node = parse_filter(text, allow_not=self.site.allow_not)
         fast = _id_lookup(node, "id")
-        by_execution = (
-            _id_lookup(node, "executionid") if request.args["collection"] == "executionresult" else None
-        )
+        by_execution = _id_lookup(node, "executionid") if request.collection == "executionresult" else None
         if fast is None and by_execution is not None:
             # Indexed as QRS's database indexes it: results are looked up by execution id after each run,
             # and there are as many results as runs, so no scan.
@@ -255,7 +267,7 @@ class Qrs:
     def _shaped(
         self, request: QrsRequest, entities: list[dict[str, Any]], full: bool
     ) -> list[dict[str, Any]]:
-        condense = None if full else CONDENSERS.get(request.args["collection"])
+        condense = None if full else CONDENSERS.get(request.collection)
         shaped = [condense(e) if condense else e for e in entities]
         if request.query.get("privileges", "").lower() == "true":
             shaped = [
@@ -273,8 +285,8 @@ class Qrs:
         return json_response({"value": len(self._selected(request))})
 
     async def by_id(self, request: QrsRequest) -> web.Response:
-        entity = self.site.collection(request.args["collection"]).get(request.args["id"])
-        if entity is None and request.args["collection"] == "reloadtask":
+        entity = self.site.collection(request.collection).get(request.args["id"])
+        if entity is None and request.collection == "reloadtask":
             # Lenient: upstream Butler reads a distribution task's last result through
             # reloadtask/{id}, and whether Sense answers there is unknown; a 404 would leave upstream's
             # distribute alerts untestable here. Lists of reload tasks still leave distribution tasks out.
@@ -298,26 +310,20 @@ class Qrs:
             }
         )
 
-    async def service_status(self, request: QrsRequest) -> web.Response:
-        node = {
-            "id": "4e3f2a1b-0c9d-4e8f-a7b6-c5d4e3f2a1b0",
-            "name": "Central",
-            "hostName": self.site.hostname,
-            "privileges": None,
-        }
-        statuses = [
-            {
-                "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.site.hostname}/{kind}")),
-                "serverNodeConfiguration": node,
-                "serviceType": kind,
-                "serviceState": 2,
-                "timestamp": "2024-01-15T08:00:00.000Z",
-                "privileges": None,
-                "schemaPath": "ServiceStatus",
-            }
-            for kind in range(6)
-        ]
-        return json_response(statuses)
+    async def licence(self, request: QrsRequest) -> web.Response:
+        licence = self.site.licensing.licence
+        if licence is None:
+            return text_response("Not found", 404)
+        return json_response(licence.entity(datetime.datetime.now(datetime.UTC).date()))
+
+    async def access_overview(self, request: QrsRequest) -> web.Response:
+        return json_response(self.site.licensing.overview(datetime.datetime.now(datetime.UTC)))
+
+    async def release_access(self, request: QrsRequest) -> web.Response:
+        released = self.site.licensing.release(
+            request.collection, request.args["id"], datetime.datetime.now(datetime.UTC)
+        )
+        return web.Response(status=204) if released else text_response("Not found", 404)
 
     async def script_log_ticket(self, request: QrsRequest) -> web.Response:
         task = self.site.tasks.get(request.args["id"])

@@ -25,14 +25,13 @@ from typing import Any
 
 from qliksim.site import (
     EMPTY_GUID,
-    NEVER,
     OUTCOMES,
     RunBehaviour,
     Site,
     condensed_app,
     never_run_result,
-    now_iso,
 )
+from qliksim.times import NEVER, instant, iso, now_iso
 from qliksim.udp import TaskEvent, UdpSender
 
 log = logging.getLogger("qliksim.scheduler")
@@ -231,8 +230,8 @@ class Scheduler:
             self._detail(result, behaviour.error, kind=0)
         self._change(result, status)
         stop = datetime.datetime.now(datetime.UTC)
-        start = datetime.datetime.fromisoformat(result["startTime"].replace("Z", "+00:00"))
-        result["stopTime"] = stop.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        start = instant(result["startTime"])
+        result["stopTime"] = iso(stop)
         result["duration"] = int((stop - start).total_seconds() * 1000)
         if task["schemaPath"] == "ReloadTask":
             log_text = self._script_log(task, behaviour, outcome, result)

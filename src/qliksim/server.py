@@ -13,12 +13,16 @@ from qliksim.certs import SiteCertificates
 from qliksim.control import control_application
 from qliksim.engine import Engine
 from qliksim.faults import Faults
+from qliksim.nodes import SERVICE_TYPES
 from qliksim.qrs import Qrs
 from qliksim.scheduler import Scheduler
 from qliksim.site import Site
+from qliksim.times import now_iso
 from qliksim.udp import SessionEvent, UdpSender
 
 log = logging.getLogger("qliksim")
+# The listeners a Sense service on the central node answers.
+_SERVED_BY = {"qrs": "repository", "engine": "engine"}
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Options:
     time_scale: float = 1.0
     success_type_typo: bool = False
     seed: int | None = None  # of the fault injection's random draws
+    systeminfo_port: int | None = None  # None: no systeminfo listener
 
 
 def server_tls(certificates: SiteCertificates) -> ssl.SSLContext:
@@ -41,6 +46,18 @@ def server_tls(certificates: SiteCertificates) -> ssl.SSLContext:
     context.load_cert_chain(str(certificates.server), str(certificates.server_key))
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def systeminfo_application(site: Site) -> web.Application:
+    """The node's about service on port 9032: the client certificate is its only check (no xrfkey, no
+    X-Qlik-User)."""
+
+    async def systeminfo(request: web.Request) -> web.Response:
+        return web.json_response(site.system_info)
+
+    app = web.Application()
+    app.router.add_get("/v1/systeminfo", systeminfo)
+    return app
 
 
 class _Listener:
@@ -88,6 +105,10 @@ class Simulator:
             "qrs": _Listener(self.qrs.application(), options.host, options.qrs_port, context),
             "engine": _Listener(self.engine.application(), options.host, options.engine_port, context),
         }
+        if options.systeminfo_port is not None:
+            self.listeners["systeminfo"] = _Listener(
+                systeminfo_application(site), options.host, options.systeminfo_port, context
+            )
         self.control: _Listener | None = None
         if options.control_port is not None:
             self.control = _Listener(control_application(self), "127.0.0.1", options.control_port, None)
@@ -99,11 +120,14 @@ class Simulator:
             await listener.setup()
             await listener.open()
         log.info(
-            "QRS on https://%s:%s, Engine on wss://%s:%s%s",
+            "QRS on https://%s:%s, Engine on wss://%s:%s%s%s",
             self.options.host,
             self.qrs_port,
             self.options.host,
             self.engine_port,
+            f", systeminfo on https://{self.options.host}:{self.systeminfo_port}"
+            if self.systeminfo_port
+            else "",
             f", control API on http://127.0.0.1:{self.control.port}" if self.control else "",
         )
 
@@ -114,12 +138,25 @@ class Simulator:
         self.udp.close()
         self.session_udp.close()
 
-    async def set_down(self, service: str, down: bool) -> None:
+    async def refresh(self, service: str) -> None:
+        """Open or close a listener: QRS and the Engine answer unless a fault takes them down or their
+        service is stopped on the central node (the one they stand for)."""
+        central = next(node for node in self.site.nodes if node.central)
+        stopped = _SERVED_BY[service] in central.stopped
         listener = self.listeners[service]
-        if down:
+        if self.faults.settings[service].down or stopped:
             await listener.close()
         else:
             await listener.open()
+
+    async def set_running(self, node_name: str, service: str, running: bool) -> None:
+        """Start or stop a Sense service on a node. KeyError for an unknown node, ValueError for a
+        service that is disabled there or unknown."""
+        if service not in SERVICE_TYPES:
+            raise ValueError(f"services are {', '.join(SERVICE_TYPES)}")
+        self.site.node(node_name).set_running(service, running, now_iso())
+        for listener in _SERVED_BY:
+            await self.refresh(listener)
 
     def _all(self) -> list[_Listener]:
         return [*self.listeners.values(), *([self.control] if self.control else [])]
@@ -131,6 +168,11 @@ class Simulator:
     @property
     def engine_port(self) -> int:
         return self.listeners["engine"].port
+
+    @property
+    def systeminfo_port(self) -> int | None:
+        listener = self.listeners.get("systeminfo")
+        return listener.port if listener else None
 
     @property
     def control_port(self) -> int | None:

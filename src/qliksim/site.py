@@ -18,7 +18,10 @@ from typing import Any
 
 import yaml
 
-NEVER = "1753-01-01T00:00:00.000Z"
+from qliksim.licensing import ACCESS_BY_NAME, ACCESS_TYPES, QUARANTINE_RULES, Licensing, ServerLicence
+from qliksim.nodes import SERVICE_TYPES, Node, service_statuses
+from qliksim.times import NEVER, instant, iso, now_iso
+
 EMPTY_GUID = "00000000-0000-0000-0000-000000000000"
 _NAMESPACE = uuid.UUID("3d3c3d36-7a53-4b55-9e37-9f1a4d5e2c11")
 
@@ -40,10 +43,6 @@ class SiteError(ValueError):
 
 def stable_id(kind: str, name: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{kind}/{name}"))
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -75,11 +74,18 @@ class Site:
     execution_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     script_logs: dict[str, str] = field(default_factory=dict)
     allow_not: bool = False
+    licensing: Licensing = field(default_factory=Licensing)
+    nodes: list[Node] = field(default_factory=list)
+    system_info: dict[str, str] = field(default_factory=dict)
 
     # -- lookups --------------------------------------------------------------------------------------
 
     def collection(self, kind: str) -> dict[str, dict[str, Any]]:
         """Entities of a QRS type, by id. ``task`` holds every task type."""
+        if kind in ACCESS_TYPES:
+            return self.licensing.table(kind, datetime.datetime.now(datetime.UTC))
+        if kind == "servicestatus":
+            return service_statuses(self.nodes)
         tables = {
             "app": self.apps,
             "task": self.tasks,
@@ -116,6 +122,13 @@ class Site:
                 return user
         raise SiteError(f"unknown user {key!r} (write DIRECTORY\\userid)")
 
+    def node(self, name: str) -> Node:
+        """A node by name or host name, case-insensitively; KeyError if none."""
+        for node in self.nodes:
+            if name.lower() in (node.name.lower(), node.host_name.lower()):
+                return node
+        raise KeyError(name)
+
     # -- changes --------------------------------------------------------------------------------------
 
     def delete_app(self, app_id: str) -> bool:
@@ -128,6 +141,27 @@ class Site:
             del self.tasks[task_id]
             self.task_behaviour.pop(task_id, None)
         return True
+
+    def allocate(self, kind: str, spec: dict[str, Any], created: str) -> dict[str, Any]:
+        """Allocate professional or analyzer access to ``spec["user"]`` (``DIR\\user``), last used at
+        ``lastUsed`` (ISO), ``lastUsedDaysAgo`` days ago, or never. SiteError for a bad entry."""
+        if kind not in ACCESS_BY_NAME:
+            raise SiteError(f"access type must be one of {', '.join(ACCESS_BY_NAME)}, got {kind!r}")
+        collection = ACCESS_BY_NAME[kind]
+        user = self.user_by_key(str(spec.get("user", "")))
+        try:
+            if "lastUsedDaysAgo" in spec:
+                moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+                    days=float(spec["lastUsedDaysAgo"])
+                )
+                last_used = iso(moment)
+            else:
+                last_used = iso(instant(str(spec["lastUsed"]))) if spec.get("lastUsed") else NEVER
+        except (TypeError, ValueError):
+            raise SiteError(f"{kind} access of {spec['user']}: lastUsed is not a date") from None
+        allocation_id = str(spec.get("id") or stable_id(collection, user["id"]))
+        base = _standard(allocation_id, ACCESS_TYPES[collection][1], created)
+        return self.licensing.allocate(collection, base, condensed_user(user), last_used)
 
 
 # -- building entities ----------------------------------------------------------------------------------
@@ -178,6 +212,11 @@ def condensed_task(task: dict[str, Any]) -> dict[str, Any]:
     return {key: task[key] for key in keys} | {"privileges": None}
 
 
+def condensed_reference(entity: dict[str, Any]) -> dict[str, Any]:
+    """The condensed form of types whose condensed schema has no fields of its own."""
+    return {"id": entity["id"], "privileges": None}
+
+
 CONDENSERS = {
     "app": condensed_app,
     "tag": condensed_tag,
@@ -186,6 +225,9 @@ CONDENSERS = {
     "reloadtask": condensed_task,
     "externalprogramtask": condensed_task,
     "usersynctask": condensed_task,
+    "professionalaccesstype": condensed_reference,
+    "analyzeraccesstype": condensed_reference,
+    "servicestatus": condensed_reference,
 }
 
 
@@ -280,19 +322,20 @@ def build_site(document: dict[str, Any]) -> Site:
     for spec in document.get("users", []):
         key = f"{spec['userDirectory']}\\{spec['userId']}"
         user_id = spec.get("id") or stable_id("user", key.lower())
+        where = f"user {key}"
         user = _standard(user_id, "User", created) | {
-            "customProperties": [],
+            "customProperties": _custom_values(site, spec.get("customProperties"), created, where),
             "userId": spec["userId"],
             "userDirectory": spec["userDirectory"],
             "userDirectoryConnectorName": spec["userDirectory"],
             "name": spec.get("name", spec["userId"]),
             "roles": spec.get("roles", []),
             "attributes": [],
-            "inactive": False,
-            "removedExternally": False,
-            "blacklisted": False,
+            "inactive": bool(spec.get("inactive", False)),
+            "removedExternally": bool(spec.get("removedExternally", False)),
+            "blacklisted": bool(spec.get("blacklisted", False)),
             "deleteProhibited": False,
-            "tags": [],
+            "tags": _tags(site, spec.get("tags"), where),
             "favorites": [],
         }
         if spec.get("email"):
@@ -321,7 +364,88 @@ def build_site(document: dict[str, Any]) -> Site:
     generated = document.get("generate")
     if generated:
         _generate(site, generated, created)
+    _add_nodes(site, document.get("nodes") or [{"name": "Central", "hostName": site.hostname}])
+    _add_licensing(site, document, created)
+    site.system_info = _system_info(document.get("systemInfo") or {})
     return site
+
+
+def _add_nodes(site: Site, specs: list[dict[str, Any]]) -> None:
+    started = now_iso()
+    for number, spec in enumerate(specs):
+        disabled = frozenset(str(s).lower() for s in spec.get("disabled", []))
+        if not disabled <= set(SERVICE_TYPES):
+            raise SiteError(f"node {spec['name']}: services are {', '.join(SERVICE_TYPES)}")
+        host_name = str(spec.get("hostName", spec["name"]))
+        site.nodes.append(
+            Node(
+                str(spec.get("id") or stable_id("node", host_name.lower())),
+                str(spec["name"]),
+                host_name,
+                # The first node is the central one unless the file names another.
+                bool(spec.get("central", number == 0 and not any(s.get("central") for s in specs))),
+                disabled,
+                changed=dict.fromkeys(SERVICE_TYPES, started),
+            )
+        )
+    if sum(node.central for node in site.nodes) != 1:
+        raise SiteError("nodes: exactly one node is central")
+
+
+def _licence_dates(spec: dict[str, Any], today: datetime.date) -> tuple[datetime.date, datetime.date]:
+    """Valid from and to, from ``validFrom``/``validTo`` (dates) or ``validForDays`` (from today)."""
+    try:
+        valid_from = datetime.date.fromisoformat(str(spec.get("validFrom", "2024-01-01")))
+        if "validForDays" in spec:
+            return valid_from, today + datetime.timedelta(days=int(spec["validForDays"]))
+        return valid_from, datetime.date.fromisoformat(str(spec["validTo"]))
+    except (TypeError, ValueError):
+        raise SiteError(
+            "license: validFrom and validTo are dates (YYYY-MM-DD), validForDays a number"
+        ) from None
+
+
+def _add_licensing(site: Site, document: dict[str, Any], created: str) -> None:
+    spec = document.get("license")
+    licensing = site.licensing
+    if spec:
+        valid_from, valid_to = _licence_dates(spec, datetime.datetime.now(datetime.UTC).date())
+        serial = str(spec.get("serial", "9999000000001234"))
+        licensing.licence = ServerLicence(
+            _standard(stable_id("license", serial), "License", created),
+            serial,
+            str(spec.get("organization", "Example AB")),
+            valid_from,
+            valid_to,
+            bool(spec.get("expired", False)),
+            bool(spec.get("subscription", True)),
+        )
+    access = document.get("accessTypes") or {}
+    licensing.quarantine_rule = str(document.get("accessQuarantine", "recent"))
+    if licensing.quarantine_rule not in QUARANTINE_RULES:
+        raise SiteError(f"accessQuarantine must be one of {', '.join(QUARANTINE_RULES)}")
+    for kind, type_spec in access.items():
+        if kind not in ACCESS_BY_NAME:
+            raise SiteError(f"accessTypes: types are {', '.join(ACCESS_BY_NAME)}, got {kind!r}")
+        licensing.totals[kind] = int(type_spec.get("total", 0))
+        for allocation in type_spec.get("allocations", []):
+            site.allocate(kind, allocation, created)
+
+
+def _system_info(spec: dict[str, Any]) -> dict[str, str]:
+    """What a node's ``/v1/systeminfo`` on port 9032 answers; every field may be set in the site file."""
+    version = str(spec.get("version", "14.173.4"))
+    return {
+        "contentHash": str(spec.get("contentHash", stable_id("contenthash", version).replace("-", ""))),
+        "senseId": str(spec.get("senseId", f"qliksenseserver:{version}")),
+        "originalClassName": "Composition",
+        "version": version,
+        "deploymentType": str(spec.get("deploymentType", "QlikSenseServer")),
+        "releaseLabel": str(spec.get("releaseLabel", "February 2024 Patch 1")),
+        "deprecatedProductVersion": str(spec.get("deprecatedProductVersion", "4.0.X")),
+        "productName": str(spec.get("productName", "Qlik Sense")),
+        "copyrightYearRange": str(spec.get("copyrightYearRange", "1993-2024")),
+    }
 
 
 def _add_app(site: Site, spec: dict[str, Any], created: str) -> None:
