@@ -84,7 +84,6 @@ class Periodic:
 
     async def run_once(self) -> None:
         """One check, its failure logged as the module says; never raises but for cancellation."""
-        self.runs += 1
         self.last_run = self.clock()
         try:
             await self.check()
@@ -96,6 +95,8 @@ class Periodic:
             self.failing = 0
             self.last_error = None
             self._logged_error = None
+        finally:
+            self.runs += 1
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
@@ -112,7 +113,7 @@ class Periodic:
     def stats(self) -> dict[str, Any]:
         return {
             "frequency": self.schedule.text,
-            "runs": self.runs,
+            "runs": self.runs,  # checks done, failed ones included
             "failures": self.failures,
             "failingInARow": self.failing,
             "lastRun": _iso(self.last_run) if self.last_run is not None else None,
