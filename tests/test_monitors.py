@@ -50,6 +50,7 @@ from butler.monitors.windows import (
 from butler.monitors.windows import (
     WindowsService as CheckedService,
 )
+from butler.qlik.qrs import QrsError
 from tests.conftest import base_config
 
 # --- sc.exe --------------------------------------------------------------------------------------------
@@ -707,3 +708,76 @@ def test_uptime_figures_and_the_new_relic_body() -> None:
         }
     ]
     assert math.isclose(sum(m["value"] for m in body[0]["metrics"]), 300.0)
+
+
+class DownSite(FakeSite):
+    async def service_statuses(self) -> list[NodeService]:
+        raise QrsError("cannot connect to Qlik Sense QRS at sense1:4242")
+
+
+async def test_qrs_that_cannot_be_asked_stops_no_windows_check_and_fails_the_check() -> None:
+    services = (WindowsService(name="Svc1", friendly_name="one"),)
+    settings = ServiceMonitorSettings(hosts=(WindowsHost(host="win1", services=services),))
+    out = Recorder()
+    monitor = ServiceMonitor(settings, MqttSettings(), DownSite(), out, out, out, FakeWindows(set()))  # type: ignore[arg-type]
+    with pytest.raises(QrsError, match="cannot connect"):
+        await monitor.check()
+    assert [p[1]["service_name"] for p in out.points] == ["Svc1"]
+
+
+# --- Heartbeat -----------------------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_gets_its_url_and_fails_on_an_error_or_no_answer_in_time() -> None:
+    from aiohttp import web
+
+    from butler.config.monitors import HeartbeatSettings
+    from butler.monitors.process import BeatFailed, Heartbeat
+
+    beats: list[str] = []
+    answer = {"status": 200, "delay": 0.0}
+
+    async def beat(request: web.Request) -> web.Response:
+        beats.append(request.method)
+        await asyncio.sleep(answer["delay"])
+        return web.Response(status=int(answer["status"]))
+
+    app = web.Application()
+    app.router.add_get("/ping/abc", beat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    heartbeat = Heartbeat(HeartbeatSettings(url=f"http://127.0.0.1:{port}/ping/abc", timeout=1))
+    try:
+        await heartbeat.check()
+        assert beats == ["GET"]
+        answer["status"] = 503
+        with pytest.raises(BeatFailed, match="answered 503"):
+            await heartbeat.check()
+        answer.update(status=200, delay=3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(BeatFailed, match="no answer within 1 s"):
+            await heartbeat.check()
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        await heartbeat.close()
+        await runner.cleanup()
+
+
+async def test_the_uptime_block_is_logged_at_its_level_and_written_to_influxdb(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(5, "butler")
+    out = Recorder()
+    settings = replace(UptimeSettings(), log_level="warn", influx=True)
+    monitor = UptimeMonitor(settings, "1.2.3", 900000, (), out, started=0.0)
+    await monitor.check()
+    await monitor.check()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines[1] == "Iteration # 1" and lines[7] == "Iteration # 2"
+    assert lines[2].startswith("Process uptime: ") and lines[3].startswith("Memory: Heap used ")
+    assert [p[0] for p in out.points] == ["butler_memory_usage"] * 2
+    assert out.points[0][1] == {"version": "1.2.3"} and out.points[0][2]["process_memory"] > 1
+    assert monitor.found is not None and monitor.found["processMemoryMB"] > 1

@@ -260,3 +260,31 @@ async def _eventually_async(condition: Any, seconds: float = 10) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"not within {seconds} s")
+
+
+async def test_the_version_and_the_access_licences_are_read_and_written(parts: Any, simulator: Any) -> None:
+    from butler.monitors.licenses import AccessLicenseMonitor, VersionMonitor
+    from butler.monitors.sense import SystemInfo
+
+    influx = {"enable": True, "tag": {"static": [{"name": "site", "value": "lab"}]}}
+    settings, site, _ = await parts(
+        qlikSenseVersion={"versionMonitor": {"enable": True, "destination": {"influxDb": influx}}},
+        qlikSenseLicense={"licenseMonitor": {"enable": True, "destination": {"influxDb": influx}}},
+    )
+    out = Recorder()
+    info = SystemInfo("127.0.0.1", simulator.systeminfo_port, settings.certificates, True)
+    version = VersionMonitor(settings.monitors.version, info, out)
+    try:
+        await version.check()
+    finally:
+        await info.close()
+    [(measurement, tags, fields)] = out.points
+    assert (measurement, tags) == ("qlik_sense_version", {"site": "lab"})
+    assert fields["product_name"] == "Qlik Sense" and fields["version"] == version.found["version"]  # type: ignore[index]
+    out.points.clear()
+    access = AccessLicenseMonitor(settings.monitors.access_license, site, out)
+    await access.check()
+    by_type = {tags["license_type"]: fields for _, tags, fields in out.points}
+    assert sorted(by_type) == ["analyzer", "professional", "tokens_available"]
+    assert by_type["professional"]["allocated"] == 4 and by_type["analyzer"]["allocated"] == 4
+    assert {tags["site"] for _, tags, _ in out.points} == {"lab"}

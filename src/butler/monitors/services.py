@@ -144,9 +144,24 @@ class ServiceMonitor:
         self._warnings = Throttle(3600)
 
     async def check(self) -> None:
-        seen = [*await self._from_qrs(), *await self._from_windows()]
-        for service in seen:
-            await self._report(service)
+        """One check of every service; QRS that cannot be asked fails the check (so ``/health`` says so)
+        once the Windows services have been reported."""
+        from_qrs, from_windows = await asyncio.gather(
+            self._from_qrs(), self._from_windows(), return_exceptions=True
+        )
+        for found in (from_qrs, from_windows):
+            if isinstance(found, BaseException):
+                continue
+            for service in found:
+                try:
+                    await self._report(service)
+                except Exception:  # one service's outputs failing must not stop the others'
+                    log.exception(
+                        "the state of %s on %s could not be reported", service.service_name, service.host
+                    )
+        for found in (from_qrs, from_windows):
+            if isinstance(found, BaseException):
+                raise found
 
     async def _from_qrs(self) -> list[_Seen]:
         if self.site is None:
