@@ -781,3 +781,34 @@ async def test_the_uptime_block_is_logged_at_its_level_and_written_to_influxdb(
     assert [p[0] for p in out.points] == ["butler_memory_usage"] * 2
     assert out.points[0][1] == {"version": "1.2.3"} and out.points[0][2]["process_memory"] > 1
     assert monitor.found is not None and monitor.found["processMemoryMB"] > 1
+
+
+def test_upstreams_template_with_every_monitor_on_loads(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.conftest import TEMPLATE
+
+    document = yaml.safe_load(TEMPLATE.read_text())
+    butler = document["Butler"]
+    sections = [
+        butler["serviceMonitor"],
+        butler["qlikSenseVersion"]["versionMonitor"],
+        butler["heartbeat"],
+        butler["uptimeMonitor"],
+        butler["uptimeMonitor"]["storeInInfluxdb"],
+        butler["uptimeMonitor"]["storeNewRelic"],
+        *butler["qlikSenseLicense"].values(),
+    ]
+    for section in sections:
+        section["enable"] = True
+    butler["serviceMonitor"]["monitor"] = [
+        {"host": "sense1", "services": [{"name": "QlikSenseEngineService", "friendlyName": "Engine"}]}
+    ]
+    monitors = parse_config(document, base_dir=tmp_path).monitors
+    assert monitors.any_on and all(section.enable for section in (monitors.services, monitors.release))
+    assert monitors.release.dry_run is True and monitors.release.never.inactive == "ignore"
+    assert [parse(text).text for text in (monitors.services.frequency, monitors.uptime.frequency)] == [
+        "every 30 seconds",
+        "every 15 minutes",
+    ]
+    assert monitors.uptime.new_relic.accounts == ("First NR account", "Second NR account")

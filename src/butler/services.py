@@ -179,15 +179,18 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
     from butler.monitors.sense import QrsSense
     from butler.monitors.setup import Monitors
 
-    monitors = Monitors.open(
-        services.settings,
-        site=QrsSense(services.qrs) if services.qrs is not None else None,
-        publisher=services.mqtt,
-        alerts=services.alerts,
-        influx=getattr(services, "influx", None),
-        version=services.version,
-        started=services.started,
-    )
+    try:
+        monitors = Monitors.open(
+            services.settings,
+            site=QrsSense(services.qrs) if services.qrs is not None else None,
+            publisher=services.mqtt,
+            alerts=services.alerts,
+            influx=getattr(services, "influx", None),
+            version=services.version,
+            started=services.started,
+        )
+    except CertificateError as exc:
+        raise StartupError(str(exc)) from exc
     exits.push_async_callback(monitors.stop)
     services.monitors = monitors
     monitors.start()
