@@ -247,6 +247,8 @@ class FakeSite:
         return [a for a in self.allocations.get(access_type, []) if a.last_used <= cutoff]
 
     async def user(self, user_ref: str) -> SenseUser:
+        if user_ref not in self.users:
+            raise QrsError(f"Qlik Sense QRS answered GET user/{user_ref} with 404")
         return self.users[user_ref]
 
     async def release(self, access_type: str, allocation_id: str) -> str | None:
@@ -812,3 +814,12 @@ def test_upstreams_template_with_every_monitor_on_loads(tmp_path: Path) -> None:
         "every 15 minutes",
     ]
     assert monitors.uptime.new_relic.accounts == ("First NR account", "Second NR account")
+
+
+async def test_a_user_qrs_cannot_tell_about_stops_no_other_release() -> None:
+    site = release_site()
+    del site.users["ref-maria"]
+    release = LicenseRelease(release_settings(dry_run=False), site, None, now=lambda: NOW)
+    await release.check()
+    assert site.released == [("professional", "a1"), ("analyzer", "a8")]
+    assert release.last_run == {"released": 2, "wouldRelease": 0, "kept": 3, "failed": 1, "left": 0}

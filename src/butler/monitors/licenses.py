@@ -353,7 +353,17 @@ class LicenseRelease:
                 if budget == 0:
                     counts["left"] += 1
                     continue
-                outcome = await self._one(license_type, allocation, now)
+                try:
+                    outcome = await self._one(license_type, allocation, now)
+                except UpstreamError as exc:  # one user QRS cannot tell about must not stop the others
+                    log.warning(
+                        "%s licence of %s\\%s not looked at: %s",
+                        license_type,
+                        allocation.user_directory,
+                        allocation.user_id,
+                        exc,
+                    )
+                    outcome = "failed"
                 counts[outcome] += 1
                 if outcome != "kept":
                     budget -= 1
@@ -381,7 +391,10 @@ class LicenseRelease:
         if self.settings.dry_run:
             result, outcome = "would be released", "wouldRelease"
         else:
-            failure = await self.site.release(license_type, allocation.id)
+            try:
+                failure = await self.site.release(license_type, allocation.id)
+            except UpstreamError as exc:
+                failure = f"not known whether released: {exc}"
             result, outcome = ("released", "released") if failure is None else (failure, "failed")
         record = Release(
             time=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
