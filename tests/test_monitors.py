@@ -823,3 +823,39 @@ async def test_a_user_qrs_cannot_tell_about_stops_no_other_release() -> None:
     await release.check()
     assert site.released == [("professional", "a1"), ("analyzer", "a8")]
     assert release.last_run == {"released": 2, "wouldRelease": 0, "kept": 3, "failed": 1, "left": 0}
+
+
+async def test_sc_exe_runs_without_a_shell_and_details_are_asked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in ``sc.exe`` on the PATH records its arguments and answers as the real one does."""
+    from butler.monitors.windows import ServiceManager
+
+    calls = tmp_path / "calls"
+    (tmp_path / "query.txt").write_text(QUERY_RUNNING)
+    (tmp_path / "qc.txt").write_text(QC_ENGINE)
+    script = tmp_path / "sc.exe"
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s|" "$@" >> {calls}; echo >> {calls}\n'
+        f'for last; do :; done\nif [ "$last" = Missing ]; then cat <<EOF\n{MISSING}EOF\nexit 36; fi\n'
+        f'for a; do case "$a" in query) cat {tmp_path}/query.txt;; qc) cat {tmp_path}/qc.txt;; esac; done\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    manager = ServiceManager()
+    first = await manager.check("sense2", "QlikSenseEngineService")
+    again = await manager.check("sense2", "QlikSenseEngineService")
+    assert first == again and first.status == "RUNNING" and first.details.start_type == "Automatic"
+    await manager.check("sense2", "QlikSenseEngineService", refresh=True)
+    assert calls.read_text().splitlines() == [
+        "\\\\sense2|query|QlikSenseEngineService|",
+        "\\\\sense2|qc|QlikSenseEngineService|",
+        "\\\\sense2|query|QlikSenseEngineService|",
+        "\\\\sense2|query|QlikSenseEngineService|",
+        "\\\\sense2|qc|QlikSenseEngineService|",
+    ]
+    with pytest.raises(ServiceUnavailable, match=r"failed \(36\): \[SC\] EnumQueryServicesStatus"):
+        await manager.check("sense2", "Missing")
+    with pytest.raises(ValueError):
+        await manager.check("sense2", "$(touch pwned)")
+    assert not (tmp_path / "pwned").exists()

@@ -27,6 +27,13 @@ START_TYPES = {
     "SYSTEM_START": "System",
 }
 TIMEOUT_SECONDS = 20.0
+if sys.platform == "win32":
+    import ctypes
+
+    # sc.exe writes in the console's OEM code page (display names with accents, for one).
+    OUTPUT_ENCODING = f"cp{ctypes.windll.kernel32.GetOEMCP()}"
+else:
+    OUTPUT_ENCODING = "utf-8"
 _FIELD = re.compile(r"^\s*([A-Z_0-9]+)?\s*:\s?(.*)$")
 
 
@@ -128,7 +135,7 @@ class ServiceManager:
             raise ServiceUnavailable(
                 f"{' '.join(arguments)} did not answer within {TIMEOUT_SECONDS:g} s"
             ) from None
-        text = output.decode("utf-8", errors="replace")
+        text = output.decode(OUTPUT_ENCODING, errors="replace")
         if process.returncode != 0:
             raise ServiceUnavailable(
                 f"{' '.join(arguments)} failed ({process.returncode}): {' '.join(text.split())[:300]}"
