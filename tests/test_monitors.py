@@ -52,6 +52,7 @@ from butler.monitors.windows import (
 )
 from butler.qlik.qrs import QrsError
 from tests.conftest import base_config
+from tests.waiting import eventually
 
 # --- sc.exe --------------------------------------------------------------------------------------------
 
@@ -859,3 +860,40 @@ async def test_sc_exe_runs_without_a_shell_and_details_are_asked_once(
     with pytest.raises(ValueError):
         await manager.check("sense2", "$(touch pwned)")
     assert not (tmp_path / "pwned").exists()
+
+
+async def test_monitors_are_built_from_their_settings_and_report_their_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from butler.monitors.setup import Monitors
+
+    document = base_config()
+    document["Butler"]["serviceMonitor"] = {"enable": True, "frequency": "every 1 seconds"}
+    document["Butler"]["qlikSenseLicense"] = {"licenseRelease": {"enable": True}}
+    document["Butler"]["heartbeat"] = {"enable": False}
+    settings = parse_config(document, base_dir=tmp_path)
+    common: dict[str, Any] = {"publisher": None, "influx": None, "version": "1", "started": 0.0}
+    without_qlik = Monitors.open(settings, site=None, alerts=None, **common)
+    assert without_qlik.runners == {}
+    assert sum("Butler.cert is not set" in r.getMessage() for r in caplog.records) == 2
+    site = FakeSite([_node("sense1", "Engine", "RUNNING")])
+    monitors = Monitors.open(settings, site=site, alerts=object(), **common)
+    assert list(monitors.runners) == ["serviceMonitor", "licenseRelease"]
+    assert "take no monitor alerts" in caplog.records[-1].getMessage()
+    monitors.start()
+    try:
+        await eventually(lambda: all(r.runs for r in monitors.runners.values()), 5)
+    finally:
+        await monitors.stop()
+    stats = monitors.stats()
+    assert (
+        stats["serviceMonitor"]["frequency"] == "every 1 seconds"
+        and stats["licenseRelease"]["lastError"] is None
+    )
+    snapshot = monitors.snapshot()
+    assert snapshot["services"] == {"sense1": {"QlikSenseEngineService": "RUNNING"}}
+    assert snapshot["releases"] == {
+        "lastRun": {"released": 0, "wouldRelease": 0, "kept": 0, "failed": 0, "left": 0},
+        "recorded": 0,
+    }
+    assert snapshot["serverLicense"] is None and snapshot["uptime"] is None

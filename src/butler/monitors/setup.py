@@ -70,7 +70,11 @@ class Monitors:
                         "runs on Windows (this is %s); the Sense services are checked through QRS",
                         sys.platform,
                     )
-            if site is None and windows is None:
+            if windows is None and not config.services.qrs:
+                log.warning(
+                    "Butler.serviceMonitor: qrs.enable is false and no Windows service can be checked"
+                )
+            elif site is None and windows is None:
                 _needs_qlik("serviceMonitor")
             else:
                 monitors.services = ServiceMonitor(
