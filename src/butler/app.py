@@ -125,7 +125,6 @@ FEATURES = (
     # Periodic monitors (services, version, licences, heartbeat, uptime); the licence releases they made.
     Feature(monitors.routes, flags=("licenseReleases",), services=("monitors",)),
     Feature(when=monitors.on, services=("monitors",)),
-    Feature(when=_qlik_reachable(monitors.on), services=("task_starter",)),
 )
 
 

@@ -9,6 +9,7 @@ and QRS clients it uses, the QRS client last but for the key-value store. Every 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -176,13 +177,20 @@ async def _slack(services: Services, exits: AsyncExitStack) -> None:
 
 
 async def _monitors(services: Services, exits: AsyncExitStack) -> None:
-    from butler.monitors.sense import QrsSense
+    from butler.monitors.sense import SA_REPOSITORY, QrsSense
     from butler.monitors.setup import Monitors
 
+    settings = services.settings
     try:
+        site = None
+        if settings.certificates.client_cert is not None:
+            # As upstream: the monitors ask QRS as sa_repository, whoever configQRS's headers name.
+            qrs = QrsClient(dataclasses.replace(settings.qrs, headers=SA_REPOSITORY), settings.certificates)
+            exits.push_async_callback(qrs.close)
+            site = QrsSense(qrs)
         monitors = Monitors.open(
-            services.settings,
-            site=QrsSense(services.qrs) if services.qrs is not None else None,
+            settings,
+            site=site,
             publisher=services.mqtt,
             alerts=services.alerts,
             influx=getattr(services, "influx", None),

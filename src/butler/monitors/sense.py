@@ -38,6 +38,8 @@ SERVICE_STATES = {
     4: "DISABLED",
     5: "UNKNOWN",
 }
+#: The user the monitors ask QRS as (upstream's, for the licence calls).
+SA_REPOSITORY = (("X-Qlik-User", "UserDirectory=Internal; UserId=sa_repository"),)
 #: The access types licence release works on, by the name the config uses.
 ACCESS_TYPES = {"professional": "professionalaccesstype", "analyzer": "analyzeraccesstype"}
 
