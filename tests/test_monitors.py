@@ -897,3 +897,45 @@ async def test_monitors_are_built_from_their_settings_and_report_their_runs(
         "recorded": 0,
     }
     assert snapshot["serverLicense"] is None and snapshot["uptime"] is None
+
+
+async def test_uptime_metrics_are_posted_to_each_new_relic_account(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aiohttp import web
+
+    from butler.config.alerts import NewRelicAccount
+    from butler.errors import UpstreamError
+
+    received: list[tuple[dict[str, str], Any]] = []
+
+    async def metric(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.json()))
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/metric/v1", metric)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    settings = UptimeSettings()
+    new_relic = replace(
+        settings.new_relic,
+        enable=True,
+        url=f"http://127.0.0.1:{port}/metric/v1",
+        accounts=("First", "Nowhere"),
+        headers=(("X-My-Header", "v"),),
+    )
+    accounts = (NewRelicAccount(name="First", insert_api_key="key-1", account_id="1"),)
+    monitor = UptimeMonitor(replace(settings, new_relic=new_relic), "1.2.3", 900000, accounts, None, 0.0)
+    try:
+        with pytest.raises(UpstreamError, match="Nowhere: no such account"):
+            await monitor.check()
+    finally:
+        await monitor.close()
+        await runner.cleanup()
+    [(headers, body)] = received
+    assert headers["Api-Key"] == "key-1" and headers["X-My-Header"] == "v"
+    assert [m["name"] for m in body[0]["metrics"]][-1] == "qs_butlerUptimeMillisec"
+    assert body[0]["common"]["attributes"] == {"version": "1.2.3"}
