@@ -62,7 +62,8 @@ def test_upstream_template_loads_unchanged() -> None:
     assert (
         "udpServerConfig" not in settings.unsupported_sections
         and "scheduler" not in settings.unsupported_sections
-        and "serviceMonitor" in settings.unsupported_sections
+        and "serviceMonitor" not in settings.unsupported_sections
+        and "qlikSenseCloud" in settings.unsupported_sections
     )
     assert (settings.scheduler.enable, settings.scheduler.file.name) == (False, "schedule.yaml")
     assert (
@@ -244,7 +245,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     good = run_butler("config", "check", str(TEMPLATE))
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout
-    assert "not supported by this version" in good.stdout and "serviceMonitor" in good.stdout
+    assert "not supported by this version" in good.stdout and "qlikSenseCloud" in good.stdout
 
     document = filled_template()
     document["Butler"]["restServerConfig"]["serverPort"] = "abc"
@@ -336,8 +337,8 @@ def test_explain_a_key() -> None:
     assert "type: a section with the keys maxConcurrent, maxSize, backpressureThreshold" in explain_key(
         "Butler.udpServerConfig.messageQueue"
     )
-    ignored = explain_key("Butler.serviceMonitor.enable")
-    assert ignored.startswith("Butler.serviceMonitor (upstream key)") and "ignored" in ignored
+    ignored = explain_key("Butler.qlikSenseCloud.enable")
+    assert ignored.startswith("Butler.qlikSenseCloud (upstream key)") and "ignored" in ignored
 
 
 def test_explain_an_unknown_key_suggests_one() -> None:

@@ -259,6 +259,8 @@ async def test_real_answers_match_the_document(
         Call("GET", "/v2/butlerping", "/v2/butlerping", 200),
         Call("GET", "/v4/configfile/endpointsenabled", "/v4/configfile/endpointsenabled", 200),
         Call("GET", "/health", "/health", 200),
+        Call("GET", "/v4/licenses/releases", "/v4/licenses/releases?limit=5", 200),
+        Call("GET", "/v4/licenses/releases", "/v4/licenses/releases?limit=0", 400),
         Call("GET", "/v4/base62tobase16", "/v4/base62tobase16?base62=6DMW88LpSok9Z7P7hUK0wv7bF", 200),
         Call("GET", "/v4/base62tobase16", "/v4/base62tobase16?base62=-", 400),
         Call("GET", "/v4/base16tobase62", "/v4/base16tobase62?base16=3199af08bfeeaf5d", 200),

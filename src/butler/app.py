@@ -34,6 +34,7 @@ from butler.routes import (
     files,
     key_value,
     messaging,
+    monitors,
     scheduler,
     task_start,
 )
@@ -123,6 +124,9 @@ FEATURES = (
     # Events from Sense over UDP, task outcomes enriched from QRS.
     Feature(when=_udp_on, services=("events",)),
     Feature(when=_qlik_reachable(_udp_on), services=("task_starter",)),
+    # Periodic monitors (services, version, licences, heartbeat, uptime); the licence releases they made.
+    Feature(monitors.routes, flags=("licenseReleases",), services=("monitors",)),
+    Feature(when=monitors.on, services=("monitors",)),
 )
 
 

@@ -9,6 +9,7 @@ and QRS clients it uses, the QRS client last but for the key-value store. Every 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from butler.alerts.service import AlertService
     from butler.influx import InfluxWriter
     from butler.influx.task_outcomes import TaskOutcomePoints
+    from butler.monitors.setup import Monitors
     from butler.scheduler.service import SchedulerService
 
 log = logging.getLogger("butler")
@@ -62,6 +64,7 @@ class Services:
     alerts_off: str | None = None
     events: SenseEvents | None = None
     influx: InfluxWriter | None = None
+    monitors: Monitors | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -209,6 +212,34 @@ async def _slack(services: Services, exits: AsyncExitStack) -> None:
     services.slack = slack
 
 
+async def _monitors(services: Services, exits: AsyncExitStack) -> None:
+    from butler.monitors.sense import SA_REPOSITORY, QrsSense
+    from butler.monitors.setup import Monitors
+
+    settings = services.settings
+    try:
+        site = None
+        if settings.certificates.client_cert is not None:
+            # As upstream: the monitors ask QRS as sa_repository, whoever configQRS's headers name.
+            qrs = QrsClient(dataclasses.replace(settings.qrs, headers=SA_REPOSITORY), settings.certificates)
+            exits.push_async_callback(qrs.close)
+            site = QrsSense(qrs)
+        monitors = Monitors.open(
+            settings,
+            site=site,
+            publisher=services.mqtt,
+            alerts=services.alerts,
+            influx=services.influx,
+            version=services.version,
+            started=services.started,
+        )
+    except CertificateError as exc:
+        raise StartupError(str(exc)) from exc
+    exits.push_async_callback(monitors.stop)
+    services.monitors = monitors
+    monitors.start()
+
+
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
     "key_values": _key_values,
@@ -222,6 +253,7 @@ OPENERS: dict[str, Opener] = {
     "scheduler": _scheduler,
     "events": _events,
     "slack": _slack,
+    "monitors": _monitors,
 }
 
 

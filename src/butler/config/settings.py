@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from butler.config.alerts import AlertSettings
 from butler.config.declare import part, setting
 from butler.config.influx import InfluxSettings
+from butler.config.monitors import MonitorSettings
 from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Section, Spec, Str, describe
 from butler.http.browsers import parse_origin
 from butler.mqtt import InvalidMessage, check_topic
@@ -22,7 +23,7 @@ from butler.mqtt import InvalidMessage, check_topic
 LOG_LEVELS = ("silly", "debug", "verbose", "info", "warn", "error")
 
 #: Every flag of ``Butler.restServerEndpointsEnable`` upstream knows, in the template's order, then
-#: upstream v6's flags for active users.
+#: upstream v6's flags for active users, then the additions (``ADDITION_FLAGS``).
 ENDPOINT_FLAGS: tuple[str, ...] = (
     "apiListEnabledEndpoints",
     "base62ToBase16",
@@ -51,7 +52,9 @@ ENDPOINT_FLAGS: tuple[str, ...] = (
     "slackPostMessage",
     "activeUserCount",
     "activeUsers",
+    "licenseReleases",
 )
+ADDITION_FLAGS = frozenset({"licenseReleases"})
 
 #: Top-level sections of upstream Butler 16 that this project does not implement (yet): reported once.
 UPSTREAM_SECTIONS: tuple[str, ...] = (
@@ -60,12 +63,7 @@ UPSTREAM_SECTIONS: tuple[str, ...] = (
     "anonTelemetry",
     "systemInfo",
     "configVisualisation",
-    "heartbeat",
-    "uptimeMonitor",
-    "qlikSenseVersion",
-    "qlikSenseLicense",
     "restServerEndpointsConfig",
-    "serviceMonitor",
     "qlikSenseCloud",
 )
 
@@ -498,11 +496,6 @@ class MqttSettings:
     #: Keys of upstream features this version does not have (alerts, Azure, Qlik Cloud).
     UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = (
         "azureEventGrid",
-        "serviceRunningTopic",
-        "serviceStoppedTopic",
-        "serviceStatusTopic",
-        "qlikSenseServerLicenseTopic",
-        "qlikSenseServerLicenseExpireTopic",
         "qlikSenseCloud",
     )
 
@@ -550,6 +543,29 @@ class MqttSettings:
         addition=True,
     )
     events: EventTopics = part("", EventTopics)
+    service_running: str = _topic(
+        "serviceRunningTopic",
+        "qliksense/service_running",
+        "services that started, below <topic>/<host>/<name>",
+    )
+    service_stopped: str = _topic(
+        "serviceStoppedTopic",
+        "qliksense/service_stopped",
+        "services that stopped, below <topic>/<host>/<name>",
+    )
+    service_status: str = _topic(
+        "serviceStatusTopic", "qliksense/service_status", "every service's state at each check, likewise"
+    )
+    server_license: str = _topic(
+        "qlikSenseServerLicenseTopic",
+        "qliksense/qliksense_server_license",
+        "the server licence at each check",
+    )
+    server_license_expire: str = _topic(
+        "qlikSenseServerLicenseExpireTopic",
+        "qliksense/qliksense_server_license_expire",
+        "server licence expiry alerts",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -736,7 +752,12 @@ def _flag_section() -> Section:
             entry = section.keys.setdefault(parent, Key(Section()))
             assert isinstance(entry.spec, Section)
             section = entry.spec
-        section.keys[leaf] = Key(Bool(), default=False, help=f"true turns on the {leaf} endpoint(s)")
+        section.keys[leaf] = Key(
+            Bool(),
+            default=False,
+            help=f"true turns on the {leaf} endpoint(s)",
+            addition=name in ADDITION_FLAGS,
+        )
     return root
 
 
@@ -787,6 +808,7 @@ class Settings:
     )
     alerts: AlertSettings = part("", AlertSettings)
     influx: InfluxSettings = part("influxDb", InfluxSettings, help="points written to InfluxDB")
+    monitors: MonitorSettings = part("", MonitorSettings)
     #: The config file, when loaded from one.
     source: Path | None = None
     #: Upstream sections in the file that this version ignores.
