@@ -1,0 +1,286 @@
+"""GET /metrics: scraped by a real Prometheus, its text format, its port, its labels."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from butler import __version__
+from butler.app import Butler
+from butler.config import ConfigError, parse_config
+from tests.conftest import StartButler, base_config, free_port
+from tests.test_task_start import APP1, APP2, APP3, butler_config, put
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def metrics_config(port: int | None = None, **flags: bool) -> dict[str, Any]:
+    document = base_config(**flags)
+    document["Butler"]["prometheus"] = {"enable": True, "port": port}
+    return document
+
+
+async def scrape(url: str, method: str = "GET") -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as http, http.request(method, url) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples called ``name`` by their labels."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+# -- a real Prometheus --------------------------------------------------------------------------------------
+
+
+StartPrometheus = Callable[[int], Awaitable[str]]
+
+
+@pytest.fixture
+async def prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
+    """Start Prometheus scraping 127.0.0.1:<port>/metrics every second; returns its base URL."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (scripts/ensure-test-services installs it)")
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start(target_port: int) -> str:
+        config = tmp_path / "prometheus.yml"
+        scrape_config = {"job_name": "butler", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                    "scrape_configs": [scrape_config],
+                }
+            )
+        )
+        port = free_port()
+        log = tmp_path / "prometheus.log"
+        with log.open("wb") as errors:
+            process = await asyncio.create_subprocess_exec(
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors,
+            )
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert process.returncode is None, log.read_text()
+                try:
+                    async with http.get(f"{base}/-/ready") as response:
+                        if response.status == 200:
+                            return base
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "Prometheus not ready within 30 s"
+                await asyncio.sleep(0.1)
+
+    yield start
+    for process in processes:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+async def promql(base: str, query: str) -> list[dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/api/v1/query", params={"query": query}) as response,
+    ):
+        answer = await response.json()
+    assert answer["status"] == "success", answer
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+async def wait_for_value(base: str, query: str, expected: float, seconds: float = 20) -> None:
+    """Until ``query`` gives one series of value ``expected``; the last answer in the failure otherwise."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await promql(base, query)
+        values = [float(series["value"][1]) for series in result]
+        if values == [expected]:
+            return
+        assert time.monotonic() < deadline, f"{query}: {result}, not {expected}"
+        await asyncio.sleep(0.25)
+
+
+async def test_prometheus_sees_the_task_starts(
+    start_butler: StartButler, simulator: Any, site_certs: Any, prometheus: StartPrometheus
+) -> None:
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["prometheus"] = {"enable": True}
+    base = await start_butler(document)
+    server = await prometheus(int(base.rsplit(":", 1)[1]))
+    await wait_for_value(server, 'up{job="butler"}', 1)
+    tasks = [APP1, APP2, APP3, APP1, APP2]
+    for task in tasks:
+        status, body, _ = await put(base, f"/v4/reloadtask/{task['taskId']}/start", [])
+        assert status == 200 and body["tasksId"]["started"] == [task]
+    # One task id QRS does not know: counted as invalid, not as started.
+    await put(base, "/v4/reloadtask/-/start", [{"type": "starttaskid", "payload": {"taskId": "0" * 36}}])
+    await wait_for_value(server, 'butler_task_starts_total{outcome="started"}', len(tasks))
+    await wait_for_value(server, 'butler_task_starts_total{outcome="invalid"}', 1)
+    route = "/v4/reloadtask/{taskId}/start"
+    await wait_for_value(
+        server, f'sum(butler_http_requests_total{{route="{route}",status="200"}})', len(tasks) + 1
+    )
+
+
+# -- the endpoint -------------------------------------------------------------------------------------------
+
+
+async def test_text_format_parses_with_every_family(start_butler: StartButler) -> None:
+    base = await start_butler(metrics_config())
+    for _ in range(3):
+        assert (await scrape(f"{base}/v4/butlerping"))[0] == 200
+    status, content_type, text = await scrape(f"{base}/metrics")
+    assert status == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["butler_http_request_duration_seconds"].type == "histogram"
+    assert families["butler_http_requests"].type == "counter"
+    assert samples(text, "butler_info") == {(("version", __version__),): 1}
+    ping = (("method", "GET"), ("route", "/v4/butlerping"), ("status", "200"))
+    assert samples(text, "butler_http_requests_total")[ping] == 3
+    assert samples(text, "butler_http_request_duration_seconds_count")[ping] == 3
+    buckets = [
+        value
+        for labels, value in samples(text, "butler_http_request_duration_seconds_bucket").items()
+        if dict(labels)["route"] == "/v4/butlerping"
+    ]
+    assert len(buckets) == 15 and max(buckets) == 3  # cumulative, +Inf holding every request
+    assert 0 < samples(text, "butler_http_request_duration_seconds_sum")[ping] < 3
+    # Every key-value call is counted, whichever route made it.
+    assert samples(text, "butler_kv_operations_total")[(("operation", "get"),)] == 0
+    if sys.platform == "linux":
+        assert samples(text, "process_resident_memory_bytes")[()] > 0
+
+
+async def test_head_query_strings_and_methods(start_butler: StartButler) -> None:
+    base = await start_butler(metrics_config())
+    status, _, text = await scrape(f"{base}/metrics", "HEAD")
+    assert status == 200 and text == ""
+    for query in ("?name[]=x", "?%zz=%", "?a=1&a=2&&", "?" + "x" * 5000):
+        status, _, text = await scrape(f"{base}/metrics{query}")
+        assert status == 200 and "butler_http_requests_total" in text, query
+    assert (await scrape(f"{base}/metrics", "POST"))[0] == 404
+    assert (await scrape(f"{base}/metrics/", "GET"))[0] == 404
+
+
+async def test_unknown_paths_share_one_label(start_butler: StartButler) -> None:
+    base = await start_butler(metrics_config())
+    async with aiohttp.ClientSession() as http:
+        for n in range(40):
+            async with http.get(f"{base}/no/such/path/{n}") as response:
+                assert response.status == 404
+        async with http.request("PROPFIND", f"{base}/dav") as response:
+            assert response.status == 404
+        async with http.post(f"{base}/v4/keyvalues/ns", json={"key": "k", "value": "v"}) as response:
+            assert response.status == 201
+        for _ in range(5):
+            async with http.get(f"{base}/v4/keyvalues/ns", params={"key": "k"}) as response:
+                assert response.status == 200
+    text = (await scrape(f"{base}/metrics"))[2]
+    requests = samples(text, "butler_http_requests_total")
+    routes = {dict(labels)["route"] for labels in requests}
+    assert routes == {"unmatched", "/v4/keyvalues/{namespace}"}
+    unmatched = {labels: value for labels, value in requests.items() if dict(labels)["route"] == "unmatched"}
+    assert unmatched == {
+        (("method", "GET"), ("route", "unmatched"), ("status", "404")): 40,
+        (("method", "other"), ("route", "unmatched"), ("status", "404")): 1,
+    }
+    operations = samples(text, "butler_kv_operations_total")
+    assert operations[(("operation", "set"),)] == 1 and operations[(("operation", "get"),)] == 5
+
+
+async def test_port_of_its_own(start_butler: StartButler) -> None:
+    port = free_port()
+    base = await start_butler(metrics_config(port))
+    assert (await scrape(f"{base}/v4/butlerping"))[0] == 200
+    assert (await scrape(f"{base}/metrics"))[0] == 404  # not on the REST API's port
+    status, _, text = await scrape(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    # The REST API's requests are counted; the metrics port's own are not.
+    routes = {dict(labels)["route"] for labels in samples(text, "butler_http_requests_total")}
+    assert routes == {"/v4/butlerping", "unmatched"}
+    assert (await scrape(f"http://127.0.0.1:{port}/v4/butlerping"))[0] == 404
+
+
+async def test_off_by_default(start_butler: StartButler) -> None:
+    port = free_port()
+    document = base_config()
+    document["Butler"]["prometheus"] = {"enable": False, "port": port}
+    base = await start_butler(document)
+    assert (await scrape(f"{base}/metrics"))[0] == 404
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await scrape(f"http://127.0.0.1:{port}/metrics")
+    assert (await scrape(f"{base}/v4/butlerping"))[0] == 200
+
+
+class _Nodes:
+    """What a monitor would register: one gauge per node."""
+
+    def __init__(self, nodes: Iterable[str]) -> None:
+        self.nodes = list(nodes)
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("butler_test_node_up", "test", labels=("node",))
+        for node in self.nodes:
+            family.add_metric([node], 1)
+        return [family]
+
+
+async def test_each_butler_has_its_own_registry(tmp_path: Path) -> None:
+    one = Butler(parse_config(metrics_config(), base_dir=tmp_path / "one"))
+    two = Butler(parse_config(metrics_config(), base_dir=tmp_path / "two"))
+    await one.start()
+    try:
+        await two.start()
+        try:
+            assert one.services.metrics is not None and two.services.metrics is not None
+            one.services.metrics.register(_Nodes(["sense1", "sense2"]))
+            await scrape(f"{one.listeners[0].url}/v4/butlerping")
+            first = (await scrape(f"{one.listeners[0].url}/metrics"))[2]
+            second = (await scrape(f"{two.listeners[0].url}/metrics"))[2]
+        finally:
+            await two.stop()
+    finally:
+        await one.stop()
+    assert samples(first, "butler_test_node_up") == {(("node", "sense1"),): 1, (("node", "sense2"),): 1}
+    assert samples(second, "butler_test_node_up") == {}
+    assert any(
+        dict(labels)["route"] == "/v4/butlerping" for labels in samples(first, "butler_http_requests_total")
+    )
+    assert not any(
+        dict(labels)["route"] == "/v4/butlerping" for labels in samples(second, "butler_http_requests_total")
+    )
+
+
+def test_config_port_may_be_null_or_a_port() -> None:
+    assert parse_config(metrics_config(), base_dir=Path()).prometheus.port is None
+    assert parse_config(metrics_config(9842), base_dir=Path()).prometheus.port == 9842
+    document = metrics_config()
+    document["Butler"]["prometheus"]["port"] = "9842"
+    with pytest.raises(ConfigError, match=r"prometheus\.port"):
+        parse_config(document, base_dir=Path())
