@@ -15,7 +15,6 @@ ids, paths or user names).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -26,12 +25,7 @@ from prometheus_client import (
     CollectorRegistry,
     generate_latest,
 )
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from butler.http.middleware.request_metrics import BUCKETS, RequestTimes
@@ -53,7 +47,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         #: Filled in by the REST API's ``RequestMetrics`` middleware.
         self.requests = RequestTimes()
-        self.register(_Requests(self.requests))
+        self._requests = _Requests(self.requests)
         self.register(_Services(services))
         # The client's default collectors hold no state of their own: sharing them is safe. The process
         # collector reads /proc and yields nothing where there is none (Windows).
@@ -66,30 +60,46 @@ class Metrics:
         self.registry.register(collector)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return self._requests.text().encode() + generate_latest(self.registry)
 
 
-class _Requests(Collector):
+class _Requests:
+    """The request families, written here rather than by the client library: they are most of the lines
+    (one per bucket of every route, method and status seen), and the library's writer checks and escapes
+    the labels of every line again at every scrape, 7 µs a line; here each series' labels are written once.
+    """
+
     def __init__(self, times: RequestTimes) -> None:
         self.times = times
+        self._labels: dict[tuple[str, str, int], str] = {}
 
-    def collect(self) -> Iterable[Metric]:
-        labels = ("route", "method", "status")
-        total = CounterMetricFamily(
-            "butler_http_requests", "REST API requests answered, by route template", labels=labels
-        )
-        durations = HistogramMetricFamily(
-            "butler_http_request_duration_seconds",
-            "Time from a REST request's head to its answer, by route template",
-            labels=labels,
-            unit="seconds",
-        )
-        for (route, method, status), series in list(self.times.series.items()):
-            values = [route, method, str(status)]
-            counts = list(accumulate(series.counts))
-            total.add_metric(values, counts[-1])
-            durations.add_metric(values, list(zip(_BOUNDS, counts, strict=True)), series.seconds)
-        return (total, durations)
+    def text(self) -> str:
+        totals = [
+            "# HELP butler_http_requests_total REST API requests answered, by route template",
+            "# TYPE butler_http_requests_total counter",
+        ]
+        name = "butler_http_request_duration_seconds"
+        durations = [
+            f"# HELP {name} Time from a REST request's head to its answer, by route template",
+            f"# TYPE {name} histogram",
+        ]
+        for key, series in list(self.times.series.items()):
+            labels = self._labels.get(key)
+            if labels is None:
+                route, method, status = key
+                labels = self._labels[key] = f'route="{_escape(route)}",method="{method}",status="{status}"'
+            count = 0
+            for bound, bucket in zip(_BOUNDS, series.counts, strict=True):
+                count += bucket
+                durations.append(f'{name}_bucket{{{labels},le="{bound}"}} {count}')
+            durations.append(f"{name}_sum{{{labels}}} {series.seconds!r}")
+            durations.append(f"{name}_count{{{labels}}} {count}")
+            totals.append(f"butler_http_requests_total{{{labels}}} {count}")
+        return "\n".join((*totals, *durations, ""))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _counter(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
