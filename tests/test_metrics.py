@@ -190,6 +190,19 @@ async def test_head_query_strings_and_methods(start_butler: StartButler) -> None
     assert (await scrape(f"{base}/metrics/", "GET"))[0] == 404
 
 
+async def test_not_rate_limited(start_butler: StartButler) -> None:
+    base = await start_butler(metrics_config(), rate_limit=2)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.get(f"{base}/metrics") as response:
+                assert response.status == 200 and "x-ratelimit-limit" not in response.headers
+        statuses = []
+        for _ in range(3):
+            async with http.get(f"{base}/v4/butlerping") as response:
+                statuses.append(response.status)
+    assert statuses == [200, 200, 429]  # the limit is on, for the routes it applies to
+
+
 async def test_unknown_paths_share_one_label(start_butler: StartButler) -> None:
     base = await start_butler(metrics_config())
     async with aiohttp.ClientSession() as http:
