@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from butler import __version__
 from butler.app import Butler
 from butler.config import ConfigError, parse_config
-from tests.conftest import StartButler, base_config, free_port
+from tests.conftest import Broker, StartButler, base_config, free_port, udp_ports
+from tests.test_events import session_datagram, udp_config
+from tests.test_openapi import slack_webhook  # noqa: F401 (fixture)
 from tests.test_task_start import APP1, APP2, APP3, butler_config, put
 
 PROMETHEUS = shutil.which("prometheus")
@@ -299,3 +302,94 @@ def test_config_port_may_be_null_or_a_port() -> None:
     document["Butler"]["prometheus"]["port"] = "9842"
     with pytest.raises(ConfigError, match=r"prometheus\.port"):
         parse_config(document, base_dir=Path())
+
+
+async def wait_for_samples(base: str, name: str, expected: dict[tuple[tuple[str, str], ...], float]) -> str:
+    """Scrape until the samples ``name`` include ``expected``; the last scrape."""
+    async with asyncio.timeout(20):
+        while True:
+            text = (await scrape(f"{base}/metrics"))[2]
+            found = samples(text, name)
+            if all(found.get(labels) == value for labels, value in expected.items()):
+                return text
+            await asyncio.sleep(0.1)
+
+
+async def test_service_figures(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    broker: Broker,
+    slack_webhook: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Task events, UDP, active users, the event consumers, alerts, MQTT and the scheduler, each from a real
+    source: the simulator's UDP events, datagrams sent here, a webhook that takes alerts and one that does
+    not exist, the broker, and a schedule firing every second."""
+    task_port, session_port = udp_ports()
+    config = udp_config(butler_config(simulator, site_certs), task_port, session_port)
+    butler = config["Butler"]
+    butler["prometheus"] = {"enable": True}
+    butler["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
+    hooks = [slack_webhook, slack_webhook.removesuffix("hook") + "nowhere"]
+    butler["webhookNotification"] = {
+        "enable": True,
+        "reloadTaskFailure": {
+            "webhooks": [{"description": "d", "webhookURL": url, "httpMethod": "POST"} for url in hooks]
+        },
+    }
+    schedules = tmp_path / "schedule.yaml"
+    schedules.write_text(
+        "butlerSchedule:\n  - name: Every second\n    cronSchedule: '* * * * * *'\n    timezone: UTC\n"
+        f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: sched-1\n"
+    )
+    butler["scheduler"] = {"enable": True, "configfile": str(schedules)}
+    base = await start_butler(config)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for host, user in (("sense1", "anna"), ("sense1", "bo"), ("sense2", "anna")):
+            sock.sendto(session_datagram("Start session", host, "LAB", user), ("127.0.0.1", session_port))
+        sock.sendto(b"/proxy-session/;only;three", ("127.0.0.1", session_port))
+    failing = next(t["id"] for t in simulator.site.tasks.values() if t["name"] == "Reload Failing App")
+    simulator.udp.targets = [("127.0.0.1", task_port)]
+    simulator.scheduler.start(failing)
+
+    await wait_for_samples(
+        base, "butler_active_users", {(("proxy_host", "sense1"),): 2, (("proxy_host", "sense2"),): 1}
+    )
+    await wait_for_samples(
+        base, "butler_task_events_total", {(("outcome", "failed"), ("task_type", "Reload")): 1}
+    )
+    text = await wait_for_samples(
+        base,
+        "butler_alert_deliveries_total",
+        {(("channel", "webhook"), ("state", "sent")): 1, (("channel", "webhook"), ("state", "dead")): 1},
+    )
+    assert samples(text, "butler_active_users_distinct") == {(): 2}
+    assert samples(text, "butler_udp_datagrams_malformed_total")[(("listener", "session"),)] == 1
+    assert samples(text, "butler_udp_datagrams_accepted_total")[(("listener", "session"),)] == 3
+    udp_events = samples(text, "butler_udp_events_total")
+    assert udp_events[(("listener", "task"), ("type", "/scheduler-task-failed/"))] == 1
+    assert udp_events[(("listener", "session"), ("type", "Start session"))] == 3
+    assert samples(text, "butler_alerts_total")[(("result", "made"),)] == 1
+    deliveries = samples(text, "butler_alert_deliveries_total")
+    # The refused webhook's 404 is final: a dead letter at once, not retried.
+    assert deliveries[(("channel", "webhook"), ("state", "retried"))] == 0
+    assert deliveries[(("channel", "webhook"), ("state", "rate_limited"))] == 0
+    assert samples(text, "butler_alert_outbox_pending") == {(("channel", "webhook"),): 0}
+    consumers = samples(text, "butler_event_consumer_events_total")
+    assert consumers[(("consumer", "alerts"), ("result", "delivered"))] >= 1
+    assert consumers[(("consumer", "mqtt"), ("result", "dropped"))] == 0
+    assert samples(text, "butler_event_consumer_queue_depth")[(("consumer", "mqtt"),)] == 0
+    assert samples(text, "butler_task_event_queue_depth") == {(): 0}
+    assert samples(text, "butler_mqtt_connected") == {(): 1}
+    assert samples(text, "butler_mqtt_messages_total")[(("result", "published"),)] >= 1
+    assert samples(text, "butler_schedules") == {(): 1}
+    text = await wait_for_samples(base, "butler_schedules", {(): 1})
+    async with asyncio.timeout(10):
+        while not samples(text, "butler_scheduler_fires_total"):
+            await asyncio.sleep(0.2)
+            text = (await scrape(f"{base}/metrics"))[2]
+    assert set(samples(text, "butler_scheduler_fires_total")) <= {
+        (("outcome", o),) for o in ("started", "skipped")
+    }
