@@ -1,7 +1,8 @@
 """Butler's metrics for Prometheus (``GET /metrics``), read from the services when Prometheus scrapes.
 
-Every figure but the request durations is read from counters the services keep anyway (the ones
-``/health`` shows) at scrape time, so metrics cost the services nothing between scrapes. Requests are
+Every figure but the request durations is read at scrape time from the counters the services keep (the
+ones ``/health`` shows, and plain integer counts beside them: task starts, task events by type, key-value
+calls, schedule fires), so metrics cost the services next to nothing between scrapes. Requests are
 counted by the ``RequestMetrics`` middleware (``butler.http.middleware.request_metrics``).
 
 Each Butler has its own ``CollectorRegistry``, not the client library's global one, so that two Butlers in

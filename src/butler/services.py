@@ -190,7 +190,8 @@ async def _slack(services: Services, exits: AsyncExitStack) -> None:
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
     "key_values": _key_values,
-    # Before every other service, so that their openers can register collectors.
+    # After the key-value store, whose calls it counts; before the rest, so that their openers can register
+    # collectors.
     "metrics": _metrics,
     "task_starter": _task_starter,
     "mqtt": _mqtt,
