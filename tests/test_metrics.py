@@ -295,6 +295,18 @@ async def test_each_butler_has_its_own_registry(tmp_path: Path) -> None:
     )
 
 
+async def test_served_nowhere_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rest_off, port_of_its_own = metrics_config(), metrics_config(free_port())
+    for document in (rest_off, port_of_its_own):
+        document["Butler"]["restServerConfig"]["enable"] = False
+    for document, said in ((rest_off, True), (port_of_its_own, False), (metrics_config(), False)):
+        caplog.clear()
+        butler = Butler(parse_config(document, base_dir=tmp_path))
+        await butler.start()
+        await butler.stop()
+        assert ("GET /metrics is served nowhere" in caplog.text) is said
+
+
 def test_config_port_may_be_null_or_a_port() -> None:
     assert parse_config(metrics_config(), base_dir=Path()).prometheus.port is None
     assert parse_config(metrics_config(9842), base_dir=Path()).prometheus.port == 9842

@@ -127,7 +127,7 @@ FEATURES = (
     Feature(when=_udp_on, services=("events",)),
     Feature(when=_qlik_reachable(_udp_on), services=("task_starter",)),
     # GET /metrics, on the REST API's port or one of its own (Butler._start).
-    Feature(metrics.routes, when=_metrics_on, services=("metrics",)),
+    Feature(metrics.routes, when=_metrics_on, services=("metrics",), check=metrics.warn_unserved),
 )
 
 

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
+from butler.config import Settings
 from butler.http.routing import ApiRequest, Reply, Route
 from butler.metrics import CONTENT_TYPE, Metrics
 from butler.services import Services
+
+log = logging.getLogger("butler")
+
+
+def warn_unserved(settings: Settings) -> None:
+    """At start-up: say when nothing would serve /metrics."""
+    if settings.prometheus.port is None and not settings.rest.enable:
+        log.warning(
+            "Butler.prometheus.enable is true but GET /metrics is served nowhere: the REST API is off and "
+            "Butler.prometheus.port is null; a port serves it on its own"
+        )
 
 
 def routes(services: Services) -> list[Route]:
