@@ -23,9 +23,16 @@ from butler.app import build_router
 from butler.apps import AppService
 from butler.config import ENDPOINT_FLAGS, parse_config
 from butler.config.alerts import WebhookSettings
-from butler.config.settings import CertificateSettings, EngineSettings, QrsSettings, StartTaskFilter
+from butler.config.settings import (
+    CertificateSettings,
+    EngineSettings,
+    PrometheusSettings,
+    QrsSettings,
+    StartTaskFilter,
+)
 from butler.http.docs import ApiDocument, load_openapi
 from butler.kvstore.memory import MemoryStore
+from butler.metrics import Metrics
 from butler.qlik.qrs import QrsClient
 from butler.services import Services
 from butler.task_start import TaskStarter
@@ -48,11 +55,14 @@ def test_every_route_is_documented_and_every_operation_served(tmp_path: object) 
     qrs = QrsClient(QrsSettings(use_ssl=False), CertificateSettings())
     starter = TaskStarter(qrs, StartTaskFilter(), None)
     apps = AppService(EngineSettings(use_ssl=False), CertificateSettings(), starter)
-    # An alert channel on, so that the alert routes are registered too.
+    # An alert channel on, so that the alert routes are registered too; metrics on, for /metrics.
     settings = dataclasses.replace(
-        settings, alerts=dataclasses.replace(settings.alerts, webhook=WebhookSettings(enable=True))
+        settings,
+        alerts=dataclasses.replace(settings.alerts, webhook=WebhookSettings(enable=True)),
+        prometheus=PrometheusSettings(enable=True),
     )
     context = Services(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
+    context.metrics = Metrics(context)
     router = build_router(context, document)
     registered = {(r.method, r.path) for r in router.routes if r.documented}
     assert registered == set(document.operations())
@@ -226,6 +236,7 @@ async def test_real_answers_match_the_document(
         f"    qlikSenseTaskId: {APP1['taskId']}\n    startupState: started\n    id: sched-1\n"
     )
     butler["scheduler"] = {"enable": True, "configfile": str(schedules)}
+    butler["prometheus"] = {"enable": True}
     base = await start_butler(config)
 
     failing = next(t["id"] for t in simulator.site.tasks.values() if t["name"] == "Reload Failing App")
@@ -261,6 +272,7 @@ async def test_real_answers_match_the_document(
         Call("GET", "/health", "/health", 200),
         Call("GET", "/v4/licenses/releases", "/v4/licenses/releases?limit=5", 200),
         Call("GET", "/v4/licenses/releases", "/v4/licenses/releases?limit=0", 400),
+        Call("GET", "/metrics", "/metrics?ignored=1", 200),
         Call("GET", "/v4/base62tobase16", "/v4/base62tobase16?base62=6DMW88LpSok9Z7P7hUK0wv7bF", 200),
         Call("GET", "/v4/base62tobase16", "/v4/base62tobase16?base62=-", 400),
         Call("GET", "/v4/base16tobase62", "/v4/base16tobase62?base16=3199af08bfeeaf5d", 200),

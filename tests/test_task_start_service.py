@@ -259,6 +259,23 @@ async def test_a_start_timing_out_fails_the_request_after_every_start_ended() ->
     assert qrs.calls[-1] == ("waited", 0.05)  # the slow start of C ended before the error came out
 
 
+async def test_counts_of_what_became_of_each_task_and_of_failed_requests() -> None:
+    qrs = site()
+    qrs.start_many_answer = False
+    qrs.tasks[C].start = Refusal(409, "Task is locked")
+    service = starter(qrs, task_ids=frozenset({A, C, UNKNOWN}), tags=frozenset({"finance"}))
+    # A started; C refused by QRS; B denied, one tag denied; two ids invalid; the finance tag's B started.
+    await service.start(A, [by_id(C), by_id(B), by_id(NOT_A_GUID), by_id(UNKNOWN)])
+    await service.start("-", [by_tag("finance"), by_tag("nightly")])
+    assert service.counts == {"started": 2, "failed": 1, "denied": 2, "invalid": 2, "error": 0}
+    qrs.start_many_answer = QrsTimeout("too slow")
+    with pytest.raises(QrsTimeout):
+        await service.start(A, [by_id(C)])
+    with pytest.raises(TaskRequestError):
+        await service.start("-", [{"type": "starttaskid", "payload": 1}])
+    assert service.counts == {"started": 2, "failed": 1, "denied": 2, "invalid": 2, "error": 2}
+
+
 async def test_a_lookup_failing_fails_the_request_and_starts_nothing() -> None:
     qrs = site()
 

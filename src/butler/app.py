@@ -34,6 +34,7 @@ from butler.routes import (
     files,
     key_value,
     messaging,
+    metrics,
     monitors,
     scheduler,
     task_start,
@@ -89,6 +90,10 @@ def _alerts_on(settings: Settings) -> bool:
     return bool(settings.alerts.channels_on())
 
 
+def _metrics_on(settings: Settings) -> bool:
+    return settings.prometheus.enable
+
+
 def _qlik_reachable(on: Callable[[Settings], bool]) -> Callable[[Settings], bool]:
     """``on``, for the parts that need Qlik Sense: set-ups without client certificates run without them."""
     return lambda settings: on(settings) and settings.certificates.client_cert is not None
@@ -127,6 +132,8 @@ FEATURES = (
     # Periodic monitors (services, version, licences, heartbeat, uptime); the licence releases they made.
     Feature(monitors.routes, flags=("licenseReleases",), services=("monitors",)),
     Feature(when=monitors.on, services=("monitors",)),
+    # GET /metrics, on the REST API's port or one of its own (Butler._start).
+    Feature(metrics.routes, when=_metrics_on, services=("metrics",), check=metrics.warn_unserved),
 )
 
 
@@ -168,7 +175,8 @@ class Butler:
         router = build_router(self.services, ApiDocument(load_openapi()))
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         browsers = BrowserCheck(self.settings.rest.allowed_origins, open_paths=(DOCS_PATH,))
-        return RestApi(router, limiter, browsers)
+        requests = self.services.metrics.requests if self.services.metrics is not None else None
+        return RestApi(router, limiter, browsers, requests)
 
     async def start(self) -> None:
         try:
@@ -192,11 +200,13 @@ class Butler:
             log.warning("Butler.restServerConfig.enable is false: the REST API is not started")
         health = self.settings.health_check
         if health.enable:
-            router = Router()
-            router.add(butler_status.health_route(self.services))
-            health_api = RestApi(router, browsers=BrowserCheck(rest.allowed_origins))
-            health_listener = Listener(health_api, rest.host, health.port, limits=rest.limits)
-            await self._open(health_listener, "health check")
+            await self._open_alone(
+                butler_status.health_route(self.services), rest.host, health.port, "health check"
+            )
+        prometheus = self.settings.prometheus
+        if self.services.metrics is not None and prometheus.port is not None:
+            route = metrics.metrics_route(self.services.metrics)
+            await self._open_alone(route, prometheus.host or rest.host, prometheus.port, "metrics")
 
     async def stop(self) -> None:
         try:
@@ -204,6 +214,14 @@ class Butler:
         finally:
             self.listeners.clear()
             self.services = Services(self.settings)
+
+    async def _open_alone(self, route: Route, host: str, port: int, what: str) -> None:
+        """A plain-HTTP listener serving ``route`` alone, with the REST API's connection limits."""
+        router = Router()
+        router.add(route)
+        rest = self.settings.rest
+        api = RestApi(router, browsers=BrowserCheck(rest.allowed_origins))
+        await self._open(Listener(api, host, port, limits=rest.limits), what)
 
     async def _open(self, listener: Listener, what: str) -> None:
         try:

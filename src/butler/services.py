@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from butler.alerts.service import AlertService
     from butler.influx import InfluxWriter
     from butler.influx.task_outcomes import TaskOutcomePoints
+    from butler.metrics import Metrics
     from butler.monitors.setup import Monitors
     from butler.scheduler.service import SchedulerService
 
@@ -65,6 +66,8 @@ class Services:
     events: SenseEvents | None = None
     influx: InfluxWriter | None = None
     monitors: Monitors | None = None
+    #: ``Butler.prometheus``: other modules add their figures with ``metrics.register`` (butler.metrics).
+    metrics: Metrics | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -81,6 +84,17 @@ async def _key_values(services: Services, exits: AsyncExitStack) -> None:
     exits.push_async_callback(store.close)
     services.key_values = store
     log.info("key-value store: %s", settings.backend)
+
+
+async def _metrics(services: Services, exits: AsyncExitStack) -> None:
+    # Imported only when enabled: the Prometheus client adds a twentieth of a second to start-up.
+    from butler.kvstore.counted import CountedStore
+    from butler.metrics import Metrics
+
+    services.metrics = Metrics(services)
+    # Before the services that use the store take it, so their calls are counted too.
+    if services.key_values is not None:
+        services.key_values = CountedStore(services.key_values)
 
 
 async def _task_starter(services: Services, exits: AsyncExitStack) -> None:
@@ -243,6 +257,9 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
     "key_values": _key_values,
+    # After the key-value store, whose calls it counts; before the rest, so that their openers can register
+    # collectors.
+    "metrics": _metrics,
     "task_starter": _task_starter,
     "mqtt": _mqtt,
     "apps": _apps,

@@ -95,6 +95,10 @@ def js_string(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+#: What ``TaskStarter.counts`` counts.
+START_COUNTS = ("started", "failed", "denied", "invalid", "error")
+
+
 class TaskStarter:
     """Butler's task-start logic: what to look up, what may start, and the answer in upstream's shape."""
 
@@ -109,6 +113,9 @@ class TaskStarter:
         self.filter = task_filter
         self.key_values = key_values
         self.watcher = ExecutionWatcher(repository, poll_seconds)
+        #: Tasks by what became of them (started, failed, denied, invalid) since start-up, and ``error``:
+        #: requests that failed as a whole (a caller's mistake, QRS unavailable or too slow).
+        self.counts = dict.fromkeys(START_COUNTS, 0)
 
     async def start(
         self,
@@ -119,6 +126,15 @@ class TaskStarter:
     ) -> StartOutcome:
         """Start what the request asks for. With ``wait_seconds``, start synchronously and wait up to that
         long for the runs to end, reporting each run under ``executions``."""
+        try:
+            return await self._start(url_task_id, items, all_ids_must_exist, wait_seconds)
+        except Exception:
+            self.counts["error"] += 1
+            raise
+
+    async def _start(
+        self, url_task_id: str, items: Any, all_ids_must_exist: bool, wait_seconds: float | None
+    ) -> StartOutcome:
         outcome = StartOutcome()
         requested: list[str] = [] if url_task_id == "-" else [url_task_id]
         tags: list[str] = []
@@ -177,6 +193,13 @@ class TaskStarter:
             confirmed = [e["taskId"] for e in (*outcome.started, *outcome.tags, *outcome.custom_properties)]
             results = await self._start_batch(list(dict.fromkeys(confirmed)), waiting)
         self._settle(outcome, results)
+        counts = self.counts
+        counts["started"] += len(results) - len(outcome.start_failed)
+        counts["failed"] += len(outcome.start_failed)
+        counts["denied"] += (
+            len(outcome.denied) + len(outcome.tags_denied) + len(outcome.custom_properties_denied)
+        )
+        counts["invalid"] += len(outcome.invalid)
         if waiting:
             sessions = {task_id: session for task_id, (_, session) in results.items() if session}
             listed = {

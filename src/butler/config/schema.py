@@ -71,11 +71,16 @@ class Number(Spec):
 
     minimum: float | None = None
     maximum: float | None = None
+    nullable: bool = False
     #: What the messages call a value of this spec.
     kind: ClassVar[str] = "a number"
 
     @property
     def expected(self) -> str:
+        return self._range + (" or null" if self.nullable else "")
+
+    @property
+    def _range(self) -> str:
         if self.minimum is not None and self.maximum is not None:
             return f"{self.kind} {_plain(self.minimum)}-{_plain(self.maximum)}"
         if self.minimum is not None:
@@ -87,6 +92,8 @@ class Number(Spec):
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
     def check(self, value: Any, path: str, errors: list[str]) -> Any:
+        if value is None and self.nullable:
+            return None
         in_range = (
             self.accepts(value)
             and (self.minimum is None or value >= self.minimum)

@@ -215,6 +215,25 @@ class HealthCheckSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrometheusSettings:
+    """``Butler.prometheus`` (an addition): ``GET /metrics`` in Prometheus's text format."""
+
+    enable: bool = setting("enable", Bool(), False, help="serve GET /metrics (README, Metrics)")
+    host: str | None = setting(
+        "host",
+        Str(nullable=True),
+        None,
+        help="the address of the metrics port; null: Butler.restServerConfig.serverHost",
+    )
+    port: int | None = setting(
+        "port",
+        Int(1, 65535, nullable=True),
+        None,
+        help="a plain-HTTP port serving only GET /metrics; null: served by the REST API's listener",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class KeyValueSettings:
     """``Butler.keyValueStore``. ``backend``, ``sqlite`` and ``redis`` are additions to upstream's keys."""
 
@@ -782,6 +801,9 @@ class Settings:
     )
     health_check: HealthCheckSettings = part(
         "dockerHealthCheck", HealthCheckSettings, help="a plain-HTTP GET /health port for Docker"
+    )
+    prometheus: PrometheusSettings = part(
+        "prometheus", PrometheusSettings, addition=True, help="GET /metrics for Prometheus"
     )
     key_value: KeyValueSettings = part("keyValueStore", KeyValueSettings, help="the key-value store")
     certificates: CertificateSettings = part(

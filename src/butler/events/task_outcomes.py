@@ -290,6 +290,8 @@ class TaskOutcomes:
         self.bus = bus
         self.handled = 0
         self.partial = 0
+        #: Events handled by task type (None: QRS did not say) and outcome.
+        self.by_outcome: dict[tuple[str | None, str], int] = {}
         self._queue: asyncio.Queue[TaskEvent] = asyncio.Queue(settings.queue_size)
         self._held: dict[str, float] = {}  # "<execution id> <outcome>": when it may come again
         self._expiring: deque[tuple[float, str]] = deque()
@@ -413,6 +415,8 @@ class TaskOutcomes:
                 self._expiring.append((expires, key))
             self.handled += 1
             self.partial += outcome.partial
+            kind = (outcome.task_type, event.outcome)
+            self.by_outcome[kind] = self.by_outcome.get(kind, 0) + 1
             log.log(
                 logging.DEBUG if event.outcome == "success" else logging.INFO,
                 "%s task '%s' (app '%s') %s on %s, execution %s%s",

@@ -37,6 +37,7 @@ from butler.http.middleware.browser_guard import BrowserGuard
 from butler.http.middleware.error_envelope import ErrorEnvelope
 from butler.http.middleware.method_override import MethodOverride
 from butler.http.middleware.rate_limit import RateLimit
+from butler.http.middleware.request_metrics import RequestMetrics, RequestTimes
 from butler.http.middleware.routing import Routing
 from butler.http.middleware.validation import Validation, parse_query
 from butler.http.ratelimit import RateLimiter
@@ -58,14 +59,20 @@ class RestApi:
     chain (``butler.http.middleware``) and sends what it answers."""
 
     def __init__(
-        self, router: Router, rate_limiter: RateLimiter | None = None, browsers: BrowserCheck | None = None
+        self,
+        router: Router,
+        rate_limiter: RateLimiter | None = None,
+        browsers: BrowserCheck | None = None,
+        request_times: RequestTimes | None = None,
     ) -> None:
         self.router = router
         self.rate_limiter = rate_limiter
         self.browsers = browsers or BrowserCheck()
         self.request_log = RequestLog(log)
-        steps: list[Callable[[App], App]] = [
-            partial(AccessLog, request_log=self.request_log),
+        steps: list[Callable[[App], App]] = [partial(AccessLog, request_log=self.request_log)]
+        if request_times is not None:
+            steps.append(partial(RequestMetrics, times=request_times))
+        steps += [
             ErrorEnvelope,
             MethodOverride,
             partial(BrowserGuard, browsers=self.browsers),

@@ -135,6 +135,8 @@ class SchedulerService:
         self.history = history
         self._clock = clock
         self.jobs: dict[str, Job] = {}
+        #: Fires by outcome since start-up (the run histories keep only the latest).
+        self.fire_outcomes: dict[str, int] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -484,6 +486,7 @@ class SchedulerService:
         return False
 
     def _record(self, job: Job, run: Run) -> None:
+        self.fire_outcomes[run.outcome] = self.fire_outcomes.get(run.outcome, 0) + 1
         job.runs.append(run)
         del job.runs[: -self.history]
 
