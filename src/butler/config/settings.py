@@ -64,7 +64,6 @@ UPSTREAM_SECTIONS: tuple[str, ...] = (
     "influxDb",
     "qlikSenseVersion",
     "qlikSenseLicense",
-    "restServerEndpointsConfig",
     "serviceMonitor",
     "qlikSenseCloud",
 )
