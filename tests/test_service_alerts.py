@@ -436,6 +436,11 @@ async def test_rate_limits_are_per_service_and_per_state(
     assert len(site.slack.got) == len(site.teams.got) == len(site.hook.got) == 3
     assert [body["currState"] for _, _, body in site.hook.got] == ["STOPPED", "RUNNING", "STOPPED"]
     assert [body["serviceName"] for _, _, body in site.hook.got][-1] == "QlikSenseProxyService"
+    # Other states are limited per state too: one pending state does not silence the next.
+    for state in ("STOP_PENDING", "START_PENDING"):
+        await service.service_changed(dataclasses.replace(STOPPED, status=state))
+    deliveries = await settled(service, 36)
+    assert [body["currState"] for _, _, body in site.hook.got][-2:] == ["STOP_PENDING", "START_PENDING"]
 
 
 async def test_a_failing_receiver_is_retried_until_it_takes_the_message(

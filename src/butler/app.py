@@ -34,6 +34,7 @@ from butler.routes import (
     files,
     key_value,
     messaging,
+    newrelic,
     scheduler,
     task_start,
 )
@@ -101,6 +102,11 @@ FEATURES = (
     Feature(task_start.routes, flags=("senseStartTask",), services=("task_starter",)),
     Feature(messaging.mqtt_routes, flags=("mqttPublishMessage",)),
     Feature(messaging.slack_routes, flags=("slackPostMessage",), services=("slack",)),
+    Feature(
+        newrelic.routes,
+        flags=("newRelic.postNewRelicEvent", "newRelic.postNewRelicMetric"),
+        services=("new_relic",),
+    ),
     Feature(
         files.routes,
         flags=("fileCopy", "fileMove", "fileDelete", "createDir", "createDirQVD"),
