@@ -22,9 +22,11 @@ from butler.alerts.service import AlertService
 from butler.alerts.smtp import SmtpSender
 from butler.config.alerts import AlertSettings
 from butler.monitor_events import ServerLicense, ServiceChange, ServiceDetails
+from tests.conftest import base_config, write_config
 from tests.receivers import Receiver, status
 from tests.test_alert_context import alert_settings
 from tests.test_alert_email import Mailbox, Server, parse
+from tests.test_alerts import butler_command
 from tests.test_templates import Reference, handlebars_js  # noqa: F401 (the handlebars.js reference)
 from tests.waiting import eventually
 
@@ -126,6 +128,11 @@ def chat_event(url: str, channel: str, event: str, message_type: str = "formatte
 
 
 def settings(tmp_path: Path, site: Site, **sections: Any) -> AlertSettings:
+    return alert_settings(tmp_path, **{**sections_of(site), **sections})
+
+
+def sections_of(site: Site) -> dict[str, Any]:
+    """The alert sections of a config file sending every service alert to ``site``."""
     slack_extra = {"channel": "qliksense-service-alert", "fromUser": "Qlik Sense", "iconEmoji": ":ghost:"}
     document: dict[str, Any] = {
         "qlikSenseUrls": {"qmc": "https://sense.corp.local/qmc", "hub": "https://sense.corp.local/hub"},
@@ -199,8 +206,7 @@ def settings(tmp_path: Path, site: Site, **sections: Any) -> AlertSettings:
             "newRelic": [{"accountName": "Prod", "insertApiKey": "NRII-secret", "accountId": 1234567}]
         },
     }
-    document.update(sections)
-    return alert_settings(tmp_path, **document)
+    return document
 
 
 @pytest.fixture
@@ -636,3 +642,27 @@ async def test_nothing_is_sent_when_the_channels_are_off(
     await service.service_changed(STOPPED)
     await service.server_license_status(ServerLicense(False, "2025-12-31", 45))
     assert service.recent() == [] and service.handled == 0
+
+
+async def test_alert_test_command_tries_service_alerts(site: Site, tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"].update(sections_of(site))
+    document["Butler"]["emailNotification"]["enable"] = False  # tried before it is switched on
+    config = str(write_config(tmp_path / "butler.yaml", document))
+    try_it = ("alert", "test", "-c", config, "--event")
+
+    code, output = await butler_command(
+        *try_it, "serviceStopped", "--channel", "email", "--to", "me@x.example"
+    )
+    assert code == 0 and "email to me@x.example: sent (250" in output, output
+    [(_, recipients, raw)] = site.smtp.mailbox.received
+    assert recipients == ["me@x.example"]
+    assert parse(raw)["Subject"].startswith("❌ Windows service stopped on host sense1.corp.example:")
+
+    code, output = await butler_command(*try_it, "serviceStarted", "--channel", "webhook")
+    assert code == 0, output
+    assert [(body["event"], body["currState"]) for _, _, body in site.hook.got] == [
+        ("Windows service monitor", "RUNNING")
+    ]
+    code, output = await butler_command(*try_it, "serviceStopped", "--channel", "signl4")
+    assert code == 1 and "nothing sent: signl4 has no Windows service alerts" in output, output
