@@ -8,6 +8,7 @@ import dataclasses
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from butler.alerts.http import HttpSender
 from butler.alerts.model import Channel
 from butler.alerts.outbox import SqliteOutbox
 from butler.alerts.service import AlertService
+from butler.alerts.setup import open_alerts
 from butler.alerts.smtp import SmtpSender
+from butler.config import parse_config
 from butler.config.alerts import AlertSettings
 from butler.monitor_events import ServerLicense, ServiceChange, ServiceDetails
 from tests.conftest import base_config, write_config
@@ -666,3 +669,22 @@ async def test_alert_test_command_tries_service_alerts(site: Site, tmp_path: Pat
     ]
     code, output = await butler_command(*try_it, "serviceStopped", "--channel", "signl4")
     assert code == 1 and "nothing sent: signl4 has no Windows service alerts" in output, output
+
+
+async def test_start_up_warns_of_a_broken_service_template_and_keeps_the_channel(
+    tmp_path: Path, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    document = base_config()
+    document["Butler"].update(sections_of(site))
+    document["Butler"]["slackNotification"]["serviceStopped"]["templateFile"] = str(tmp_path / "missing.hbs")
+    hooks = document["Butler"]["webhookNotification"]["serviceMonitor"]["webhooks"]
+    hooks[1]["cert"] = {"enable": True, "certCA": str(tmp_path / "no-ca.pem")}
+    config = parse_config(document, base_dir=tmp_path)
+    async with AsyncExitStack() as exits:
+        service = await open_alerts(config, None, VERSION, exits)
+        assert service is not None
+        # A webhook that cannot work switches webhooks off, whichever event it serves.
+        assert service.channels == {"email", "slack", "teams", "newrelic"}
+        assert "webhookNotification.serviceMonitor.webhooks[1].cert.certCA: no such file" in caplog.text
+        assert "slackNotification.serviceStopped.templateFile" in caplog.text
+        assert "service alerts get Butler's basic message instead" in caplog.text
