@@ -688,3 +688,20 @@ async def test_start_up_warns_of_a_broken_service_template_and_keeps_the_channel
         assert "webhookNotification.serviceMonitor.webhooks[1].cert.certCA: no such file" in caplog.text
         assert "slackNotification.serviceStopped.templateFile" in caplog.text
         assert "service alerts get Butler's basic message instead" in caplog.text
+
+
+async def test_two_webhooks_of_one_host_and_path_prefix_are_both_called(
+    tmp_path: Path, site: Site, alerting: Callable[[AlertSettings], Awaitable[AlertService]]
+) -> None:
+    """People see a webhook's URL cut after its first path segment (the rest is often a secret): two
+    webhooks shown alike are still two recipients."""
+    hooks = [{"webhookURL": f"{site.hook.url}/{name}", "httpMethod": "POST"} for name in ("one", "two")]
+    alerts = settings(
+        tmp_path, site, webhookNotification={"enable": True, "serviceMonitor": {"webhooks": hooks}}
+    )
+    service = await alerting(alerts)
+    await service.service_changed(STOPPED, channels={"webhook"})
+    deliveries = await settled(service, 2)
+    assert [d["target"] for d in deliveries] == [f"{site.hook.url}…"] * 2
+    assert {d["state"] for d in deliveries} == {"delivered"}
+    assert sorted(site.hook.paths) == ["/hook/one", "/hook/two"]

@@ -160,8 +160,10 @@ class Delivery:
 
 
 def delivery_id(alert_id: str, message: Message) -> str:
-    """The same alert to the same channel and recipient always has the same id."""
-    digest = hashlib.sha256(f"{alert_id}\n{message.channel}\n{message.target}".encode()).hexdigest()
+    """The same alert to the same channel and recipient always has the same id. The rate key names the
+    recipient too: two webhooks whose URLs differ only after their first path segment share a target."""
+    ident = f"{alert_id}\n{message.channel}\n{message.target}\n{message.rate_key}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()
     return digest[:24]
 
 
