@@ -140,6 +140,18 @@ async def test_an_event_new_relic_does_not_take(
     assert json.loads(text)["statusCode"] == code
 
 
+async def test_an_event_answered_204_is_answered_204_without_a_body(
+    butler_and_relic: Callable[..., Awaitable[Started]], http: aiohttp.ClientSession
+) -> None:
+    base, relic = await butler_and_relic(["Prod"])
+    relic.answers = [status(204)]
+    code, _, text = await post(http, f"{base}/v4/newrelic/event", {"eventType": "e"})
+    assert (code, text) == (204, "")
+    # The connection stays usable: the answer had no body to leave behind.
+    relic.answers = [status(202)]
+    assert (await post(http, f"{base}/v4/newrelic/event", {"eventType": "e"}))[0] == 202
+
+
 async def test_a_metric_has_upstreams_shape_and_only_202_is_success(
     butler_and_relic: Callable[..., Awaitable[Started]], http: aiohttp.ClientSession
 ) -> None:
