@@ -21,6 +21,8 @@ class Receiver:
 
     answers: list[Answer] = field(default_factory=list)
     got: list[tuple[float, dict[str, str], Any]] = field(default_factory=list)
+    #: The path and query string of each request, in the order of ``got``.
+    paths: list[str] = field(default_factory=list)
     #: The Idempotency-Key of each request answered with a 2xx.
     taken: list[str] = field(default_factory=list)
     url: str = ""
@@ -28,6 +30,7 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json() if request.can_read_body else dict(request.query)
         self.got.append((time.monotonic(), dict(request.headers), body))
+        self.paths.append(request.path_qs)
         answer = self.answers.pop(0) if self.answers else ok
         response = await answer(request)
         if 200 <= response.status < 300:

@@ -206,15 +206,37 @@ def test_alert_sections_are_no_longer_reported_as_ignored() -> None:
     assert "serviceMonitor" in ignored
 
 
-def test_service_and_licence_keys_are_accepted() -> None:
-    """They come with the service monitor; an existing file with them must load."""
+def test_service_and_licence_keys_are_read(tmp_path: Path) -> None:
+    """Upstream's service, licence and REST New Relic settings are read, not merely accepted."""
     butler = template()["Butler"]
-    assert "serviceStopped" in butler["emailNotification"]
-    assert "qlikSenseServerLicenseMonitor" in butler["webhookNotification"]
-    assert "serviceMonitor" in butler["incidentTool"]["newRelic"]
+    alerts = alerts_of(butler, tmp_path)
+    stopped = alerts.email.services["serviceStopped"]
+    assert (stopped.rate_limit, stopped.priority, stopped.html_template) == (30.0, "high", "service-stopped")
+    assert stopped.subject == '❌ Windows service stopped on host {{host}}: "{{serviceDisplayName}}"'
+    assert alerts.slack.event("serviceStarted").channel == "qliksense-service-alert"
+    assert alerts.teams.event("serviceStopped").rate_limit == 30.0
+    assert alerts.webhook.event("qlikSenseServerLicenseExpiryAlert").rate_limit == 300.0
+    monitor = alerts.new_relic.service_monitor
+    assert (monitor.rate_limit, monitor.running, monitor.stopped) == (5.0, True, True)
+    assert monitor.headers == (("X-My-Header", "Header value 2"),)
+    assert monitor.event.static_attributes == (("event-specific-attribute", "abc 123"),)
+    assert alerts.new_relic.rest_metric.url == "https://insights-collector.eu01.nr-data.net/metric/v1"
+    assert alerts.new_relic.rest_event.static_attributes == (("env", "prod"),)
     assert "qsCloud" in butler["scriptLog"]["storeOnDisk"]
     assert "upstream key" in explain_key("Butler.slackNotification.serviceStarted.channel")
-    assert "ignored" in explain_key("Butler.webhookNotification.serviceMonitor")
+    assert "ignored" not in explain_key("Butler.webhookNotification.serviceMonitor")
+    assert "ignored" not in explain_key("Butler.restServerEndpointsConfig.newRelic.postNewRelicEvent.url")
+
+
+def test_service_settings_are_checked(tmp_path: Path) -> None:
+    butler = template()["Butler"]
+    butler["emailNotification"]["serviceStarted"]["priority"] = "urgent"
+    butler["incidentTool"]["newRelic"]["serviceMonitor"]["monitorServiceState"]["running"]["enable"] = "yes"
+    with pytest.raises(ConfigError) as caught:
+        alerts_of(butler, tmp_path)
+    text = str(caught.value)
+    assert "emailNotification.serviceStarted.priority" in text
+    assert "serviceMonitor.monitorServiceState.running.enable" in text
 
 
 # --- Defaults -----------------------------------------------------------------------------------------

@@ -348,6 +348,23 @@ async def test_real_answers_match_the_document(
         ),
         Call("PUT", "/v4/slackpostmessage", "/v4/slackpostmessage", 400, {"channel": "#c"}),
         Call("GET", "/v2/slackPostMessage", "/v2/slackPostMessage?channel=%23c&msg=m&from_user=u", 200),
+        # No New Relic account is configured: upstream's empty 200.
+        Call("POST", "/v4/newrelic/event", "/v4/newrelic/event", 200, {"eventType": "qs_test"}),
+        Call("POST", "/v4/newrelic/event", "/v4/newrelic/event", 400, {"attributes": []}),
+        Call(
+            "POST",
+            "/v4/newrelic/metric",
+            "/v4/newrelic/metric",
+            200,
+            {"name": "m", "type": "gauge", "value": 1},
+        ),
+        Call(
+            "POST",
+            "/v4/newrelic/metric",
+            "/v4/newrelic/metric",
+            400,
+            {"name": "m", "type": "count", "value": 1},
+        ),
         # Files
         Call(
             "PUT",

@@ -36,6 +36,7 @@ from butler.routes import (
     messaging,
     metrics,
     monitors,
+    newrelic,
     scheduler,
     task_start,
 )
@@ -107,6 +108,11 @@ FEATURES = (
     Feature(task_start.routes, flags=("senseStartTask",), services=("task_starter",)),
     Feature(messaging.mqtt_routes, flags=("mqttPublishMessage",)),
     Feature(messaging.slack_routes, flags=("slackPostMessage",), services=("slack",)),
+    Feature(
+        newrelic.routes,
+        flags=("newRelic.postNewRelicEvent", "newRelic.postNewRelicMetric"),
+        services=("new_relic",),
+    ),
     Feature(
         files.routes,
         flags=("fileCopy", "fileMove", "fileDelete", "createDir", "createDirQVD"),

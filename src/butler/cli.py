@@ -103,13 +103,20 @@ def _parser() -> argparse.ArgumentParser:
     alert_commands = alert.add_subparsers(dest="alert_command", metavar="SUBCOMMAND", required=True)
     test = alert_commands.add_parser(
         "test",
-        help="send a sample alert (a failed reload) through one channel now; exit 0 if it was taken",
-        description="Builds the alert of a canned failed reload with the channel's reloadTaskFailure "
-        "settings (switched on for the test) and sends it at once, printing each recipient's answer.",
+        help="send a sample alert (a failed reload, or a service) through one channel now; exit 0 if taken",
+        description="Builds the alert of a canned failed reload (or of a Windows service that stopped or "
+        "started) with the channel's settings of that event (switched on for the test) and sends it at "
+        "once, printing each recipient's answer.",
     )
     test.add_argument("-c", "--configfile", required=True, metavar="FILE.yaml", help="Butler config file")
     test.add_argument("--channel", required=True, choices=CHANNELS, help="the channel to try")
     test.add_argument("--to", metavar="ADDRESS", help="e-mail only: send to this address alone")
+    test.add_argument(
+        "--event",
+        choices=("reloadTaskFailure", "serviceStopped", "serviceStarted"),
+        default="reloadTaskFailure",
+        help="the alert tried (default reloadTaskFailure)",
+    )
     return parser
 
 
@@ -133,7 +140,7 @@ def alert_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from butler.alerts.sample import send_sample  # what alerts need is loaded only for them
 
     try:
-        results = asyncio.run(send_sample(settings.alerts, args.channel, args.to))
+        results = asyncio.run(send_sample(settings.alerts, args.channel, args.to, args.event))
     except BadRequest as exc:
         print(f"butler: nothing sent: {exc}", file=sys.stderr)
         return 1

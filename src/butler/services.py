@@ -26,6 +26,7 @@ from butler.events.service import SenseEvents
 from butler.kvstore import KeyValueStore, StoreUnavailable, open_store
 from butler.mqtt import MqttClient
 from butler.mqtt_tasks import MqttTaskStarts
+from butler.newrelic import NewRelicApi
 from butler.qlik.qrs import QrsClient
 from butler.qlik.repository import QrsRepository
 from butler.qlik.tls import CertificateError
@@ -58,6 +59,7 @@ class Services:
     task_starter: TaskStarter | None = None
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
+    new_relic: NewRelicApi | None = None
     apps: AppService | None = None
     alerts: AlertService | None = None
     scheduler: SchedulerService | None = None
@@ -254,6 +256,12 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
     monitors.start()
 
 
+async def _new_relic(services: Services, exits: AsyncExitStack) -> None:
+    api = NewRelicApi(services.settings.alerts.new_relic)
+    exits.push_async_callback(api.close)
+    services.new_relic = api
+
+
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
     "key_values": _key_values,
@@ -271,6 +279,7 @@ OPENERS: dict[str, Opener] = {
     "events": _events,
     "slack": _slack,
     "monitors": _monitors,
+    "new_relic": _new_relic,
 }
 
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from butler.alerts.templates import compile_template, load_template
 from butler.events.task_outcomes import TaskOutcome
 from butler.executions import STATUS_NAMES
+from butler.monitor_events import ServiceChange
 
 if TYPE_CHECKING:
     from butler.config.alerts import AlertSettings
@@ -78,6 +79,50 @@ class AlertFacts:
     script_log: list[str] | None
     owner: AppOwner | None
     butler_version: str
+
+
+#: The alert event of a service's new state; other states alert as ``serviceStateChanged`` (webhooks and
+#: New Relic only: e-mail, Slack and Teams have settings for these two).
+SERVICE_EVENTS = {"STOPPED": "serviceStopped", "RUNNING": "serviceStarted"}
+SERVICE_STATE_CHANGED = "serviceStateChanged"
+
+
+@dataclass(frozen=True)
+class ServiceFacts:
+    """A Windows service that changed state, for every channel."""
+
+    change: ServiceChange
+    butler_version: str
+
+    @property
+    def event(self) -> str:
+        return SERVICE_EVENTS.get(self.change.status, SERVICE_STATE_CHANGED)
+
+    @property
+    def rate_key(self) -> str:
+        """Host, service and state: a stop and the start after it are limited separately (upstream's one
+        limiter for both kept the start from being told after a stop)."""
+        change = self.change
+        return f"{change.host}|{change.service_name}|{change.status}"
+
+
+def service_context(facts: ServiceFacts, settings: AlertSettings) -> dict[str, Any]:
+    """The Handlebars context of a service alert (alerts.md §4.4)."""
+    change = facts.change
+    return {
+        "host": change.host,
+        "serviceStatus": change.status,
+        "servicePrevStatus": change.previous,
+        "serviceName": change.service_name,
+        "serviceDisplayName": change.details.display_name,
+        "serviceFriendlyName": change.friendly_name,
+        "serviceStartType": change.details.start_type,
+        "serviceExePath": change.details.exe_path,
+        "genericUrls": [dict(url) for url in settings.generic_urls],
+        "qlikSenseQMC": settings.urls.qmc,
+        "qlikSenseHub": settings.urls.hub,
+        "butlerVersion": facts.butler_version,
+    }
 
 
 def template_context(
@@ -504,4 +549,14 @@ def fallback_note(kind: str, reason: str) -> str:
     return f"basic {kind} message sent instead of the formatted one: {reason}"
 
 
-__all__ = ["AlertFacts", "AppOwner", "FormattedError", "http_payload", "redacted_url", "template_context"]
+__all__ = [
+    "SERVICE_EVENTS",
+    "AlertFacts",
+    "AppOwner",
+    "FormattedError",
+    "ServiceFacts",
+    "http_payload",
+    "redacted_url",
+    "service_context",
+    "template_context",
+]

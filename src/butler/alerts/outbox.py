@@ -47,7 +47,8 @@ class OutboxUnavailable(Unavailable):
 
 @dataclass(frozen=True)
 class AlertInfo:
-    """What an alert is about, shown with each of its deliveries."""
+    """What an alert is about, shown with each of its deliveries: a task's outcome, or a Windows service
+    (``host`` and ``service`` set, the task fields empty), or the server licence (all of them empty)."""
 
     id: str
     event: str
@@ -55,9 +56,11 @@ class AlertInfo:
     task_name: str
     app_name: str
     execution_id: str
+    host: str = ""
+    service: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {
+        shown = {
             "alertId": self.id,
             "event": self.event,
             "taskId": self.task_id,
@@ -65,6 +68,9 @@ class AlertInfo:
             "appName": self.app_name,
             "executionId": self.execution_id,
         }
+        if self.service:
+            shown.update({"host": self.host, "serviceName": self.service})
+        return shown
 
 
 @dataclass
@@ -154,8 +160,10 @@ class Delivery:
 
 
 def delivery_id(alert_id: str, message: Message) -> str:
-    """The same alert to the same channel and recipient always has the same id."""
-    digest = hashlib.sha256(f"{alert_id}\n{message.channel}\n{message.target}".encode()).hexdigest()
+    """The same alert to the same channel and recipient always has the same id. The rate key names the
+    recipient too: two webhooks whose URLs differ only after their first path segment share a target."""
+    ident = f"{alert_id}\n{message.channel}\n{message.target}\n{message.rate_key}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()
     return digest[:24]
 
 

@@ -1,8 +1,9 @@
-"""``butler alert test``: a sample alert, built from a canned failed reload, sent through one channel now.
+"""``butler alert test``: a sample alert, built from a canned failed reload (or a Windows service that
+stopped or started), sent through one channel now.
 
-The channel's ``reloadTaskFailure`` settings are used as configured (templates, recipients, webhooks,
-accounts), with its switches on, so that a channel can be tried before it is enabled. Nothing goes
-through the outbox: the admin sees each recipient's answer at once.
+The channel's settings of that event are used as configured (templates, recipients, webhooks, accounts),
+with its switches on, so that a channel can be tried before it is enabled. Nothing goes through the
+outbox: the admin sees each recipient's answer at once.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from butler import __version__
-from butler.alerts.context import AlertFacts, AppOwner
+from butler.alerts.context import AlertFacts, AppOwner, ServiceFacts
 from butler.alerts.dispatcher import Sender
 from butler.alerts.http import HttpSender
 from butler.alerts.model import Channel, DeliveryError, Message
-from butler.alerts.service import BUILDERS
+from butler.alerts.service import BUILDERS, SERVICE_BUILDERS
 from butler.alerts.smtp import SmtpSender
 from butler.config.alerts import AlertSettings
 from butler.errors import BadRequest
 from butler.events.parsing import TaskEvent
 from butler.events.task_outcomes import TaskOutcome
+from butler.monitor_events import ServiceChange, ServiceDetails
 
 EVENT = "reloadTaskFailure"
 TASK_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -114,6 +116,53 @@ def sample_facts() -> AlertFacts:
     )
 
 
+def sample_change(event: str) -> ServiceChange:
+    """The Engine service of host sense1 that stopped (``serviceStopped``) or started."""
+    stopped = event == "serviceStopped"
+    return ServiceChange(
+        host="sense1.corp.example",
+        service_name="QlikSenseEngineService",
+        friendly_name="Engine",
+        status="STOPPED" if stopped else "RUNNING",
+        previous="RUNNING" if stopped else "STOPPED",
+        details=ServiceDetails(
+            display_name="Qlik Sense Engine Service (this is a test alert sent by butler alert test)",
+            start_type="Automatic",
+            exe_path='"C:\\Program Files\\Qlik\\Sense\\Engine\\Engine.exe" -service',
+            dependencies=("QlikSenseRepositoryService",),
+        ),
+    )
+
+
+def service_switched_on(
+    settings: AlertSettings, channel: Channel, to: str | None, event: str
+) -> AlertSettings:
+    """``settings`` with ``channel`` and its service alerts on; ``to`` the only e-mail recipient."""
+    replace = dataclasses.replace
+    if channel == "email":
+        email = settings.email
+        mail = email.services[event] if to is None else replace(email.services[event], recipients=(to,))
+        return replace(settings, email=replace(email, enable=True, services={**email.services, event: mail}))
+    if channel in ("slack", "teams"):
+        chat = settings.slack if channel == "slack" else settings.teams
+        chat = replace(
+            chat, enable=True, events={**chat.events, event: replace(chat.event(event), enable=True)}
+        )
+        return replace(settings, **{channel: chat})
+    if channel == "webhook":
+        return replace(settings, webhook=replace(settings.webhook, enable=True))
+    relic = settings.new_relic
+    monitor = relic.service_monitor
+    monitor = replace(
+        monitor,
+        event=replace(monitor.event, enable=True),
+        log=replace(monitor.log, enable=True),
+        running=True,
+        stopped=True,
+    )
+    return replace(settings, new_relic=replace(relic, enable=True, service_monitor=monitor))
+
+
 def switched_on(settings: AlertSettings, channel: Channel, to: str | None) -> AlertSettings:
     """``settings`` with ``channel`` and its reloadTaskFailure alerts on; ``to`` the only e-mail recipient."""
     replace = dataclasses.replace
@@ -161,14 +210,23 @@ class SampleResult:
         return {"target": self.message.target, "answer": self.answer, "error": self.error}
 
 
-async def send_sample(settings: AlertSettings, channel: Channel, to: str | None = None) -> list[SampleResult]:
-    """Build the sample alert for ``channel`` and send it to each of its recipients now.
+async def send_sample(
+    settings: AlertSettings, channel: Channel, to: str | None = None, event: str = EVENT
+) -> list[SampleResult]:
+    """Build the sample alert of ``event`` (reloadTaskFailure, serviceStopped or serviceStarted) for
+    ``channel`` and send it to each of its recipients now.
 
-    Raises BadRequest when the configuration gives the channel nowhere to send it.
+    Raises BadRequest when the channel has no such alert or its configuration gives it nowhere to go.
     """
-    messages = BUILDERS[channel](sample_facts(), switched_on(settings, channel, to))
+    if event == EVENT:
+        messages = BUILDERS[channel](sample_facts(), switched_on(settings, channel, to))
+    else:
+        if channel not in SERVICE_BUILDERS:
+            raise BadRequest(f"{channel} has no Windows service alerts")
+        facts = ServiceFacts(sample_change(event), __version__)
+        messages = SERVICE_BUILDERS[channel](facts, service_switched_on(settings, channel, to, event))
     if not messages:
-        raise BadRequest(_nowhere(channel))
+        raise BadRequest(_nowhere(channel, event))
     delivery = settings.delivery
     sender: Sender = (
         SmtpSender(settings.email.smtp, delivery.smtp_timeout_seconds)
@@ -189,7 +247,16 @@ async def send_sample(settings: AlertSettings, channel: Channel, to: str | None 
     return results
 
 
-def _nowhere(channel: Channel) -> str:
+def _nowhere(channel: Channel, event: str) -> str:
+    if event != EVENT:
+        return {
+            "email": f"no recipient: give --to ADDRESS or set emailNotification.{event}.recipients",
+            "slack": f"set slackNotification.{event}.webhookURL",
+            "teams": f"set teamsNotification.{event}.webhookURL",
+            "webhook": "webhookNotification.serviceMonitor.webhooks lists no webhook",
+            "newrelic": "no New Relic account to send to: set thirdPartyToolsCredentials.newRelic and "
+            "incidentTool.newRelic.serviceMonitor.destination.event.sendToAccount",
+        }[channel]
     return {
         "email": "no recipient: give --to ADDRESS or set emailNotification.reloadTaskFailure.recipients",
         "slack": "set slackNotification.reloadTaskFailure.webhookURL",
@@ -201,4 +268,11 @@ def _nowhere(channel: Channel) -> str:
     }[channel]
 
 
-__all__ = ["SampleResult", "sample_facts", "send_sample", "switched_on"]
+__all__ = [
+    "SampleResult",
+    "sample_change",
+    "sample_facts",
+    "send_sample",
+    "service_switched_on",
+    "switched_on",
+]

@@ -1,4 +1,10 @@
-"""Alerts on task outcomes: from an enriched outcome on the event bus to messages in the outbox.
+"""Alerts on task outcomes, Windows services and the server licence: from what happened to messages in
+the outbox.
+
+Task outcomes come from the event bus; a service that stopped or started (``service_changed``) and the
+server licence (``server_license_status``, ``server_license_alert``) from the monitors, which call these
+methods. Each is built by the channels' builders and queued as a reload alert is, with the same retries
+and delivery states.
 
 For each outcome an alert is configured for, what the channels need beyond the enriched
 outcome is fetched once and shared by all of them: the app owner's e-mail addresses (the
@@ -18,12 +24,12 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from butler.alerts.channels import email, newrelic, signl4, slack, teams, webhook
-from butler.alerts.context import AlertFacts, AppOwner
+from butler.alerts.context import AlertFacts, AppOwner, ServiceFacts
 from butler.alerts.dispatcher import Dispatcher
 from butler.alerts.model import Channel, Message
 from butler.alerts.outbox import AlertInfo, OutboxUnavailable
@@ -33,6 +39,7 @@ from butler.events.bus import EventBus
 from butler.events.parsing import TaskEvent
 from butler.events.task_outcomes import TaskOutcome
 from butler.logs import Throttle
+from butler.monitor_events import ServerLicense, ServiceChange
 from butler.qlik.qrs import QrsError
 from butler.qlik.repository import QrsRepository
 
@@ -46,6 +53,15 @@ BUILDERS: dict[Channel, Builder] = {
     "webhook": webhook.build,
     "signl4": signl4.build,
     "newrelic": newrelic.build,
+}
+
+ServiceBuilder = Callable[[ServiceFacts, AlertSettings], list[Message]]
+SERVICE_BUILDERS: dict[Channel, ServiceBuilder] = {
+    "email": email.build_service,
+    "slack": slack.build_service,
+    "teams": teams.build_service,
+    "webhook": webhook.build_service,
+    "newrelic": newrelic.build_service,
 }
 
 #: The message type of a failed start Butler made itself (the scheduler's).
@@ -164,6 +180,77 @@ class AlertService:
         )
         await self.handle(TaskOutcome(event, task=task, app=app))
 
+    async def service_changed(
+        self, change: ServiceChange, channels: Collection[Channel] | None = None
+    ) -> None:
+        """Alert on a Windows service that stopped, started or changed to another state, through every
+        channel that is on (only those of ``channels`` when given: the monitor's alert destinations)."""
+        facts = ServiceFacts(change, self.version)
+        wanted = [
+            c for c in sorted(self.channels) if c in SERVICE_BUILDERS and (channels is None or c in channels)
+        ]
+        alert = AlertInfo(
+            id=f"{facts.rate_key}|{time.time_ns()}:{facts.event}",
+            event=facts.event,
+            task_id="",
+            task_name="",
+            app_name="",
+            execution_id="",
+            host=change.host,
+            service=change.service_name,
+        )
+        what = f"service {change.service_name} on {change.host}"
+
+        def build() -> list[Message]:
+            return [m for c in wanted for m in self._guarded(c, what, SERVICE_BUILDERS[c], facts)]
+
+        await self._submit(alert, build, what)
+
+    async def server_license_status(self, status: ServerLicense) -> None:
+        """The server licence at a check, to ``webhookNotification.qlikSenseServerLicenseMonitor``."""
+        await self._license("server license status", status)
+
+    async def server_license_alert(self, status: ServerLicense) -> None:
+        """The server licence expired or is about to, to ``qlikSenseServerLicenseExpiryAlert``."""
+        expired = "server license has expired alert"
+        await self._license(expired if status.expired else "server license about to expire alert", status)
+
+    async def _license(self, event: str, status: ServerLicense) -> None:
+        if "webhook" not in self.channels:
+            return
+        section = webhook.LICENSE_EVENTS[event][0]
+        alert = AlertInfo(f"license|{time.time_ns()}:{section}", section, "", "", "", "")
+
+        def build() -> list[Message]:
+            return self._guarded("webhook", "the server licence", webhook.build_license, event, status)
+
+        await self._submit(alert, build, "the server licence")
+
+    async def _submit(self, alert: AlertInfo, build: Callable[[], list[Message]], what: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            messages = await loop.run_in_executor(self._builder, build)
+            if not messages:
+                return
+            await self.dispatcher.submit(alert, messages)
+            self.handled += 1
+        except OutboxUnavailable as exc:
+            self.failed += 1
+            log.error("alert on %s lost: %s", what, exc)
+        except Exception:  # the monitor calling must go on
+            self.failed += 1
+            log.exception("alert on %s could not be made", what)
+
+    def _guarded(
+        self, channel: Channel, what: str, builder: Callable[..., list[Message]], *args: Any
+    ) -> list[Message]:
+        try:
+            return builder(*args, self.settings)
+        except Exception:  # one channel's fault must not keep the alert from the others
+            if self._throttle.ready(channel):
+                log.exception("the %s alert on %s could not be built", channel, what)
+            return []
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._slots.release()
@@ -222,14 +309,7 @@ class AlertService:
         return [message for channel in sorted(self.channels) for message in self._build(channel, facts)]
 
     def _build(self, channel: Channel, facts: AlertFacts) -> list[Message]:
-        try:
-            return BUILDERS[channel](facts, self.settings)
-        except Exception:  # one channel's fault must not keep the alert from the others
-            if self._throttle.ready(channel):
-                log.exception(
-                    "the %s alert for task %s could not be built", channel, facts.outcome.event.task_id
-                )
-            return []
+        return self._guarded(channel, f"task {facts.outcome.event.task_id}", BUILDERS[channel], facts)
 
     async def _owner(self, outcome: TaskOutcome) -> AppOwner | None:
         owner = (outcome.app or {}).get("owner")
@@ -313,4 +393,4 @@ class AlertService:
         }
 
 
-__all__ = ["BUILDERS", "AlertService", "alert_event"]
+__all__ = ["BUILDERS", "SERVICE_BUILDERS", "AlertService", "alert_event"]

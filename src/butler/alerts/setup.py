@@ -50,10 +50,10 @@ async def open_alerts(
     if not on:
         return None
     if not settings.udp.enable:
-        # Task outcomes arrive only as the log appenders' UDP events: without them nothing ever alerts.
+        # Task outcomes arrive only as the log appenders' UDP events: without them no task ever alerts.
         log.warning(
             "alerts are on (%s) but Butler.udpServerConfig.enable is false: Butler hears of no task outcome, "
-            "so no alert will be sent; enable it and point Sense's log appenders at Butler",
+            "so no task alert will be sent; enable it and point Sense's log appenders at Butler",
             ", ".join(sorted(on)),
         )
     problems = _local_problems(alerts, on)
@@ -64,6 +64,8 @@ async def open_alerts(
     }
     for channel, problem in problems.items():
         log.warning("%s alerts are off: %s", channel, problem)
+    for problem in _service_template_problems(alerts, on - problems.keys()):
+        log.warning("%s; service alerts get Butler's basic message instead", problem)
     usable = on - problems.keys()
     delivery = alerts.delivery
     senders: dict[Channel, Sender] = {}
@@ -160,7 +162,7 @@ def _local_problems(settings: AlertSettings, on: frozenset[Channel]) -> dict[Cha
             if problem:
                 problems[channel] = problem
     if "webhook" in on:
-        for event in sorted(CHAT_EVENTS):
+        for event in sorted(settings.webhook.events):
             for index, hook in enumerate(settings.webhook.event(event).webhooks):
                 if hook.cert_enable and (hook.cert_ca is None or not hook.cert_ca.is_file()):
                     key = f"webhookNotification.{event}.webhooks[{index}].cert.certCA"
@@ -168,6 +170,28 @@ def _local_problems(settings: AlertSettings, on: frozenset[Channel]) -> dict[Cha
     if "newrelic" in on and not settings.new_relic.accounts:
         problems["newrelic"] = "thirdPartyToolsCredentials.newRelic lists no account to send to"
     return problems
+
+
+def _service_template_problems(settings: AlertSettings, usable: frozenset[Channel]) -> list[str]:
+    """Templates of service alerts that cannot be used. Unlike a task event's, such a template does not
+    switch its channel off: upstream's template file lists service settings with placeholder paths, and
+    a service alert falls back to the basic message."""
+    found: list[str | None] = []
+    for event in ("serviceStopped", "serviceStarted"):
+        options = settings.email.services[event]
+        if "email" in usable and options.recipients:
+            directory = options.body_directory
+            path = (directory / f"{options.html_template}.handlebars") if directory else None
+            found.append(
+                _template_problem(path, f"emailNotification.{event}.bodyFileDirectory/htmlTemplateFile")
+            )
+        for channel in ("slack", "teams"):
+            chat = (settings.slack if channel == "slack" else settings.teams).event(event)
+            if channel in usable and chat.webhook_url and chat.message_type == "formatted":
+                found.append(
+                    _template_problem(chat.template_file, f"{_SECTIONS[channel]}.{event}.templateFile")
+                )
+    return [problem for problem in found if problem]
 
 
 def _template_problem(path: Path | None, key: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Settings of the task alerts: e-mail, Slack, Teams, outgoing webhooks, Signl4, New Relic.
+"""Settings of the alerts on task outcomes, Windows services and the server licence: e-mail, Slack,
+Teams, outgoing webhooks, Signl4, New Relic; and of the REST API's New Relic endpoints.
 
 The keys are upstream Butler's (``scriptLog``, ``qlikSenseUrls``, ``genericUrls``, ``emailNotification``,
 ``slackNotification``, ``teamsNotification``, ``webhookNotification``, ``incidentTool``,
@@ -341,15 +342,51 @@ _EMAIL_EVENTS: dict[str, type[EmailEvent]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServiceEmailEvent:
+    """``Butler.emailNotification.serviceStopped`` / ``serviceStarted``: a Windows service's mail. It has no
+    switch of its own (as upstream): it is sent when it has recipients."""
+
+    rate_limit: float = _rate_limit("a mail about the same service and state to the same address")
+    priority: str = setting(
+        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
+    )
+    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
+    body_directory: Path | None = setting(
+        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
+    )
+    html_template: str = setting(
+        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
+    )
+    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
+    recipients: tuple[str, ...] = setting(
+        "recipients", ListOf(Str()), convert=tuple, help="addresses mailed about the service"
+    )
+
+
+_SERVICE_EMAILS: dict[str, type[ServiceEmailEvent]] = {
+    "serviceStopped": variant(
+        ServiceEmailEvent,
+        "ServiceStoppedEmail",
+        subject='❌ Windows service stopped on host {{host}}: "{{serviceDisplayName}}"',
+        html_template="service-stopped",
+    ),
+    "serviceStarted": variant(
+        ServiceEmailEvent,
+        "ServiceStartedEmail",
+        subject='✅ Windows service started on host {{host}}: "{{serviceDisplayName}}"',
+        html_template="service-started",
+    ),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class EmailSettings:
     """``Butler.emailNotification``."""
-
-    # Windows service alerts come with the service monitor.
-    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = ("serviceStopped", "serviceStarted")
 
     enable: bool = setting("enable", Bool(), False, help="send alert e-mails at all")
     smtp: SmtpSettings = part("smtp", SmtpSettings, help="the SMTP server alerts are sent through")
     events: dict[str, EmailEvent] = part("", _EMAIL_EVENTS)
+    services: dict[str, ServiceEmailEvent] = part("", _SERVICE_EMAILS)
 
     def event(self, name: str) -> EmailEvent:
         """The settings of event ``name``; an event without e-mails gets settings that send none."""
@@ -406,14 +443,18 @@ def _chat(base: type[ChatEvent], name: str, basic: str, **defaults: Any) -> type
 _FAILED_TEXT = 'Qlik Sense reload failed: "{{taskName}}"'
 _ABORTED_TEXT = 'Qlik Sense reload aborted: "{{taskName}}"'
 _SUCCESS_TEXT = 'Qlik Sense reload success: "{{taskName}}"'
+_STOPPED_TEXT = 'Windows service stopped: "{{serviceName}}" on host "{{host}}"'
+_STARTED_TEXT = 'Windows service started: "{{serviceName}}" on host "{{host}}"'
+
+
+def _service_chat(base: type[ChatEvent], name: str, basic: str, **defaults: Any) -> type[ChatEvent]:
+    # Upstream has no switch for service messages: they go out when the webhook is set.
+    return variant(base, name, basic_template=basic, enable=True, **defaults)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChatSettings:
     """``Butler.slackNotification`` or ``Butler.teamsNotification``."""
-
-    # Windows service alerts come with the service monitor.
-    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = ("serviceStopped", "serviceStarted")
 
     enable: bool = setting("enable", Bool(), False, help="send chat messages at all")
     events: dict[str, ChatEvent] = field(default_factory=dict)
@@ -427,7 +468,7 @@ class ChatSettings:
 class SlackSettings(ChatSettings):
     """``Butler.slackNotification`` (its ``restMessage`` is the REST API's, in ``Settings``)."""
 
-    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = (*ChatSettings.UPSTREAM_ONLY, "userSessionEvents")
+    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = ("userSessionEvents",)
 
     events: dict[str, ChatEvent] = part(
         "",
@@ -440,6 +481,12 @@ class SlackSettings(ChatSettings):
             ),
             "reloadTaskSuccess": _chat(
                 SlackEvent, "SlackReloadSuccess", _SUCCESS_TEXT, channel="sense-task-success"
+            ),
+            "serviceStopped": _service_chat(
+                SlackEvent, "SlackServiceStopped", _STOPPED_TEXT, channel="qliksense-service-alert"
+            ),
+            "serviceStarted": _service_chat(
+                SlackEvent, "SlackServiceStarted", _STARTED_TEXT, channel="qliksense-service-alert"
             ),
         },
         additions=("reloadTaskSuccess",),
@@ -456,6 +503,8 @@ class TeamsSettings(ChatSettings):
             "reloadTaskFailure": _chat(ChatEvent, "TeamsReloadFailure", _FAILED_TEXT),
             "reloadTaskAborted": _chat(ChatEvent, "TeamsReloadAborted", _ABORTED_TEXT),
             "reloadTaskSuccess": _chat(ChatEvent, "TeamsReloadSuccess", _SUCCESS_TEXT),
+            "serviceStopped": _service_chat(ChatEvent, "TeamsServiceStopped", _STOPPED_TEXT),
+            "serviceStarted": _service_chat(ChatEvent, "TeamsServiceStarted", _STARTED_TEXT),
         },
         additions=("reloadTaskSuccess",),
     )
@@ -501,19 +550,24 @@ class WebhookEvent:
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookSettings:
-    """``Butler.webhookNotification``: an event is sent when its list of webhooks is not empty."""
-
-    # Windows service and licence webhooks come with their monitors.
-    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = (
-        "serviceMonitor",
-        "qlikSenseServerLicenseMonitor",
-        "qlikSenseServerLicenseExpiryAlert",
-    )
+    """``Butler.webhookNotification``: an event is sent when its list of webhooks is not empty
+    (``serviceMonitor``: a Windows service stopped or started; ``qlikSenseServerLicenseMonitor``: the
+    server licence at each check; ``qlikSenseServerLicenseExpiryAlert``: it expired or is about to)."""
 
     enable: bool = setting("enable", Bool(), False, help="call outgoing webhooks at all")
     events: dict[str, WebhookEvent] = part(
         "",
-        {name: WebhookEvent for name in ("reloadTaskFailure", "reloadTaskAborted", "reloadTaskSuccess")},
+        {
+            name: WebhookEvent
+            for name in (
+                "reloadTaskFailure",
+                "reloadTaskAborted",
+                "reloadTaskSuccess",
+                "serviceMonitor",
+                "qlikSenseServerLicenseMonitor",
+                "qlikSenseServerLicenseExpiryAlert",
+            )
+        },
         additions=("reloadTaskSuccess",),
     )
 
@@ -657,11 +711,107 @@ def _new_relic(name: str, what: str) -> type[NewRelicEvent]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class NewRelicSettings:
-    """``Butler.incidentTool.newRelic`` and the accounts of ``Butler.thirdPartyToolsCredentials.newRelic``."""
+class NewRelicServiceDestination:
+    """``Butler.incidentTool.newRelic.serviceMonitor.destination.event`` (or ``.log``)."""
 
-    # Windows service events come with the service monitor.
-    UPSTREAM_ONLY: ClassVar[tuple[str, ...]] = ("incidentTool.newRelic.serviceMonitor",)
+    enable: bool = setting("enable", Bool(), False, help="send service state changes to New Relic this way")
+    accounts: tuple[str, ...] = setting(
+        "sendToAccount", ListOf(_Text()), convert=tuple, help="names of the accounts they are sent to"
+    )
+    static_attributes: tuple[tuple[str, str], ...] = setting(
+        "attribute.static",
+        ListOf(_NAME_VALUE),
+        convert=_pairs(("name", "value")),
+        help="[{name, value}]: attributes added",
+    )
+    host: bool = setting(
+        "attribute.dynamic.serviceHost", Bool(), True, help="the service's host as attribute serviceHost"
+    )
+    name: bool = setting(
+        "attribute.dynamic.serviceName", Bool(), True, help="the service's name as attribute serviceName"
+    )
+    display_name: bool = setting(
+        "attribute.dynamic.serviceDisplayName",
+        Bool(),
+        True,
+        help="the service's display name as attribute serviceDisplayName",
+    )
+    state: bool = setting(
+        "attribute.dynamic.serviceState", Bool(), True, help="the service's state as attribute serviceState"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewRelicServiceMonitor:
+    """``Butler.incidentTool.newRelic.serviceMonitor``: Windows services that stopped or started."""
+
+    event: NewRelicServiceDestination = part(
+        "destination.event", NewRelicServiceDestination, help="as New Relic events (qs_serviceStateEvent)"
+    )
+    log: NewRelicServiceDestination = part(
+        "destination.log", NewRelicServiceDestination, help="as New Relic log entries (qs_serviceStateLog)"
+    )
+    running: bool = setting(
+        "monitorServiceState.running.enable", Bool(), True, help="send a service that started running"
+    )
+    stopped: bool = setting(
+        "monitorServiceState.stopped.enable", Bool(), True, help="send a service that stopped"
+    )
+    rate_limit: float = setting(
+        "sharedSettings.rateLimit",
+        _RATE_LIMIT,
+        300,
+        convert=float,
+        help="seconds within which an event (and a log entry) about the same service and state is sent "
+        "at most once",
+    )
+    headers: tuple[tuple[str, str], ...] = setting(
+        "sharedSettings.header",
+        ListOf(_NAME_VALUE),
+        convert=_pairs(("name", "value")),
+        help="[{name, value}]: HTTP headers sent with them",
+    )
+    static_attributes: tuple[tuple[str, str], ...] = setting(
+        "sharedSettings.attribute.static",
+        ListOf(_NAME_VALUE),
+        convert=_pairs(("name", "value")),
+        help="[{name, value}]: attributes of both the events and the log entries",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewRelicPost:
+    """``Butler.restServerEndpointsConfig.newRelic.postNewRelicEvent`` (or ``postNewRelicMetric``): where
+    the REST API's ``POST /v4/newrelic/event`` (``metric``) sends what it is given."""
+
+    accounts: tuple[str, ...] = setting(
+        "destinationAccount",
+        ListOf(_Text()),
+        convert=tuple,
+        help="names of the accounts (thirdPartyToolsCredentials.newRelic) it is sent to",
+    )
+    url: str = setting("url", Str(), "", help="New Relic's API of the account's region")
+    headers: tuple[tuple[str, str], ...] = setting(
+        "header", ListOf(_NAME_VALUE), convert=_pairs(("name", "value")), help="[{name, value}]: HTTP headers"
+    )
+    static_attributes: tuple[tuple[str, str], ...] = setting(
+        "attribute.static",
+        ListOf(_NAME_VALUE),
+        convert=_pairs(("name", "value")),
+        help="[{name, value}]: attributes added (the request's win on a name clash)",
+    )
+
+
+_REST_EVENT = variant(NewRelicPost, "NewRelicPostEvent", url="https://insights-collector.eu01.nr-data.net/")
+_REST_METRIC = variant(
+    NewRelicPost, "NewRelicPostMetric", url="https://insights-collector.eu01.nr-data.net/metric/v1"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewRelicSettings:
+    """``Butler.incidentTool.newRelic``, the accounts of ``Butler.thirdPartyToolsCredentials.newRelic`` and
+    the REST API's ``Butler.restServerEndpointsConfig.newRelic``."""
 
     enable: bool = setting("incidentTool.newRelic.enable", Bool(), False, help="send to New Relic at all")
     event_url: str = setting(
@@ -699,6 +849,15 @@ class NewRelicSettings:
             "reloadTaskFailure": _new_relic("ReloadFailure", "FailedTask"),
             "reloadTaskAborted": _new_relic("ReloadAborted", "AbortedTask"),
         },
+    )
+    service_monitor: NewRelicServiceMonitor = part(
+        "incidentTool.newRelic.serviceMonitor", NewRelicServiceMonitor, help="Windows service state changes"
+    )
+    rest_event: NewRelicPost = part(
+        "restServerEndpointsConfig.newRelic.postNewRelicEvent", _REST_EVENT, help="POST /v4/newrelic/event"
+    )
+    rest_metric: NewRelicPost = part(
+        "restServerEndpointsConfig.newRelic.postNewRelicMetric", _REST_METRIC, help="POST /v4/newrelic/metric"
     )
 
     def event(self, name: str) -> NewRelicEvent:
@@ -770,9 +929,13 @@ __all__ = [
     "NewRelicDestination",
     "NewRelicEvent",
     "NewRelicLog",
+    "NewRelicPost",
+    "NewRelicServiceDestination",
+    "NewRelicServiceMonitor",
     "NewRelicSettings",
     "QlikSenseUrls",
     "ScriptLogSettings",
+    "ServiceEmailEvent",
     "Signl4Event",
     "Signl4Settings",
     "SlackEvent",

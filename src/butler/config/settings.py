@@ -63,7 +63,6 @@ UPSTREAM_SECTIONS: tuple[str, ...] = (
     "anonTelemetry",
     "systemInfo",
     "configVisualisation",
-    "restServerEndpointsConfig",
     "qlikSenseCloud",
 )
 

@@ -9,14 +9,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from butler.alerts.context import (
+    SERVICE_EVENTS,
     AlertFacts,
     FormattedError,
+    ServiceFacts,
     chat_log_fields,
     fallback_note,
     http_payload,
     redacted_url,
     render_json_template,
     render_text,
+    service_context,
     template_context,
 )
 from butler.alerts.model import Message
@@ -29,7 +32,11 @@ CHAT_EVENTS = {
     "reloadTaskFailure": 'Qlik Sense reload failed: "{{taskName}}"',
     "reloadTaskAborted": 'Qlik Sense reload aborted: "{{taskName}}"',
     "reloadTaskSuccess": 'Qlik Sense reload success: "{{taskName}}"',
+    "serviceStopped": 'Windows service stopped: "{{serviceName}}" on host "{{host}}"',
+    "serviceStarted": 'Windows service started: "{{serviceName}}" on host "{{host}}"',
 }
+#: The task events among them.
+TASK_EVENTS = frozenset(name for name in CHAT_EVENTS if not name.startswith("service"))
 
 #: A channel's basic message from its event settings, the basic text, the template context and the notes.
 BasicBody = Callable[["ChatEvent", str, dict[str, Any], list[str]], dict[str, Any]]
@@ -45,35 +52,67 @@ def build_chat(
     formatted: FormattedBody,
 ) -> list[Message]:
     """The one message of ``channel`` for an outcome, or none when its settings say so."""
-    chat, name = (settings.slack, "Slack") if channel == "slack" else (settings.teams, "Teams")
-    if not chat.enable or facts.event not in CHAT_EVENTS:
+    chat = settings.slack if channel == "slack" else settings.teams
+    if not chat.enable or facts.event not in TASK_EVENTS:
         return []
     event = chat.event(facts.event)
     if not event.enable or not event.webhook_url:
         return []
     context = template_context(facts, settings, event.head_lines, event.tail_lines, slash_user=True)
     chat_log_fields(context)
-    text, notes = basic_text(facts.event, event, context, name)
+    return [chat_message(channel, facts.event, event, context, facts.outcome.event.task_id, basic, formatted)]
+
+
+def build_service_chat(
+    facts: ServiceFacts,
+    settings: AlertSettings,
+    channel: Literal["slack", "teams"],
+    basic: BasicBody,
+    formatted: FormattedBody,
+) -> list[Message]:
+    """The one message of ``channel`` for a service that stopped or started, or none when its settings
+    say so."""
+    chat = settings.slack if channel == "slack" else settings.teams
+    if not chat.enable or facts.change.status not in SERVICE_EVENTS:
+        return []
+    event = chat.event(facts.event)
+    if not event.enable or not event.webhook_url:
+        return []
+    context = service_context(facts, settings)
+    return [chat_message(channel, facts.event, event, context, facts.rate_key, basic, formatted)]
+
+
+def chat_message(
+    channel: Literal["slack", "teams"],
+    name: str,
+    event: ChatEvent,
+    context: dict[str, Any],
+    rate_key: str,
+    basic: BasicBody,
+    formatted: FormattedBody,
+) -> Message:
+    """The formatted message of event ``name`` carrying the basic one as its fallback, or the basic one
+    with a note saying why the formatted one could not be made."""
+    kind = "Slack" if channel == "slack" else "Teams"
+    text, notes = basic_text(name, event, context, kind)
     payload = http_payload(event.webhook_url, basic(event, text, context, notes))
     if event.message_type == "formatted":
         try:
             rendered = render_json_template(event.template_file, context)
         except FormattedError as exc:
-            notes.append(fallback_note(name, str(exc)))
+            notes.append(fallback_note(kind, str(exc)))
             payload = http_payload(event.webhook_url, basic(event, text, context, notes))
         else:
             payload = http_payload(event.webhook_url, formatted(event, rendered), fallback=payload)
-    return [
-        Message(
-            channel=channel,
-            event=facts.event,
-            rate_key=facts.outcome.event.task_id,
-            rate_limit=event.rate_limit,
-            target=redacted_url(event.webhook_url),
-            payload=payload,
-            notes=tuple(notes),
-        )
-    ]
+    return Message(
+        channel=channel,
+        event=name,
+        rate_key=rate_key,
+        rate_limit=event.rate_limit,
+        target=redacted_url(event.webhook_url),
+        payload=payload,
+        notes=tuple(notes),
+    )
 
 
 def basic_text(name: str, event: ChatEvent, context: dict[str, Any], channel: str) -> tuple[str, list[str]]:
@@ -87,4 +126,4 @@ def basic_text(name: str, event: ChatEvent, context: dict[str, Any], channel: st
     return render_text(CHAT_EVENTS[name], context, f"{channel} default text"), notes
 
 
-__all__ = ["CHAT_EVENTS", "basic_text", "build_chat"]
+__all__ = ["CHAT_EVENTS", "TASK_EVENTS", "basic_text", "build_chat", "build_service_chat"]

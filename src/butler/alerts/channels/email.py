@@ -1,4 +1,4 @@
-"""E-mail alerts: who is mailed about a task outcome, and what the mail says.
+"""E-mail alerts: who is mailed about a task outcome or a Windows service, and what the mail says.
 
 One Message per recipient, so that a refused or unreachable recipient does not hold up the others and each
 recipient has its own rate limit (``<taskId>|<address>``, as upstream keys it). Recipients are, in order:
@@ -21,10 +21,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from butler.alerts.context import AlertFacts, AppOwner, template_context
+from butler.alerts.context import (
+    SERVICE_EVENTS,
+    AlertFacts,
+    AppOwner,
+    ServiceFacts,
+    service_context,
+    template_context,
+)
 from butler.alerts.model import Message
 from butler.alerts.templates import compile_template, load_template
-from butler.config.alerts import AlertSettings, EmailEvent
+from butler.config.alerts import AlertSettings, EmailEvent, ServiceEmailEvent
 
 log = logging.getLogger("butler.alerts.email")
 
@@ -67,6 +74,30 @@ def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
     ]
 
 
+def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]:
+    """The e-mails for a service that stopped or started: one Message per valid, distinct recipient, each
+    limited per service, state and address."""
+    if not settings.email.enable or facts.change.status not in SERVICE_EVENTS:
+        return []
+    event = settings.email.services[facts.event]
+    addresses = _valid_distinct(event.recipients, f'service "{facts.change.service_name}"', facts.event)
+    if not addresses:
+        return []
+    content = render_service(facts, settings, event)
+    return [
+        Message(
+            channel="email",
+            event=facts.event,
+            rate_key=f"{facts.rate_key}|{address}",
+            rate_limit=event.rate_limit,
+            target=address,
+            payload={**content.payload, "to": address},
+            notes=content.notes,
+        )
+        for address in addresses
+    ]
+
+
 # --- recipients ------------------------------------------------------------------------------------------
 
 
@@ -81,7 +112,10 @@ def recipients(facts: AlertFacts, event: EmailEvent) -> list[str]:
         candidates += event.recipients
     if facts.event.startswith("reload"):
         candidates += owner_addresses(facts.owner, event, facts.outcome.app_name)
+    return _valid_distinct(candidates, f'task "{facts.outcome.event.task_name}"', facts.event)
 
+
+def _valid_distinct(candidates: Iterable[str], about: str, event: str) -> list[str]:
     found: list[str] = []
     seen: set[str] = set()
     for candidate in candidates:
@@ -91,10 +125,7 @@ def recipients(facts: AlertFacts, event: EmailEvent) -> list[str]:
         seen.add(address)
         if not valid_address(address):
             log.warning(
-                'Recipient e-mail address not valid: "%s" (task "%s", %s); not mailed',
-                address,
-                facts.outcome.event.task_name,
-                facts.event,
+                'Recipient e-mail address not valid: "%s" (%s, %s); not mailed', address, about, event
             )
             continue
         found.append(address)
@@ -201,20 +232,60 @@ def render(facts: AlertFacts, settings: AlertSettings, event: EmailEvent) -> Con
     )
 
 
-def _subject(facts: AlertFacts, event: EmailEvent, context: dict[str, Any] | None, notes: list[str]) -> str:
-    # A header cannot hold line breaks, and a task name from Sense may: a mail with one could not be
-    # composed at all.
-    fallback = " ".join(
-        f'{TITLES.get(facts.event, "Qlik Sense task event")}: "{facts.outcome.task_name}"'.split()
+def render_service(facts: ServiceFacts, settings: AlertSettings, event: ServiceEmailEvent) -> Content:
+    """Subject, HTML and text parts and priority of a service's mail; a template that fails gives
+    Butler's basic subject or body with a note."""
+    notes: list[str] = []
+    context = service_context(facts, settings)
+    change = facts.change
+    title = f"Windows service {'stopped' if facts.event == 'serviceStopped' else 'started'}"
+    fallback = " ".join(f'{title} on host {change.host}: "{change.details.display_name}"'.split())
+    subject = _render_subject(event.subject, context, f"emailNotification.{facts.event}", fallback, notes)
+    body = _render_body(
+        event.body_directory, event.html_template, context, f"emailNotification.{facts.event}", notes
     )
-    if context is None or not event.subject:
-        return fallback
+    if body is None:
+        rows = [
+            ("Host", change.host),
+            ("Service name", change.service_name),
+            ("Service display name", change.details.display_name),
+            ("Service status", change.status),
+            ("Previous service status", change.previous),
+            ("Service startup mode", change.details.start_type),
+            ("EXE path", change.details.exe_path),
+        ]
+        body = _basic_html(title, rows, notes, [])
+    return Content(
+        {
+            "from": event.from_address,
+            "subject": subject,
+            "html": body,
+            "text": html_to_text(body),
+            "priority": event.priority.lower(),
+            "attachment": None,
+        },
+        tuple(notes),
+    )
+
+
+def _subject(facts: AlertFacts, event: EmailEvent, context: dict[str, Any] | None, notes: list[str]) -> str:
+    fallback = f'{TITLES.get(facts.event, "Qlik Sense task event")}: "{facts.outcome.task_name}"'
+    if context is None:
+        return " ".join(fallback.split())
+    return _render_subject(event.subject, context, f"emailNotification.{facts.event}", fallback, notes)
+
+
+def _render_subject(template: str, context: dict[str, Any], key: str, fallback: str, notes: list[str]) -> str:
+    # A header cannot hold line breaks, and a task or service name may: a mail with one could not be
+    # composed at all.
+    if not template:
+        return " ".join(fallback.split())
     try:
-        rendered = compile_template(event.subject, f"emailNotification.{facts.event}.subject").render(context)
+        rendered = compile_template(template, f"{key}.subject").render(context)
     except Exception as exc:
-        log.warning("E-mail subject template of %s failed: %s; a basic subject is used", facts.event, exc)
+        log.warning("E-mail subject template of %s failed: %s; a basic subject is used", key, exc)
         notes.append(f"the subject template failed ({exc}); a basic subject was used")
-        return fallback
+        return " ".join(fallback.split())
     # `{{x}}` HTML-escapes, right for the body but wrong in a header, where upstream's subjects show `&amp;`
     # .
     return " ".join(html.unescape(rendered).split())
@@ -225,13 +296,20 @@ def _body(
 ) -> str | None:
     if context is None:
         return None
-    if event.body_directory is None or not event.html_template:
+    key = f"emailNotification.{facts.event}"
+    return _render_body(event.body_directory, event.html_template, context, key, notes)
+
+
+def _render_body(
+    directory: Path | None, name: str, context: dict[str, Any], key: str, notes: list[str]
+) -> str | None:
+    if directory is None or not name:
         notes.append(
-            f"no body template is configured (emailNotification.{facts.event}.bodyFileDirectory and "
-            "htmlTemplateFile); Butler's basic message was sent"
+            f"no body template is configured ({key}.bodyFileDirectory and htmlTemplateFile); "
+            "Butler's basic message was sent"
         )
         return None
-    path = Path(event.body_directory) / f"{event.html_template}.handlebars"
+    path = Path(directory) / f"{name}.handlebars"
     try:
         return load_template(path).render(context)
     except Exception as exc:
@@ -258,13 +336,16 @@ def basic_body(facts: AlertFacts, notes: Iterable[str]) -> str:
         ("Executing node", str(execution.get("executingNodeName") or "")),
         ("Execution status", str(execution.get("status") if execution.get("status") is not None else "")),
     ]
+    return _basic_html(TITLES.get(facts.event, "Qlik Sense task event"), rows, notes, facts.script_log or [])
+
+
+def _basic_html(title: str, rows: list[tuple[str, str]], notes: Iterable[str], log_lines: list[str]) -> str:
     esc = html.escape
-    parts = [f"<h1>{esc(TITLES.get(facts.event, 'Qlik Sense task event'))}</h1>"]
+    parts = [f"<h1>{esc(title)}</h1>"]
     parts += [f"<p><i>Note: {esc(note)}</i></p>" for note in notes]
     parts.append("<table>")
     parts += [f"<tr><td><b>{esc(label)}</b></td><td>{esc(value)}</td></tr>" for label, value in rows if value]
     parts.append("</table>")
-    log_lines = facts.script_log or []
     if log_lines:
         tail = log_lines[-15:]
         parts.append(f"<p>The last {len(tail)} rows of the script log:</p>")
@@ -411,4 +492,12 @@ def html_to_text(markup: str) -> str:
     return re.sub("\x00([0-9]+)\x00", verbatim, text) + "\n"
 
 
-__all__ = ["build", "html_to_text", "owner_addresses", "recipients", "render", "valid_address"]
+__all__ = [
+    "build",
+    "build_service",
+    "html_to_text",
+    "owner_addresses",
+    "recipients",
+    "render",
+    "valid_address",
+]

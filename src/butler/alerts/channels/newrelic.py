@@ -1,4 +1,4 @@
-"""New Relic events and logs for failed and aborted reload tasks.
+"""New Relic events and logs for failed and aborted reload tasks and for Windows services.
 
 Each destination (event, log) goes to a set of accounts: the ``always`` accounts when that route is on,
 the accounts named by the task's custom property when that route is on (upstream took the route whenever
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from butler.alerts.context import (
     JSON_HEADERS,
     AlertFacts,
+    ServiceFacts,
     custom_properties,
     custom_property_values,
     details_concatenated,
@@ -33,7 +34,13 @@ from butler.alerts.context import (
 from butler.alerts.model import Message
 
 if TYPE_CHECKING:
-    from butler.config.alerts import AlertSettings, NewRelicAccount, NewRelicDestination, NewRelicEvent
+    from butler.config.alerts import (
+        AlertSettings,
+        NewRelicAccount,
+        NewRelicDestination,
+        NewRelicEvent,
+        NewRelicServiceDestination,
+    )
 
 log = logging.getLogger("butler.alerts")
 
@@ -71,6 +78,88 @@ def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
                 )
             )
     return messages
+
+
+SERVICE_EVENT_TYPE = "qs_serviceStateEvent"
+SERVICE_LOG_TYPE = "qs_serviceStateLog"
+
+
+def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]:
+    """An event and a log entry per destination account for a service's new state, as the service
+    monitor's settings say (a running or stopped service only when its ``monitorServiceState`` is on)."""
+    new_relic = settings.new_relic
+    monitor = new_relic.service_monitor
+    status = facts.change.status
+    if not new_relic.enable or (status == "RUNNING" and not monitor.running):
+        return []
+    if status == "STOPPED" and not monitor.stopped:
+        return []
+    known = {account.name: account for account in new_relic.accounts}
+    messages: list[Message] = []
+    for kind, destination in (("event", monitor.event), ("log", monitor.log)):
+        if not destination.enable:
+            continue
+        for name in dict.fromkeys(destination.accounts):
+            account = known.get(name)
+            if account is None:
+                log.warning(
+                    "New Relic account %r (service alerts) is not in thirdPartyToolsCredentials.newRelic",
+                    name,
+                )
+                continue
+            messages.append(
+                Message(
+                    channel="newrelic",
+                    event=facts.event,
+                    rate_key=f"{facts.rate_key}|{kind}|{account.name}",
+                    rate_limit=monitor.rate_limit,
+                    target=f"New Relic account {account.name} ({kind})",
+                    payload=_service_payload(facts, settings, destination, account, kind),
+                )
+            )
+    return messages
+
+
+def service_log_message(facts: ServiceFacts) -> str:
+    change = facts.change
+    state = f"{change.status}." if change.status in ("RUNNING", "STOPPED") else f'in state "{change.status}".'
+    return f'Windows service "{change.details.display_name}" on host "{change.host}" is {state}'
+
+
+def _service_payload(
+    facts: ServiceFacts,
+    settings: AlertSettings,
+    destination: NewRelicServiceDestination,
+    account: NewRelicAccount,
+    kind: str,
+) -> dict[str, Any]:
+    new_relic = settings.new_relic
+    monitor = new_relic.service_monitor
+    change = facts.change
+    headers = {**dict(monitor.headers), **JSON_HEADERS, "Api-Key": account.insert_api_key}
+    found: dict[str, Any] = {**dict(monitor.static_attributes), **dict(destination.static_attributes)}
+    for on, name, value in (
+        (destination.host, "serviceHost", change.host),
+        (destination.name, "serviceName", change.service_name),
+        (destination.display_name, "serviceDisplayName", change.details.display_name),
+        (destination.state, "serviceState", change.status),
+    ):
+        if on:
+            found[name] = value
+    if kind == "event":
+        body: Any = [{**found, "eventType": SERVICE_EVENT_TYPE}]
+        return http_payload(events_url(new_relic.event_url, account), body, headers=headers)
+    body = [
+        {
+            "common": {"attributes": {**found, "logtype": SERVICE_LOG_TYPE}},
+            "logs": [{"message": service_log_message(facts)}],
+        }
+    ]
+    return http_payload(new_relic.log_url, body, headers=headers)
+
+
+def events_url(base: str, account: NewRelicAccount) -> str:
+    return f"{base if base.endswith('/') else base + '/'}v1/accounts/{account.account_id}/events"
 
 
 def account_names(
@@ -144,9 +233,8 @@ def _payload(
     headers = {**dict(shared.headers), **JSON_HEADERS, "Api-Key": account.insert_api_key}
     found = attributes(facts, shared, destination)
     if kind == "event":
-        base = new_relic.event_url if new_relic.event_url.endswith("/") else f"{new_relic.event_url}/"
         body: Any = [{**found, "eventType": EVENT_TYPES[facts.event]}]
-        return http_payload(f"{base}v1/accounts/{account.account_id}/events", body, headers=headers)
+        return http_payload(events_url(new_relic.event_url, account), body, headers=headers)
     execution = execution_of(facts) or {}
     status = execution.get("status")
     duration = execution.get("duration")
@@ -182,4 +270,4 @@ def log_message(facts: AlertFacts, destination: NewRelicDestination, execution: 
     return f"{concatenated}{LOG_SEPARATOR}{tail}"
 
 
-__all__ = ["build"]
+__all__ = ["build", "build_service", "events_url", "service_log_message"]

@@ -1,4 +1,4 @@
-"""Slack messages for reload tasks, posted to an incoming webhook.
+"""Slack messages for reload tasks and Windows services, posted to an incoming webhook.
 
 A formatted message is the rendered template file merged into ``{username, channel, icon_emoji}``; it
 carries the basic message as its ``fallback``, sent if Slack refuses the formatted one. When the
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from butler.alerts.channels.chat import CHAT_EVENTS, build_chat
-from butler.alerts.context import AlertFacts, limit_texts
+from butler.alerts.channels.chat import CHAT_EVENTS, build_chat, build_service_chat
+from butler.alerts.context import AlertFacts, ServiceFacts, limit_texts
 from butler.alerts.model import Message
 
 if TYPE_CHECKING:
@@ -23,6 +23,10 @@ TEXT_KEYS = frozenset({"text"})
 
 def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
     return build_chat(facts, settings, "slack", _basic, _formatted)
+
+
+def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]:
+    return build_service_chat(facts, settings, "slack", _basic, _formatted)
 
 
 def _envelope(event: ChatEvent) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Teams messages for reload tasks, posted to a Power Automate workflow.
+"""Teams messages for reload tasks and Windows services, posted to a Power Automate workflow.
 
 Workflows take Adaptive Cards, so the basic message is the smallest Adaptive Card envelope of the kind
 the shipped formatted templates produce, not upstream's legacy MessageCard. As for Slack, a
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from butler.alerts.channels.chat import build_chat
-from butler.alerts.context import AlertFacts, limit_texts
+from butler.alerts.channels.chat import build_chat, build_service_chat
+from butler.alerts.context import AlertFacts, ServiceFacts, limit_texts
 from butler.alerts.model import Message
 
 if TYPE_CHECKING:
@@ -22,6 +22,10 @@ TEXT_KEYS = frozenset({"text", "codeSnippet"})
 
 def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
     return build_chat(facts, settings, "teams", _basic, _formatted)
+
+
+def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]:
+    return build_service_chat(facts, settings, "teams", _basic, _formatted)
 
 
 def _basic(event: ChatEvent, text: str, context: dict[str, Any], notes: list[str]) -> dict[str, Any]:
