@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from butler.alerts.model import Channel
 from butler.config import ConfigError, parse_config
 from butler.config.monitors import (
     LicenseReleaseSettings,
@@ -202,13 +203,18 @@ class Recorder:
     """Stands in for the alert service, the MQTT client and the InfluxDB writer."""
 
     changes: list[ServiceChange] = field(default_factory=list)
+    #: The alert channels each change was handed over for.
+    channels: list[Collection[Channel] | None] = field(default_factory=list)
     statuses: list[ServerLicense] = field(default_factory=list)
     alerts: list[ServerLicense] = field(default_factory=list)
     messages: list[tuple[str, str]] = field(default_factory=list)
     points: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
 
-    async def service_changed(self, change: ServiceChange) -> None:
+    async def service_changed(
+        self, change: ServiceChange, channels: Collection[Channel] | None = None
+    ) -> None:
         self.changes.append(change)
+        self.channels.append(channels)
 
     async def server_license_status(self, license: ServerLicense) -> None:
         self.statuses.append(license)
@@ -289,6 +295,7 @@ async def test_a_stopped_service_on_one_of_two_nodes_is_one_alert_and_one_messag
         "RUNNING",
         ServiceDetails("Qlik Sense Scheduler Service"),
     )
+    assert out.channels == [frozenset({"email", "slack", "teams", "webhook", "newrelic"})]
     stopped = [m for m in out.messages if m[0].startswith("qliksense/service_stopped/")]
     assert stopped == [
         (
@@ -939,3 +946,17 @@ async def test_uptime_metrics_are_posted_to_each_new_relic_account(
     assert headers["Api-Key"] == "key-1" and headers["X-My-Header"] == "v"
     assert [m["name"] for m in body[0]["metrics"]][-1] == "qs_butlerUptimeMillisec"
     assert body[0]["common"]["attributes"] == {"version": "1.2.3"}
+
+
+async def test_the_alert_destinations_that_are_off_are_not_alerted(tmp_path: Path) -> None:
+    site = FakeSite([_node("sense1", "Engine", "RUNNING")])
+    out = Recorder()
+    document = base_config()
+    off = {"email": {"enable": False}, "teams": {"enable": False}}
+    document["Butler"]["serviceMonitor"] = {"enable": True, "alertDestination": off}
+    settings = parse_config(document, base_dir=tmp_path).monitors.services
+    monitor = ServiceMonitor(settings, MqttSettings(), site, out, out, out)
+    await monitor.check()
+    site.services[0] = _node("sense1", "Engine", "STOPPED")
+    await monitor.check()
+    assert out.channels == [frozenset({"slack", "webhook", "newrelic"})]

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from butler.config import Settings, parse_config
 from butler.monitors.licenses import LicenseRelease, ServerLicenseMonitor
@@ -21,8 +22,10 @@ from butler.mqtt import MqttClient
 from butler.qlik.qrs import QrsClient
 from tests import test_messaging
 from tests.conftest import Broker, StartButler
+from tests.test_alert_email import Mailbox, Server, parse
 from tests.test_messaging import next_message
 from tests.test_monitors import Recorder
+from tests.test_service_alerts import email_event
 from tests.test_task_start import butler_config
 
 subscriber = test_messaging.subscriber
@@ -288,3 +291,86 @@ async def test_the_version_and_the_access_licences_are_read_and_written(parts: A
     assert sorted(by_type) == ["analyzer", "professional", "tokens_available"]
     assert by_type["professional"]["allocated"] == 4 and by_type["analyzer"]["allocated"] == 4
     assert {tags["site"] for _, tags, _ in out.points} == {"lab"}
+
+
+async def test_a_service_stopped_then_started_is_one_email_one_message_and_a_metric_each(
+    start_butler: StartButler, simulator: Any, site_certs: Any, broker: Broker, subscriber: Any, control: Any
+) -> None:
+    """A whole Butler against the two-node site: the scheduler stopped on the rim node is one e-mail at the
+    SMTP server, one MQTT message and the metric at 0; started again, one more of each and the metric at 1."""
+    mailbox = Mailbox()
+    smtp = Server(mailbox)
+    await smtp.start()
+    try:
+        config = document(
+            simulator,
+            site_certs,
+            broker,
+            serviceMonitor={"enable": True, "frequency": "every 1 seconds"},
+            prometheus={"enable": True},
+            emailNotification={
+                "enable": True,
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": smtp.port,
+                    "secure": False,
+                    "tls": {"ignoreTLS": True, "requireTLS": False},
+                    "auth": {"enable": False},
+                },
+                "serviceStopped": email_event(
+                    "service-stopped", 'Windows service stopped on host {{host}}: "{{serviceDisplayName}}"'
+                ),
+                "serviceStarted": email_event(
+                    "service-started", 'Windows service started on host {{host}}: "{{serviceDisplayName}}"'
+                ),
+            },
+        )
+        stops = await subscriber("qliksense/service_stopped/#")
+        starts = await subscriber("qliksense/service_running/#")
+        base = await start_butler(config)
+        async with aiohttp.ClientSession() as http:
+
+            async def running() -> float | None:
+                async with http.get(f"{base}/metrics") as response:
+                    text = await response.text()
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        if sample.name == "butler_sense_service_running" and sample.labels == {
+                            "host": "sense2",
+                            "service": "QlikSenseSchedulerService",
+                        }:
+                            return float(sample.value)
+                return None
+
+            async def metric_is(value: float) -> bool:
+                return await running() == value
+
+            async def mails(count: int) -> bool:
+                return len(mailbox.received) >= count
+
+            await _eventually_async(lambda: metric_is(1.0))
+            assert mailbox.received == []  # no alert for what the first check found
+            await control("POST", "/nodes/sense2/services/scheduler/stop")
+            message = await next_message(stops)
+            assert str(message.topic) == "qliksense/service_stopped/sense2/QlikSenseSchedulerService"
+            assert json.loads(message.payload)["serviceStatus"] == "STOPPED"  # type: ignore[arg-type]
+            await _eventually_async(lambda: metric_is(0.0))
+            await _eventually_async(lambda: mails(1))
+            await asyncio.sleep(2.5)  # two more checks with the service still stopped: nothing more
+            assert len(mailbox.received) == 1
+            stopped = parse(mailbox.received[0][2])
+            # Folded right after "Subject:" (Python's folding of a long header), which unfolds to the same
+            # header (RFC 5322 2.2.3); Python's parser keeps the space of the fold.
+            scheduler = '"Qlik Sense Scheduler Service"'
+            assert stopped["Subject"].lstrip() == f"Windows service stopped on host sense2: {scheduler}"
+            await control("POST", "/nodes/sense2/services/scheduler/start")
+            message = await next_message(starts)
+            assert str(message.topic) == "qliksense/service_running/sense2/QlikSenseSchedulerService"
+            await _eventually_async(lambda: metric_is(1.0))
+            await _eventually_async(lambda: mails(2))
+            await asyncio.sleep(2.5)
+            assert len(mailbox.received) == 2
+            started = parse(mailbox.received[1][2])
+            assert started["Subject"].lstrip() == f"Windows service started on host sense2: {scheduler}"
+    finally:
+        await smtp.stop()

@@ -253,6 +253,10 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
         raise StartupError(str(exc)) from exc
     exits.push_async_callback(monitors.stop)
     services.monitors = monitors
+    if services.metrics is not None:
+        from butler.monitors.metrics import MonitorFigures
+
+        services.metrics.register(MonitorFigures(monitors))
     monitors.start()
 
 

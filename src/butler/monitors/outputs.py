@@ -4,9 +4,10 @@ their place."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol, runtime_checkable
 
+from butler.alerts.model import Channel
 from butler.monitor_events import ServerLicense, ServiceChange
 
 FieldValue = float | int | str | bool
@@ -16,7 +17,9 @@ FieldValue = float | int | str | bool
 class AlertSink(Protocol):
     """The alert channels' side of the monitors (``butler.alerts.service.AlertService``)."""
 
-    async def service_changed(self, change: ServiceChange) -> None: ...
+    async def service_changed(
+        self, change: ServiceChange, channels: Collection[Channel] | None = None
+    ) -> None: ...
 
     async def server_license_status(self, license: ServerLicense) -> None: ...
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from butler.alerts.model import Channel
 from butler.config.monitors import ServiceMonitorSettings
 from butler.config.settings import MqttSettings
 from butler.logs import Throttle
@@ -134,6 +135,15 @@ class ServiceMonitor:
         states: ServiceStates | None = None,
     ) -> None:
         self.settings = settings
+        destinations: tuple[tuple[Channel, bool], ...] = (
+            ("email", settings.email),
+            ("slack", settings.slack),
+            ("teams", settings.teams),
+            ("webhook", settings.webhook),
+            ("newrelic", settings.new_relic),
+        )
+        #: The alert channels of ``alertDestination`` (MQTT and InfluxDB are this monitor's own outputs).
+        self.channels = frozenset(channel for channel, on in destinations if on)
         self.topics = topics
         self.site = site if settings.qrs else None
         self.publisher = publisher if settings.mqtt else None
@@ -236,7 +246,7 @@ class ServiceMonitor:
             )
             return
         try:
-            await self.alerts.service_changed(change)
+            await self.alerts.service_changed(change, self.channels)
         except Exception:  # one alert that fails must not stop the check of the others
             log.exception("the alert on %s on %s could not be handed over", seen.service_name, seen.host)
 
