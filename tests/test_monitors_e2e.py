@@ -22,11 +22,14 @@ from butler.mqtt import MqttClient
 from butler.qlik.qrs import QrsClient
 from tests import test_messaging
 from tests.conftest import Broker, StartButler
+from tests.influxdb import Influxd, influxd  # noqa: F401 (fixture)
 from tests.test_alert_email import Mailbox, Server, parse
+from tests.test_influx import influx_section
 from tests.test_messaging import next_message
 from tests.test_monitors import Recorder
 from tests.test_service_alerts import email_event
 from tests.test_task_start import butler_config
+from tests.waiting import eventually
 
 subscriber = test_messaging.subscriber
 
@@ -374,3 +377,69 @@ async def test_a_service_stopped_then_started_is_one_email_one_message_and_a_met
             assert started["Subject"].lstrip() == f"Windows service started on host sense2: {scheduler}"
     finally:
         await smtp.stop()
+
+
+async def test_the_monitors_points_are_read_back_from_a_real_influxdb(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    broker: Broker,
+    influxd: Influxd,  # noqa: F811
+) -> None:
+    """A whole Butler with the service, version and licence monitors writing through its InfluxDB writer:
+    InfluxQL reads back upstream's measurements, tags and fields."""
+    to_influx = {"influxDb": {"enable": True}}
+    config = document(
+        simulator,
+        site_certs,
+        broker,
+        serviceMonitor={"enable": True, "frequency": "every 1 seconds"},
+        qlikSenseLicense={
+            "serverLicenseMonitor": {
+                "enable": True,
+                "frequency": "every 1 seconds",
+                "destination": to_influx,
+            },
+            "licenseMonitor": {"enable": True, "frequency": "every 1 seconds", "destination": to_influx},
+        },
+        qlikSenseVersion={
+            "versionMonitor": {
+                "enable": True,
+                "frequency": "every 1 seconds",
+                "host": "127.0.0.1",
+                "port": simulator.systeminfo_port,
+                "rejectUnauthorized": True,
+                "destination": to_influx,
+            }
+        },
+        influxDb=influx_section(influxd, tag={"static": [{"name": "site", "value": "test"}]}),
+    )
+    await start_butler(config)
+
+    def measured(measurement: str, where: str = "") -> list[dict[str, Any]]:
+        result = influxd.query(f'SELECT * FROM "ten_days"."{measurement}"{where}')
+        if "error" in result or not result.get("series"):  # not written yet (the database made at the first)
+            return []
+        series = result["series"][0]
+        return [dict(zip(series["columns"], values, strict=True)) for values in series["values"]]
+
+    await eventually(
+        lambda: measured("win_service_state") and measured("qlik_sense_version"),
+        seconds=15,
+        why=lambda: (influxd.query("SHOW MEASUREMENTS"), influxd.query("SHOW RETENTION POLICIES ON butler")),
+    )
+    scheduler = measured(
+        "win_service_state", " WHERE host = 'sense2' AND service_name = 'QlikSenseSchedulerService'"
+    )[0]
+    assert (scheduler["state_num"], scheduler["state_text"], scheduler["site"]) == (4, "RUNNING", "test")
+    assert scheduler["friendly_name"] == "Scheduler"
+    assert {row["host"] for row in measured("win_service_state")} == {"sense1", "sense2"}
+    version = measured("qlik_sense_version")[0]
+    assert version["product_name"] == "Qlik Sense" and version["version"]
+    await eventually(lambda: measured("qlik_sense_server_license"), seconds=10)
+    license = measured("qlik_sense_server_license")[0]
+    assert (license["license_expired"], 40 <= license["days_until_expiry"] <= 46) == (False, True), license
+    await eventually(lambda: measured("qlik_sense_license"), seconds=10)
+    types = {row["license_type"]: row for row in measured("qlik_sense_license")}
+    assert {"professional", "analyzer", "tokens_available"} <= types.keys()
+    assert types["professional"]["allocated"] == 4
