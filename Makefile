@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/app_dump.py
 	$(BIN)/python bench/slow_clients.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/monitors.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -128,11 +128,14 @@ def start_simulator(
     *,
     core: str | None = None,
     time_scale: str | None = None,
+    systeminfo_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``qliksim serve`` of ``workdir``'s ``site.yaml`` and ``certs``, pinned to ``core`` when given."""
+    """``qliksim serve`` of ``workdir``'s ``site.yaml`` and ``certs``, pinned to ``core`` when given; its
+    systeminfo listener on ``systeminfo_port`` (a free port if not given, so that 9032 is never needed)."""
     command = [sys.executable, "-m", "qliksim", "serve", "--site", str(workdir / "site.yaml")]
     command += ["--certs", str(workdir / "certs"), "--qrs-port", str(qrs_port)]
     command += ["--engine-port", str(engine_port), "--control-port", str(control_port)]
+    command += ["--systeminfo-port", str(systeminfo_port if systeminfo_port is not None else free_port())]
     if time_scale is not None:
         command += ["--time-scale", time_scale]
     pinned = ["taskset", "-c", core] if core is not None else []
