@@ -203,7 +203,18 @@ def test_alert_sections_are_no_longer_reported_as_ignored() -> None:
     assert result.returncode == 0, result.stderr
     [ignored] = [line for line in result.stdout.splitlines() if "ignored:" in line]
     assert "emailNotification" not in ignored and "incidentTool" not in ignored
-    assert "serviceMonitor" in ignored
+    # Every section of the monitors, metrics and New Relic is read, none merely tolerated.
+    for name in (
+        "serviceMonitor",
+        "heartbeat",
+        "uptimeMonitor",
+        "influxDb",
+        "qlikSenseVersion",
+        "qlikSenseLicense",
+        "restServerEndpointsConfig",
+    ):
+        assert name not in ignored, name
+    assert "fileLogging" in ignored  # what is still not read is said
 
 
 def test_service_and_licence_keys_are_read(tmp_path: Path) -> None:
