@@ -208,8 +208,27 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmailEvent:
-    """``Butler.emailNotification.<event>``: who is mailed about one kind of task outcome, and how."""
+class EmailMessage:
+    """The keys of an alert mail's priority, subject, body template and sender, alike for task and
+    service events."""
+
+    priority: str = setting(
+        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
+    )
+    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
+    body_directory: Path | None = setting(
+        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
+    )
+    html_template: str = setting(
+        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
+    )
+    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TaskEmailChoice:
+    """The keys of a task event's mail before its message's: when it is sent, to which owners and custom
+    properties, and how much of the script log it shows."""
 
     enable: bool = setting("enable", Bool(), False, help="send e-mails for this event")
     owner_alert: bool = setting(
@@ -258,17 +277,14 @@ class EmailEvent:
     tail_lines: int = setting(
         "tailScriptLogLines", _LINES, 15, help="last lines of the script log in the mail"
     )
-    priority: str = setting(
-        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
-    )
-    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
-    body_directory: Path | None = setting(
-        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
-    )
-    html_template: str = setting(
-        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
-    )
-    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
+
+
+# A dataclass's fields come from its bases, the last listed first, then its own: the bases are listed so
+# that the keys of an event's section keep upstream's order.
+@dataclass(frozen=True, kw_only=True)
+class EmailEvent(EmailMessage, _TaskEmailChoice):
+    """``Butler.emailNotification.<event>``: who is mailed about one kind of task outcome, and how."""
+
     recipients: tuple[str, ...] = setting(
         "recipients", ListOf(Str()), convert=tuple, help="addresses mailed about every task"
     )
@@ -342,22 +358,17 @@ _EMAIL_EVENTS: dict[str, type[EmailEvent]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceEmailEvent:
+class _ServiceEmailLimit:
+    """The key of a service event's mail before its message's (see ``EmailEvent`` on the order)."""
+
+    rate_limit: float = _rate_limit("a mail about the same service and state to the same address")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceEmailEvent(EmailMessage, _ServiceEmailLimit):
     """``Butler.emailNotification.serviceStopped`` / ``serviceStarted``: a Windows service's mail. It has no
     switch of its own (as upstream): it is sent when it has recipients."""
 
-    rate_limit: float = _rate_limit("a mail about the same service and state to the same address")
-    priority: str = setting(
-        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
-    )
-    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
-    body_directory: Path | None = setting(
-        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
-    )
-    html_template: str = setting(
-        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
-    )
-    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
     recipients: tuple[str, ...] = setting(
         "recipients", ListOf(Str()), convert=tuple, help="addresses mailed about the service"
     )
@@ -924,6 +935,7 @@ __all__ = [
     "ChatSettings",
     "DeliverySettings",
     "EmailEvent",
+    "EmailMessage",
     "EmailSettings",
     "NewRelicAccount",
     "NewRelicDestination",
