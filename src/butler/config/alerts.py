@@ -71,6 +71,12 @@ def _pairs(names: tuple[str, str]) -> Any:
     return lambda values: tuple((item[first], item[second]) for item in values)
 
 
+def _name_values(key: str, what: str) -> Any:
+    return setting(
+        key, ListOf(_NAME_VALUE), convert=_pairs(("name", "value")), help=f"[{{name, value}}]: {what}"
+    )
+
+
 def _rate_limit(what: str) -> Any:
     return setting(
         "rateLimit",
@@ -658,12 +664,7 @@ class NewRelicDestination:
     cp_name: str = setting(
         "sendToAccount.byCustomProperty.customPropertyName", Str(), "", help="that custom property"
     )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes added",
-    )
+    static_attributes: tuple[tuple[str, str], ...] = _name_values("attribute.static", "attributes added")
     use_app_tags: bool = setting(
         "attribute.dynamic.useAppTags", Bool(), True, help="one attribute per app tag"
     )
@@ -694,17 +695,9 @@ class NewRelicEvent:
         convert=float,
         help="seconds within which an event (and a log entry) about the same task is sent at most once",
     )
-    headers: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.header",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: HTTP headers sent with it",
-    )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes of both the event and the log entry",
+    headers: tuple[tuple[str, str], ...] = _name_values("sharedSettings.header", "HTTP headers sent with it")
+    static_attributes: tuple[tuple[str, str], ...] = _name_values(
+        "sharedSettings.attribute.static", "attributes of both the event and the log entry"
     )
     event: NewRelicDestination = part("destination.event", NewRelicDestination, help="as a New Relic event")
     log: NewRelicDestination = part("destination.log", NewRelicLog, help="as a New Relic log entry")
@@ -729,12 +722,7 @@ class NewRelicServiceDestination:
     accounts: tuple[str, ...] = setting(
         "sendToAccount", ListOf(_Text()), convert=tuple, help="names of the accounts they are sent to"
     )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes added",
-    )
+    static_attributes: tuple[tuple[str, str], ...] = _name_values("attribute.static", "attributes added")
     host: bool = setting(
         "attribute.dynamic.serviceHost", Bool(), True, help="the service's host as attribute serviceHost"
     )
@@ -776,17 +764,11 @@ class NewRelicServiceMonitor:
         help="seconds within which an event (and a log entry) about the same service and state is sent "
         "at most once",
     )
-    headers: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.header",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: HTTP headers sent with them",
+    headers: tuple[tuple[str, str], ...] = _name_values(
+        "sharedSettings.header", "HTTP headers sent with them"
     )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes of both the events and the log entries",
+    static_attributes: tuple[tuple[str, str], ...] = _name_values(
+        "sharedSettings.attribute.static", "attributes of both the events and the log entries"
     )
 
 
@@ -802,14 +784,9 @@ class NewRelicPost:
         help="names of the accounts (thirdPartyToolsCredentials.newRelic) it is sent to",
     )
     url: str = setting("url", Str(), "", help="New Relic's API of the account's region")
-    headers: tuple[tuple[str, str], ...] = setting(
-        "header", ListOf(_NAME_VALUE), convert=_pairs(("name", "value")), help="[{name, value}]: HTTP headers"
-    )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes added (the request's win on a name clash)",
+    headers: tuple[tuple[str, str], ...] = _name_values("header", "HTTP headers")
+    static_attributes: tuple[tuple[str, str], ...] = _name_values(
+        "attribute.static", "attributes added (the request's win on a name clash)"
     )
 
 
