@@ -208,6 +208,22 @@ async def simulator(site_certs: Any, udp_collector: tuple[UdpCollector, int]) ->
     await sim.stop()
 
 
+Control = Callable[..., Awaitable[tuple[int, Any]]]  # (method, path, json body) -> (status, body)
+
+
+@pytest.fixture
+async def control(simulator: Any) -> AsyncIterator[Control]:
+    """Calls to the simulator's control API (stop a service, set the licence, ...)."""
+    async with aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{simulator.control_port}"
+
+        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with http.request(method, base + path, json=body) as response:
+                return response.status, await response.json(content_type=None)
+
+        yield call
+
+
 XRF = "abcdefghij123456"
 HEADERS = {
     "X-Qlik-Xrfkey": XRF,

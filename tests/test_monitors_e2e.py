@@ -27,7 +27,7 @@ from tests.test_alert_email import Mailbox, Server, parse
 from tests.test_influx import influx_section
 from tests.test_messaging import next_message
 from tests.test_monitors import Recorder
-from tests.test_service_alerts import email_event
+from tests.test_service_alerts import email_section
 from tests.test_task_start import butler_config
 from tests.waiting import eventually
 
@@ -49,18 +49,6 @@ def document(simulator: Any, certs: Any, broker: Broker, **sections: Any) -> dic
     config["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
     config["Butler"].update(sections)
     return config
-
-
-@pytest.fixture
-async def control(simulator: Any) -> AsyncIterator[Any]:
-    async with aiohttp.ClientSession() as http:
-        base = f"http://127.0.0.1:{simulator.control_port}"
-
-        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-            async with http.request(method, base + path, json=body) as response:
-                return response.status, await response.json(content_type=None)
-
-        yield call
 
 
 @pytest.fixture
@@ -311,22 +299,7 @@ async def test_a_service_stopped_then_started_is_one_email_one_message_and_a_met
             broker,
             serviceMonitor={"enable": True, "frequency": "every 1 seconds"},
             prometheus={"enable": True},
-            emailNotification={
-                "enable": True,
-                "smtp": {
-                    "host": "127.0.0.1",
-                    "port": smtp.port,
-                    "secure": False,
-                    "tls": {"ignoreTLS": True, "requireTLS": False},
-                    "auth": {"enable": False},
-                },
-                "serviceStopped": email_event(
-                    "service-stopped", 'Windows service stopped on host {{host}}: "{{serviceDisplayName}}"'
-                ),
-                "serviceStarted": email_event(
-                    "service-started", 'Windows service started on host {{host}}: "{{serviceDisplayName}}"'
-                ),
-            },
+            emailNotification=email_section(smtp.port, stopped="", started=""),
         )
         stops = await subscriber("qliksense/service_stopped/#")
         starts = await subscriber("qliksense/service_running/#")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ssl
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,22 +12,8 @@ import pytest
 
 from qliksim.licensing import Licensing
 from qliksim.times import instant
-from tests.conftest import client_tls
+from tests.conftest import Control, client_tls
 from tests.test_qliksim_qrs import encoded
-
-Control = Any  # (method, path, json body) -> (status, body)
-
-
-@pytest.fixture
-async def control(simulator: Any) -> AsyncIterator[Control]:
-    async with aiohttp.ClientSession() as http:
-        base = f"http://127.0.0.1:{simulator.control_port}"
-
-        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-            async with http.request(method, base + path, json=body) as response:
-                return response.status, await response.json(content_type=None)
-
-        yield call
 
 
 def today() -> datetime.date:

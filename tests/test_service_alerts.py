@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,27 @@ def email_event(template: str, subject: str, **more: Any) -> dict[str, Any]:
     }
 
 
+def email_section(port: int, stopped: str = "❌ ", started: str = "✅ ") -> dict[str, Any]:
+    """An ``emailNotification`` section mailing both service alerts through the SMTP server at ``port``
+    (plain, no login), their subjects upstream's after the marks ``stopped`` and ``started``."""
+    return {
+        "enable": True,
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": port,
+            "secure": False,
+            "tls": {"ignoreTLS": True, "requireTLS": False},
+            "auth": {"enable": False},
+        },
+        "serviceStopped": email_event(
+            "service-stopped", stopped + 'Windows service stopped on host {{host}}: "{{serviceDisplayName}}"'
+        ),
+        "serviceStarted": email_event(
+            "service-started", started + 'Windows service started on host {{host}}: "{{serviceDisplayName}}"'
+        ),
+    }
+
+
 def chat_event(url: str, channel: str, event: str, message_type: str = "formatted") -> dict[str, Any]:
     return {
         "webhookURL": url,
@@ -140,22 +162,7 @@ def sections_of(site: Site) -> dict[str, Any]:
     document: dict[str, Any] = {
         "qlikSenseUrls": {"qmc": "https://sense.corp.local/qmc", "hub": "https://sense.corp.local/hub"},
         "genericUrls": GENERIC_URLS,
-        "emailNotification": {
-            "enable": True,
-            "smtp": {
-                "host": "127.0.0.1",
-                "port": site.smtp.port,
-                "secure": False,
-                "tls": {"ignoreTLS": True, "requireTLS": False},
-                "auth": {"enable": False},
-            },
-            "serviceStopped": email_event(
-                "service-stopped", '❌ Windows service stopped on host {{host}}: "{{serviceDisplayName}}"'
-            ),
-            "serviceStarted": email_event(
-                "service-started", '✅ Windows service started on host {{host}}: "{{serviceDisplayName}}"'
-            ),
-        },
+        "emailNotification": email_section(site.smtp.port),
         "slackNotification": {
             "enable": True,
             "serviceStopped": {**chat_event(site.slack.url, "slack", "stopped"), **slack_extra},
@@ -306,20 +313,39 @@ def new_relic_bodies(change: ServiceChange) -> tuple[list[Any], list[Any]]:
     return [event], [{"common": {"attributes": attributes}, "logs": [{"message": message}]}]
 
 
-async def test_a_stopped_service_reaches_every_channel_exactly(
+async def mailed_everywhere(
+    alerting: Callable[[AlertSettings], Awaitable[AlertService]],
     tmp_path: Path,
     site: Site,
-    alerting: Callable[[AlertSettings], Awaitable[AlertService]],
+    change: ServiceChange,
     handlebars_js: Reference,  # noqa: F811
-) -> None:
+) -> tuple[AlertService, EmailMessage]:
+    """``change`` alerted to every channel of ``site``: each of the 7 messages delivered, and the one mail,
+    from the configured sender to the one valid recipient, with handlebars.js's rendering of the body."""
     service = await alerting(settings(tmp_path, site))
-    await service.service_changed(STOPPED)
+    await service.service_changed(change)
     deliveries = await settled(service, 7)
     assert {d["state"] for d in deliveries} == {"delivered"}, deliveries
 
     [(sender, recipients, raw)] = site.smtp.mailbox.received
     mail = parse(raw)
     assert (sender, recipients) == ("qliksense-noreply@corp.example", ["ops@corp.example"])
+    html = mail.get_body(("html",))
+    assert html is not None
+    # Lines travel with CRLF over SMTP.
+    body = html.get_content().replace("\r\n", "\n")
+    state = {"STOPPED": "stopped", "RUNNING": "started"}[change.status]
+    assert body == reference(handlebars_js, f"email/service-{state}.handlebars", change)
+    return service, mail
+
+
+async def test_a_stopped_service_reaches_every_channel_exactly(
+    tmp_path: Path,
+    site: Site,
+    alerting: Callable[[AlertSettings], Awaitable[AlertService]],
+    handlebars_js: Reference,  # noqa: F811
+) -> None:
+    service, mail = await mailed_everywhere(alerting, tmp_path, site, STOPPED, handlebars_js)
     # Upstream's subject; `&` shown as such in a header (upstream showed `&amp;`).
     assert (
         mail["Subject"]
@@ -328,9 +354,6 @@ async def test_a_stopped_service_reaches_every_channel_exactly(
     assert mail["X-Priority"] == "3 (Normal)"
     html = mail.get_body(("html",))
     assert html is not None
-    # Lines travel with CRLF over SMTP.
-    body = html.get_content().replace("\r\n", "\n")
-    assert body == reference(handlebars_js, "email/service-stopped.handlebars", STOPPED)
     assert "Qlik Sense Engine Service &amp; Co" in html.get_content()
 
     [(_, _, slack)] = site.slack.got
@@ -367,21 +390,11 @@ async def test_a_started_service_gets_the_started_messages(
     alerting: Callable[[AlertSettings], Awaitable[AlertService]],
     handlebars_js: Reference,  # noqa: F811
 ) -> None:
-    service = await alerting(settings(tmp_path, site))
-    await service.service_changed(STARTED)
-    deliveries = await settled(service, 7)
-    assert {d["state"] for d in deliveries} == {"delivered"}, deliveries
-
-    [(_, _, raw)] = site.smtp.mailbox.received
-    mail = parse(raw)
+    _, mail = await mailed_everywhere(alerting, tmp_path, site, STARTED, handlebars_js)
     assert (
         mail["Subject"]
         == '✅ Windows service started on host sense1.corp.local: "Qlik Sense Engine Service & Co"'
     )
-    html = mail.get_body(("html",))
-    assert html is not None
-    body = html.get_content().replace("\r\n", "\n")
-    assert body == reference(handlebars_js, "email/service-started.handlebars", STARTED)
 
     # Slack's started message is configured basic: the rendered basicMsgTemplate and two buttons.
     [(_, _, slack)] = site.slack.got

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from butler import __version__
 from butler.alerts.context import AlertFacts, AppOwner, ServiceFacts
@@ -134,6 +134,15 @@ def sample_change(event: str) -> ServiceChange:
     )
 
 
+def _chat_switched_on(
+    settings: AlertSettings, channel: Literal["slack", "teams"], event: str
+) -> AlertSettings:
+    chat = settings.slack if channel == "slack" else settings.teams
+    replace = dataclasses.replace
+    chat = replace(chat, enable=True, events={**chat.events, event: replace(chat.event(event), enable=True)})
+    return replace(settings, **{channel: chat})
+
+
 def service_switched_on(
     settings: AlertSettings, channel: Channel, to: str | None, event: str
 ) -> AlertSettings:
@@ -144,11 +153,7 @@ def service_switched_on(
         mail = email.services[event] if to is None else replace(email.services[event], recipients=(to,))
         return replace(settings, email=replace(email, enable=True, services={**email.services, event: mail}))
     if channel in ("slack", "teams"):
-        chat = settings.slack if channel == "slack" else settings.teams
-        chat = replace(
-            chat, enable=True, events={**chat.events, event: replace(chat.event(event), enable=True)}
-        )
-        return replace(settings, **{channel: chat})
+        return _chat_switched_on(settings, channel, event)
     if channel == "webhook":
         return replace(settings, webhook=replace(settings.webhook, enable=True))
     relic = settings.new_relic
@@ -175,11 +180,7 @@ def switched_on(settings: AlertSettings, channel: Channel, to: str | None) -> Al
             )
         return replace(settings, email=replace(email, enable=True, events={**email.events, EVENT: event}))
     if channel in ("slack", "teams"):
-        chat = settings.slack if channel == "slack" else settings.teams
-        chat = replace(
-            chat, enable=True, events={**chat.events, EVENT: replace(chat.event(EVENT), enable=True)}
-        )
-        return replace(settings, **{channel: chat})
+        return _chat_switched_on(settings, channel, EVENT)
     if channel == "webhook":
         return replace(settings, webhook=replace(settings.webhook, enable=True))
     if channel == "signl4":

@@ -71,6 +71,12 @@ def _pairs(names: tuple[str, str]) -> Any:
     return lambda values: tuple((item[first], item[second]) for item in values)
 
 
+def _name_values(key: str, what: str) -> Any:
+    return setting(
+        key, ListOf(_NAME_VALUE), convert=_pairs(("name", "value")), help=f"[{{name, value}}]: {what}"
+    )
+
+
 def _rate_limit(what: str) -> Any:
     return setting(
         "rateLimit",
@@ -208,8 +214,27 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmailEvent:
-    """``Butler.emailNotification.<event>``: who is mailed about one kind of task outcome, and how."""
+class EmailMessage:
+    """The keys of an alert mail's priority, subject, body template and sender, alike for task and
+    service events."""
+
+    priority: str = setting(
+        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
+    )
+    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
+    body_directory: Path | None = setting(
+        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
+    )
+    html_template: str = setting(
+        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
+    )
+    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TaskEmailChoice:
+    """The keys of a task event's mail before its message's: when it is sent, to which owners and custom
+    properties, and how much of the script log it shows."""
 
     enable: bool = setting("enable", Bool(), False, help="send e-mails for this event")
     owner_alert: bool = setting(
@@ -258,17 +283,14 @@ class EmailEvent:
     tail_lines: int = setting(
         "tailScriptLogLines", _LINES, 15, help="last lines of the script log in the mail"
     )
-    priority: str = setting(
-        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
-    )
-    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
-    body_directory: Path | None = setting(
-        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
-    )
-    html_template: str = setting(
-        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
-    )
-    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
+
+
+# A dataclass's fields come from its bases, the last listed first, then its own: the bases are listed so
+# that the keys of an event's section keep upstream's order.
+@dataclass(frozen=True, kw_only=True)
+class EmailEvent(EmailMessage, _TaskEmailChoice):
+    """``Butler.emailNotification.<event>``: who is mailed about one kind of task outcome, and how."""
+
     recipients: tuple[str, ...] = setting(
         "recipients", ListOf(Str()), convert=tuple, help="addresses mailed about every task"
     )
@@ -342,22 +364,17 @@ _EMAIL_EVENTS: dict[str, type[EmailEvent]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceEmailEvent:
+class _ServiceEmailLimit:
+    """The key of a service event's mail before its message's (see ``EmailEvent`` on the order)."""
+
+    rate_limit: float = _rate_limit("a mail about the same service and state to the same address")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceEmailEvent(EmailMessage, _ServiceEmailLimit):
     """``Butler.emailNotification.serviceStopped`` / ``serviceStarted``: a Windows service's mail. It has no
     switch of its own (as upstream): it is sent when it has recipients."""
 
-    rate_limit: float = _rate_limit("a mail about the same service and state to the same address")
-    priority: str = setting(
-        "priority", Enum(choices=("high", "normal", "low")), "high", help="the mail's priority"
-    )
-    subject: str = setting("subject", Str(), "", help="the subject, a Handlebars template")
-    body_directory: Path | None = setting(
-        "bodyFileDirectory", Str(nullable=True), None, file=True, help="folder of the body templates"
-    )
-    html_template: str = setting(
-        "htmlTemplateFile", Str(), "", help="the body template's file name there, without .handlebars"
-    )
-    from_address: str = setting("fromAddress", Str(), "", help="the sender, as in From:")
     recipients: tuple[str, ...] = setting(
         "recipients", ListOf(Str()), convert=tuple, help="addresses mailed about the service"
     )
@@ -647,12 +664,7 @@ class NewRelicDestination:
     cp_name: str = setting(
         "sendToAccount.byCustomProperty.customPropertyName", Str(), "", help="that custom property"
     )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes added",
-    )
+    static_attributes: tuple[tuple[str, str], ...] = _name_values("attribute.static", "attributes added")
     use_app_tags: bool = setting(
         "attribute.dynamic.useAppTags", Bool(), True, help="one attribute per app tag"
     )
@@ -683,17 +695,9 @@ class NewRelicEvent:
         convert=float,
         help="seconds within which an event (and a log entry) about the same task is sent at most once",
     )
-    headers: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.header",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: HTTP headers sent with it",
-    )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes of both the event and the log entry",
+    headers: tuple[tuple[str, str], ...] = _name_values("sharedSettings.header", "HTTP headers sent with it")
+    static_attributes: tuple[tuple[str, str], ...] = _name_values(
+        "sharedSettings.attribute.static", "attributes of both the event and the log entry"
     )
     event: NewRelicDestination = part("destination.event", NewRelicDestination, help="as a New Relic event")
     log: NewRelicDestination = part("destination.log", NewRelicLog, help="as a New Relic log entry")
@@ -718,12 +722,7 @@ class NewRelicServiceDestination:
     accounts: tuple[str, ...] = setting(
         "sendToAccount", ListOf(_Text()), convert=tuple, help="names of the accounts they are sent to"
     )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes added",
-    )
+    static_attributes: tuple[tuple[str, str], ...] = _name_values("attribute.static", "attributes added")
     host: bool = setting(
         "attribute.dynamic.serviceHost", Bool(), True, help="the service's host as attribute serviceHost"
     )
@@ -765,17 +764,11 @@ class NewRelicServiceMonitor:
         help="seconds within which an event (and a log entry) about the same service and state is sent "
         "at most once",
     )
-    headers: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.header",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: HTTP headers sent with them",
+    headers: tuple[tuple[str, str], ...] = _name_values(
+        "sharedSettings.header", "HTTP headers sent with them"
     )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "sharedSettings.attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes of both the events and the log entries",
+    static_attributes: tuple[tuple[str, str], ...] = _name_values(
+        "sharedSettings.attribute.static", "attributes of both the events and the log entries"
     )
 
 
@@ -791,14 +784,9 @@ class NewRelicPost:
         help="names of the accounts (thirdPartyToolsCredentials.newRelic) it is sent to",
     )
     url: str = setting("url", Str(), "", help="New Relic's API of the account's region")
-    headers: tuple[tuple[str, str], ...] = setting(
-        "header", ListOf(_NAME_VALUE), convert=_pairs(("name", "value")), help="[{name, value}]: HTTP headers"
-    )
-    static_attributes: tuple[tuple[str, str], ...] = setting(
-        "attribute.static",
-        ListOf(_NAME_VALUE),
-        convert=_pairs(("name", "value")),
-        help="[{name, value}]: attributes added (the request's win on a name clash)",
+    headers: tuple[tuple[str, str], ...] = _name_values("header", "HTTP headers")
+    static_attributes: tuple[tuple[str, str], ...] = _name_values(
+        "attribute.static", "attributes added (the request's win on a name clash)"
     )
 
 
@@ -924,6 +912,7 @@ __all__ = [
     "ChatSettings",
     "DeliverySettings",
     "EmailEvent",
+    "EmailMessage",
     "EmailSettings",
     "NewRelicAccount",
     "NewRelicDestination",

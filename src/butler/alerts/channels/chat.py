@@ -52,11 +52,8 @@ def build_chat(
     formatted: FormattedBody,
 ) -> list[Message]:
     """The one message of ``channel`` for an outcome, or none when its settings say so."""
-    chat = settings.slack if channel == "slack" else settings.teams
-    if not chat.enable or facts.event not in TASK_EVENTS:
-        return []
-    event = chat.event(facts.event)
-    if not event.enable or not event.webhook_url:
+    event = _sending(settings, channel, facts.event) if facts.event in TASK_EVENTS else None
+    if event is None:
         return []
     context = template_context(facts, settings, event.head_lines, event.tail_lines, slash_user=True)
     chat_log_fields(context)
@@ -72,14 +69,19 @@ def build_service_chat(
 ) -> list[Message]:
     """The one message of ``channel`` for a service that stopped or started, or none when its settings
     say so."""
-    chat = settings.slack if channel == "slack" else settings.teams
-    if not chat.enable or facts.change.status not in SERVICE_EVENTS:
-        return []
-    event = chat.event(facts.event)
-    if not event.enable or not event.webhook_url:
+    event = _sending(settings, channel, facts.event) if facts.change.status in SERVICE_EVENTS else None
+    if event is None:
         return []
     context = service_context(facts, settings)
     return [chat_message(channel, facts.event, event, context, facts.rate_key, basic, formatted)]
+
+
+def _sending(settings: AlertSettings, channel: Literal["slack", "teams"], name: str) -> ChatEvent | None:
+    """The settings of event ``name`` of ``channel`` when it sends a message: the channel and the event
+    are on and the event has a webhook."""
+    chat = settings.slack if channel == "slack" else settings.teams
+    event = chat.event(name)
+    return event if chat.enable and event.enable and event.webhook_url else None
 
 
 def chat_message(

@@ -59,19 +59,7 @@ def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
     if not addresses:
         return []
     content = render(facts, settings, event)
-    task_id = facts.outcome.event.task_id
-    return [
-        Message(
-            channel="email",
-            event=facts.event,
-            rate_key=f"{task_id}|{address}",
-            rate_limit=event.rate_limit,
-            target=address,
-            payload={**content.payload, "to": address},
-            notes=content.notes,
-        )
-        for address in addresses
-    ]
+    return _mails(facts.event, facts.outcome.event.task_id, event.rate_limit, addresses, content)
 
 
 def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]:
@@ -84,12 +72,19 @@ def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]
     if not addresses:
         return []
     content = render_service(facts, settings, event)
+    return _mails(facts.event, facts.rate_key, event.rate_limit, addresses, content)
+
+
+def _mails(
+    event: str, rate_key: str, rate_limit: float, addresses: list[str], content: Content
+) -> list[Message]:
+    """One Message of ``content`` per address, each rate-limited on its own."""
     return [
         Message(
             channel="email",
-            event=facts.event,
-            rate_key=f"{facts.rate_key}|{address}",
-            rate_limit=event.rate_limit,
+            event=event,
+            rate_key=f"{rate_key}|{address}",
+            rate_limit=rate_limit,
             target=address,
             payload={**content.payload, "to": address},
             notes=content.notes,

@@ -67,16 +67,8 @@ def build(facts: AlertFacts, settings: AlertSettings) -> list[Message]:
         if not destination.enable:
             continue
         for account in accounts(facts, settings, destination, defaults):
-            messages.append(
-                Message(
-                    channel="newrelic",
-                    event=facts.event,
-                    rate_key=f"{task_id}|{kind}|{account.name}",
-                    rate_limit=event.rate_limit,
-                    target=f"New Relic account {account.name} ({kind})",
-                    payload=_payload(facts, settings, event, destination, account, kind),
-                )
-            )
+            payload = _payload(facts, settings, event, destination, account, kind)
+            messages.append(_message(facts.event, task_id, event.rate_limit, kind, account, payload))
     return messages
 
 
@@ -107,17 +99,24 @@ def build_service(facts: ServiceFacts, settings: AlertSettings) -> list[Message]
                     name,
                 )
                 continue
-            messages.append(
-                Message(
-                    channel="newrelic",
-                    event=facts.event,
-                    rate_key=f"{facts.rate_key}|{kind}|{account.name}",
-                    rate_limit=monitor.rate_limit,
-                    target=f"New Relic account {account.name} ({kind})",
-                    payload=_service_payload(facts, settings, destination, account, kind),
-                )
-            )
+            payload = _service_payload(facts, settings, destination, account, kind)
+            messages.append(_message(facts.event, facts.rate_key, monitor.rate_limit, kind, account, payload))
     return messages
+
+
+def _message(
+    event: str, rate_key: str, rate_limit: float, kind: str, account: NewRelicAccount, payload: dict[str, Any]
+) -> Message:
+    """The Message sending ``payload`` to ``account`` as an event or a log entry (``kind``), rate-limited
+    per account and kind."""
+    return Message(
+        channel="newrelic",
+        event=event,
+        rate_key=f"{rate_key}|{kind}|{account.name}",
+        rate_limit=rate_limit,
+        target=f"New Relic account {account.name} ({kind})",
+        payload=payload,
+    )
 
 
 def service_log_message(facts: ServiceFacts) -> str:
