@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from butler.config.influx import InfluxSettings
+from butler.http.answers import beginning
 
 log = logging.getLogger("butler.influx")
 
@@ -26,6 +27,8 @@ WRITE_TIMEOUT = 10.0
 REFUSED = frozenset({400, 413, 422})
 #: How much of InfluxDB's answer goes into an error message.
 ANSWER_CHARS = 300
+#: How much of InfluxDB's answer is read at most: far more than a query of the set-up answers with.
+ANSWER_BYTES = 1 << 20
 
 
 class InfluxError(Exception):
@@ -70,7 +73,7 @@ class InfluxClient(ABC):
             async with self.session().request(
                 method, f"{self.base_url}{path}", params=params, **kwargs
             ) as response:
-                text = await response.text(errors="replace")
+                text = (await beginning(response, ANSWER_BYTES)).decode("utf-8", errors="replace")
                 if response.status < 300:
                     return text
                 message = f"{response.status} {response.reason}: {text.strip()[:ANSWER_CHARS]}"

@@ -23,6 +23,7 @@ import aiohttp
 from butler.config.alerts import NewRelicAccount
 from butler.config.monitors import HeartbeatSettings, UptimeSettings
 from butler.errors import UpstreamError
+from butler.http.answers import beginning
 from butler.logs import LEVELS
 from butler.monitors.outputs import InfluxSink
 
@@ -47,7 +48,7 @@ class Heartbeat:
             async with self._session.get(
                 url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout)
             ) as response:
-                await response.read()
+                await beginning(response)
         except TimeoutError as exc:
             raise BeatFailed(f"heartbeat to {url}: no answer within {self.settings.timeout} s") from exc
         except aiohttp.ClientError as exc:

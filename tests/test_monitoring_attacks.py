@@ -1,0 +1,158 @@
+"""The monitoring side against misbehaving outside systems: a New Relic that hangs or whose answer never
+ends, an InfluxDB and a heartbeat URL whose answers never end, a systeminfo listener answering garbage,
+QRS answering users of the wrong shape; and no key in an answer or the log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from butler import newrelic
+from butler.influx import InfluxWriter, open_client
+from tests.conftest import StartButler, base_config
+from tests.receivers import Answer, Receiver, hang
+from tests.test_influx_http import settings_for
+from tests.test_newrelic_api import config as new_relic_config
+from tests.waiting import eventually
+
+
+def endless(code: int) -> Answer:
+    """An answer whose body never ends."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=code)
+        await response.prepare(request)
+        while True:
+            await response.write(b"x" * 65536)
+            await asyncio.sleep(0)
+
+    return answer
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, str]:
+    async with http.post(url, json=body) as response:
+        return response.status, await response.text()
+
+
+# --- New Relic ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("event", {"eventType": "e"}), ("metric", {"name": "m", "type": "gauge", "value": 1})],
+)
+async def test_new_relic_taking_a_post_with_an_answer_that_never_ends_is_answered_202(
+    start_butler: StartButler,
+    receivers: Callable[[], Awaitable[Receiver]],
+    http: aiohttp.ClientSession,
+    path: str,
+    body: Any,
+) -> None:
+    relic = await receivers()
+    relic.answers = [endless(202)]
+    origin = relic.url.removesuffix("/hook")
+    base = await start_butler(new_relic_config(origin, f"{origin}/metric/v1", ["Prod"]))
+    started = time.monotonic()
+    # Taken is taken: a 500 would have the caller send it again.
+    assert await post(http, f"{base}/v4/newrelic/{path}", body) == (202, "Accepted")
+    assert time.monotonic() - started < newrelic.TIMEOUT_SECONDS
+    assert len(relic.got) == 1
+
+
+async def test_a_new_relic_that_hangs_is_a_500_in_time_that_names_no_key(
+    start_butler: StartButler,
+    receivers: Callable[[], Awaitable[Receiver]],
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(newrelic, "TIMEOUT_SECONDS", 1.0)
+    relic = await receivers()
+    relic.answers = [hang(30)]
+    origin = relic.url.removesuffix("/hook")
+    base = await start_butler(new_relic_config(origin, f"{origin}/metric/v1", ["Prod"]))
+    started = time.monotonic()
+    posting = asyncio.ensure_future(post(http, f"{base}/v4/newrelic/event", {"eventType": "e"}))
+    # Meanwhile Butler answers others.
+    async with http.get(f"{base}/health") as response:
+        assert response.status == 200
+    code, text = await posting
+    assert (code, json.loads(text)["message"]) == (500, "Failed posting event to New Relic")
+    assert time.monotonic() - started < 3
+    assert "NRII" not in text and "NRII" not in caplog.text
+    assert "not taken by New Relic account Prod" in caplog.text
+
+
+# --- InfluxDB ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def influx_answers() -> AsyncIterator[tuple[int, list[Answer], list[web.Request]]]:
+    """A local InfluxDB: its port, the answers to give (204 once none is left) and the requests got."""
+    answers: list[Answer] = []
+    got: list[web.Request] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        got.append(request)
+        return await answers.pop(0)(request) if answers else web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner.addresses[0][1], answers, got
+    await runner.cleanup()
+
+
+async def test_points_influxdb_took_with_an_answer_that_never_ends_are_written_once(
+    influx_answers: Any,
+) -> None:
+    port, answers, got = influx_answers
+    answers.append(endless(200))
+    settings = settings_for(port, version=2, v2Config={"org": "o", "bucket": "b", "token": "t"})
+    writer = InfluxWriter(open_client(settings), flush_interval=0.01, first_retry=0.05)
+    writer.start()
+    try:
+        writer.write("m", {}, {"f": 1})
+        await eventually(lambda: writer.written == 1, 5)
+        assert (writer.failures, len(got)) == (0, 1)
+    finally:
+        await writer.close()
+
+
+# --- Monitors ---------------------------------------------------------------------------------------------
+
+
+async def test_a_beat_taken_with_an_answer_that_never_ends_is_a_beat(
+    start_butler: StartButler, receivers: Callable[[], Awaitable[Receiver]], http: aiohttp.ClientSession
+) -> None:
+    beat = await receivers()
+    beat.answers = [endless(200)] * 3
+    document = base_config()
+    document["Butler"]["heartbeat"] = {
+        "enable": True,
+        "remoteURL": beat.url,
+        "frequency": "every 1 seconds",
+        "timeoutSeconds": 1,
+    }
+    base = await start_butler(document)
+
+    async def health() -> dict[str, Any]:
+        async with http.get(f"{base}/health") as response:
+            return dict((await response.json())["monitors"]["heartbeat"])
+
+    for _ in range(50):
+        if (await health())["runs"] >= 2:
+            break
+        await asyncio.sleep(0.1)
+    state = await health()
+    assert (state["runs"] >= 2, state["failures"], state["lastError"]) == (True, 0, None)
