@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,9 @@ import pytest
 from aiohttp import web
 
 from butler import newrelic
+from butler.config import parse_config
 from butler.influx import InfluxWriter, open_client
+from butler.monitors.sense import SystemInfo, VersionUnavailable
 from tests.conftest import StartButler, base_config
 from tests.receivers import Answer, Receiver, hang
 from tests.test_influx_http import settings_for
@@ -156,3 +159,47 @@ async def test_a_beat_taken_with_an_answer_that_never_ends_is_a_beat(
         await asyncio.sleep(0.1)
     state = await health()
     assert (state["runs"] >= 2, state["failures"], state["lastError"]) == (True, 0, None)
+
+
+def answering(code: int, body: bytes) -> Answer:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=code, body=body)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (endless(200), "more than"),
+        (answering(200, b"<html>not JSON</html>"), "not JSON"),
+        (answering(200, b"[1, 2]"), "not an object"),
+        (answering(503, b""), "answered 503"),
+    ],
+)
+async def test_a_systeminfo_answering_garbage_fails_the_check_in_time(
+    site_certs: Any, tmp_path: Path, answer: Answer, problem: str
+) -> None:
+    from qliksim.server import server_tls
+
+    app = web.Application()
+    app.router.add_get("/v1/systeminfo", answer)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls(site_certs)).start()
+    document = base_config()
+    document["Butler"]["cert"] = {
+        "clientCert": str(site_certs.client),
+        "clientCertKey": str(site_certs.client_key),
+        "clientCertCA": str(site_certs.root),
+    }
+    certificates = parse_config(document, base_dir=tmp_path).certificates
+    info = SystemInfo("127.0.0.1", runner.addresses[0][1], certificates, True)
+    started = time.monotonic()
+    try:
+        with pytest.raises(VersionUnavailable, match=problem):
+            await info.fetch()
+    finally:
+        await info.close()
+        await runner.cleanup()
+    assert time.monotonic() - started < SystemInfo.TIMEOUT_SECONDS / 2

@@ -78,7 +78,7 @@ class SlackWebhook:
                     wait = _retry_after(response.headers.get("Retry-After"), delay)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 retryable = True
-                failure = SlackError(f"Slack cannot be reached: {exc or type(exc).__name__}")
+                failure = SlackError(f"Slack cannot be reached: {str(exc) or type(exc).__name__}")
                 wait = delay
             if not retryable or time.monotonic() + wait > deadline:
                 raise failure

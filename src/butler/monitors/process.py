@@ -288,7 +288,7 @@ class UptimeMonitor:
                     if response.status >= 300:
                         failures.append(f"{name}: New Relic answered {response.status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
-                failures.append(f"{name}: {exc or type(exc).__name__}")
+                failures.append(f"{name}: {str(exc) or type(exc).__name__}")
         if failures:
             raise UpstreamError("uptime metrics not sent to New Relic: " + "; ".join(failures))
 

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from butler.config.settings import CertificateSettings
 from butler.errors import UpstreamError
+from butler.http.answers import beginning
 from butler.qlik.qrs import QrsClient, QrsError, quote_filter_value
 from butler.qlik.tls import client_tls
 
@@ -209,6 +211,8 @@ class SystemInfo:
     """``GET https://<host>:9032/v1/systeminfo`` with the QMC client certificate, no xrfkey."""
 
     TIMEOUT_SECONDS = 10.0
+    #: Bytes of the answer read at most: Sense's is under 1 kB.
+    ANSWER_BYTES = 65_536
 
     def __init__(
         self, host: str, port: int, certificates: CertificateSettings, reject_unauthorized: bool
@@ -224,12 +228,18 @@ class SystemInfo:
             async with self._session.get(
                 self.url, timeout=aiohttp.ClientTimeout(total=self.TIMEOUT_SECONDS)
             ) as response:
-                body = await response.read()
-                if response.status != 200 or not body:
-                    raise VersionUnavailable(f"{self.url} answered {response.status}: {body[:200]!r}")
-                answer = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise VersionUnavailable(f"{self.url}: {exc or type(exc).__name__}") from exc
+                body = await beginning(response, self.ANSWER_BYTES, self.TIMEOUT_SECONDS)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise VersionUnavailable(f"{self.url}: {str(exc) or type(exc).__name__}") from exc
+        if status != 200 or not body:
+            raise VersionUnavailable(f"{self.url} answered {status}: {body[:200]!r}")
+        if len(body) == self.ANSWER_BYTES:
+            raise VersionUnavailable(f"{self.url} answered more than {self.ANSWER_BYTES} bytes")
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise VersionUnavailable(f"{self.url} answered {body[:200]!r}, not JSON") from exc
         if not isinstance(answer, dict):
             raise VersionUnavailable(f"{self.url} answered {str(answer)[:200]}, not an object")
         return answer
