@@ -18,7 +18,9 @@ from aiohttp import web
 from butler import newrelic
 from butler.config import parse_config
 from butler.influx import InfluxWriter, open_client
-from butler.monitors.sense import SystemInfo, VersionUnavailable
+from butler.monitors.licenses import LicenseRelease
+from butler.monitors.sense import QrsSense, SystemInfo, VersionUnavailable
+from butler.qlik.qrs import QrsClient, QrsError
 from tests.conftest import StartButler, base_config
 from tests.receivers import Answer, Receiver, hang
 from tests.test_influx_http import settings_for
@@ -203,3 +205,72 @@ async def test_a_systeminfo_answering_garbage_fails_the_check_in_time(
         await info.close()
         await runner.cleanup()
     assert time.monotonic() - started < SystemInfo.TIMEOUT_SECONDS / 2
+
+
+def allocation(number: int, user: str, last_used: Any = "2020-01-01T00:00:00.000Z") -> dict[str, Any]:
+    return {
+        "id": f"a{number}",
+        "lastUsed": last_used,
+        "user": {"id": f"ref-{user}", "userDirectory": "CORP", "userId": user},
+    }
+
+
+USERS: dict[str, Any] = {
+    "anna": {"userDirectory": "CORP", "userId": "anna"},
+    "bert": {"userDirectory": "CORP", "userId": "bert", "tags": 5},
+    "cleo": {"userDirectory": "CORP", "userId": "cleo", "customProperties": [{"definition": "x"}]},
+    "dora": ["not", "a", "user"],
+}
+
+
+@pytest.fixture
+async def release_on(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[[list[dict[str, Any]]], Awaitable[LicenseRelease]]]:
+    """A dry-run licence release asking a local QRS that has ``allocations`` of professional access."""
+    allocations: list[dict[str, Any]] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        path = request.match_info["tail"]
+        if path == "license/professionalaccesstype/full":
+            return web.json_response(allocations)
+        if path.startswith("user/ref-"):
+            return web.json_response(USERS[path.removeprefix("user/ref-")])
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_get("/qrs/{tail:.*}", answer)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    document = base_config()
+    document["Butler"]["configQRS"] = {"host": "127.0.0.1", "port": runner.addresses[0][1], "useSSL": False}
+    document["Butler"]["qlikSenseLicense"] = {"licenseRelease": {"enable": True, "dryRun": True}}
+    settings = parse_config(document, base_dir=tmp_path)
+    qrs = QrsClient(settings.qrs, settings.certificates)
+
+    async def release(given: list[dict[str, Any]]) -> LicenseRelease:
+        allocations[:] = given
+        return LicenseRelease(settings.monitors.release, QrsSense(qrs), None)
+
+    yield release
+    await qrs.close()
+    await runner.cleanup()
+
+
+async def test_users_of_the_wrong_shape_are_not_released_and_stop_no_other_release(
+    release_on: Callable[[list[dict[str, Any]]], Awaitable[LicenseRelease]], caplog: pytest.LogCaptureFixture
+) -> None:
+    release = await release_on([allocation(n, user) for n, user in enumerate(USERS)])
+    await release.check()
+    assert [record["userId"] for record in release.releases()] == ["anna"]
+    assert release.last_run["failed"] == 3
+    assert caplog.text.count("expected a list of objects as tags") == 1
+
+
+async def test_an_allocation_with_a_last_use_that_is_no_time_fails_the_check_as_qrs_fault(
+    release_on: Callable[[list[dict[str, Any]]], Awaitable[LicenseRelease]],
+) -> None:
+    release = await release_on([allocation(1, "anna"), allocation(2, "anna", last_used="yesterday")])
+    with pytest.raises(QrsError, match="expected lastUsed as an ISO 8601 time"):
+        await release.check()
