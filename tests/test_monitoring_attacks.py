@@ -21,7 +21,7 @@ from butler.influx import InfluxWriter, open_client
 from butler.monitors.licenses import LicenseRelease
 from butler.monitors.sense import QrsSense, SystemInfo, VersionUnavailable
 from butler.qlik.qrs import QrsClient, QrsError
-from tests.conftest import StartButler, base_config
+from tests.conftest import StartButler, base_config, run_butler, write_config
 from tests.receivers import Answer, Receiver, hang
 from tests.test_influx_http import settings_for
 from tests.test_newrelic_api import config as new_relic_config
@@ -274,3 +274,18 @@ async def test_an_allocation_with_a_last_use_that_is_no_time_fails_the_check_as_
     release = await release_on([allocation(1, "anna"), allocation(2, "anna", last_used="yesterday")])
     with pytest.raises(QrsError, match="expected lastUsed as an ISO 8601 time"):
         await release.check()
+
+
+# --- Secrets ----------------------------------------------------------------------------------------------
+
+
+def test_a_password_or_token_of_the_wrong_type_is_not_shown_by_config_check(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["influxDb"] = {"enable": True, "version": 2, "v2Config": {"token": 8675309123}}
+    document["Butler"]["mqttConfig"] = {"password": 424242}
+    document["Butler"]["emailNotification"] = {"smtp": {"auth": {"password": 13579}}}
+    checked = run_butler("config", "check", str(write_config(tmp_path / "butler.yaml", document)))
+    assert checked.returncode == 1
+    assert "Butler.influxDb.v2Config.token: expected a string, got a number (not shown" in checked.stderr
+    assert "Butler.mqttConfig.password: expected a string or null, got a number" in checked.stderr
+    assert not {"8675309123", "424242", "13579"} & set(checked.stderr.split()), checked.stderr
