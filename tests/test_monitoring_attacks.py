@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.process_collector import ProcessCollector
 
 from butler import newrelic
 from butler.config import parse_config
@@ -24,6 +26,7 @@ from butler.qlik.qrs import QrsClient, QrsError
 from tests.conftest import StartButler, base_config, run_butler, write_config
 from tests.receivers import Answer, Receiver, hang
 from tests.test_influx_http import settings_for
+from tests.test_metrics import metrics_config, samples, scrape
 from tests.test_newrelic_api import config as new_relic_config
 from tests.waiting import eventually
 
@@ -289,3 +292,30 @@ def test_a_password_or_token_of_the_wrong_type_is_not_shown_by_config_check(tmp_
     assert "Butler.influxDb.v2Config.token: expected a string, got a number (not shown" in checked.stderr
     assert "Butler.mqttConfig.password: expected a string or null, got a number" in checked.stderr
     assert not {"8675309123", "424242", "13579"} & set(checked.stderr.split()), checked.stderr
+
+
+# --- Blocking -------------------------------------------------------------------------------------------
+
+
+async def test_a_slow_proc_holds_up_no_other_request_while_metrics_are_scraped(
+    start_butler: StartButler, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collect = ProcessCollector.collect
+
+    def slow(self: ProcessCollector) -> Any:
+        time.sleep(1)  # /proc of a process with many sockets, or a busy kernel
+        return collect(self)
+
+    monkeypatch.setattr(ProcessCollector, "collect", slow)
+    base = await start_butler(metrics_config())
+    started = time.monotonic()
+    scraping = asyncio.ensure_future(scrape(f"{base}/metrics"))
+    await asyncio.sleep(0.2)
+    async with http.get(f"{base}/health") as response:
+        assert response.status == 200
+    # The test shares Butler's event loop: a blocked loop would hold its own timer up too.
+    assert time.monotonic() - started < 0.8
+    status, _, text = await scraping
+    assert status == 200 and "butler_info" in text
+    if sys.platform == "linux":
+        assert samples(text, "process_resident_memory_bytes")[()] > 0
