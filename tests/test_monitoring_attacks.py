@@ -24,7 +24,7 @@ from butler.monitors.licenses import LicenseRelease
 from butler.monitors.sense import QrsSense, SystemInfo, VersionUnavailable
 from butler.qlik.qrs import QrsClient, QrsError
 from tests.conftest import StartButler, base_config, run_butler, write_config
-from tests.receivers import Answer, Receiver, hang
+from tests.receivers import Answer, Receiver, hang, status
 from tests.test_influx_http import settings_for
 from tests.test_metrics import metrics_config, samples, scrape
 from tests.test_newrelic_api import config as new_relic_config
@@ -319,3 +319,27 @@ async def test_a_slow_proc_holds_up_no_other_request_while_metrics_are_scraped(
     assert status == 200 and "butler_info" in text
     if sys.platform == "linux":
         assert samples(text, "process_resident_memory_bytes")[()] > 0
+
+
+async def test_a_failing_heartbeat_shows_not_its_push_key(
+    start_butler: StartButler,
+    receivers: Callable[[], Awaitable[Receiver]],
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    beat = await receivers()
+    beat.answers = [status(500)] * 3
+    origin = beat.url.removesuffix("/hook")
+    document = base_config()
+    document["Butler"]["heartbeat"] = {
+        "enable": True,
+        "remoteURL": f"{origin}/api/push/s3cr3tKey?status=up",
+        "frequency": "every 1 seconds",
+    }
+    base = await start_butler(document)
+    await eventually(lambda: bool(beat.got), 5)
+    await asyncio.sleep(0.1)
+    async with http.get(f"{base}/health") as response:
+        state = (await response.json())["monitors"]["heartbeat"]
+    assert state["lastError"] == f"heartbeat to {origin}: answered 500"
+    assert "s3cr3tKey" not in caplog.text

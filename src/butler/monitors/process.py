@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from butler.config.alerts import NewRelicAccount
 from butler.config.monitors import HeartbeatSettings, UptimeSettings
@@ -38,24 +39,30 @@ class BeatFailed(UpstreamError):
 class Heartbeat:
     def __init__(self, settings: HeartbeatSettings) -> None:
         self.settings = settings
+        # A push URL's path and query are its key (healthchecks.io, Uptime Kuma): logs and /health show
+        # where the beats go, not how to send one.
+        url = URL(settings.url)
+        self.shown = str(url.origin()) if url.absolute else "the heartbeat URL"
         self._session: aiohttp.ClientSession | None = None
 
     async def check(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        url = self.settings.url
+        url, shown = self.settings.url, self.shown
         try:
             async with self._session.get(
                 url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout)
             ) as response:
                 await beginning(response)
         except TimeoutError as exc:
-            raise BeatFailed(f"heartbeat to {url}: no answer within {self.settings.timeout} s") from exc
+            raise BeatFailed(f"heartbeat to {shown}: no answer within {self.settings.timeout} s") from exc
         except aiohttp.ClientError as exc:
-            raise BeatFailed(f"heartbeat to {url}: {exc}") from exc
+            # Connection errors name the host and port; others (a redirect refused, ...) the whole URL.
+            detail = str(exc) if isinstance(exc, aiohttp.ClientConnectionError) else ""
+            raise BeatFailed(f"heartbeat to {shown}: {detail or type(exc).__name__}") from exc
         if response.status >= 400:
-            raise BeatFailed(f"heartbeat to {url}: answered {response.status}")
-        log.debug("heartbeat sent to %s (%d)", url, response.status)
+            raise BeatFailed(f"heartbeat to {shown}: answered {response.status}")
+        log.debug("heartbeat sent to %s (%d)", shown, response.status)
 
     async def close(self) -> None:
         if self._session is not None:
