@@ -28,6 +28,7 @@ from tests.receivers import Answer, Receiver, hang, status
 from tests.test_influx_http import settings_for
 from tests.test_metrics import metrics_config, samples, scrape
 from tests.test_newrelic_api import config as new_relic_config
+from tests.test_task_start import butler_config, set_faults
 from tests.waiting import eventually
 
 
@@ -343,3 +344,33 @@ async def test_a_failing_heartbeat_shows_not_its_push_key(
         state = (await response.json())["monitors"]["heartbeat"]
     assert state["lastError"] == f"heartbeat to {origin}: answered 500"
     assert "s3cr3tKey" not in caplog.text
+
+
+async def test_monitors_survive_qrs_faults_and_keep_their_schedule(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["serviceMonitor"] = {"enable": True, "frequency": "every 1 seconds"}
+    document["Butler"]["qlikSenseLicense"] = {
+        "serverLicenseMonitor": {"enable": True, "frequency": "every 1 seconds"}
+    }
+    # Every call fails: answered 500, cut off, or slower than configQRS.timeoutSeconds.
+    await set_faults(simulator, next=[{"status": 500}, {"drop": 1}, {"latency_ms": 2500}] * 4)
+    base = await start_butler(document)
+
+    async def monitors() -> dict[str, Any]:
+        async with http.get(f"{base}/health") as response:
+            return dict((await response.json())["monitors"])
+
+    for _ in range(100):
+        state = await monitors()
+        if all(m["failures"] and m["runs"] > m["failures"] and not m["lastError"] for m in state.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert all(m["failures"] and m["lastError"] is None for m in state.values()), state
+    # QRS's faults, not Butler's: no traceback.
+    assert "serviceMonitor failed" in caplog.text and "Traceback" not in caplog.text
