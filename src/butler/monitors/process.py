@@ -213,7 +213,8 @@ class UptimeMonitor:
 
     async def check(self) -> None:
         self.iteration += 1
-        memory = read_memory()
+        # Reading /proc is file I/O, which the event loop does not wait for.
+        memory = await asyncio.to_thread(read_memory)
         uptime = time.monotonic() - self.started
         last_lag, worst_lag = self.lag.read()
         self.found = {
