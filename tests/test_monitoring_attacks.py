@@ -75,6 +75,20 @@ async def test_new_relic_taking_a_post_with_an_answer_that_never_ends_is_answere
     assert len(relic.got) == 1
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_in_its_content_encoding_is_a_400_and_the_next_request_works(
+    start_butler: StartButler, http: aiohttp.ClientSession, encoding: str
+) -> None:
+    base = await start_butler(new_relic_config("http://127.0.0.1:9", "http://127.0.0.1:9", ["Nobody"]))
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    url = f"{base}/v4/newrelic/event"
+    async with http.post(url, data=b'{"eventType": "e"}', headers=headers) as response:
+        assert response.status == 400
+        assert (await response.json())["message"].startswith("Request body cannot be read as its Content-")
+    # Where that body ended cannot be known: the connection is closed, and the client told so.
+    assert await post(http, url, {"eventType": "e"}) == (200, "")
+
+
 async def test_a_new_relic_that_hangs_is_a_500_in_time_that_names_no_key(
     start_butler: StartButler,
     receivers: Callable[[], Awaitable[Receiver]],
