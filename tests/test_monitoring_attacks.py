@@ -388,3 +388,27 @@ async def test_monitors_survive_qrs_faults_and_keep_their_schedule(
     assert all(m["failures"] and m["lastError"] is None for m in state.values()), state
     # QRS's faults, not Butler's: no traceback.
     assert "serviceMonitor failed" in caplog.text and "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"results": [{"series": "x"}]}, {"results": [{"series": [{"values": [5]}]}]}],
+)
+async def test_an_influxdb_1_answering_its_set_up_queries_with_garbage_is_its_fault_not_butlers(
+    influx_answers: Any, caplog: pytest.LogCaptureFixture, answer: Any
+) -> None:
+    port, answers, _ = influx_answers
+
+    async def garbage(request: web.Request) -> web.StreamResponse:
+        return web.json_response(answer)
+
+    answers.extend([garbage, garbage])  # CREATE DATABASE, SHOW RETENTION POLICIES
+    writer = InfluxWriter(open_client(settings_for(port)), flush_interval=0.01, first_retry=0.05)
+    writer.start()
+    try:
+        writer.write("m", {}, {"f": 1})
+        await eventually(lambda: writer.failures >= 1, 5)
+        assert "unexpected answer to" in str(writer.last_error)
+        assert "Traceback" not in caplog.text and "unexpectedly" not in caplog.text
+    finally:
+        await writer.close()

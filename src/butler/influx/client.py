@@ -121,8 +121,13 @@ class V1Client(InfluxClient):
         v1 = self.settings
         database = identifier(v1.database)
         await self._query(f"CREATE DATABASE {database}")  # nothing happens when it exists
-        answer = await self._query(f"SHOW RETENTION POLICIES ON {database}")
-        names = {row[0] for series in answer.get("series") or [] for row in series.get("values") or []}
+        statement = f"SHOW RETENTION POLICIES ON {database}"
+        answer = await self._query(statement)
+        try:
+            names = {row[0] for series in answer.get("series") or [] for row in series.get("values") or []}
+        except (AttributeError, LookupError, TypeError) as exc:
+            message = f"{self.target}: unexpected answer to {statement}: {str(answer)[:ANSWER_CHARS]}"
+            raise InfluxError(message, retry=True) from exc
         if v1.retention_policy not in names:
             await self._query(
                 f"CREATE RETENTION POLICY {identifier(v1.retention_policy)} ON {database} "
