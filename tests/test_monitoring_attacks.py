@@ -1,6 +1,8 @@
-"""The monitoring side against misbehaving outside systems: a New Relic that hangs or whose answer never
-ends, an InfluxDB and a heartbeat URL whose answers never end, a systeminfo listener answering garbage,
-QRS answering users of the wrong shape; and no key in an answer or the log."""
+"""The monitoring side against hostile input and misbehaving outside systems, over real sockets: a New Relic,
+an InfluxDB and a heartbeat URL whose answers never end or hang, bodies not in the Content-Encoding they
+claim, a slow /proc while metrics are scraped, InfluxDB and systeminfo answering garbage, QRS failing or
+answering users and allocations of the wrong shape; and no key, token or push URL in an answer, /health,
+the log or config check."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, s
         return response.status, await response.text()
 
 
-# --- New Relic ------------------------------------------------------------------------------------------
+# --- The REST API -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -75,20 +77,6 @@ async def test_new_relic_taking_a_post_with_an_answer_that_never_ends_is_answere
     assert len(relic.got) == 1
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-async def test_a_body_that_is_not_in_its_content_encoding_is_a_400_and_the_next_request_works(
-    start_butler: StartButler, http: aiohttp.ClientSession, encoding: str
-) -> None:
-    base = await start_butler(new_relic_config("http://127.0.0.1:9", "http://127.0.0.1:9", ["Nobody"]))
-    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
-    url = f"{base}/v4/newrelic/event"
-    async with http.post(url, data=b'{"eventType": "e"}', headers=headers) as response:
-        assert response.status == 400
-        assert (await response.json())["message"].startswith("Request body cannot be read as its Content-")
-    # Where that body ended cannot be known: the connection is closed, and the client told so.
-    assert await post(http, url, {"eventType": "e"}) == (200, "")
-
-
 async def test_a_new_relic_that_hangs_is_a_500_in_time_that_names_no_key(
     start_butler: StartButler,
     receivers: Callable[[], Awaitable[Receiver]],
@@ -111,6 +99,44 @@ async def test_a_new_relic_that_hangs_is_a_500_in_time_that_names_no_key(
     assert time.monotonic() - started < 3
     assert "NRII" not in text and "NRII" not in caplog.text
     assert "not taken by New Relic account Prod" in caplog.text
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_in_its_content_encoding_is_a_400_and_the_next_request_works(
+    start_butler: StartButler, http: aiohttp.ClientSession, encoding: str
+) -> None:
+    base = await start_butler(new_relic_config("http://127.0.0.1:9", "http://127.0.0.1:9", ["Nobody"]))
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    url = f"{base}/v4/newrelic/event"
+    async with http.post(url, data=b'{"eventType": "e"}', headers=headers) as response:
+        assert response.status == 400
+        assert (await response.json())["message"].startswith("Request body cannot be read as its Content-")
+    # Where that body ended cannot be known: the connection is closed, and the client told so.
+    assert await post(http, url, {"eventType": "e"}) == (200, "")
+
+
+async def test_a_slow_proc_holds_up_no_other_request_while_metrics_are_scraped(
+    start_butler: StartButler, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collect = ProcessCollector.collect
+
+    def slow(self: ProcessCollector) -> Any:
+        time.sleep(1)  # /proc of a process with many sockets, or a busy kernel
+        return collect(self)
+
+    monkeypatch.setattr(ProcessCollector, "collect", slow)
+    base = await start_butler(metrics_config())
+    started = time.monotonic()
+    scraping = asyncio.ensure_future(scrape(f"{base}/metrics"))
+    await asyncio.sleep(0.2)
+    async with http.get(f"{base}/health") as response:
+        assert response.status == 200
+    # The test shares Butler's event loop: a blocked loop would hold its own timer up too.
+    assert time.monotonic() - started < 0.8
+    status, _, text = await scraping
+    assert status == 200 and "butler_info" in text
+    if sys.platform == "linux":
+        assert samples(text, "process_resident_memory_bytes")[()] > 0
 
 
 # --- InfluxDB ---------------------------------------------------------------------------------------------
@@ -152,77 +178,61 @@ async def test_points_influxdb_took_with_an_answer_that_never_ends_are_written_o
         await writer.close()
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [{"results": [{"series": "x"}]}, {"results": [{"series": [{"values": [5]}]}]}],
+)
+async def test_an_influxdb_1_answering_its_set_up_queries_with_garbage_is_its_fault_not_butlers(
+    influx_answers: Any, caplog: pytest.LogCaptureFixture, answer: Any
+) -> None:
+    port, answers, _ = influx_answers
+
+    async def garbage(request: web.Request) -> web.StreamResponse:
+        return web.json_response(answer)
+
+    answers.extend([garbage, garbage])  # CREATE DATABASE, SHOW RETENTION POLICIES
+    writer = InfluxWriter(open_client(settings_for(port)), flush_interval=0.01, first_retry=0.05)
+    writer.start()
+    try:
+        writer.write("m", {}, {"f": 1})
+        await eventually(lambda: writer.failures >= 1, 5)
+        assert "unexpected answer to" in str(writer.last_error)
+        assert "Traceback" not in caplog.text and "unexpectedly" not in caplog.text
+    finally:
+        await writer.close()
+
+
 # --- Monitors ---------------------------------------------------------------------------------------------
 
 
-async def test_a_beat_taken_with_an_answer_that_never_ends_is_a_beat(
-    start_butler: StartButler, receivers: Callable[[], Awaitable[Receiver]], http: aiohttp.ClientSession
+async def test_monitors_survive_qrs_faults_and_keep_their_schedule(
+    start_butler: StartButler,
+    simulator: Any,
+    site_certs: Any,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    beat = await receivers()
-    beat.answers = [endless(200)] * 3
-    document = base_config()
-    document["Butler"]["heartbeat"] = {
-        "enable": True,
-        "remoteURL": beat.url,
-        "frequency": "every 1 seconds",
-        "timeoutSeconds": 1,
+    document = butler_config(simulator, site_certs)
+    document["Butler"]["serviceMonitor"] = {"enable": True, "frequency": "every 1 seconds"}
+    document["Butler"]["qlikSenseLicense"] = {
+        "serverLicenseMonitor": {"enable": True, "frequency": "every 1 seconds"}
     }
+    # Every call fails: answered 500, cut off, or slower than configQRS.timeoutSeconds.
+    await set_faults(simulator, next=[{"status": 500}, {"drop": 1}, {"latency_ms": 2500}] * 4)
     base = await start_butler(document)
 
-    async def health() -> dict[str, Any]:
+    async def monitors() -> dict[str, Any]:
         async with http.get(f"{base}/health") as response:
-            return dict((await response.json())["monitors"]["heartbeat"])
+            return dict((await response.json())["monitors"])
 
-    for _ in range(50):
-        if (await health())["runs"] >= 2:
+    for _ in range(100):
+        state = await monitors()
+        if all(m["failures"] and m["runs"] > m["failures"] and not m["lastError"] for m in state.values()):
             break
         await asyncio.sleep(0.1)
-    state = await health()
-    assert (state["runs"] >= 2, state["failures"], state["lastError"]) == (True, 0, None)
-
-
-def answering(code: int, body: bytes) -> Answer:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=code, body=body)
-
-    return answer
-
-
-@pytest.mark.parametrize(
-    ("answer", "problem"),
-    [
-        (endless(200), "more than"),
-        (answering(200, b"<html>not JSON</html>"), "not JSON"),
-        (answering(200, b"[1, 2]"), "not an object"),
-        (answering(503, b""), "answered 503"),
-    ],
-)
-async def test_a_systeminfo_answering_garbage_fails_the_check_in_time(
-    site_certs: Any, tmp_path: Path, answer: Answer, problem: str
-) -> None:
-    from qliksim.server import server_tls
-
-    app = web.Application()
-    app.router.add_get("/v1/systeminfo", answer)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls(site_certs)).start()
-    document = base_config()
-    document["Butler"]["cert"] = {
-        "clientCert": str(site_certs.client),
-        "clientCertKey": str(site_certs.client_key),
-        "clientCertCA": str(site_certs.root),
-    }
-    certificates = parse_config(document, base_dir=tmp_path).certificates
-    info = SystemInfo("127.0.0.1", runner.addresses[0][1], certificates, True)
-    started = time.monotonic()
-    try:
-        with pytest.raises(VersionUnavailable, match=problem):
-            await info.fetch()
-    finally:
-        await info.close()
-        await runner.cleanup()
-    assert time.monotonic() - started < SystemInfo.TIMEOUT_SECONDS / 2
+    assert all(m["failures"] and m["lastError"] is None for m in state.values()), state
+    # QRS's faults, not Butler's: no traceback.
+    assert "serviceMonitor failed" in caplog.text and "Traceback" not in caplog.text
 
 
 def allocation(number: int, user: str, last_used: Any = "2020-01-01T00:00:00.000Z") -> dict[str, Any]:
@@ -294,46 +304,74 @@ async def test_an_allocation_with_a_last_use_that_is_no_time_fails_the_check_as_
         await release.check()
 
 
-# --- Secrets ----------------------------------------------------------------------------------------------
+def answering(code: int, body: bytes) -> Answer:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=code, body=body)
+
+    return answer
 
 
-def test_a_password_or_token_of_the_wrong_type_is_not_shown_by_config_check(tmp_path: Path) -> None:
-    document = base_config()
-    document["Butler"]["influxDb"] = {"enable": True, "version": 2, "v2Config": {"token": 8675309123}}
-    document["Butler"]["mqttConfig"] = {"password": 424242}
-    document["Butler"]["emailNotification"] = {"smtp": {"auth": {"password": 13579}}}
-    checked = run_butler("config", "check", str(write_config(tmp_path / "butler.yaml", document)))
-    assert checked.returncode == 1
-    assert "Butler.influxDb.v2Config.token: expected a string, got a number (not shown" in checked.stderr
-    assert "Butler.mqttConfig.password: expected a string or null, got a number" in checked.stderr
-    assert not {"8675309123", "424242", "13579"} & set(checked.stderr.split()), checked.stderr
-
-
-# --- Blocking -------------------------------------------------------------------------------------------
-
-
-async def test_a_slow_proc_holds_up_no_other_request_while_metrics_are_scraped(
-    start_butler: StartButler, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (endless(200), "more than"),
+        (answering(200, b"<html>not JSON</html>"), "not JSON"),
+        (answering(200, b"[1, 2]"), "not an object"),
+        (answering(503, b""), "answered 503"),
+    ],
+)
+async def test_a_systeminfo_answering_garbage_fails_the_check_in_time(
+    site_certs: Any, tmp_path: Path, answer: Answer, problem: str
 ) -> None:
-    collect = ProcessCollector.collect
+    from qliksim.server import server_tls
 
-    def slow(self: ProcessCollector) -> Any:
-        time.sleep(1)  # /proc of a process with many sockets, or a busy kernel
-        return collect(self)
-
-    monkeypatch.setattr(ProcessCollector, "collect", slow)
-    base = await start_butler(metrics_config())
+    app = web.Application()
+    app.router.add_get("/v1/systeminfo", answer)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls(site_certs)).start()
+    document = base_config()
+    document["Butler"]["cert"] = {
+        "clientCert": str(site_certs.client),
+        "clientCertKey": str(site_certs.client_key),
+        "clientCertCA": str(site_certs.root),
+    }
+    certificates = parse_config(document, base_dir=tmp_path).certificates
+    info = SystemInfo("127.0.0.1", runner.addresses[0][1], certificates, True)
     started = time.monotonic()
-    scraping = asyncio.ensure_future(scrape(f"{base}/metrics"))
-    await asyncio.sleep(0.2)
-    async with http.get(f"{base}/health") as response:
-        assert response.status == 200
-    # The test shares Butler's event loop: a blocked loop would hold its own timer up too.
-    assert time.monotonic() - started < 0.8
-    status, _, text = await scraping
-    assert status == 200 and "butler_info" in text
-    if sys.platform == "linux":
-        assert samples(text, "process_resident_memory_bytes")[()] > 0
+    try:
+        with pytest.raises(VersionUnavailable, match=problem):
+            await info.fetch()
+    finally:
+        await info.close()
+        await runner.cleanup()
+    assert time.monotonic() - started < SystemInfo.TIMEOUT_SECONDS / 2
+
+
+async def test_a_beat_taken_with_an_answer_that_never_ends_is_a_beat(
+    start_butler: StartButler, receivers: Callable[[], Awaitable[Receiver]], http: aiohttp.ClientSession
+) -> None:
+    beat = await receivers()
+    beat.answers = [endless(200)] * 3
+    document = base_config()
+    document["Butler"]["heartbeat"] = {
+        "enable": True,
+        "remoteURL": beat.url,
+        "frequency": "every 1 seconds",
+        "timeoutSeconds": 1,
+    }
+    base = await start_butler(document)
+
+    async def health() -> dict[str, Any]:
+        async with http.get(f"{base}/health") as response:
+            return dict((await response.json())["monitors"]["heartbeat"])
+
+    for _ in range(50):
+        if (await health())["runs"] >= 2:
+            break
+        await asyncio.sleep(0.1)
+    state = await health()
+    assert (state["runs"] >= 2, state["failures"], state["lastError"]) == (True, 0, None)
 
 
 async def test_a_failing_heartbeat_shows_not_its_push_key(
@@ -360,55 +398,16 @@ async def test_a_failing_heartbeat_shows_not_its_push_key(
     assert "s3cr3tKey" not in caplog.text
 
 
-async def test_monitors_survive_qrs_faults_and_keep_their_schedule(
-    start_butler: StartButler,
-    simulator: Any,
-    site_certs: Any,
-    http: aiohttp.ClientSession,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    document = butler_config(simulator, site_certs)
-    document["Butler"]["serviceMonitor"] = {"enable": True, "frequency": "every 1 seconds"}
-    document["Butler"]["qlikSenseLicense"] = {
-        "serverLicenseMonitor": {"enable": True, "frequency": "every 1 seconds"}
-    }
-    # Every call fails: answered 500, cut off, or slower than configQRS.timeoutSeconds.
-    await set_faults(simulator, next=[{"status": 500}, {"drop": 1}, {"latency_ms": 2500}] * 4)
-    base = await start_butler(document)
-
-    async def monitors() -> dict[str, Any]:
-        async with http.get(f"{base}/health") as response:
-            return dict((await response.json())["monitors"])
-
-    for _ in range(100):
-        state = await monitors()
-        if all(m["failures"] and m["runs"] > m["failures"] and not m["lastError"] for m in state.values()):
-            break
-        await asyncio.sleep(0.1)
-    assert all(m["failures"] and m["lastError"] is None for m in state.values()), state
-    # QRS's faults, not Butler's: no traceback.
-    assert "serviceMonitor failed" in caplog.text and "Traceback" not in caplog.text
+# --- Secrets ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [{"results": [{"series": "x"}]}, {"results": [{"series": [{"values": [5]}]}]}],
-)
-async def test_an_influxdb_1_answering_its_set_up_queries_with_garbage_is_its_fault_not_butlers(
-    influx_answers: Any, caplog: pytest.LogCaptureFixture, answer: Any
-) -> None:
-    port, answers, _ = influx_answers
-
-    async def garbage(request: web.Request) -> web.StreamResponse:
-        return web.json_response(answer)
-
-    answers.extend([garbage, garbage])  # CREATE DATABASE, SHOW RETENTION POLICIES
-    writer = InfluxWriter(open_client(settings_for(port)), flush_interval=0.01, first_retry=0.05)
-    writer.start()
-    try:
-        writer.write("m", {}, {"f": 1})
-        await eventually(lambda: writer.failures >= 1, 5)
-        assert "unexpected answer to" in str(writer.last_error)
-        assert "Traceback" not in caplog.text and "unexpectedly" not in caplog.text
-    finally:
-        await writer.close()
+def test_a_password_or_token_of_the_wrong_type_is_not_shown_by_config_check(tmp_path: Path) -> None:
+    document = base_config()
+    document["Butler"]["influxDb"] = {"enable": True, "version": 2, "v2Config": {"token": 8675309123}}
+    document["Butler"]["mqttConfig"] = {"password": 424242}
+    document["Butler"]["emailNotification"] = {"smtp": {"auth": {"password": 13579}}}
+    checked = run_butler("config", "check", str(write_config(tmp_path / "butler.yaml", document)))
+    assert checked.returncode == 1
+    assert "Butler.influxDb.v2Config.token: expected a string, got a number (not shown" in checked.stderr
+    assert "Butler.mqttConfig.password: expected a string or null, got a number" in checked.stderr
+    assert not {"8675309123", "424242", "13579"} & set(checked.stderr.split()), checked.stderr
