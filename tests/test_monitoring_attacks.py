@@ -28,6 +28,7 @@ from butler.qlik.qrs import QrsClient, QrsError
 from tests.conftest import StartButler, base_config, run_butler, write_config
 from tests.receivers import Answer, Receiver, hang, status
 from tests.test_influx_http import settings_for
+from tests.test_messaging import slack_config
 from tests.test_metrics import metrics_config, samples, scrape
 from tests.test_newrelic_api import config as new_relic_config
 from tests.test_task_start import butler_config, set_faults
@@ -99,6 +100,18 @@ async def test_a_new_relic_that_hangs_is_a_500_in_time_that_names_no_key(
     assert time.monotonic() - started < 3
     assert "NRII" not in text and "NRII" not in caplog.text
     assert "not taken by New Relic account Prod" in caplog.text
+
+
+async def test_a_slack_message_taken_with_an_answer_that_never_ends_is_sent_once(
+    start_butler: StartButler, receivers: Callable[[], Awaitable[Receiver]], http: aiohttp.ClientSession
+) -> None:
+    hook = await receivers()
+    hook.answers = [endless(200)] * 3
+    base = await start_butler(slack_config(hook.url))
+    body = {"channel": "#c", "msg": "m", "from_user": "u", "emoji": ":e:"}
+    async with http.put(f"{base}/v4/slackpostmessage", json=body) as response:
+        assert response.status == 201
+    assert len(hook.got) == 1
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])

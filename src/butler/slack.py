@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from butler.errors import UpstreamError
+from butler.http.answers import beginning
 
 log = logging.getLogger("butler.slack")
 
@@ -70,7 +71,7 @@ class SlackWebhook:
         while True:
             try:
                 async with self._session.post(self.url, json=payload) as response:
-                    body = (await response.text())[:500]
+                    body = (await beginning(response)).decode("utf-8", errors="replace")[:500]
                     if 200 <= response.status < 300:
                         return
                     retryable = response.status == 429 or response.status >= 500
