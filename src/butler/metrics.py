@@ -15,6 +15,7 @@ ids, paths or user names).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -50,9 +51,8 @@ class Metrics:
         self.requests = RequestTimes()
         self._requests = _Requests(self.requests)
         self.register(_Services(services))
-        # The client's default collectors hold no state of their own: sharing them is safe. The process
-        # collector reads /proc and yields nothing where there is none (Windows).
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        # The client's default collectors hold no state of their own: sharing them is safe.
+        for collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.register(collector)
 
     def register(self, collector: Collector) -> None:
@@ -60,8 +60,25 @@ class Metrics:
         the event loop, so it must be quick and must not block."""
         self.registry.register(collector)
 
-    def exposition(self) -> bytes:
-        return self._requests.text().encode() + generate_latest(self.registry)
+    async def exposition(self) -> bytes:
+        # The process collector reads /proc (a file per scrape, and a directory entry per open socket),
+        # which is no work for the event loop; it yields nothing where there is no /proc (Windows).
+        process = await asyncio.to_thread(lambda: list(PROCESS_COLLECTOR.collect()))
+        return (
+            self._requests.text().encode()
+            + generate_latest(self.registry)
+            + generate_latest(_Collected(process))
+        )
+
+
+class _Collected:
+    """Families collected already, in the shape ``generate_latest`` reads."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 class _Requests:

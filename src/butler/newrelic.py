@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from butler.config.alerts import NewRelicAccount, NewRelicPost, NewRelicSettings
+from butler.http.answers import beginning
 
 log = logging.getLogger("butler.newrelic")
 
@@ -111,7 +112,7 @@ class NewRelicApi:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS))
         try:
             async with self._session.post(url, data=data, headers=headers) as response:
-                await response.read()
+                await beginning(response)
                 return Posted(response.status, response.reason or "")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Posted(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

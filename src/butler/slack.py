@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from butler.errors import UpstreamError
+from butler.http.answers import beginning
 
 log = logging.getLogger("butler.slack")
 
@@ -70,7 +71,7 @@ class SlackWebhook:
         while True:
             try:
                 async with self._session.post(self.url, json=payload) as response:
-                    body = (await response.text())[:500]
+                    body = (await beginning(response)).decode("utf-8", errors="replace")[:500]
                     if 200 <= response.status < 300:
                         return
                     retryable = response.status == 429 or response.status >= 500
@@ -78,7 +79,7 @@ class SlackWebhook:
                     wait = _retry_after(response.headers.get("Retry-After"), delay)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 retryable = True
-                failure = SlackError(f"Slack cannot be reached: {exc or type(exc).__name__}")
+                failure = SlackError(f"Slack cannot be reached: {str(exc) or type(exc).__name__}")
                 wait = delay
             if not retryable or time.monotonic() + wait > deadline:
                 raise failure

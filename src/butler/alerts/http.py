@@ -10,8 +10,6 @@ errors and timeouts may pass (retried, ``Retry-After`` honoured); any other stat
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 import time
 from email.utils import parsedate_to_datetime
@@ -21,12 +19,10 @@ import aiohttp
 import orjson
 
 from butler.alerts.model import DeliveryError
+from butler.http.answers import beginning
 
 #: Answers kept in an error message at most (characters).
 _ANSWER_SHOWN = 300
-#: Bytes of a refusal's body read at most, and how long they are waited for (seconds).
-_ANSWER_READ = 16_384
-_ANSWER_WAIT = 2.0
 #: Longest wait a Retry-After may ask for that is honoured as asked (seconds); beyond it the backoff decides.
 _LONGEST_RETRY_AFTER = 3600.0
 
@@ -78,10 +74,7 @@ class HttpSender:
             ) as response:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
-                # The status says whether the message was taken: a body that never ends must not make a
-                # delivered message look failed (and be sent again), nor may a huge one fill the memory.
-                # A short one is still read, so that the connection can be used again.
-                text = await _beginning(response)
+                text = (await beginning(response)).decode("utf-8", errors="replace")
                 if 200 <= status < 300:
                     return f"HTTP {status}"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -112,20 +105,6 @@ class HttpSender:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-async def _beginning(response: aiohttp.ClientResponse) -> str:
-    """The first ``_ANSWER_READ`` bytes of an answer's body, read for ``_ANSWER_WAIT`` seconds at most:
-    enough to show why a message was refused."""
-    body = b""
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        async with asyncio.timeout(_ANSWER_WAIT):
-            while len(body) < _ANSWER_READ:
-                chunk = await response.content.read(_ANSWER_READ - len(body))
-                if not chunk:
-                    break
-                body += chunk
-    return body.decode("utf-8", errors="replace")
 
 
 def _retry_after(value: str | None) -> float | None:

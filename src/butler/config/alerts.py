@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from butler.config.declare import items, part, setting, variant
-from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Section, Spec, Str
+from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Secret, Section, Spec, Str
 
 _PORT = Int(1, 65535)
 _LINES = Int(0, 100_000)
@@ -210,7 +210,7 @@ class SmtpSettings:
     )
     auth_enable: bool = setting("auth.enable", Bool(), False, help="log in to the SMTP server")
     user: str = setting("auth.user", Str(), "", help="the SMTP login")
-    password: str = setting("auth.password", Str(), "", help="the SMTP password")
+    password: str = setting("auth.password", Secret(), "", help="the SMTP password")
 
 
 @dataclass(frozen=True, kw_only=True)

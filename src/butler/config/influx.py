@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from butler.config.declare import part, setting
-from butler.config.schema import Bool, Int, Key, ListOf, Number, Section, Spec, Str
+from butler.config.schema import Bool, Int, Key, ListOf, Number, Secret, Section, Spec, Str
 
 _PORT = Int(1, 65535)
 _LINES = Int(0, 100_000)
@@ -144,7 +144,7 @@ class InfluxV1:
 
     auth: bool = setting("auth.enable", Bool(), False, help="log in to InfluxDB (basic authentication)")
     username: str = setting("auth.username", Str(), "", help="the InfluxDB user")
-    password: str = setting("auth.password", Str(), "", help="the InfluxDB user's password")
+    password: str = setting("auth.password", Secret(), "", help="the InfluxDB user's password")
     database: str = setting("dbName", Str(), "butler", help="the database written to; created if missing")
     retention_policy: str = setting(
         "retentionPolicy.name", Str(), "10d", help="the retention policy written to; created if missing"
@@ -161,7 +161,7 @@ class InfluxV2:
     org: str = setting("org", Str(), "", help="the organization (required for version 2)")
     bucket: str = setting("bucket", Str(), "", help="the bucket written to (required for version 2)")
     description: str | None = setting("description", Str(nullable=True), None, help="accepted and not used")
-    token: str = setting("token", Str(), "", help="an API token that may write to the bucket (required)")
+    token: str = setting("token", Secret(), "", help="an API token that may write to the bucket (required)")
     retention: str | None = setting(
         "retentionDuration", Str(nullable=True), None, help="accepted and not used: the bucket exists"
     )
@@ -173,7 +173,7 @@ class InfluxV3:
 
     database: str = setting("database", Str(), "", help="the database written to (required for version 3)")
     description: str | None = setting("description", Str(nullable=True), None, help="accepted and not used")
-    token: str = setting("token", Str(), "", help="a token that may write to the database (required)")
+    token: str = setting("token", Secret(), "", help="a token that may write to the database (required)")
     retention: str | None = setting(
         "retentionDuration", Str(nullable=True), None, help="accepted and not used"
     )

@@ -131,6 +131,19 @@ class Str(Spec):
 
 
 @dataclass
+class Secret(Str):
+    """A password or token: a value of the wrong type is named by its kind only, since the message goes to
+    the console and the log (a numeric password left unquoted in the YAML would be shown whole)."""
+
+    def fail(self, value: Any, path: str, errors: list[str]) -> None:
+        if isinstance(value, bool | Mapping | list) or value is None:
+            shown = describe(value)
+        else:
+            shown = "a number" if isinstance(value, int | float) else f"a {type(value).__name__}"
+        errors.append(f"{path}: expected {self.expected}, got {shown} (not shown: a secret)")
+
+
+@dataclass
 class Enum(Spec):
     choices: tuple[str, ...] = ()
 

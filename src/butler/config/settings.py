@@ -16,7 +16,7 @@ from butler.config.alerts import AlertSettings
 from butler.config.declare import part, setting
 from butler.config.influx import InfluxSettings
 from butler.config.monitors import MonitorSettings
-from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Section, Spec, Str, describe
+from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Secret, Section, Spec, Str, describe
 from butler.http.browsers import parse_origin
 from butler.mqtt import InvalidMessage, check_topic
 
@@ -522,7 +522,7 @@ class MqttSettings:
     port: int = setting("brokerPort", _PORT, 1883, help="the MQTT broker's port")
     username: str | None = setting("username", Str(nullable=True), None, addition=True, help="broker login")
     password: str | None = setting(
-        "password", Str(nullable=True), None, addition=True, help="broker password"
+        "password", Secret(nullable=True), None, addition=True, help="broker password"
     )
     client_id: str | None = setting(
         "clientId", Str(nullable=True), None, addition=True, help="client id; null: butler-<random>"

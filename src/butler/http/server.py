@@ -97,8 +97,8 @@ class RestApi:
         if isinstance(reply.body, list):
             return await _send_pieces(request, reply.status, reply.body, headers)
         response = _Answer(reply.status, reply.body, headers)
-        if reply.status in _BODY_LEFT_UNREAD:
-            # The rest of the body was never read; the connection cannot be reused.
+        if reply.status in _BODY_LEFT_UNREAD or request.content.exception() is not None:
+            # The rest of the body was never read, or could not be: the connection cannot be reused.
             response.force_close()
         return response
 
@@ -189,6 +189,18 @@ async def read_body(request: BaseRequest) -> Any:
             raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise HttpError(413, "Request body is too large", code="FST_ERR_CTP_BODY_TOO_LARGE") from None
+    except web.RequestPayloadError:
+        if request.transport is None or request.transport.is_closing():
+            raise ClientGone from None
+        # Not what its head says it is (a Content-Encoding it is not in, broken chunks): where it ends, and
+        # so where the next request starts, cannot be told.
+        if connection is not None:
+            connection.close_after_answer()
+        raise HttpError(
+            400,
+            "Request body cannot be read as its Content-Encoding or Transfer-Encoding says; "
+            "send the JSON as it is, without a Content-Encoding",
+        ) from None
     except OSError:  # the timeout's TimeoutError, or the connection's error once it is lost
         if deadline.expired():
             assert connection is not None

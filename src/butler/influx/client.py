@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from butler.config.influx import InfluxSettings
+from butler.http.answers import beginning
 
 log = logging.getLogger("butler.influx")
 
@@ -26,6 +27,8 @@ WRITE_TIMEOUT = 10.0
 REFUSED = frozenset({400, 413, 422})
 #: How much of InfluxDB's answer goes into an error message.
 ANSWER_CHARS = 300
+#: How much of InfluxDB's answer is read at most: far more than a query of the set-up answers with.
+ANSWER_BYTES = 1 << 20
 
 
 class InfluxError(Exception):
@@ -70,7 +73,7 @@ class InfluxClient(ABC):
             async with self.session().request(
                 method, f"{self.base_url}{path}", params=params, **kwargs
             ) as response:
-                text = await response.text(errors="replace")
+                text = (await beginning(response, ANSWER_BYTES)).decode("utf-8", errors="replace")
                 if response.status < 300:
                     return text
                 message = f"{response.status} {response.reason}: {text.strip()[:ANSWER_CHARS]}"
@@ -118,8 +121,13 @@ class V1Client(InfluxClient):
         v1 = self.settings
         database = identifier(v1.database)
         await self._query(f"CREATE DATABASE {database}")  # nothing happens when it exists
-        answer = await self._query(f"SHOW RETENTION POLICIES ON {database}")
-        names = {row[0] for series in answer.get("series") or [] for row in series.get("values") or []}
+        statement = f"SHOW RETENTION POLICIES ON {database}"
+        answer = await self._query(statement)
+        try:
+            names = {row[0] for series in answer.get("series") or [] for row in series.get("values") or []}
+        except (AttributeError, LookupError, TypeError) as exc:
+            message = f"{self.target}: unexpected answer to {statement}: {str(answer)[:ANSWER_CHARS]}"
+            raise InfluxError(message, retry=True) from exc
         if v1.retention_policy not in names:
             await self._query(
                 f"CREATE RETENTION POLICY {identifier(v1.retention_policy)} ON {database} "

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from butler.config.alerts import NewRelicAccount
 from butler.config.monitors import HeartbeatSettings, UptimeSettings
 from butler.errors import UpstreamError
+from butler.http.answers import beginning
 from butler.logs import LEVELS
 from butler.monitors.outputs import InfluxSink
 
@@ -37,24 +39,30 @@ class BeatFailed(UpstreamError):
 class Heartbeat:
     def __init__(self, settings: HeartbeatSettings) -> None:
         self.settings = settings
+        # A push URL's path and query are its key (healthchecks.io, Uptime Kuma): logs and /health show
+        # where the beats go, not how to send one.
+        url = URL(settings.url)
+        self.shown = str(url.origin()) if url.absolute else "the heartbeat URL"
         self._session: aiohttp.ClientSession | None = None
 
     async def check(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        url = self.settings.url
+        url, shown = self.settings.url, self.shown
         try:
             async with self._session.get(
                 url, timeout=aiohttp.ClientTimeout(total=self.settings.timeout)
             ) as response:
-                await response.read()
+                await beginning(response)
         except TimeoutError as exc:
-            raise BeatFailed(f"heartbeat to {url}: no answer within {self.settings.timeout} s") from exc
+            raise BeatFailed(f"heartbeat to {shown}: no answer within {self.settings.timeout} s") from exc
         except aiohttp.ClientError as exc:
-            raise BeatFailed(f"heartbeat to {url}: {exc}") from exc
+            # Connection errors name the host and port; others (a redirect refused, ...) the whole URL.
+            detail = str(exc) if isinstance(exc, aiohttp.ClientConnectionError) else ""
+            raise BeatFailed(f"heartbeat to {shown}: {detail or type(exc).__name__}") from exc
         if response.status >= 400:
-            raise BeatFailed(f"heartbeat to {url}: answered {response.status}")
-        log.debug("heartbeat sent to %s (%d)", url, response.status)
+            raise BeatFailed(f"heartbeat to {shown}: answered {response.status}")
+        log.debug("heartbeat sent to %s (%d)", shown, response.status)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -205,7 +213,8 @@ class UptimeMonitor:
 
     async def check(self) -> None:
         self.iteration += 1
-        memory = read_memory()
+        # Reading /proc is file I/O, which the event loop does not wait for.
+        memory = await asyncio.to_thread(read_memory)
         uptime = time.monotonic() - self.started
         last_lag, worst_lag = self.lag.read()
         self.found = {
@@ -287,7 +296,7 @@ class UptimeMonitor:
                     if response.status >= 300:
                         failures.append(f"{name}: New Relic answered {response.status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
-                failures.append(f"{name}: {exc or type(exc).__name__}")
+                failures.append(f"{name}: {str(exc) or type(exc).__name__}")
         if failures:
             raise UpstreamError("uptime metrics not sent to New Relic: " + "; ".join(failures))
 

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from butler.config.settings import CertificateSettings
 from butler.errors import UpstreamError
+from butler.http.answers import beginning
 from butler.qlik.qrs import QrsClient, QrsError, quote_filter_value
 from butler.qlik.tls import client_tls
 
@@ -145,13 +147,17 @@ class QrsSense:
             user = entry.get("user") or {}
             if not isinstance(user, dict) or not entry.get("id") or not entry.get("lastUsed"):
                 raise _shape(path, "allocations with an id, a user and lastUsed", entry)
+            try:
+                last_used = parse_time(str(entry["lastUsed"]))
+            except ValueError:
+                raise _shape(path, "lastUsed as an ISO 8601 time", entry) from None
             allocations.append(
                 Allocation(
                     str(entry["id"]),
                     str(user.get("userId", "")),
                     str(user.get("userDirectory", "")),
                     str(user.get("id", "")),
-                    parse_time(str(entry["lastUsed"])),
+                    last_used,
                     quarantined=entry.get("quarantined") is True,
                 )
             )
@@ -162,17 +168,20 @@ class QrsSense:
         user = await self.qrs.get_json(path)
         if not isinstance(user, dict):
             raise _shape(path, "a user object", user)
-        tags = tuple(str(tag.get("name")) for tag in user.get("tags") or [] if isinstance(tag, dict))
-        properties = tuple(
-            (str((cp.get("definition") or {}).get("name")), str(cp.get("value")))
-            for cp in user.get("customProperties") or []
-            if isinstance(cp, dict)
-        )
+        # A tag or property that cannot be read might be one that keeps the licence: the user is not
+        # released then, rather than released on what could be read.
+        tags = tuple(str(tag.get("name")) for tag in self._listed(path, user, "tags"))
+        properties = []
+        for cp in self._listed(path, user, "customProperties"):
+            definition = cp.get("definition") or {}
+            if not isinstance(definition, dict):
+                raise _shape(path, "custom properties with an object as definition", cp)
+            properties.append((str(definition.get("name")), str(cp.get("value"))))
         return SenseUser(
             str(user.get("userDirectory", "")),
             str(user.get("userId", "")),
             tags,
-            properties,
+            tuple(properties),
             inactive=user.get("inactive") is True,
             blocked=user.get("blacklisted") is True,
             removed_externally=user.get("removedExternally") is True,
@@ -184,6 +193,13 @@ class QrsSense:
         if response.status in (200, 204):
             return None
         return f"QRS answered {response.status}: {response.text[:200]}"
+
+    @staticmethod
+    def _listed(path: str, entity: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        items = entity.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise _shape(path, f"a list of objects as {key}", items)
+        return items
 
     @staticmethod
     async def _objects(path: str, answer: Any) -> list[dict[str, Any]]:
@@ -209,6 +225,8 @@ class SystemInfo:
     """``GET https://<host>:9032/v1/systeminfo`` with the QMC client certificate, no xrfkey."""
 
     TIMEOUT_SECONDS = 10.0
+    #: Bytes of the answer read at most: Sense's is under 1 kB.
+    ANSWER_BYTES = 65_536
 
     def __init__(
         self, host: str, port: int, certificates: CertificateSettings, reject_unauthorized: bool
@@ -224,12 +242,18 @@ class SystemInfo:
             async with self._session.get(
                 self.url, timeout=aiohttp.ClientTimeout(total=self.TIMEOUT_SECONDS)
             ) as response:
-                body = await response.read()
-                if response.status != 200 or not body:
-                    raise VersionUnavailable(f"{self.url} answered {response.status}: {body[:200]!r}")
-                answer = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise VersionUnavailable(f"{self.url}: {exc or type(exc).__name__}") from exc
+                body = await beginning(response, self.ANSWER_BYTES, self.TIMEOUT_SECONDS)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise VersionUnavailable(f"{self.url}: {str(exc) or type(exc).__name__}") from exc
+        if status != 200 or not body:
+            raise VersionUnavailable(f"{self.url} answered {status}: {body[:200]!r}")
+        if len(body) == self.ANSWER_BYTES:
+            raise VersionUnavailable(f"{self.url} answered more than {self.ANSWER_BYTES} bytes")
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise VersionUnavailable(f"{self.url} answered {body[:200]!r}, not JSON") from exc
         if not isinstance(answer, dict):
             raise VersionUnavailable(f"{self.url} answered {str(answer)[:200]}, not an object")
         return answer

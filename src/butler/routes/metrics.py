@@ -32,6 +32,6 @@ def metrics_route(metrics: Metrics) -> Route:
     """Also served alone by the metrics port; not rate limited, as Prometheus scrapes it on a schedule."""
 
     async def scrape(request: ApiRequest) -> Reply:
-        return Reply(200, metrics.exposition(), content_type=CONTENT_TYPE)
+        return Reply(200, await metrics.exposition(), content_type=CONTENT_TYPE)
 
     return Route("GET", "/metrics", scrape, rate_limited=False)
