@@ -405,3 +405,16 @@ async def test_service_figures(
     assert set(samples(text, "butler_scheduler_fires_total")) <= {
         (("outcome", o),) for o in ("started", "skipped")
     }
+
+
+def test_proxy_hosts_beyond_the_busiest_are_summed_under_other() -> None:
+    """Host names come from UDP datagrams: the series they make are bounded whatever is sent."""
+    from butler.metrics import PROXY_HOSTS, _busiest
+
+    counts = {f"proxy{n:03d}": n for n in range(PROXY_HOSTS + 20)}
+    kept = _busiest(counts, PROXY_HOSTS)
+    assert len(kept) == PROXY_HOSTS + 1
+    assert kept[0] == (f"proxy{PROXY_HOSTS + 19:03d}", PROXY_HOSTS + 19)  # the busiest first
+    assert kept[-1] == ("other", sum(range(20)))
+    assert sum(count for _, count in kept) == sum(counts.values())
+    assert _busiest({"a": 1, "b": 2}, PROXY_HOSTS) == [("b", 2), ("a", 1)]

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from butler.events.udp import UdpStats
     from butler.services import Services
 
+#: Proxy hosts given a series of their own in ``butler_active_users``; the host names come from UDP
+#: datagrams, so whoever may send them could otherwise make any number of series. The rest are summed
+#: under ``proxy_host="other"``.
+PROXY_HOSTS = 100
 #: The Content-Type of ``GET /metrics``: the classic text format, which every Prometheus reads.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _BOUNDS = [str(bound) for bound in BUCKETS] + ["+Inf"]
@@ -208,7 +212,7 @@ class _Services(Collector):
         per_host = GaugeMetricFamily(
             "butler_active_users", "Users with a session, per proxy host", labels=("proxy_host",)
         )
-        for host, count in events.users.counts_per_host().items():
+        for host, count in _busiest(events.users.counts_per_host(), PROXY_HOSTS):
             per_host.add_metric([host], count)
         yield per_host
         yield _gauge(
@@ -278,6 +282,16 @@ def _udp(listeners: Iterable[tuple[str, UdpStats]]) -> Iterator[Metric]:
         for kind, count in stats.by_type.items():
             by_type.add_metric([name, kind], count)
     yield from (received, accepted, malformed, dropped, by_type)
+
+
+def _busiest(counts: Mapping[str, int], most: int) -> list[tuple[str, int]]:
+    """The ``most`` largest counts by name, and the sum of the others as ``other``."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = ranked[:most]
+    rest = ranked[most:]
+    if rest:
+        kept.append(("other", sum(count for _, count in rest)))
+    return kept
 
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
