@@ -37,6 +37,7 @@ class Context:
     """One request on its way through the chain: what the steps learnt of it so far."""
 
     __slots__ = (
+        "caller",
         "client_ip",
         "headers",
         "input",
@@ -60,6 +61,9 @@ class Context:
         self.path = path
         self.query = query
         self.client_ip: str = request.remote or ""
+        #: Who called, once authenticated: ``token <name>`` or ``certificate <subject>``; None without
+        #: authentication (the audit log then names the client's address).
+        self.caller: str | None = None
         self.route: Route | None = None
         self.params: dict[str, str] = {}
         #: What a handler sees, once validated.
