@@ -237,6 +237,7 @@ async def test_real_answers_match_the_document(
     )
     butler["scheduler"] = {"enable": True, "configfile": str(schedules)}
     butler["prometheus"] = {"enable": True}
+    butler["auditLog"] = {"enable": True, "file": str(tmp_path / "audit.jsonl")}
     base = await start_butler(config)
 
     failing = next(t["id"] for t in simulator.site.tasks.values() if t["name"] == "Reload Failing App")
@@ -457,6 +458,9 @@ async def test_real_answers_match_the_document(
         Call("GET", "/v4/alerts", "/v4/alerts?state=lost", 400),
         Call("POST", "/v4/alerts/{id}/retry", f"/v4/alerts/{dead}/retry", 202),
         Call("POST", "/v4/alerts/{id}/retry", f"/v4/alerts/{unknown}/retry", 404),
+        # The audit log of the calls above
+        Call("GET", "/v4/audit", "/v4/audit?result=4xx&limit=5", 200),
+        Call("GET", "/v4/audit", "/v4/audit?since=soon", 400),
     ]
     document = load_openapi()
     problems: list[str] = []

@@ -29,6 +29,7 @@ from butler.routes import (
     active_users,
     alerts,
     apps,
+    audit,
     base_conversion,
     butler_status,
     files,
@@ -138,6 +139,9 @@ FEATURES = (
     # Periodic monitors (services, version, licences, heartbeat, uptime); the licence releases they made.
     Feature(monitors.routes, flags=("licenseReleases",), services=("monitors",)),
     Feature(when=monitors.on, services=("monitors",)),
+    # The audit log: written whenever it is on, read through its route.
+    Feature(when=lambda settings: settings.audit.enable, services=("audit",)),
+    Feature(audit.routes, flags=("audit",)),
     # GET /metrics, on the REST API's port or one of its own (Butler._start).
     Feature(metrics.routes, when=_metrics_on, services=("metrics",), check=metrics.warn_unserved),
 )
@@ -182,7 +186,7 @@ class Butler:
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         browsers = BrowserCheck(self.settings.rest.allowed_origins, open_paths=(DOCS_PATH,))
         requests = self.services.metrics.requests if self.services.metrics is not None else None
-        return RestApi(router, limiter, browsers, requests)
+        return RestApi(router, limiter, browsers, requests, self.services.audit)
 
     async def start(self) -> None:
         try:

@@ -35,6 +35,7 @@ from butler.task_start import TaskStarter
 
 if TYPE_CHECKING:
     from butler.alerts.service import AlertService
+    from butler.audit import AuditLog
     from butler.influx import InfluxWriter
     from butler.influx.task_outcomes import TaskOutcomePoints
     from butler.metrics import Metrics
@@ -70,6 +71,8 @@ class Services:
     monitors: Monitors | None = None
     #: ``Butler.prometheus``: other modules add their figures with ``metrics.register`` (butler.metrics).
     metrics: Metrics | None = None
+    #: ``Butler.auditLog``: state-changing and refused calls.
+    audit: AuditLog | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -266,8 +269,24 @@ async def _new_relic(services: Services, exits: AsyncExitStack) -> None:
     services.new_relic = api
 
 
+async def _audit(services: Services, exits: AsyncExitStack) -> None:
+    import asyncio
+
+    from butler.audit import AuditLog
+
+    settings = services.settings.audit
+    audit = AuditLog(settings.file, settings.max_bytes, settings.keep)
+    audit.start()
+    # Closed last: the records of everything closing before it are written.
+    exits.push_async_callback(asyncio.to_thread, audit.close)
+    services.audit = audit
+    log.info("audit log: %s", settings.file)
+
+
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
+    # First, so that it closes last and the services opened after it can record.
+    "audit": _audit,
     "key_values": _key_values,
     # After the key-value store, whose calls it counts; before the rest, so that their openers can register
     # collectors.

@@ -53,8 +53,9 @@ ENDPOINT_FLAGS: tuple[str, ...] = (
     "activeUserCount",
     "activeUsers",
     "licenseReleases",
+    "audit",
 )
-ADDITION_FLAGS = frozenset({"licenseReleases"})
+ADDITION_FLAGS = frozenset({"licenseReleases", "audit"})
 
 #: Top-level sections of upstream Butler 16 that this project does not implement (yet): reported once.
 UPSTREAM_SECTIONS: tuple[str, ...] = (
@@ -230,6 +231,18 @@ class PrometheusSettings:
         None,
         help="a plain-HTTP port serving only GET /metrics; null: served by the REST API's listener",
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditLogSettings:
+    """``Butler.auditLog`` (an addition): state-changing and refused REST calls, as JSON lines."""
+
+    enable: bool = setting("enable", Bool(), False, help="keep the audit log (README, Audit log)")
+    file: Path = setting("file", Str(), "butler-audit.jsonl", file=True, help="the audit log's file")
+    max_bytes: int = setting(
+        "maxBytes", Int(1024), 10 * 1024 * 1024, help="the file is rotated once it would grow beyond this"
+    )
+    keep: int = setting("keep", Int(0, 1000), 10, help="rotated files kept (file.1 the newest)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -804,6 +817,7 @@ class Settings:
     prometheus: PrometheusSettings = part(
         "prometheus", PrometheusSettings, addition=True, help="GET /metrics for Prometheus"
     )
+    audit: AuditLogSettings = part("auditLog", AuditLogSettings, addition=True, help="the audit log")
     key_value: KeyValueSettings = part("keyValueStore", KeyValueSettings, help="the key-value store")
     certificates: CertificateSettings = part(
         "cert", CertificateSettings, help="the certificates Butler uses with Qlik Sense"

@@ -91,6 +91,8 @@ class Route:
     query_check: Callable[[Any], Any] | None = None
     params_check: Callable[[Any], Any] | None = None
     body_check: Callable[[Any], Any] | None = None
+    #: The OpenAPI operationId, which the audit log names calls by.
+    operation: str | None = None
 
 
 @dataclass

@@ -28,11 +28,13 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from butler.audit import AuditLog
 from butler.config.settings import ConnectionLimits
 from butler.http.browsers import BrowserCheck
 from butler.http.errors import CLIENT_CLOSED, ClientGone, HttpError, reason
 from butler.http.middleware import App, Context, build_chain, dispatch
 from butler.http.middleware.access_log import AccessLog
+from butler.http.middleware.audit import Audit
 from butler.http.middleware.browser_guard import BrowserGuard
 from butler.http.middleware.error_envelope import ErrorEnvelope
 from butler.http.middleware.method_override import MethodOverride
@@ -64,6 +66,7 @@ class RestApi:
         rate_limiter: RateLimiter | None = None,
         browsers: BrowserCheck | None = None,
         request_times: RequestTimes | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.router = router
         self.rate_limiter = rate_limiter
@@ -72,6 +75,8 @@ class RestApi:
         steps: list[Callable[[App], App]] = [partial(AccessLog, request_log=self.request_log)]
         if request_times is not None:
             steps.append(partial(RequestMetrics, times=request_times))
+        if audit is not None:
+            steps.append(partial(Audit, audit=audit))
         steps += [
             ErrorEnvelope,
             MethodOverride,

@@ -47,6 +47,8 @@ def health_route(services: Services) -> Route:
             status["alerts"] = services.alerts.stats()
         elif services.alerts_off is not None:
             status["alerts"] = {"off": services.alerts_off}
+        if services.audit is not None:
+            status["audit"] = services.audit.stats()
         if services.monitors is not None and services.monitors.runners:
             status["monitors"] = services.monitors.stats()
         if services.scheduler is not None:

@@ -7,12 +7,14 @@ Each middleware is built around the next one (``Middleware(app, ...)``) and is c
 1. ``AccessLog``: one log line per request, with its status and duration (499 for a client gone);
 2. ``RequestMetrics``: the request counted by route template, method and status, with its duration (when
    ``Butler.prometheus`` is on);
-3. ``ErrorEnvelope``: every error below becomes an answer in Butler's envelope, a fault a logged 500;
-4. ``MethodOverride``: ``X-HTTP-Method-Override`` on a POST (Qlik's REST connector can only GET and POST);
-5. ``BrowserGuard``: refuses browser requests made for other web sites' pages;
-6. ``Routing``: finds the route, or the 404;
-7. ``RateLimit``: the per-IP limit, for the routes it applies to;
-8. ``Validation``: parameters, query and body read and checked against the route's schemas;
+3. ``Audit``: state-changing and refused calls recorded, with the status answered (when
+   ``Butler.auditLog`` is on);
+4. ``ErrorEnvelope``: every error below becomes an answer in Butler's envelope, a fault a logged 500;
+5. ``MethodOverride``: ``X-HTTP-Method-Override`` on a POST (Qlik's REST connector can only GET and POST);
+6. ``BrowserGuard``: refuses browser requests made for other web sites' pages;
+7. ``Routing``: finds the route, or the 404;
+8. ``RateLimit``: the per-IP limit, for the routes it applies to;
+9. ``Validation``: parameters, query and body read and checked against the route's schemas;
 
 and at its end ``dispatch`` calls the route's handler. A step that needs something done after the answer
 (a log line, an error turned into an answer) awaits the next; one that only checks or adds to the context is

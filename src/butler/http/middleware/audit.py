@@ -1,0 +1,182 @@
+"""Records state-changing calls and refused calls in the audit log (``butler.audit``).
+
+Placed right after the access log, around the error envelope: it sees the status actually answered,
+refusals of every later step included (the browser guard's 403, authentication's 401 and 403, the rate
+limit's 429, validation's 400), and once the answer is known so are the route (set by ``Routing``) and the
+caller (set by authentication). Read-only calls that succeed, and 404s of unknown paths, are not recorded.
+
+Only names are taken from a request: route parameters, the query and body fields that say what a call is
+about (task ids, namespace and key, file paths, topic, schedule). Values of key-value pairs and message
+texts are recorded by their size, and headers never: a record holds no token, password or message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from butler.audit import AuditLog
+from butler.http.errors import CLIENT_CLOSED, ClientGone
+from butler.http.middleware import App, Context
+from butler.http.routing import Reply
+
+#: GET operations of upstream's v2 API that change something.
+CHANGING_GETS = frozenset(
+    {"v2SenseStartTask", "v2MqttPublishMessage", "v2SlackPostMessage", "v2CreateDir", "v2CreateDirQvd"}
+)
+CHANGING_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+#: Refusals recorded for any route, read-only ones included.
+REFUSALS = frozenset({401, 403, 429})
+#: Fields that name what a call is about, recorded as they are (bounded).
+NAMES = frozenset(
+    {
+        "taskId",
+        "key",
+        "namespace",
+        "ttl",
+        "fromFile",
+        "toFile",
+        "deleteFile",
+        "directory",
+        "topic",
+        "channel",
+        "id",
+        "name",
+        "cronSchedule",
+        "qlikSenseTaskId",
+        "startupState",
+        "reloadMode",
+        "partialReload",
+        "overwrite",
+        "eventType",
+        "account",
+        "appId",
+        "scheduleId",
+        "wait",
+    }
+)
+#: Fields recorded by their size only.
+SIZES = frozenset({"value", "message", "text", "msg", "attributes", "metrics", "payload", "body"})
+_TEXT = 200
+_ITEMS = 20
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= _TEXT else value[:_TEXT] + "…"
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return _bounded(str(value))
+
+
+def _size(value: Any) -> int:
+    return len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
+
+
+def _fields(into: dict[str, Any], source: Any) -> None:
+    if not isinstance(source, dict):
+        return
+    for name, value in source.items():
+        if name in NAMES:
+            into[name] = _bounded(value)
+        elif name in SIZES:
+            into[f"{name}Bytes"] = _size(value)
+
+
+def _task_items(items: list[Any]) -> dict[str, Any]:
+    """What the items of a task start name (upstream's body: ``[{type, payload}]``)."""
+    found: dict[str, list[str]] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("payload"), dict):
+            continue
+        payload = item["payload"]
+        kind = str(item.get("type", "")).lower()
+        if kind == "starttaskid":
+            name, value = "taskIds", payload.get("taskId")
+        elif kind == "starttasktag":
+            name, value = "tags", payload.get("tag")
+        elif kind == "starttaskcustomproperty":
+            name, value = "customProperties", f"{payload.get('name')}={payload.get('value')}"
+        elif kind == "keyvaluestore":
+            name, value = "keyValues", f"{payload.get('namespace')}/{payload.get('key')}"
+        else:
+            continue
+        listed = found.setdefault(name, [])
+        if len(listed) < _ITEMS:
+            listed.append(_bounded(value))
+    return found
+
+
+def target_of(context: Context) -> dict[str, Any]:
+    target: dict[str, Any] = {}
+    _fields(target, context.params)
+    request = context.input
+    if request is None:
+        return target
+    _fields(target, request.query)
+    body = request.body
+    if isinstance(body, list):
+        target.update(_task_items(body))
+    elif isinstance(body, dict):
+        _fields(target, body)
+        if isinstance(body.get("items"), list):
+            target.update(_task_items(body["items"]))
+    elif isinstance(body, str) and body:
+        target["bodyBytes"] = _size(body)
+    return target
+
+
+def _outcome(reply: Reply | None) -> Any:
+    """The task ids started, or the error's message; nothing else of an answer."""
+    if reply is None or not isinstance(reply.body, bytes) or len(reply.body) > 256 * 1024:
+        return None
+    try:
+        answer = orjson.loads(reply.body) if reply.body else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    if reply.status >= 400 and isinstance(answer.get("message"), str):
+        return _bounded(answer["message"])
+    started = answer.get("tasksId", {}).get("started") if isinstance(answer.get("tasksId"), dict) else None
+    if isinstance(started, list):
+        ids = [_bounded(t.get("taskId")) for t in started[:_ITEMS] if isinstance(t, dict)]
+        return {"started": ids}
+    return None
+
+
+class Audit:
+    def __init__(self, app: App, audit: AuditLog) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, context: Context) -> Reply:
+        try:
+            reply = await self.app(context)
+        except ClientGone:
+            # The change may have been made although nobody heard of it.
+            self._record(context, CLIENT_CLOSED, None)
+            raise
+        self._record(context, reply.status, reply)
+        return reply
+
+    def _record(self, context: Context, status: int, reply: Reply | None) -> None:
+        route = context.route
+        if route is None:
+            if status not in REFUSALS:
+                return
+            operation = f"{context.method} {_bounded(context.path)}"
+        else:
+            operation = route.operation or f"{context.method} {route.path}"
+            changing = context.method in CHANGING_METHODS or operation in CHANGING_GETS
+            if not changing and status not in REFUSALS:
+                return
+        self.audit.record(
+            operation,
+            caller=context.caller,
+            ip=context.client_ip,
+            status=status,
+            target=target_of(context) if route is not None else None,
+            outcome=_outcome(reply),
+        )
