@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 
 from butler.config import ENDPOINT_FLAGS
-from tests.conftest import StartButler, base_config
+from tests.conftest import Broker, StartButler, base_config
 from tests.test_files import files_config
+from tests.test_messaging import next_message, subscriber, wait_connected  # noqa: F401 (a fixture)
 from tests.test_task_start import APP1, butler_config
 
 SCHEDULER_FLAGS = {flag.split(".", 1)[1]: True for flag in ENDPOINT_FLAGS if flag.startswith("scheduler.")}
@@ -244,3 +246,61 @@ async def test_an_unwritable_disk_loses_records_counted_and_logged_once(
     assert len(warnings) == 1 and "cannot be written" in warnings[0], warnings
     status, answer = await call("GET", f"{base}/v4/audit")
     assert status == 200 and answer == []
+
+
+async def test_targets_are_bounded_and_v2_gets_that_change_are_recorded(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    file = tmp_path / "audit.jsonl"
+    document = butler_config(simulator, site_certs, fileCopy=True)
+    base = await start_butler(audit_config(document, file))
+    items = [
+        {"type": "starttaskid", "payload": {"taskId": f"{i:08}-0000-0000-0000-000000000000"}}
+        for i in range(25)
+    ]
+    assert (await call("PUT", f"{base}/v4/reloadtask/-/start", items))[0] == 200
+    long_path = "/" + "d" * 300 + "/a.qvd"
+    status, _ = await call("PUT", f"{base}/v4/filecopy", {"fromFile": long_path, "toFile": long_path})
+    assert 400 <= status < 500
+    assert (await call("GET", f"{base}/v2/senseStartTask?taskId={APP1['taskId']}"))[0] == 200
+    start, copy, v2 = await written(file, 3)
+    assert start["target"]["taskId"] == "-"
+    assert start["target"]["taskIds"] == [item["payload"]["taskId"] for item in items[:20]]
+    assert copy["operation"] == "fileCopy" and copy["status"] == status
+    assert copy["target"]["fromFile"] == long_path[:200] + "…"
+    assert (v2["operation"], v2["status"], v2["target"]) == (
+        "v2SenseStartTask",
+        200,
+        {"taskId": APP1["taskId"]},
+    )
+
+
+async def test_mqtt_task_starts_are_recorded(
+    start_butler: StartButler,
+    broker: Broker,
+    simulator: Any,
+    site_certs: Any,
+    subscriber: Any,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "audit.jsonl"
+    document = audit_config(butler_config(simulator, site_certs, mqttPublishMessage=True), file)
+    document["Butler"]["mqttConfig"] = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": broker.port}
+    results = await subscriber("qliksense/start_task/result")
+    base = await start_butler(document)
+    async with aiohttp.ClientSession() as http:
+        await wait_connected(base, http)
+    marker = "MARKER-mqtt-4242"
+    item = {"type": "keyvaluestore", "payload": {"namespace": "n", "key": "k", "value": marker}}
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.publish("qliksense/start_task", APP1["taskId"])
+        await next_message(results)
+        await client.publish("qliksense/start_task", json.dumps({"taskId": "-", "items": [item]}))
+        await next_message(results)
+    records = [r for r in await written(file, 3) if r["operation"] == "mqttStartTasks"]
+    first, second = records
+    assert first["caller"] == "mqtt qliksense/start_task" and first["ip"] is None
+    assert first["target"] == {"taskId": APP1["taskId"]}
+    assert first["outcome"] == {"started": [APP1["taskId"]]}
+    assert second["target"] == {"taskId": "-", "keyValues": ["n/k"]}
+    assert marker.encode() not in file.read_bytes()

@@ -27,8 +27,6 @@ log = logging.getLogger("butler.audit")
 
 #: Records waiting for the writer at most; beyond it they are lost (and counted).
 QUEUE_SIZE = 10_000
-#: Records a ``GET /v4/audit`` lists at most.
-MAX_LIMIT = 1000
 _BLOCK = 64 * 1024
 _STOP = object()
 
@@ -62,6 +60,99 @@ class AuditQuery:
         if self.status is not None and status != self.status:
             return False
         return self.status_class is None or (isinstance(status, int) and status // 100 == self.status_class)
+
+
+# What a record may hold of a request: names, bounded, and the sizes of values.
+
+#: Fields that name what a call is about, recorded as they are (bounded).
+NAMES = frozenset(
+    {
+        "taskId",
+        "key",
+        "namespace",
+        "ttl",
+        "fromFile",
+        "toFile",
+        "deleteFile",
+        "directory",
+        "topic",
+        "channel",
+        "id",
+        "name",
+        "cronSchedule",
+        "qlikSenseTaskId",
+        "startupState",
+        "reloadMode",
+        "partialReload",
+        "overwrite",
+        "eventType",
+        "account",
+        "appId",
+        "scheduleId",
+        "wait",
+    }
+)
+#: Fields recorded by their size only.
+SIZES = frozenset({"value", "message", "text", "msg", "attributes", "metrics", "payload", "body"})
+_TEXT = 200
+_ITEMS = 20
+
+
+def bounded(value: Any) -> Any:
+    """``value`` as recorded: a text cut at 200 characters."""
+    if isinstance(value, str):
+        return value if len(value) <= _TEXT else value[:_TEXT] + "…"
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return bounded(str(value))
+
+
+def size_of(value: Any) -> int:
+    """What a value not recorded is recorded as: its size in bytes (UTF-8, or as JSON)."""
+    return len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
+
+
+def named_fields(into: dict[str, Any], source: Any) -> None:
+    if not isinstance(source, dict):
+        return
+    for name, value in source.items():
+        if name in NAMES:
+            into[name] = bounded(value)
+        elif name in SIZES:
+            into[f"{name}Bytes"] = size_of(value)
+
+
+def task_items(items: list[Any]) -> dict[str, Any]:
+    """What the items of a task start name (upstream's body: ``[{type, payload}]``)."""
+    found: dict[str, list[str]] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("payload"), dict):
+            continue
+        payload = item["payload"]
+        kind = str(item.get("type", "")).lower()
+        if kind == "starttaskid":
+            name, value = "taskIds", payload.get("taskId")
+        elif kind == "starttasktag":
+            name, value = "tags", payload.get("tag")
+        elif kind == "starttaskcustomproperty":
+            name, value = "customProperties", f"{payload.get('name')}={payload.get('value')}"
+        elif kind == "keyvaluestore":
+            name, value = "keyValues", f"{payload.get('namespace')}/{payload.get('key')}"
+        else:
+            continue
+        listed = found.setdefault(name, [])
+        if len(listed) < _ITEMS:
+            listed.append(bounded(value))
+    return found
+
+
+def started_of(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """The outcome of a task start: the ids of the tasks started."""
+    tasks = answer.get("tasksId")
+    started = tasks.get("started") if isinstance(tasks, dict) else None
+    if not isinstance(started, list):
+        return None
+    return {"started": [bounded(t.get("taskId")) for t in started[:_ITEMS] if isinstance(t, dict)]}
 
 
 class AuditLog:
@@ -176,10 +267,10 @@ class AuditLog:
             return 0
 
     def _rotate(self) -> bool:
-        """Make room for a new file; False when the files could not be renamed (a reader holds one open
+        """Make room for a new file (each rename replaces the file it is renamed to, so the oldest goes
+        without a delete of its own); False when the files could not be renamed (a reader holds one open
         elsewhere on Windows, say): the current file then grows on, and the next batch tries again."""
         try:
-            self._rotated(self.keep).unlink(missing_ok=True)
             for index in range(self.keep - 1, 0, -1):
                 older = self._rotated(index)
                 if older.exists():

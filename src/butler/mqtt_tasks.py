@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from butler.audit import AuditLog, bounded, started_of, task_items
 from butler.errors import BadRequest, ButlerError
 from butler.mqtt import MqttClient
 from butler.task_start import TaskStarter
@@ -47,9 +48,10 @@ class MqttTaskStarts:
     """Task starts asked for on ``taskStartTopic``: each message goes to the task starter (the allow-list
     applies), and its outcome, or what was wrong with it, is published on ``taskStartResultTopic``."""
 
-    def __init__(self, starter: TaskStarter, mqtt: MqttClient) -> None:
+    def __init__(self, starter: TaskStarter, mqtt: MqttClient, audit: AuditLog | None = None) -> None:
         self.starter = starter
         self.mqtt = mqtt
+        self.audit = audit
         self.handled = 0
 
     async def on_message(self, topic: str, payload: bytes) -> None:
@@ -58,6 +60,7 @@ class MqttTaskStarts:
         self.handled += 1
         text = payload[:_MAX_PAYLOAD].decode("utf-8", errors="replace").strip()
         answer: dict[str, Any] = {"request": text[:1000]}
+        target: dict[str, Any] = {}
         try:
             if len(payload) > _MAX_PAYLOAD:
                 # Cut, it would be "not JSON", which does not tell the sender what to fix.
@@ -65,7 +68,7 @@ class MqttTaskStarts:
                     f"the payload has {len(payload):,} bytes; a task-start message may have at most "
                     f"{_MAX_PAYLOAD:,} (1 MiB), as a REST body"
                 )
-            answer["result"] = (await self._start(text)).as_dict()
+            answer["result"] = (await self._start(text, target)).as_dict()
         except Exception as exc:
             error = result_error(exc)
             if error is None:
@@ -76,21 +79,33 @@ class MqttTaskStarts:
                 log.warning("MQTT task start %r: %s", text[:100], error)
             answer["error"] = error
         self.mqtt.enqueue(self.mqtt.settings.task_start_result_topic, orjson.dumps(answer))
+        if self.audit is not None:
+            # MQTT names no caller: the topic says where the message came in.
+            outcome = started_of(answer["result"]) if "result" in answer else bounded(answer["error"])
+            self.audit.record(
+                "mqttStartTasks", caller=f"mqtt {bounded(topic)}", target=target, outcome=outcome
+            )
 
-    async def _start(self, text: str) -> Any:
+    async def _start(self, text: str, target: dict[str, Any]) -> Any:
+        """Start what ``text`` asks for; ``target`` is given what it names, for the audit log."""
         if _UUID.fullmatch(text):
+            target["taskId"] = text.lower()
             return await self.starter.start(text.lower(), [])
         try:
             request = orjson.loads(text)
         except orjson.JSONDecodeError:
             raise BadRequest("the payload is neither a task id nor JSON") from None
         if isinstance(request, list):
+            target.update(task_items(request))
             return await self.starter.start("-", request)
         if isinstance(request, dict):
             task_id = request.get("taskId", "-")
             if not isinstance(task_id, str):
                 raise BadRequest("taskId must be a string")
             must_exist = request.get("allTaskIdsMustExist", False) is True
+            target["taskId"] = bounded(task_id)
+            if isinstance(request.get("items"), list):
+                target.update(task_items(request["items"]))
             return await self.starter.start(
                 task_id.lower() if _UUID.fullmatch(task_id) else task_id,
                 request.get("items", []),

@@ -120,7 +120,7 @@ async def _mqtt(services: Services, exits: AsyncExitStack) -> None:
         return
     mqtt = MqttClient(settings)
     if services.task_starter is not None:
-        mqtt.on_message = MqttTaskStarts(services.task_starter, mqtt).on_message
+        mqtt.on_message = MqttTaskStarts(services.task_starter, mqtt, services.audit).on_message
     else:
         log.warning("MQTT task starts are off: Butler.cert is not set, so Qlik Sense cannot be reached")
     exits.push_async_callback(mqtt.stop)

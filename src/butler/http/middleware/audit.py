@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from butler.audit import AuditLog
+from butler.audit import AuditLog, bounded, named_fields, size_of, started_of, task_items
 from butler.http.errors import CLIENT_CLOSED, ClientGone
 from butler.http.middleware import App, Context
 from butler.http.routing import Reply
@@ -28,102 +28,24 @@ CHANGING_GETS = frozenset(
 CHANGING_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 #: Refusals recorded for any route, read-only ones included.
 REFUSALS = frozenset({401, 403, 429})
-#: Fields that name what a call is about, recorded as they are (bounded).
-NAMES = frozenset(
-    {
-        "taskId",
-        "key",
-        "namespace",
-        "ttl",
-        "fromFile",
-        "toFile",
-        "deleteFile",
-        "directory",
-        "topic",
-        "channel",
-        "id",
-        "name",
-        "cronSchedule",
-        "qlikSenseTaskId",
-        "startupState",
-        "reloadMode",
-        "partialReload",
-        "overwrite",
-        "eventType",
-        "account",
-        "appId",
-        "scheduleId",
-        "wait",
-    }
-)
-#: Fields recorded by their size only.
-SIZES = frozenset({"value", "message", "text", "msg", "attributes", "metrics", "payload", "body"})
-_TEXT = 200
-_ITEMS = 20
-
-
-def _bounded(value: Any) -> Any:
-    if isinstance(value, str):
-        return value if len(value) <= _TEXT else value[:_TEXT] + "…"
-    if isinstance(value, bool | int | float) or value is None:
-        return value
-    return _bounded(str(value))
-
-
-def _size(value: Any) -> int:
-    return len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
-
-
-def _fields(into: dict[str, Any], source: Any) -> None:
-    if not isinstance(source, dict):
-        return
-    for name, value in source.items():
-        if name in NAMES:
-            into[name] = _bounded(value)
-        elif name in SIZES:
-            into[f"{name}Bytes"] = _size(value)
-
-
-def _task_items(items: list[Any]) -> dict[str, Any]:
-    """What the items of a task start name (upstream's body: ``[{type, payload}]``)."""
-    found: dict[str, list[str]] = {}
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("payload"), dict):
-            continue
-        payload = item["payload"]
-        kind = str(item.get("type", "")).lower()
-        if kind == "starttaskid":
-            name, value = "taskIds", payload.get("taskId")
-        elif kind == "starttasktag":
-            name, value = "tags", payload.get("tag")
-        elif kind == "starttaskcustomproperty":
-            name, value = "customProperties", f"{payload.get('name')}={payload.get('value')}"
-        elif kind == "keyvaluestore":
-            name, value = "keyValues", f"{payload.get('namespace')}/{payload.get('key')}"
-        else:
-            continue
-        listed = found.setdefault(name, [])
-        if len(listed) < _ITEMS:
-            listed.append(_bounded(value))
-    return found
 
 
 def target_of(context: Context) -> dict[str, Any]:
     target: dict[str, Any] = {}
-    _fields(target, context.params)
+    named_fields(target, context.params)
     request = context.input
     if request is None:
         return target
-    _fields(target, request.query)
+    named_fields(target, request.query)
     body = request.body
     if isinstance(body, list):
-        target.update(_task_items(body))
+        target.update(task_items(body))
     elif isinstance(body, dict):
-        _fields(target, body)
+        named_fields(target, body)
         if isinstance(body.get("items"), list):
-            target.update(_task_items(body["items"]))
+            target.update(task_items(body["items"]))
     elif isinstance(body, str) and body:
-        target["bodyBytes"] = _size(body)
+        target["bodyBytes"] = size_of(body)
     return target
 
 
@@ -138,12 +60,8 @@ def _outcome(reply: Reply | None) -> Any:
     if not isinstance(answer, dict):
         return None
     if reply.status >= 400 and isinstance(answer.get("message"), str):
-        return _bounded(answer["message"])
-    started = answer.get("tasksId", {}).get("started") if isinstance(answer.get("tasksId"), dict) else None
-    if isinstance(started, list):
-        ids = [_bounded(t.get("taskId")) for t in started[:_ITEMS] if isinstance(t, dict)]
-        return {"started": ids}
-    return None
+        return bounded(answer["message"])
+    return started_of(answer)
 
 
 class Audit:
@@ -166,7 +84,7 @@ class Audit:
         if route is None:
             if status not in REFUSALS:
                 return
-            operation = f"{context.method} {_bounded(context.path)}"
+            operation = f"{context.method} {bounded(context.path)}"
         else:
             operation = route.operation or f"{context.method} {route.path}"
             changing = context.method in CHANGING_METHODS or operation in CHANGING_GETS
