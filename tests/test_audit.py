@@ -304,3 +304,31 @@ async def test_mqtt_task_starts_are_recorded(
     assert first["outcome"] == {"started": [APP1["taskId"]]}
     assert second["target"] == {"taskId": "-", "keyValues": ["n/k"]}
     assert marker.encode() not in file.read_bytes()
+
+
+def test_the_log_is_usable_without_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from butler import audit as audit_module
+    from butler.audit import AuditLog, AuditQuery, record_now
+    from butler.config.settings import AuditLogSettings
+
+    file = tmp_path / "audit.jsonl"
+    settings = AuditLogSettings(enable=True, file=file, max_bytes=1024 * 1024, keep=1)
+    assert record_now(settings, "tokenCreate", caller="cli root", target={"token": "ci"})
+    assert not record_now(AuditLogSettings(file=file), "tokenDelete", caller="cli root")
+    log = AuditLog(file, 1024 * 1024, 1)
+    log.start()
+    log.record("tokenDelete", caller="token admin", ip="10.0.0.5", target={"token": "ci"}, status=None)
+    log.close()  # what was queued is written first
+    first, second = lines(file)
+    assert (first["operation"], first["caller"], first["ip"]) == ("tokenCreate", "cli root", None)
+    assert (second["caller"], second["ip"]) == ("token admin", "10.0.0.5")
+    assert log.read(AuditQuery(caller="token admin")) == [second]
+    assert log.read(AuditQuery(caller="10.0.0.5")) == [second]
+    assert log.read(AuditQuery(operation="tokenCreate")) == [first]
+
+    # A writer that cannot keep up: what the queue cannot take is counted, never silently dropped.
+    monkeypatch.setattr(audit_module, "QUEUE_SIZE", 3)
+    stalled = AuditLog(file, 1024 * 1024, 1)  # not started: nothing is taken from its queue
+    for _ in range(5):
+        stalled.record("addKeyValue", caller=None, ip="127.0.0.1", status=201)
+    assert stalled.stats()["lost"] == 2 and stalled.stats()["queued"] == 3

@@ -19,9 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from butler.config.settings import AuditLogSettings
 
 log = logging.getLogger("butler.audit")
 
@@ -339,3 +342,22 @@ def _lines_backwards(file: IO[bytes]) -> Iterator[bytes]:
                 yield line
     if rest:
         yield rest
+
+
+def record_now(
+    settings: AuditLogSettings,
+    operation: str,
+    *,
+    caller: str,
+    target: dict[str, Any] | None = None,
+    outcome: Any = None,
+) -> bool:
+    """Record one event from outside a running Butler (a command-line tool changing tokens, say), written
+    before it returns; False when the audit log is off or the record could not be written (logged)."""
+    if not settings.enable:
+        return False
+    audit = AuditLog(settings.file, settings.max_bytes, settings.keep)
+    audit.start()
+    audit.record(operation, caller=caller, target=target, outcome=outcome)
+    audit.close()
+    return audit.written == 1
