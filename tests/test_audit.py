@@ -319,6 +319,8 @@ def test_the_log_is_usable_without_http(tmp_path: Path, monkeypatch: pytest.Monk
     log.start()
     log.record("tokenDelete", caller="token admin", ip="10.0.0.5", target={"token": "ci"}, status=None)
     log.close()  # what was queued is written first
+    log.record("late", caller="token admin")
+    assert log.stats()["lost"] == 1
     first, second = lines(file)
     assert (first["operation"], first["caller"], first["ip"]) == ("tokenCreate", "cli root", None)
     assert (second["caller"], second["ip"]) == ("token admin", "10.0.0.5")

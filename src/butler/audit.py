@@ -172,6 +172,7 @@ class AuditLog:
         self._files = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._closed = False
         self._lost_lock = threading.Lock()
 
     def start(self) -> None:
@@ -182,6 +183,7 @@ class AuditLog:
         """Write what is queued, then stop the writer."""
         if self._thread is None:
             return
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
@@ -205,6 +207,10 @@ class AuditLog:
         entry["status"] = status
         if outcome is not None:
             entry["outcome"] = outcome
+        if self._closed:
+            # Nothing would write it: counted, not left in the queue.
+            self._lose(1, "it was recorded after the audit log was closed")
+            return
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
