@@ -1,9 +1,10 @@
 """Records state-changing calls and refused calls in the audit log (``butler.audit``).
 
-Placed right after the access log, around the error envelope: it sees the status actually answered,
-refusals of every later step included (the browser guard's 403, authentication's 401 and 403, the rate
-limit's 429, validation's 400), and once the answer is known so are the route (set by ``Routing``) and the
-caller (set by authentication). Read-only calls that succeed, and 404s of unknown paths, are not recorded.
+Placed after the access log and the request metrics, around the error envelope: it sees the status
+actually answered, refusals of every later step included (the browser guard's 403, authentication's 401
+and 403, the rate limit's 429, validation's 400), and once the answer is known so are the route (set by
+``Routing``) and the caller (set by authentication). Read-only calls that succeed, and 404s of unknown
+paths, are not recorded.
 
 Only names are taken from a request: route parameters, the query and body fields that say what a call is
 about (task ids, namespace and key, file paths, topic, schedule). Values of key-value pairs and message
