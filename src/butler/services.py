@@ -144,7 +144,18 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
     points = _influx_points(services)
     if points is not None:
         full_logs |= points.full_logs()
-    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs)
+    sharing = None
+    if settings.key_value.backend == "redis":
+        # Several Butlers on this Redis, each sent every datagram: each task event handled by one of them.
+        from butler.events.sharing import EventSharing, events_prefix
+
+        sharing = EventSharing(
+            settings.key_value.redis_url,
+            events_prefix(settings.key_value.redis_prefix),
+            claim_seconds=udp.task_events.timeout_seconds + 20,
+            done_seconds=max(udp.task_events.dedup_seconds, 60),
+        )
+    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs, sharing)
     if alerts is not None:
         alerts.subscribe(events.bus)
     if points is not None:

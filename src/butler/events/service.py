@@ -18,6 +18,7 @@ from butler.events.parsing import (
     parse_session_datagram,
     parse_task_datagram,
 )
+from butler.events.sharing import EventSharing
 from butler.events.task_outcomes import TaskEnricher, TaskOutcomes
 from butler.events.udp import UdpLimits, UdpListener, resolve_sources
 from butler.mqtt import MqttClient
@@ -37,12 +38,16 @@ class SenseEvents:
         mqtt: MqttClient | None,
         topics: EventTopics,
         full_logs: frozenset[str] = frozenset(),
+        sharing: EventSharing | None = None,
     ) -> None:
         self.settings = settings
+        self.sharing = sharing
         self.bus = EventBus()
-        self.users = ActiveUsers(settings.session_expiry_seconds, settings.session_state_file, bus=self.bus)
+        self.users = ActiveUsers(
+            settings.session_expiry_seconds, settings.session_state_file, bus=self.bus, sharing=sharing
+        )
         enricher = TaskEnricher(qrs, settings.task_events, full_logs) if qrs is not None else None
-        self.outcomes = TaskOutcomes(enricher, settings.task_events, self.bus)
+        self.outcomes = TaskOutcomes(enricher, settings.task_events, self.bus, sharing)
         self.publisher = (
             EventPublisher(mqtt, topics, self.users, settings.active_users_publish_seconds)
             if mqtt is not None
@@ -98,6 +103,8 @@ class SenseEvents:
         await self.bus.stop()
         if self.publisher is not None:
             self.publisher.close()
+        if self.sharing is not None:
+            await self.sharing.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -108,6 +115,7 @@ class SenseEvents:
             "taskEventsPartial": self.outcomes.partial,
             "activeUsers": self.users.count(),
             "consumers": self.bus.stats(),
+            **({"sharing": self.sharing.stats()} if self.sharing is not None else {}),
         }
 
     def _listener_error(self, name: str, exc: Exception) -> None:
