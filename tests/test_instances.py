@@ -150,10 +150,11 @@ async def instances(
     simulator.session_udp.targets = []
     started: list[ButlerProcess] = []
 
-    async def start(redis_url: str, smtp_port: int | None = None) -> Instance:
+    async def start(redis_url: str, smtp_port: int | None = None, **task_events: Any) -> Instance:
         document, rest_port, task_port, session_port = instance_config(
             simulator, site_certs, redis_url, prefix, smtp_port, broker.port
         )
+        document["Butler"]["udpServerConfig"]["taskEvents"] = task_events
         folder = tmp_path / f"butler-{rest_port}"  # a log of its own
         folder.mkdir()
         path = write_config(folder / "butler.yaml", document)
@@ -367,3 +368,37 @@ async def settle_shared(butlers: list[Instance], seconds: float = 10) -> None:
             return
         assert time.monotonic() < deadline, [h["instance"] for h in healths]
         await asyncio.sleep(0.2)
+
+
+async def test_an_event_whose_claimant_dies_is_handled_by_another_butler(
+    simulator: Any, instances: Any, redis_url: str, published: Published, control: Any
+) -> None:
+    """The Butler that claimed an event is killed while it enriches it (QRS slow): the claim expires
+    without being marked done, and the other Butler handles the event, once."""
+    # The claim lasts twice the enrichment timeout plus 5 s: 7 s here.
+    butlers = [await instances(redis_url, enrichTimeoutSeconds=1) for _ in range(2)]
+    assert (await control("PUT", "/faults/qrs", {"latency_ms": 3000}))[0] == 200
+    task_id = reload_tasks(simulator)[0]
+    simulator.scheduler.next_outcome[task_id] = RunBehaviour(outcome="fail", duration_ms=100, error="boom")
+    assert simulator.scheduler.start(task_id) is not None
+    failed = 1
+    claimant = None
+    deadline = time.monotonic() + 5
+    while claimant is None:
+        for one in butlers:
+            if (await one.get("/health"))["udpEvents"]["sharing"]["taskEvents"]["claimed"]:
+                claimant = one
+        assert time.monotonic() < deadline, "no Butler claimed the events"
+        await asyncio.sleep(0.02)
+    claimant.process.proc.kill()
+    killed_at = time.monotonic()
+    claimant.process.proc.wait(10)
+    assert not published.by_execution  # killed before it published anything
+    survivor = next(one for one in butlers if one is not claimant)
+    await settle(lambda: len(published.by_execution) >= failed, 15, lambda: published.by_execution)
+    took = time.monotonic() - killed_at
+    await asyncio.sleep(1)
+    assert len(published.by_execution) == failed and set(published.by_execution.values()) == {1}
+    counts = (await survivor.get("/health"))["udpEvents"]["sharing"]["taskEvents"]
+    assert counts["takenOver"] >= 1, counts
+    print(f"taken over {took:.1f} s after the claimant was killed: {counts}")

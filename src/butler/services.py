@@ -152,7 +152,8 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
         sharing = EventSharing(
             settings.key_value.redis_url,
             events_prefix(settings.key_value.redis_prefix),
-            claim_seconds=udp.task_events.timeout_seconds + 20,
+            # Enrichment ends within its timeout; the margin covers a busy Butler's publishing.
+            claim_seconds=2 * udp.task_events.timeout_seconds + 5,
             done_seconds=max(udp.task_events.dedup_seconds, 60),
         )
     events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs, sharing)
