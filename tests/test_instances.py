@@ -284,10 +284,34 @@ async def same_users(butlers: list[Instance], count: int, seconds: float = 10) -
 
 
 async def test_every_butler_answers_the_same_active_users(
-    simulator: Any, instances: Any, redis_url: str
+    simulator: Any, instances: Any, redis_url: str, broker: Broker
 ) -> None:
     """The third Butler starts after the sessions began, so it never saw their events: it answers the
-    same users as the other two all the same, and all three follow the sessions that end later."""
+    same users as the other two all the same, and all three follow the sessions that end later. Each
+    session event goes to MQTT once."""
+    session_messages: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    async def read(client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            session_messages[str(message.topic), bytes(message.payload).decode()] += 1  # type: ignore[arg-type]
+
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.subscribe("qliksense/session/#", qos=1)
+        await client.subscribe("qliksense/connection/#", qos=1)
+        reader = asyncio.get_running_loop().create_task(read(client))
+        try:
+            await _same_users_on_three(simulator, instances, redis_url)
+            await asyncio.sleep(1)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+    starts = {k: n for k, n in session_messages.items() if k[0] == "qliksense/session/start"}
+    stops = {k: n for k, n in session_messages.items() if k[0] == "qliksense/session/stop"}
+    assert len(starts) == 12 and len(stops) == 4, session_messages
+    assert set(session_messages.values()) == {1}, session_messages
+
+
+async def _same_users_on_three(simulator: Any, instances: Any, redis_url: str) -> None:
     butlers = [await instances(redis_url) for _ in range(2)]
     sessions = {}
     for n in range(12):

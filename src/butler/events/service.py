@@ -3,8 +3,12 @@ they publish to and its consumers (MQTT out)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
+import hashlib
 import logging
+from collections import deque
 from typing import Any
 
 from butler.config.settings import EventTopics, UdpServerSettings
@@ -25,6 +29,12 @@ from butler.mqtt import MqttClient
 from butler.qlik.qrs import QrsClient
 
 log = logging.getLogger("butler.events")
+
+#: How long a session event's claim is held: far longer than its datagrams take to reach every Butler,
+#: far shorter than the time between two real events with the same fields.
+SESSION_CLAIM_MS = 5000
+#: Session events waiting for their claim at most; beyond, they are published unclaimed.
+MAX_SESSION_BACKLOG = 10_000
 
 
 class SenseEvents:
@@ -55,6 +65,10 @@ class SenseEvents:
         )
         if self.publisher is not None:
             self.bus.subscribe("mqtt", self.publisher.handle, *EventPublisher.KINDS)
+        #: Session events waiting for their claim (with sharing): only the Butler that gets it publishes.
+        self._unclaimed: deque[SessionEvent] = deque()
+        self._claiming: asyncio.Task[None] | None = None
+        self._claim_wake = asyncio.Event()
         self.task_listener: UdpListener[TaskEvent | EngineReloadFailed] | None = None
         self.session_listener: UdpListener[SessionEvent] | None = None
 
@@ -78,6 +92,8 @@ class SenseEvents:
         await sessions.open(settings.host, settings.session_port)
         self.session_listener = sessions
         self.bus.start()
+        if self.sharing is not None:
+            self._claiming = asyncio.get_running_loop().create_task(self._claim_sessions(self.sharing))
         self.users.start()
         self.outcomes.start()
         if self.outcomes.enricher is None:
@@ -99,6 +115,9 @@ class SenseEvents:
             if listener is not None:
                 listener.close()
         await self.outcomes.stop()
+        if self._claiming is not None:
+            self._claiming.cancel()
+            await asyncio.gather(self._claiming, return_exceptions=True)
         await self.users.stop()
         await self.bus.stop()
         if self.publisher is not None:
@@ -140,8 +159,29 @@ class SenseEvents:
             self.users.apply(event)
         except TooManySessions:
             return "sessionLimit"
-        self.bus.publish(event)
+        if self.sharing is None or len(self._unclaimed) >= MAX_SESSION_BACKLOG:
+            self.bus.publish(event)
+        else:
+            self._unclaimed.append(event)
+            self._claim_wake.set()
         return None
+
+    async def _claim_sessions(self, sharing: EventSharing) -> None:
+        """Claim waiting session events in batches, in order, and publish those this Butler got."""
+        while True:
+            await self._claim_wake.wait()
+            self._claim_wake.clear()
+            while self._unclaimed:
+                batch = [self._unclaimed.popleft() for _ in range(min(500, len(self._unclaimed)))]
+                won = await sharing.claim_many([_session_key(e) for e in batch], SESSION_CLAIM_MS)
+                for event, mine in zip(batch, won, strict=True):
+                    if mine:
+                        self.bus.publish(event)
+
+
+def _session_key(event: SessionEvent) -> str:
+    fields = "\x1f".join(str(v) for v in dataclasses.astuple(event))
+    return "session " + hashlib.sha256(fields.encode()).hexdigest()
 
 
 def _task_type(event: TaskEvent | EngineReloadFailed) -> str:

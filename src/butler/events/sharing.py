@@ -129,6 +129,23 @@ class EventSharing:
             self.claimed_elsewhere += 1
         return bool(got)
 
+    async def claim_many(self, keys: list[str], ttl_ms: int) -> list[bool]:
+        """Claims of short-lived events (session events), all in one round trip, held ``ttl_ms``: the
+        datagrams of one event reach every Butler within it. All True when Redis cannot say."""
+
+        def claim() -> Awaitable[list[Any]]:
+            pipeline = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.set(self._key(key), self.instance, nx=True, px=ttl_ms)
+            return pipeline.execute()
+
+        try:
+            got = await self._call(claim)
+        except SharingUnavailable:
+            return [True] * len(keys)
+        self._worked()
+        return [bool(g) for g in got]
+
     async def state(self, key: str) -> str | None:
         """``claimed``, ``done`` or None (nobody holds it); raises ``SharingUnavailable``."""
         value = await self._call(lambda: self._client.get(self._key(key)))
@@ -198,7 +215,7 @@ class EventSharing:
         return {
             "redis": self._client.connection_pool.connection_kwargs.get("host", ""),
             "shared": self.available,
-            "shares": ["taskEventClaims", "deduplication", "activeUserSessions"],
+            "shares": ["taskEventClaims", "deduplication", "sessionEventClaims", "activeUserSessions"],
             "lastError": None if self.available else self.last_error,
             "downSince": self.down_since,
             "taskEvents": {
