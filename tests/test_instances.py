@@ -24,8 +24,10 @@ import pytest
 import butler
 from qliksim.site import RunBehaviour
 from tests.conftest import Broker, ButlerProcess, free_port, udp_ports, write_config
+from tests.influxdb import Influxd, influxd  # noqa: F401 (fixture)
 from tests.test_alert_email import Mailbox, Server
 from tests.test_events import open_session, udp_config
+from tests.test_influx import influx_section
 from tests.test_task_start import butler_config
 
 TEMPLATES = Path(butler.__file__).parent / "alert_templates"
@@ -150,11 +152,15 @@ async def instances(
     simulator.session_udp.targets = []
     started: list[ButlerProcess] = []
 
-    async def start(redis_url: str, smtp_port: int | None = None, **task_events: Any) -> Instance:
+    async def start(
+        redis_url: str, smtp_port: int | None = None, influx: Influxd | None = None, **task_events: Any
+    ) -> Instance:
         document, rest_port, task_port, session_port = instance_config(
             simulator, site_certs, redis_url, prefix, smtp_port, broker.port
         )
         document["Butler"]["udpServerConfig"]["taskEvents"] = task_events
+        if influx is not None:
+            document["Butler"]["influxDb"] = influx_section(influx, flushIntervalSeconds=0.2)
         folder = tmp_path / f"butler-{rest_port}"  # a log of its own
         folder.mkdir()
         path = write_config(folder / "butler.yaml", document)
@@ -226,15 +232,19 @@ async def settle(condition: Callable[[], bool], seconds: float, why: Callable[[]
 
 
 async def test_three_butlers_alert_and_publish_each_failed_reload_once(
-    simulator: Any, instances: Any, redis_url: str, published: Published
+    simulator: Any,
+    instances: Any,
+    redis_url: str,
+    published: Published,
+    influxd: Influxd,  # noqa: F811
 ) -> None:
-    """Every datagram reaches all three Butlers: each of 200+ failed reloads is mailed once and published
-    to MQTT once, and the three share the work."""
+    """Every datagram reaches all three Butlers: each of 200+ failed reloads is mailed once, published to
+    MQTT once and written to InfluxDB once, and the three share the work."""
     mailbox = Mailbox()
     smtp = Server(mailbox)
     await smtp.start()
     try:
-        butlers = [await instances(redis_url, smtp.port) for _ in range(3)]
+        butlers = [await instances(redis_url, smtp.port, influxd) for _ in range(3)]
         began = time.monotonic()
         failed = await fail_reloads(simulator, 200)
         assert failed >= 200
@@ -251,6 +261,15 @@ async def test_three_butlers_alert_and_publish_each_failed_reload_once(
         assert len(mails) == failed and set(mails.values()) == {1}, mails.most_common(3)
         assert len(messages) == failed and set(messages.values()) == {1}, messages.most_common(3)
         assert set(mails) == set(messages)
+
+        def points() -> collections.Counter[str]:
+            rows = influxd.rows("SELECT execution_id FROM reload_task_failed")
+            return collections.Counter(str(row["execution_id"]) for row in rows)
+
+        await settle(lambda: sum(points().values()) >= failed, 20, lambda: sum(points().values()))
+        await asyncio.sleep(1)
+        written = points()
+        assert set(written) == set(mails) and set(written.values()) == {1}, written.most_common(3)
         healths = [await b.get("/health") for b in butlers]
         for health in healths:
             assert health["udpEvents"]["taskEvents"]["received"] == failed  # every Butler got every event
