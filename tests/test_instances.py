@@ -445,3 +445,39 @@ async def test_an_event_whose_claimant_dies_is_handled_by_another_butler(
     counts = (await survivor.get("/health"))["udpEvents"]["sharing"]["taskEvents"]
     assert counts["takenOver"] >= 1, counts
     print(f"taken over {took:.1f} s after the claimant was killed: {counts}")
+
+
+async def test_the_bus_tells_when_every_consumer_took_an_event() -> None:
+    """What marks a claimed event done: called once every consumer handled it, failed on it or dropped it
+    (its queue full), never for an event still queued at shutdown (another Butler takes that over)."""
+    from butler.events.bus import EventBus
+
+    bus = EventBus(drain_seconds=0.1)
+    release = asyncio.Event()
+    taken: list[int] = []
+
+    async def slow(number: int) -> None:
+        await release.wait()
+
+    async def failing(number: int) -> None:
+        raise ValueError(number)
+
+    bus.subscribe("slow", slow, int, queue_size=2)
+    bus.subscribe("failing", failing, int)
+    bus.subscribe("texts", slow, str)
+    bus.start()
+    for number in range(4):
+        bus.publish(number, lambda number=number: taken.append(number))  # type: ignore[misc]
+    bus.publish("nobody takes strings but texts", lambda: taken.append(-1))
+    bus.publish(1.5, lambda: taken.append(-2))  # no consumer of floats: taken at once
+    await asyncio.sleep(0.05)
+    # The slow consumer holds 0 and 1 (one in hand, one queued) and dropped 2 and 3 (its queue full).
+    assert sorted(taken) == [-2, 2, 3]
+    release.set()
+    await settle(lambda: len(taken) == 6, 2, lambda: taken)
+    assert sorted(taken) == [-2, -1, 0, 1, 2, 3]
+    release.clear()
+    bus.publish(9, lambda: taken.append(9))
+    bus.publish(10, lambda: taken.append(10))
+    await bus.stop()  # 9 in hand and 10 queued when the slow consumer is cancelled
+    assert 9 not in taken and 10 not in taken
