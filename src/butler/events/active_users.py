@@ -41,6 +41,8 @@ UserKey = tuple[str, str]  # (directory, user id), case-folded
 MAX_SESSIONS = 200_000
 #: How often the sessions are written to and read from a shared Redis.
 SYNC_SECONDS = 0.5
+#: With a shared Redis, a session's last event is moved on in steps of this many seconds at most.
+SEEN_STEP = 30.0
 
 
 class TooManySessions(Exception):
@@ -230,8 +232,11 @@ class ActiveUsers:
                 del self._hosts[host]
             self._share(host, key, None)
         elif session is not None:
-            session.last_seen = now
-            self._share(host, key, session)
+            # Shared, a session's last event is kept in steps: each step is a write to Redis and a read
+            # of every session by every Butler, and expiry needs no finer time.
+            if self.sharing is None or now - session.last_seen >= min(SEEN_STEP, self.expiry_seconds / 4):
+                session.last_seen = now
+                self._share(host, key, session)
             return False
         elif event.command in ("Start session", "Open connection"):
             # Proxies are few, so counting the sessions costs little, and only for a new session.
