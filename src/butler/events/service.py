@@ -134,8 +134,14 @@ class SenseEvents:
             "taskEventsPartial": self.outcomes.partial,
             "activeUsers": self.users.count(),
             "consumers": self.bus.stats(),
-            **({"sharing": self.sharing.stats()} if self.sharing is not None else {}),
+            **({"sharing": self._sharing_stats(self.sharing)} if self.sharing is not None else {}),
         }
+
+    def _sharing_stats(self, sharing: EventSharing) -> dict[str, Any]:
+        stats = sharing.stats()
+        # Events another Butler claimed, kept in case it does not finish them; those not kept (too many).
+        stats["taskEvents"] |= {"setAside": self.outcomes.set_aside, "notSetAside": self.outcomes.not_watched}
+        return stats
 
     def _listener_error(self, name: str, exc: Exception) -> None:
         if self.publisher is not None:

@@ -18,6 +18,7 @@ its own sessions; when it is back, each writes what it has before it reads again
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -39,6 +40,9 @@ T = TypeVar("T")
 #: This process among the Butlers sharing a Redis: the host, the process and a random part (a restarted
 #: Butler with the same pid is another instance).
 INSTANCE_ID = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+#: How long one Redis call may take before Redis counts as away.
+ANSWER_SECONDS = 2.0
 
 CLAIMED = "claimed"
 DONE = "done"
@@ -80,14 +84,22 @@ class EventSharing:
         more, since after Redis restarted each of them fails once ("connection closed by server") and
         an event claimed locally then would be handled twice. Raises ``SharingUnavailable``."""
         try:
-            return await self._redis.call(command())
+            return await self._answer(command)
         except SharingUnavailable:
             await self._client.connection_pool.disconnect()
         try:
-            return await self._redis.call(command())
+            return await self._answer(command)
         except SharingUnavailable as exc:
             self._failed(exc)
             raise
+
+    async def _answer(self, command: Callable[[], Awaitable[T]]) -> T:
+        # A Redis that takes no answer back (a network that drops packets) must not hold the events up.
+        try:
+            async with asyncio.timeout(ANSWER_SECONDS):
+                return await self._redis.call(command())
+        except TimeoutError as exc:
+            raise SharingUnavailable(f"no answer within {ANSWER_SECONDS:g} s") from exc
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}claim:{quote(key, safe='')}"

@@ -340,6 +340,10 @@ class TaskOutcomes:
             await self.enricher.close()
 
     @property
+    def set_aside(self) -> int:
+        return len(self._watched)
+
+    @property
     def queued(self) -> int:
         return self._queue.qsize()
 
