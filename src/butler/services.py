@@ -147,7 +147,22 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
     points = _influx_points(services)
     if points is not None:
         full_logs |= points.full_logs()
-    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs)
+    sharing = None
+    if settings.key_value.backend == "redis":
+        # Several Butlers on this Redis, each sent every datagram: each task event handled by one of them.
+        from butler.events.sharing import EventSharing, events_prefix
+
+        task_events = udp.task_events
+        # Enrichment ends within its timeout; the margin covers a busy Butler's publishing.
+        claim = 2 * task_events.timeout_seconds + 5
+        sharing = EventSharing(
+            settings.key_value.redis_url,
+            events_prefix(settings.key_value.redis_prefix),
+            claim_seconds=claim,
+            # Without deduplication, "done" need only outlive the other Butlers' look at an expired claim.
+            done_seconds=max(task_events.dedup_seconds if task_events.dedup else 0, claim + 60),
+        )
+    events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs, sharing)
     if alerts is not None:
         alerts.subscribe(events.bus)
     if points is not None:

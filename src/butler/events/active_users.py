@@ -10,6 +10,10 @@ bus as ``ActiveUsersChanged``.
 
 With a ``state_file``, the sessions are saved (after changes, at most once per sweep, and at shutdown)
 and read back at start-up, so a restart of Butler does not forget who is logged in.
+
+With ``sharing`` (several Butlers on one Redis), every change is also written to Redis and the sessions
+are read back from there whenever another Butler changed them (``events/sharing.py``), so that every
+Butler answers the same users; this Butler's changes not yet written stay on top of what it read.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import orjson
 
 from butler.events.bus import EventBus
 from butler.events.parsing import SessionEvent
+from butler.events.sharing import EventSharing, SharingUnavailable
 
 log = logging.getLogger("butler.activeusers")
 
@@ -34,6 +39,10 @@ UserKey = tuple[str, str]  # (directory, user id), case-folded
 
 #: Sessions kept at most: a flood of invented logins cannot grow memory without bound.
 MAX_SESSIONS = 200_000
+#: How often the sessions are written to and read from a shared Redis.
+SYNC_SECONDS = 0.5
+#: With a shared Redis, a session's last event is moved on in steps of this many seconds at most.
+SEEN_STEP = 30.0
 
 
 class TooManySessions(Exception):
@@ -73,17 +82,93 @@ class ActiveUsers:
     max_sessions: int = MAX_SESSIONS
     #: Where every change is published; None: nobody is told.
     bus: EventBus | None = None
+    #: The Redis the sessions are shared through; None: this Butler's own.
+    sharing: EventSharing | None = None
     _hosts: dict[str, dict[UserKey, _Session]] = field(default_factory=dict)
     _sweeper: asyncio.Task[None] | None = None
     _unsaved: bool = False
+    #: Changes not yet written to Redis: (host, directory, user id) → the session, or None when it ended.
+    _unshared: dict[tuple[str, str, str], _Session | None] = field(default_factory=dict)
+    #: Write every session before reading again (at start-up, and when Redis is back after a failure).
+    _write_all: bool = True
+    _version: str | None = None
+    _syncer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         restored = self.load()
         if restored:
             log.info("%d user sessions restored from %s", restored, self.state_file)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        if self.sharing is not None:
+            self.sharing.on_back.append(self._rewrite)
+            self._syncer = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    def _rewrite(self) -> None:
+        self._write_all = True
+
+    async def _sync_forever(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except SharingUnavailable:
+                self._write_all = True  # Redis may come back empty: what this Butler knows goes back
+            except Exception:  # a fault here must not end sharing for good
+                log.exception("user sessions not shared")
+            await asyncio.sleep(SYNC_SECONDS)
+
+    async def sync(self) -> None:
+        """Write this Butler's changes to Redis, then read every Butler's when they changed."""
+        sharing = self.sharing
+        assert sharing is not None
+        if self._write_all:
+            for host, sessions in self._hosts.items():
+                for key, session in sessions.items():
+                    self._unshared.setdefault((host, *key), session)
+        pending, self._unshared = self._unshared, {}
+        write_all, self._write_all = self._write_all, False
+        if pending:
+            put = {
+                _field(k): orjson.dumps([s.directory, s.user_id, s.since, s.last_seen])
+                for k, s in pending.items()
+                if s is not None
+            }
+            try:
+                await sharing.write_sessions(put, [_field(k) for k, s in pending.items() if s is None])
+            except SharingUnavailable:
+                self._write_all = self._write_all or write_all
+                for k, s in pending.items():
+                    self._unshared.setdefault(k, s)
+                raise
+        version = await sharing.sessions_version()
+        if version is not None and version == self._version:
+            return
+        version, rows = await sharing.read_sessions()
+        hosts: dict[str, dict[UserKey, _Session]] = {}
+        for name, row in rows.items():
+            try:
+                host, directory_key, user_key = name.split("\x1f")
+                directory, user_id, since, last_seen = row
+                session = _Session(str(directory), str(user_id), float(since), float(last_seen))
+            except (TypeError, ValueError):
+                continue
+            hosts.setdefault(host, {})[(directory_key, user_key)] = session
+        for (host, directory_key, user_key), unshared in self._unshared.items():
+            if unshared is None:
+                hosts.get(host, {}).pop((directory_key, user_key), None)
+            else:
+                hosts.setdefault(host, {})[(directory_key, user_key)] = unshared
+        hosts = {host: sessions for host, sessions in hosts.items() if sessions}
+        changed = _who(hosts) != _who(self._hosts)
+        self._hosts = hosts
+        self._version = version
+        if changed:
+            self._changed()
 
     async def stop(self) -> None:
+        if self._syncer is not None:
+            self._syncer.cancel()
+            await asyncio.gather(self._syncer, return_exceptions=True)
+            self._syncer = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -145,18 +230,29 @@ class ActiveUsers:
             del sessions[key]
             if not sessions:
                 del self._hosts[host]
+            self._share(host, key, None)
         elif session is not None:
-            session.last_seen = now
+            # Shared, a session's last event is kept in steps: each step is a write to Redis and a read
+            # of every session by every Butler, and expiry needs no finer time.
+            if self.sharing is None or now - session.last_seen >= min(SEEN_STEP, self.expiry_seconds / 4):
+                session.last_seen = now
+                self._share(host, key, session)
             return False
         elif event.command in ("Start session", "Open connection"):
             # Proxies are few, so counting the sessions costs little, and only for a new session.
             if sum(len(kept) for kept in self._hosts.values()) >= self.max_sessions:
                 raise TooManySessions(f"{self.max_sessions} sessions are kept already")
-            self._hosts.setdefault(host, {})[key] = _Session(event.user_directory, event.user_id, now, now)
+            session = _Session(event.user_directory, event.user_id, now, now)
+            self._hosts.setdefault(host, {})[key] = session
+            self._share(host, key, session)
         else:
             return False
         self._changed()
         return True
+
+    def _share(self, host: str, key: UserKey, session: _Session | None) -> None:
+        if self.sharing is not None:
+            self._unshared[(host, *key)] = session
 
     def expire(self, now: float | None = None) -> int:
         """Drop sessions without an event for ``expiry_seconds``; how many were dropped."""
@@ -165,6 +261,7 @@ class ActiveUsers:
         for host, sessions in list(self._hosts.items()):
             for key in [k for k, s in sessions.items() if s.last_seen < limit]:
                 del sessions[key]
+                self._share(host, key, None)
                 dropped += 1
             if not sessions:
                 del self._hosts[host]
@@ -235,6 +332,15 @@ class ActiveUsers:
             self.expire()
             if self._unsaved:
                 await self.save()
+
+
+def _field(key: tuple[str, str, str]) -> str:
+    """A session's field in the shared hash: host, directory and user id (case-folded)."""
+    return "\x1f".join(key)
+
+
+def _who(hosts: dict[str, dict[UserKey, _Session]]) -> dict[str, set[UserKey]]:
+    return {host: set(sessions) for host, sessions in hosts.items()}
 
 
 def _replace(path: Path, data: bytes) -> None:

@@ -34,6 +34,21 @@ LOG_INTERVAL = 60.0
 Event = TypeVar("Event")
 
 
+class _Taken:
+    """Calls ``callback`` once every consumer an event went to has taken it (handled, failed or dropped)."""
+
+    __slots__ = ("callback", "left")
+
+    def __init__(self, left: int, callback: Callable[[], None]) -> None:
+        self.left = left
+        self.callback = callback
+
+    def one(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.callback()
+
+
 class Subscription(Generic[Event]):
     """One consumer: the kinds of events it takes, its queue, its worker and its counts."""
 
@@ -53,7 +68,7 @@ class Subscription(Generic[Event]):
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
-        self._queue: deque[Event] = deque()
+        self._queue: deque[tuple[Event, _Taken | None]] = deque()
         #: What the idle worker waits on (a bare future: cheaper than an Event, at one wake-up per event).
         self._idle: asyncio.Future[None] | None = None
         self._closing = False
@@ -69,9 +84,11 @@ class Subscription(Generic[Event]):
             "queueSize": self.queue_size,
         }
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, taken: _Taken | None = None) -> None:
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
+            if taken is not None:
+                taken.one()
             if self._throttle.ready("dropped"):
                 log.warning(
                     "event consumer %s is behind: its queue of %d events is full, events are dropped "
@@ -80,7 +97,7 @@ class Subscription(Generic[Event]):
                     self.queue_size,
                 )
             return
-        self._queue.append(event)
+        self._queue.append((event, taken))
         self._wake()
 
     def _wake(self) -> None:
@@ -101,7 +118,7 @@ class Subscription(Generic[Event]):
                 self._idle = asyncio.get_running_loop().create_future()
                 await self._idle
                 continue
-            event = queue.popleft()
+            event, taken = queue.popleft()
             try:
                 await self.handler(event)
             except Exception:  # a consumer's fault must not end its worker
@@ -114,6 +131,8 @@ class Subscription(Generic[Event]):
                     )
             else:
                 self.delivered += 1
+            if taken is not None:
+                taken.one()
 
     async def stop(self, drain_seconds: float) -> None:
         """Deliver what is queued within ``drain_seconds``, then cancel the worker."""
@@ -166,13 +185,18 @@ class EventBus:
             subscription.start()
         return subscription
 
-    def publish(self, event: object) -> None:
-        """Queue ``event`` for every consumer of its kind; never waits."""
+    def publish(self, event: object, taken: Callable[[], None] | None = None) -> None:
+        """Queue ``event`` for every consumer of its kind; never waits. ``taken`` is called once every
+        one of them has handled it (or dropped it, its queue full); never for an event still queued at
+        shutdown, so that what one Butler did not finish can be taken over by another."""
         if self._closed:
             return
-        for subscription in self.subscriptions:
-            if isinstance(event, subscription.kinds):
-                subscription.offer(event)
+        takers = [s for s in self.subscriptions if isinstance(event, s.kinds)]
+        tracker = _Taken(len(takers), taken) if taken is not None and takers else None
+        for subscription in takers:
+            subscription.offer(event, tracker)
+        if taken is not None and not takers:
+            taken()
 
     def start(self) -> None:
         self._running = True

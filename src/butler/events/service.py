@@ -3,8 +3,12 @@ they publish to and its consumers (MQTT out)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
+import hashlib
 import logging
+from collections import deque
 from typing import Any
 
 from butler.config.settings import EventTopics, UdpServerSettings
@@ -18,12 +22,19 @@ from butler.events.parsing import (
     parse_session_datagram,
     parse_task_datagram,
 )
+from butler.events.sharing import EventSharing
 from butler.events.task_outcomes import TaskEnricher, TaskOutcomes
 from butler.events.udp import UdpLimits, UdpListener, resolve_sources
 from butler.mqtt import MqttClient
 from butler.qlik.qrs import QrsClient
 
 log = logging.getLogger("butler.events")
+
+#: How long a session event's claim is held: far longer than its datagrams take to reach every Butler,
+#: far shorter than the time between two real events with the same fields.
+SESSION_CLAIM_MS = 5000
+#: Session events waiting for their claim at most; beyond, they are published unclaimed.
+MAX_SESSION_BACKLOG = 10_000
 
 
 class SenseEvents:
@@ -37,12 +48,16 @@ class SenseEvents:
         mqtt: MqttClient | None,
         topics: EventTopics,
         full_logs: frozenset[str] = frozenset(),
+        sharing: EventSharing | None = None,
     ) -> None:
         self.settings = settings
+        self.sharing = sharing
         self.bus = EventBus()
-        self.users = ActiveUsers(settings.session_expiry_seconds, settings.session_state_file, bus=self.bus)
+        self.users = ActiveUsers(
+            settings.session_expiry_seconds, settings.session_state_file, bus=self.bus, sharing=sharing
+        )
         enricher = TaskEnricher(qrs, settings.task_events, full_logs) if qrs is not None else None
-        self.outcomes = TaskOutcomes(enricher, settings.task_events, self.bus)
+        self.outcomes = TaskOutcomes(enricher, settings.task_events, self.bus, sharing)
         self.publisher = (
             EventPublisher(mqtt, topics, self.users, settings.active_users_publish_seconds)
             if mqtt is not None
@@ -50,6 +65,10 @@ class SenseEvents:
         )
         if self.publisher is not None:
             self.bus.subscribe("mqtt", self.publisher.handle, *EventPublisher.KINDS)
+        #: Session events waiting for their claim (with sharing): only the Butler that gets it publishes.
+        self._unclaimed: deque[SessionEvent] = deque()
+        self._claiming: asyncio.Task[None] | None = None
+        self._claim_wake = asyncio.Event()
         self.task_listener: UdpListener[TaskEvent | EngineReloadFailed] | None = None
         self.session_listener: UdpListener[SessionEvent] | None = None
 
@@ -73,6 +92,8 @@ class SenseEvents:
         await sessions.open(settings.host, settings.session_port)
         self.session_listener = sessions
         self.bus.start()
+        if self.sharing is not None:
+            self._claiming = asyncio.get_running_loop().create_task(self._claim_sessions(self.sharing))
         self.users.start()
         self.outcomes.start()
         if self.outcomes.enricher is None:
@@ -94,10 +115,15 @@ class SenseEvents:
             if listener is not None:
                 listener.close()
         await self.outcomes.stop()
+        if self._claiming is not None:
+            self._claiming.cancel()
+            await asyncio.gather(self._claiming, return_exceptions=True)
         await self.users.stop()
         await self.bus.stop()
         if self.publisher is not None:
             self.publisher.close()
+        if self.sharing is not None:
+            await self.sharing.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -108,7 +134,14 @@ class SenseEvents:
             "taskEventsPartial": self.outcomes.partial,
             "activeUsers": self.users.count(),
             "consumers": self.bus.stats(),
+            **({"sharing": self._sharing_stats(self.sharing)} if self.sharing is not None else {}),
         }
+
+    def _sharing_stats(self, sharing: EventSharing) -> dict[str, Any]:
+        stats = sharing.stats()
+        # Events another Butler claimed, kept in case it does not finish them; those not kept (too many).
+        stats["taskEvents"] |= {"setAside": self.outcomes.set_aside, "notSetAside": self.outcomes.not_watched}
+        return stats
 
     def _listener_error(self, name: str, exc: Exception) -> None:
         if self.publisher is not None:
@@ -132,8 +165,29 @@ class SenseEvents:
             self.users.apply(event)
         except TooManySessions:
             return "sessionLimit"
-        self.bus.publish(event)
+        if self.sharing is None or len(self._unclaimed) >= MAX_SESSION_BACKLOG:
+            self.bus.publish(event)
+        else:
+            self._unclaimed.append(event)
+            self._claim_wake.set()
         return None
+
+    async def _claim_sessions(self, sharing: EventSharing) -> None:
+        """Claim waiting session events in batches, in order, and publish those this Butler got."""
+        while True:
+            await self._claim_wake.wait()
+            self._claim_wake.clear()
+            while self._unclaimed:
+                batch = [self._unclaimed.popleft() for _ in range(min(500, len(self._unclaimed)))]
+                won = await sharing.claim_many([_session_key(e) for e in batch], SESSION_CLAIM_MS)
+                for event, mine in zip(batch, won, strict=True):
+                    if mine:
+                        self.bus.publish(event)
+
+
+def _session_key(event: SessionEvent) -> str:
+    fields = "\x1f".join(str(v) for v in dataclasses.astuple(event))
+    return "session " + hashlib.sha256(fields.encode()).hexdigest()
 
 
 def _task_type(event: TaskEvent | EngineReloadFailed) -> str:

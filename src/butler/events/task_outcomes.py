@@ -12,12 +12,18 @@ Events are deduplicated on execution id and outcome for ``dedup_seconds`` (the s
 appenders or nodes alerts once); an execution id is held only while its event is queued or handled, so
 an event dropped for a full queue can come again. The queue is bounded; ``workers`` events are enriched
 at once. A worker publishes the outcome and takes the next event: it never waits for a consumer.
+
+With ``sharing`` (several Butlers on one Redis, ``events/sharing.py``), a worker claims each event in Redis
+before it enriches it, and only the Butler that got the claim handles it; the others keep it aside until
+the claim is marked done or expires, and take it over in the second case.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import hashlib
 import logging
 import time
 from collections import deque
@@ -28,6 +34,7 @@ from typing import Any
 from butler.config.settings import TaskOutcomeSettings
 from butler.events.bus import EventBus
 from butler.events.parsing import TaskEvent
+from butler.events.sharing import EventSharing, SharingUnavailable
 from butler.executions import describe
 from butler.qlik.qrs import QrsClient, QrsError
 from butler.qlik.repository import QrsRepository, execution_result
@@ -42,6 +49,8 @@ DISTRIBUTION_OUTCOMES = {7: "success", 6: "failed", 8: "failed", 11: "failed"}
 #: Execution ids remembered for deduplication at most; beyond that the oldest are forgotten early, so a
 #: sustained flood of events cannot grow memory without bound.
 MAX_REMEMBERED = 50_000
+#: Events claimed by another Butler kept aside at most, in case that Butler does not finish them.
+MAX_WATCHED = 20_000
 
 
 @dataclass
@@ -284,10 +293,22 @@ class TaskEnricher:
 class TaskOutcomes:
     """The pipeline: ``submit`` (from the UDP listener) queues, workers enrich and publish to ``bus``."""
 
-    def __init__(self, enricher: TaskEnricher | None, settings: TaskOutcomeSettings, bus: EventBus) -> None:
+    def __init__(
+        self,
+        enricher: TaskEnricher | None,
+        settings: TaskOutcomeSettings,
+        bus: EventBus,
+        sharing: EventSharing | None = None,
+    ) -> None:
         self.enricher = enricher
         self.settings = settings
         self.bus = bus
+        self.sharing = sharing
+        #: Events claimed elsewhere, by when their claim expires: (when to look, event, shared key).
+        self._watched: deque[tuple[float, TaskEvent, str]] = deque()
+        self._watcher: asyncio.Task[None] | None = None
+        self._marking: set[asyncio.Task[None]] = set()
+        self.not_watched = 0
         self.handled = 0
         self.partial = 0
         #: Events handled by task type (None: QRS did not say) and outcome.
@@ -303,15 +324,24 @@ class TaskOutcomes:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work()) for _ in range(self.settings.workers)]
+        if self.sharing is not None:
+            self._watcher = loop.create_task(self._watch())
 
     async def stop(self) -> None:
         following = list(self._distributions.values())
-        for task in [*self._workers, *following]:
+        watcher = [self._watcher] if self._watcher is not None else []
+        for task in [*self._workers, *following, *watcher]:
             task.cancel()
-        await asyncio.gather(*self._workers, *following, return_exceptions=True)
+        await asyncio.gather(*self._workers, *following, *watcher, return_exceptions=True)
         self._workers = []
+        if self._marking:
+            await asyncio.wait(list(self._marking), timeout=2)
         if self.enricher is not None:
             await self.enricher.close()
+
+    @property
+    def set_aside(self) -> int:
+        return len(self._watched)
 
     @property
     def queued(self) -> int:
@@ -392,40 +422,109 @@ class TaskOutcomes:
             if self._held.get(key) == expires:
                 del self._held[key]
 
+    def _shared_key(self, event: TaskEvent) -> str:
+        """What identifies the event on every Butler: the execution and outcome, else the datagram."""
+        if event.execution_id:
+            return f"{event.execution_id} {event.outcome}"
+        fields = "\x1f".join(str(v) for v in dataclasses.astuple(event))
+        return "datagram " + hashlib.sha256(fields.encode()).hexdigest()
+
     async def _work(self) -> None:
         while True:
             event = await self._queue.get()
             key = self._dedup_key(event)
-            try:
-                outcome = (
-                    await self.enricher.enrich(event)
-                    if self.enricher is not None
-                    else TaskOutcome(
-                        event, missing=["task", "app", "executionResult"], error="no QRS connection"
-                    )
-                )
-            except Exception:  # a bug must not stop the worker; the event may come again
-                log.exception("task event %s of task %s could not be handled", event.outcome, event.task_id)
-                if key is not None:
-                    self._held.pop(key, None)
+            shared: str | None = None
+            if self.sharing is not None:
+                shared = self._shared_key(event)
+                if not await self.sharing.claim(shared):
+                    self._remember(key)
+                    self._set_aside(event, shared)
+                    continue
+            await self._handle(event, key, shared)
+
+    def _remember(self, key: str | None) -> None:
+        """Hold ``key`` for the deduplication time from now."""
+        if key is not None and key in self._held:
+            expires = time.monotonic() + self.settings.dedup_seconds
+            self._held[key] = expires
+            self._expiring.append((expires, key))
+
+    def _set_aside(self, event: TaskEvent, shared: str) -> None:
+        assert self.sharing is not None
+        if len(self._watched) >= MAX_WATCHED:
+            self.not_watched += 1
+            return
+        self._watched.append((time.monotonic() + self.sharing.claim_ms / 1000 + 0.1, event, shared))
+
+    async def _watch(self) -> None:
+        """Take over the events whose claim expired without being marked done."""
+        sharing = self.sharing
+        assert sharing is not None
+        while True:
+            if not self._watched:
+                await asyncio.sleep(0.2)
                 continue
-            if key is not None and key in self._held:
-                expires = time.monotonic() + self.settings.dedup_seconds
-                self._held[key] = expires
-                self._expiring.append((expires, key))
-            self.handled += 1
-            self.partial += outcome.partial
-            kind = (outcome.task_type, event.outcome)
-            self.by_outcome[kind] = self.by_outcome.get(kind, 0) + 1
-            log.log(
-                logging.DEBUG if event.outcome == "success" else logging.INFO,
-                "%s task '%s' (app '%s') %s on %s, execution %s%s",
-                outcome.task_type or "",
-                outcome.task_name,
-                outcome.app_name,
-                event.outcome,
-                event.host,
-                event.execution_id or "-",
-                f"; partial, missing {', '.join(outcome.missing)}" if outcome.partial else "",
+            due, event, shared = self._watched[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 0.2))
+                continue
+            self._watched.popleft()
+            try:
+                state = await sharing.state(shared)
+            except SharingUnavailable:
+                state = None  # better twice than never: the claim below lets it through
+            if state == "done":
+                continue
+            if state is not None:  # claimed again since: look again when that claim expires
+                self._set_aside(event, shared)
+                continue
+            if await sharing.claim(shared):
+                sharing.taken_over += 1
+                log.warning(
+                    "task event %s of task %s: the Butler that claimed it did not finish it; handled here",
+                    event.outcome,
+                    event.task_id,
+                )
+                await self._handle(event, None, shared)
+            else:
+                self._set_aside(event, shared)
+
+    def _mark_done(self, shared: str) -> None:
+        assert self.sharing is not None
+        marking = asyncio.get_running_loop().create_task(self.sharing.done(shared))
+        self._marking.add(marking)
+        marking.add_done_callback(self._marking.discard)
+
+    async def _handle(self, event: TaskEvent, key: str | None, shared: str | None) -> None:
+        try:
+            outcome = (
+                await self.enricher.enrich(event)
+                if self.enricher is not None
+                else TaskOutcome(event, missing=["task", "app", "executionResult"], error="no QRS connection")
             )
+        except Exception:  # a bug must not stop the worker; the event may come again
+            log.exception("task event %s of task %s could not be handled", event.outcome, event.task_id)
+            if key is not None:
+                self._held.pop(key, None)
+            return
+        self._remember(key)
+        self.handled += 1
+        self.partial += outcome.partial
+        kind = (outcome.task_type, event.outcome)
+        self.by_outcome[kind] = self.by_outcome.get(kind, 0) + 1
+        log.log(
+            logging.DEBUG if event.outcome == "success" else logging.INFO,
+            "%s task '%s' (app '%s') %s on %s, execution %s%s",
+            outcome.task_type or "",
+            outcome.task_name,
+            outcome.app_name,
+            event.outcome,
+            event.host,
+            event.execution_id or "-",
+            f"; partial, missing {', '.join(outcome.missing)}" if outcome.partial else "",
+        )
+        if shared is not None:
+            self.bus.publish(outcome, functools.partial(self._mark_done, shared))
+        else:
             self.bus.publish(outcome)

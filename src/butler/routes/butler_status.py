@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.services import Services
@@ -37,6 +38,7 @@ def health_route(services: Services) -> Route:
     async def health(request: ApiRequest) -> Reply:
         uptime = round(time.monotonic() - services.started, 1)
         status = {"status": "ok", "version": services.version, "uptimeSeconds": uptime}
+        status["instance"] = _instance(services)
         if services.events is not None:
             status["udpEvents"] = services.events.stats()
         if services.mqtt is not None:
@@ -60,3 +62,26 @@ def health_route(services: Services) -> Route:
         return json_reply(status)
 
     return Route("GET", "/health", health, rate_limited=False)
+
+
+def _instance(services: Services) -> dict[str, Any]:
+    """Which Butler this is among those sharing a Redis, and what it shares with them there."""
+    from butler.events.sharing import INSTANCE_ID
+
+    settings = services.settings
+    shares: list[str] = []
+    if settings.key_value.backend == "redis":
+        shares.append("keyValueStore")
+        if services.alerts is not None:
+            shares.append("alertOutbox")
+        if services.scheduler is not None:
+            shares.append("scheduleFires")
+    sharing = services.events.sharing if services.events is not None else None
+    answer: dict[str, Any] = {"id": INSTANCE_ID, "shares": shares}
+    if sharing is not None:
+        shares.extend(sharing.stats()["shares"])
+        # False while Redis cannot be reached: task events are then handled by every Butler that gets them.
+        answer["shared"] = sharing.available
+        if not sharing.available:
+            answer["redisError"] = sharing.last_error
+    return answer
