@@ -91,6 +91,7 @@ class ApiDocument:
         if operation is None:
             raise LookupError(f"{route.method} {route.path} is not in openapi.yaml")
         route.flag = operation.get("x-enable-flag")
+        route.scope = operation.get("x-scope")
         parameters = [self._resolve(p) for p in operation.get("parameters", [])]
         query = object_schema(parameters, "query")
         if query is not None:

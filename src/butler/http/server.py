@@ -64,6 +64,7 @@ class RestApi:
         rate_limiter: RateLimiter | None = None,
         browsers: BrowserCheck | None = None,
         request_times: RequestTimes | None = None,
+        authentication: Callable[[App], App] | None = None,
     ) -> None:
         self.router = router
         self.rate_limiter = rate_limiter
@@ -78,6 +79,8 @@ class RestApi:
             partial(BrowserGuard, browsers=self.browsers),
             partial(Routing, router=router),
         ]
+        if authentication is not None:
+            steps.append(authentication)
         if rate_limiter is not None:
             steps.append(partial(RateLimit, limiter=rate_limiter))
         steps.append(partial(Validation, read_body=read_body))

@@ -1,0 +1,177 @@
+"""Who calls, and may they (``Butler.restServerConfig.auth``): an API token, sent as ``Authorization: Bearer``
+or in the configured header, or a verified client certificate mapped to scopes; the route's ``x-scope`` must
+be among the caller's. Routes without a scope (``/health``, ``/metrics``, the docs) are open.
+
+401 without a credential or with one that is malformed, unknown, revoked or expired; 403 with one that lacks
+the scope or is used from outside its allow-list. Answers and log lines name a token by its name, never its
+value. On success ``context.caller`` is ``token <name>`` or ``certificate <subject>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore, digest
+from butler.config.settings import CertificateScopes
+from butler.http.errors import HttpError
+from butler.http.middleware import App, Context
+from butler.http.ratelimit import RateLimiter
+from butler.http.routing import Reply
+
+log = logging.getLogger("butler.rest")
+
+#: How often a token's last use is written to the store: once a minute is enough to tell used from unused.
+TOUCH_SECONDS = 60.0
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="Butler"'}
+#: Names of subject attributes as ``ssl.getpeercert`` gives them, and as subjects are written in config.
+_ATTRIBUTES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "emailAddress": "emailAddress",
+    "domainComponent": "DC",
+}
+
+
+def unauthorized(message: str) -> HttpError:
+    return HttpError(401, message, headers=_CHALLENGE)
+
+
+def _attribute(name: str) -> str:
+    name = name.strip()
+    return name if name == "emailAddress" else name.upper()
+
+
+def parse_subject(text: str) -> frozenset[tuple[str, str]]:
+    """``CN=etl,O=Corp`` as a set of (attribute, value): the order of a certificate's subject is its
+    issuer's choice, not the admin's."""
+    pairs = set()
+    for piece in text.split(","):
+        name, sep, value = piece.partition("=")
+        if sep:
+            pairs.add((_attribute(name), value.strip()))
+    return frozenset(pairs)
+
+
+def peer_subject(peercert: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    pairs = set()
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            pairs.add((_attribute(_ATTRIBUTES.get(name, name)), value))
+    return frozenset(pairs)
+
+
+class Authentication:
+    def __init__(
+        self,
+        app: App,
+        tokens: TokenStore,
+        header: str = "X-Butler-Token",
+        certificates: tuple[CertificateScopes, ...] = (),
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.header = header
+        self.certificates = {parse_subject(c.subject): c for c in certificates}
+        self._limiters: dict[int, RateLimiter] = {}
+        self._touched: dict[str, float] = {}
+        self._touching: set[asyncio.Task[None]] = set()
+
+    def __call__(self, context: Context) -> Awaitable[Reply]:
+        route = context.route
+        assert route is not None
+        scope = route.scope
+        if scope is None:
+            return self.app(context)
+        token = self._token(context)
+        if token is None:
+            self._certificate(context, scope)
+            return self.app(context)
+        token_digest = digest(token)
+        find_now = self.tokens.find_now
+        if find_now is None:
+            return self._looked_up(context, token_digest, scope)
+        self._admit(context, find_now(token_digest), token_digest, scope)
+        return self.app(context)
+
+    async def _looked_up(self, context: Context, token_digest: str, scope: str) -> Reply:
+        self._admit(context, await self.tokens.find(token_digest), token_digest, scope)
+        return await self.app(context)
+
+    def _token(self, context: Context) -> str | None:
+        headers = context.request.headers
+        authorization = headers.get("Authorization")
+        if authorization is not None:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise unauthorized("Malformed Authorization header: expected 'Bearer <token>'")
+            token = value.strip()
+        else:
+            sent = headers.get(self.header)
+            if sent is None:
+                return None
+            token = sent.strip()
+        if TOKEN_FORM.fullmatch(token) is None:
+            raise unauthorized("Malformed token: Butler tokens start with bt_ (butler token create)")
+        return token
+
+    def _admit(self, context: Context, record: TokenRecord | None, token_digest: str, scope: str) -> None:
+        if record is None or not hmac.compare_digest(record.digest, token_digest):
+            raise unauthorized("Unknown or revoked token")
+        wall = time.time()
+        if record.expired(wall):
+            raise unauthorized(f"Token {record.name} has expired")
+        if not record.allows(context.client_ip):
+            raise HttpError(403, f"Token {record.name} may not be used from {context.client_ip}")
+        if scope not in record.scopes:
+            raise HttpError(
+                403, f"Token {record.name} lacks scope {scope}, needed for {context.method} {context.path}"
+            )
+        route_path = context.path
+        if record.rate_limit:
+            limiter = self._limiters.get(record.rate_limit)
+            if limiter is None:
+                limiter = self._limiters[record.rate_limit] = RateLimiter(record.rate_limit)
+            try:
+                limiter.hit(record.name)
+            except HttpError:
+                log.warning("Rate limit of token %s exceeded: %s %s", record.name, context.method, route_path)
+                raise
+        context.caller = f"token {record.name}"
+        last = self._touched.get(record.name)
+        if last is None or wall - last >= TOUCH_SECONDS:
+            self._touched[record.name] = wall
+            task = asyncio.get_running_loop().create_task(self._touch(record.name, wall))
+            self._touching.add(task)
+            task.add_done_callback(self._touching.discard)
+
+    async def _touch(self, name: str, when: float) -> None:
+        try:
+            await self.tokens.touch(name, when)
+        except Exception as exc:  # a last-used time not written is no reason to refuse the request
+            log.warning("Last use of token %s not recorded: %s", name, exc)
+
+    def _certificate(self, context: Context, scope: str) -> None:
+        transport = context.request.transport
+        peercert = transport.get_extra_info("peercert") if transport is not None else None
+        if not peercert:
+            raise unauthorized(
+                f"Authentication needed: send a token as 'Authorization: Bearer <token>' or {self.header}"
+            )
+        subject = peer_subject(peercert)
+        mapped = self.certificates.get(subject)
+        shown = ",".join(f"{name}={value}" for name, value in sorted(subject))
+        if mapped is None:
+            raise HttpError(403, f"Certificate {shown} holds no scopes, and {scope} is needed")
+        if scope not in mapped.scopes:
+            needed = f"needed for {context.method} {context.path}"
+            raise HttpError(403, f"Certificate {mapped.subject} lacks scope {scope}, {needed}")
+        context.caller = f"certificate {mapped.subject}"
