@@ -14,9 +14,10 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable
+from hashlib import sha256
 from typing import Any
 
-from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore, digest
+from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore
 from butler.config.settings import CertificateScopes
 from butler.http.errors import HttpError
 from butler.http.middleware import App, Context
@@ -27,6 +28,7 @@ log = logging.getLogger("butler.rest")
 
 #: How often a token's last use is written to the store: once a minute is enough to tell used from unused.
 TOUCH_SECONDS = 60.0
+_MATCH = TOKEN_FORM.fullmatch
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="Butler"'}
 #: Names of subject attributes as ``ssl.getpeercert`` gives them, and as subjects are written in config.
 _ATTRIBUTES = {
@@ -91,11 +93,16 @@ class Authentication:
         scope = route.scope
         if scope is None:
             return self.app(context)
-        token = self._token(context)
-        if token is None:
-            self._certificate(context, scope)
-            return self.app(context)
-        token_digest = digest(token)
+        # Every request with a token passes here: the usual form of the header is read without the steps
+        # that any other form needs (``_token``).
+        sent = context.request.headers.get("Authorization")
+        token = sent[7:] if sent is not None and sent.startswith("Bearer ") else None
+        if token is None or _MATCH(token) is None:
+            token = self._token(context)
+            if token is None:
+                self._certificate(context, scope)
+                return self.app(context)
+        token_digest = sha256(token.encode()).hexdigest()
         find_now = self.tokens.find_now
         if find_now is None:
             return self._looked_up(context, token_digest, scope)
@@ -127,9 +134,9 @@ class Authentication:
         if record is None or not hmac.compare_digest(record.digest, token_digest):
             raise unauthorized("Unknown or revoked token")
         wall = time.time()
-        if record.expired(wall):
+        if record.expires is not None and record.expired(wall):
             raise unauthorized(f"Token {record.name} has expired")
-        if not record.allows(context.client_ip):
+        if record.allow_ips and not record.allows(context.client_ip):
             raise HttpError(403, f"Token {record.name} may not be used from {context.client_ip}")
         if scope not in record.scopes:
             raise HttpError(
