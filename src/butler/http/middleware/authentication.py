@@ -29,6 +29,8 @@ log = logging.getLogger("butler.rest")
 #: How often a token's last use is written to the store: once a minute is enough to tell used from unused.
 TOUCH_SECONDS = 60.0
 _MATCH = TOKEN_FORM.fullmatch
+_MALFORMED_HEADER = "Malformed Authorization header: expected 'Bearer <token>'"
+_MALFORMED_TOKEN = "Malformed token: Butler tokens start with bt_ (butler token create)"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="Butler"'}
 #: Names of subject attributes as ``ssl.getpeercert`` gives them, and as subjects are written in config.
 _ATTRIBUTES = {
@@ -96,21 +98,24 @@ class Authentication:
         # Every request with a token passes here: the usual form of the header is read without the steps
         # that any other form needs (``_token``).
         sent = context.request.headers.get("Authorization")
-        token = sent[7:] if sent is not None and sent.startswith("Bearer ") else None
-        if token is None or _MATCH(token) is None:
-            token = self._token(context)
-            if token is None:
+        if sent is not None and sent.startswith("Bearer "):
+            # Its form is only checked when it is not found, to say which of the two is wrong.
+            token = sent[7:]
+        else:
+            found = self._token(context)
+            if found is None:
                 self._certificate(context, scope)
                 return self.app(context)
+            token = found
         token_digest = sha256(token.encode()).hexdigest()
         find_now = self.tokens.find_now
         if find_now is None:
-            return self._looked_up(context, token_digest, scope)
-        self._admit(context, find_now(token_digest), token_digest, scope)
+            return self._looked_up(context, token, token_digest, scope)
+        self._admit(context, find_now(token_digest), token, token_digest, scope)
         return self.app(context)
 
-    async def _looked_up(self, context: Context, token_digest: str, scope: str) -> Reply:
-        self._admit(context, await self.tokens.find(token_digest), token_digest, scope)
+    async def _looked_up(self, context: Context, token: str, token_digest: str, scope: str) -> Reply:
+        self._admit(context, await self.tokens.find(token_digest), token, token_digest, scope)
         return await self.app(context)
 
     def _token(self, context: Context) -> str | None:
@@ -119,7 +124,7 @@ class Authentication:
         if authorization is not None:
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
-                raise unauthorized("Malformed Authorization header: expected 'Bearer <token>'")
+                raise unauthorized(_MALFORMED_HEADER)
             token = value.strip()
         else:
             sent = headers.get(self.header)
@@ -127,11 +132,17 @@ class Authentication:
                 return None
             token = sent.strip()
         if TOKEN_FORM.fullmatch(token) is None:
-            raise unauthorized("Malformed token: Butler tokens start with bt_ (butler token create)")
+            raise unauthorized(_MALFORMED_TOKEN)
         return token
 
-    def _admit(self, context: Context, record: TokenRecord | None, token_digest: str, scope: str) -> None:
+    def _admit(
+        self, context: Context, record: TokenRecord | None, token: str, token_digest: str, scope: str
+    ) -> None:
         if record is None or not hmac.compare_digest(record.digest, token_digest):
+            if not token.strip():
+                raise unauthorized(_MALFORMED_HEADER)
+            if _MATCH(token) is None:
+                raise unauthorized(_MALFORMED_TOKEN)
             raise unauthorized("Unknown or revoked token")
         wall = time.time()
         if record.expires is not None and record.expired(wall):
