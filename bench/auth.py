@@ -36,6 +36,53 @@ Butler:
 TARGET_COST = 0.05
 
 
+def chain_cost(workdir: Path, rounds: int) -> tuple[float, float]:
+    """µs of CPU per ping through the REST chain in process, without and with the token check (the least
+    of each side over ``rounds``): the check's own cost, without the noise of sockets and other processes."""
+    import asyncio
+    import time
+    from functools import partial
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from butler.auth.tokens import SqliteTokens, TokenRecord, digest, new_token
+    from butler.http.middleware import Context
+    from butler.http.middleware.authentication import Authentication
+    from butler.http.routing import ApiRequest, Reply, Route, Router, json_reply
+    from butler.http.server import RestApi
+
+    answer = json_reply({"response": "Butler reporting for duty"})
+
+    async def ping(request: ApiRequest) -> Reply:
+        return answer
+
+    async def run() -> tuple[float, float]:
+        tokens = SqliteTokens(workdir / "chain-tokens.sqlite")
+        token = new_token()
+        await tokens.create(TokenRecord("bench", digest(token), ("status",), time.time()))
+        router = Router()
+        router.add(Route("GET", "/v4/butlerping", ping, scope="status"))
+        apis = {
+            False: RestApi(router),
+            True: RestApi(router, authentication=partial(Authentication, tokens=tokens)),
+        }
+        request = make_mocked_request("GET", "/v4/butlerping", headers={"Authorization": f"Bearer {token}"})
+        count = 100_000
+        least = {False: float("inf"), True: float("inf")}
+        for _ in range(rounds):
+            for on, api in apis.items():
+                chain = api._chain
+                started = time.process_time()
+                for _ in range(count):
+                    await chain(Context(request, time.perf_counter()))
+                least[on] = min(least[on], (time.process_time() - started) / count * 1e6)
+        await asyncio.sleep(0.1)  # the token's last use is written
+        await tokens.close()
+        return least[False], least[True]
+
+    return asyncio.run(run())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -104,6 +151,11 @@ def main() -> int:
                     f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms, {per_request:.1f} us CPU/request"
                 )
                 print(f"round {round_number}, auth {mode:3}: {figures}")
+        chain_off, chain_on = chain_cost(workdir, args.rounds)
+        print(
+            f"REST chain in process: {chain_off:.2f} us per ping without auth, "
+            f"{chain_on:.2f} us with a token: +{chain_on - chain_off:.2f} us"
+        )
         off, on = median(results["off"]), median(results["on"])
         cpu_off, cpu_on = median(cpu["off"]), median(cpu["on"])
         extra = cpu_on / cpu_off - 1
