@@ -179,6 +179,8 @@ async def test_a_token_revoked_through_the_cli_is_refused_at_once(
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert (await call("GET", f"{base}/v4/butlerping", token))[0] == 200
+    listed = run_butler("token", "list", "-c", str(config)).stdout.splitlines()[1].split("\t")
+    assert listed[0] == "etl-nightly" and listed[4].startswith("20"), listed  # its first use, written at once
     revoked = run_butler("token", "revoke", "-c", str(config), "etl-nightly")
     assert revoked.returncode == 0 and "etl-nightly revoked" in revoked.stdout
     status, body, answer = await call("GET", f"{base}/v4/butlerping", token)

@@ -26,7 +26,7 @@ from butler.http.routing import Reply
 
 log = logging.getLogger("butler.rest")
 
-#: How often a token's last use is written to the store: once a minute is enough to tell used from unused.
+#: How often the last use of tokens is written to the store: once a minute tells used from unused.
 TOUCH_SECONDS = 60.0
 _MATCH = TOKEN_FORM.fullmatch
 _MALFORMED_HEADER = "Malformed Authorization header: expected 'Bearer <token>'"
@@ -86,7 +86,9 @@ class Authentication:
         self.header = header
         self.certificates = {parse_subject(c.subject): c for c in certificates}
         self._limiters: dict[int, RateLimiter] = {}
-        self._touched: dict[str, float] = {}
+        #: Tokens used since their last use was written; the first use is written at once.
+        self._used: set[str] = set()
+        self._touch_due = 0.0
         self._touching: set[asyncio.Task[None]] = set()
 
     def __call__(self, context: Context) -> Awaitable[Reply]:
@@ -111,7 +113,22 @@ class Authentication:
         find_now = self.tokens.find_now
         if find_now is None:
             return self._looked_up(context, token, token_digest, scope)
-        self._admit(context, find_now(token_digest), token, token_digest, scope)
+        record = find_now(token_digest)
+        if (
+            record is not None
+            and record.expires is None
+            and not record.allow_ips
+            and not record.rate_limit
+            and scope in record.scopes
+            and hmac.compare_digest(record.digest, token_digest)
+        ):
+            # The common case, a token with no expiry, allow-list or limit of its own: nothing to refuse.
+            context.caller = f"token {record.name}"
+            self._used.add(record.name)
+            if time.monotonic() >= self._touch_due:
+                self._touch_used()
+        else:
+            self._admit(context, record, token, token_digest, scope)
         return self.app(context)
 
     async def _looked_up(self, context: Context, token: str, token_digest: str, scope: str) -> Reply:
@@ -164,12 +181,19 @@ class Authentication:
                 log.warning("Rate limit of token %s exceeded: %s %s", record.name, context.method, route_path)
                 raise
         context.caller = f"token {record.name}"
-        last = self._touched.get(record.name)
-        if last is None or wall - last >= TOUCH_SECONDS:
-            self._touched[record.name] = wall
-            task = asyncio.get_running_loop().create_task(self._touch(record.name, wall))
+        self._used.add(record.name)
+        if time.monotonic() >= self._touch_due:
+            self._touch_used()
+
+    def _touch_used(self) -> None:
+        """Write the last use of the tokens used since the last write (at most once a minute)."""
+        wall = time.time()
+        for name in self._used:
+            task = asyncio.get_running_loop().create_task(self._touch(name, wall))
             self._touching.add(task)
             task.add_done_callback(self._touching.discard)
+        self._used.clear()
+        self._touch_due = time.monotonic() + TOUCH_SECONDS
 
     async def _touch(self, name: str, when: float) -> None:
         try:
