@@ -236,6 +236,14 @@ async def test_a_token_of_its_own_rate_limit(start_butler: StartButler, tmp_path
     assert [(await call("GET", url, free))[0] for _ in range(4)] == [200] * 4
 
 
+async def test_refused_requests_count_toward_the_per_ip_limit(start_butler: StartButler) -> None:
+    """Guessing tokens is slowed down by the per-IP limit, as any other request is."""
+    base = await start_butler(auth_config(), rate_limit=3)
+    bad = {"Authorization": f"Bearer {new_token()}"}
+    statuses = [(await call("GET", f"{base}/v4/butlerping", headers=bad))[0] for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+
+
 async def test_open_routes_stay_open(start_butler: StartButler) -> None:
     document = auth_config()
     document["Butler"]["prometheus"] = {"enable": True}

@@ -79,10 +79,11 @@ class RestApi:
             partial(BrowserGuard, browsers=self.browsers),
             partial(Routing, router=router),
         ]
-        if authentication is not None:
-            steps.append(authentication)
+        # The per-IP limit first: requests with wrong or no credentials count too, so guessing is slowed.
         if rate_limiter is not None:
             steps.append(partial(RateLimit, limiter=rate_limiter))
+        if authentication is not None:
+            steps.append(authentication)
         steps.append(partial(Validation, read_body=read_body))
         self._chain = build_chain(dispatch, *steps)
 

@@ -11,9 +11,9 @@ Each middleware is built around the next one (``Middleware(app, ...)``) and is c
 4. ``MethodOverride``: ``X-HTTP-Method-Override`` on a POST (Qlik's REST connector can only GET and POST);
 5. ``BrowserGuard``: refuses browser requests made for other web sites' pages;
 6. ``Routing``: finds the route, or the 404;
-7. ``Authentication``: the caller's token or client certificate and the route's scope (when
+7. ``RateLimit``: the per-IP limit, for the routes it applies to (requests refused by the next step count);
+8. ``Authentication``: the caller's token or client certificate and the route's scope (when
    ``Butler.restServerConfig.auth`` is on), with each token's own rate limit;
-8. ``RateLimit``: the per-IP limit, for the routes it applies to;
 9. ``Validation``: parameters, query and body read and checked against the route's schemas;
 
 and at its end ``dispatch`` calls the route's handler. A step that needs something done after the answer
