@@ -585,3 +585,10 @@ async def test_certificates_need_a_ca(start_butler: StartButler, pki: dict[str, 
     document["Butler"]["restServerConfig"]["tls"] = {"enable": True, "cert": str(cert), "key": str(key)}
     with pytest.raises(StartupError, match=r"auth\.certificates needs Butler\.restServerConfig\.tls\.ca"):
         await start_butler(document)
+
+
+async def test_certificates_without_tls_are_named_unused(
+    start_butler: StartButler, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start_butler(auth_config(certificates=[{"subject": "CN=etl", "scopes": ["status"]}]))
+    assert "Butler.restServerConfig.auth.certificates are not used: TLS is off" in caplog.text

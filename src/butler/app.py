@@ -188,6 +188,8 @@ class Butler:
         auth = self.settings.rest.auth
         authentication = None
         if auth.enable:
+            if auth.certificates and not self.settings.rest.tls.enable:
+                log.warning("Butler.restServerConfig.auth.certificates are not used: TLS is off")
             kv = self.settings.key_value
             tokens = open_token_store(kv.backend, kv.sqlite_path, kv.redis_url, kv.redis_prefix)
             self._exits.push_async_callback(tokens.close)
