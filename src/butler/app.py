@@ -18,10 +18,13 @@ import ssl
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 
+from butler.auth.tokens import open_token_store
 from butler.config import ENDPOINT_FLAGS, Settings
 from butler.http.browsers import BrowserCheck
 from butler.http.docs import DOCS_PATH, ApiDocument, DocumentationSite, load_openapi
+from butler.http.middleware.authentication import Authentication
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Route, Router
 from butler.http.server import Listener, RestApi, tls_context
@@ -186,7 +189,18 @@ class Butler:
         limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
         browsers = BrowserCheck(self.settings.rest.allowed_origins, open_paths=(DOCS_PATH,))
         requests = self.services.metrics.requests if self.services.metrics is not None else None
-        return RestApi(router, limiter, browsers, requests, self.services.audit)
+        auth = self.settings.rest.auth
+        authentication = None
+        if auth.enable:
+            if auth.certificates and not self.settings.rest.tls.enable:
+                log.warning("Butler.restServerConfig.auth.certificates are not used: TLS is off")
+            kv = self.settings.key_value
+            tokens = open_token_store(kv.backend, kv.sqlite_path, kv.redis_url, kv.redis_prefix)
+            self._exits.push_async_callback(tokens.close)
+            authentication = partial(
+                Authentication, tokens=tokens, header=auth.token_header, certificates=auth.certificates
+            )
+        return RestApi(router, limiter, browsers, requests, self.services.audit, authentication)
 
     async def start(self) -> None:
         try:
@@ -253,11 +267,21 @@ class Butler:
             if path is not None and not path.is_file():
                 raise StartupError(f"Butler.restServerConfig.tls.{name}: file not found: {path}")
         try:
-            return tls_context(str(tls.cert), str(tls.key), str(tls.ca) if tls.ca else None)
+            context = tls_context(str(tls.cert), str(tls.key), str(tls.ca) if tls.ca else None)
         except (OSError, ssl.SSLError) as exc:
             ca = f" and CA {tls.ca}" if tls.ca else ""
             what = f"certificate {tls.cert} with key {tls.key}{ca}"
             raise StartupError(f"Butler.restServerConfig.tls: cannot load {what}: {exc}") from exc
+        auth = self.settings.rest.auth
+        if auth.enable and auth.certificates:
+            if tls.ca is None:
+                raise StartupError(
+                    "Butler.restServerConfig.auth.certificates needs Butler.restServerConfig.tls.ca, "
+                    "the CA that signs the client certificates"
+                )
+            # Asked for, not required: callers with tokens need no certificate.
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
 
 
 async def run(butler: Butler, started: Callable[[], None] | None = None) -> None:

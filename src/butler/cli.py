@@ -4,6 +4,7 @@
 ``butler config check FILE.yaml`` validates a config file, ``butler config check --explain KEY`` says what a
 key means; ``butler alert test -c FILE.yaml --channel CHANNEL`` sends a sample alert through one channel;
 ``butler schedules check FILE.yaml`` validates a schedule file and shows each entry's next fires;
+``butler token create|list|revoke -c FILE.yaml`` makes, lists and revokes API tokens;
 ``butler --version``.
 """
 
@@ -20,6 +21,8 @@ from typing import Any
 from butler import __version__
 from butler.alerts.model import CHANNELS
 from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
+from butler.auth.cli import add_commands as add_token_commands
+from butler.auth.cli import token_command
 from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_config
 from butler.demo import run_demo
 from butler.errors import BadRequest
@@ -117,7 +120,13 @@ def _parser() -> argparse.ArgumentParser:
         default="reloadTaskFailure",
         help="the alert tried (default reloadTaskFailure)",
     )
+    add_token_commands(commands)
     return parser
+
+
+def token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings = _load(args.configfile)
+    return 1 if settings is None else token_command(args, parser, settings)
 
 
 def schedules_check(args: argparse.Namespace) -> int:
@@ -260,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return alert_test(args, parser)
     if args.command == "schedules":
         return schedules_check(args)
+    if args.command == "token":
+        return token(args, parser)
     parser.print_help()
     return 2
 

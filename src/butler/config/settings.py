@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from butler.auth import SCOPES
 from butler.config.alerts import AlertSettings
-from butler.config.declare import part, setting
+from butler.config.declare import items, part, setting
 from butler.config.influx import InfluxSettings
 from butler.config.monitors import MonitorSettings
 from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Secret, Section, Spec, Str, describe
@@ -184,6 +185,38 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CertificateScopes:
+    """One item of ``Butler.restServerConfig.auth.certificates``: a client certificate's subject and the
+    scopes it holds."""
+
+    subject: str = setting("subject", Str(), required=True, help="the subject, as CN=etl,O=Corp")
+    scopes: tuple[str, ...] = setting(
+        "scopes", ListOf(Enum(choices=SCOPES)), convert=tuple, help="the scopes it holds"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    """``Butler.restServerConfig.auth`` (an addition): API tokens and client certificates, off by default so
+    that existing load scripts keep working."""
+
+    enable: bool = setting(
+        "enable", Bool(), False, help="every endpoint but /health, /metrics and the docs needs a credential"
+    )
+    token_header: str = setting(
+        "tokenHeader",
+        Str(),
+        "X-Butler-Token",
+        help="a header that carries a token as Authorization: Bearer does, for callers that cannot set that",
+    )
+    certificates: tuple[CertificateScopes, ...] = items(
+        "certificates",
+        CertificateScopes,
+        help="client certificates verified against tls.ca, [{subject, scopes}]",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RestServerSettings:
     """``Butler.restServerConfig``."""
 
@@ -204,6 +237,7 @@ class RestServerSettings:
     )
     tls: TlsSettings = part("tls", TlsSettings, help="HTTPS for the REST API")
     limits: ConnectionLimits = part("", ConnectionLimits)
+    auth: AuthSettings = part("auth", AuthSettings, addition=True, help="API tokens and client certificates")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -92,6 +92,7 @@ class ApiDocument:
             raise LookupError(f"{route.method} {route.path} is not in openapi.yaml")
         route.flag = operation.get("x-enable-flag")
         route.operation = operation.get("operationId")
+        route.scope = operation.get("x-scope")
         parameters = [self._resolve(p) for p in operation.get("parameters", [])]
         query = object_schema(parameters, "query")
         if query is not None:

@@ -78,6 +78,7 @@ class Route:
 
     ``rate_limited`` is False for the few surfaces that monitoring and browsers poll (health, API docs).
     ``documented`` is False for the API-docs pages themselves, which are not part of the API.
+    ``scope`` is what a caller must hold when authentication is on (None: open to all, as ``/health``).
     Errors of the services a handler calls are answered by the chain (``butler.http.errors``), so handlers
     need no try blocks for them.
     """
@@ -88,6 +89,7 @@ class Route:
     flag: str | None = None
     rate_limited: bool = True
     documented: bool = True
+    scope: str | None = None
     query_check: Callable[[Any], Any] | None = None
     params_check: Callable[[Any], Any] | None = None
     body_check: Callable[[Any], Any] | None = None

@@ -67,6 +67,7 @@ class RestApi:
         browsers: BrowserCheck | None = None,
         request_times: RequestTimes | None = None,
         audit: AuditLog | None = None,
+        authentication: Callable[[App], App] | None = None,
     ) -> None:
         self.router = router
         self.rate_limiter = rate_limiter
@@ -83,8 +84,11 @@ class RestApi:
             partial(BrowserGuard, browsers=self.browsers),
             partial(Routing, router=router),
         ]
+        # The per-IP limit first: requests with wrong or no credentials count too, so guessing is slowed.
         if rate_limiter is not None:
             steps.append(partial(RateLimit, limiter=rate_limiter))
+        if authentication is not None:
+            steps.append(authentication)
         steps.append(partial(Validation, read_body=read_body))
         self._chain = build_chain(dispatch, *steps)
 

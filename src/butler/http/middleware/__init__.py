@@ -13,8 +13,10 @@ Each middleware is built around the next one (``Middleware(app, ...)``) and is c
 5. ``MethodOverride``: ``X-HTTP-Method-Override`` on a POST (Qlik's REST connector can only GET and POST);
 6. ``BrowserGuard``: refuses browser requests made for other web sites' pages;
 7. ``Routing``: finds the route, or the 404;
-8. ``RateLimit``: the per-IP limit, for the routes it applies to;
-9. ``Validation``: parameters, query and body read and checked against the route's schemas;
+8. ``RateLimit``: the per-IP limit, for the routes it applies to (requests refused by the next step count);
+9. ``Authentication``: the caller's token or client certificate and the route's scope (when
+   ``Butler.restServerConfig.auth`` is on), with each token's own rate limit;
+10. ``Validation``: parameters, query and body read and checked against the route's schemas;
 
 and at its end ``dispatch`` calls the route's handler. A step that needs something done after the answer
 (a log line, an error turned into an answer) awaits the next; one that only checks or adds to the context is

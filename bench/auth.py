@@ -1,0 +1,176 @@
+"""Benchmark of authentication: ``GET /v4/butlerping`` requests/s with auth off and on, alternated in one run.
+
+With auth on, every request carries a valid token, checked against the SQLite token store.
+
+Two Butlers run pinned to the same core (only the one under load works), logging at ``info``; wrk runs pinned
+to the other core with 32 connections. The target: checking the token costs under 5 % of the throughput.
+Needs ``wrk`` and ``taskset``.
+
+    python bench/auth.py [--duration 10] [--rounds 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from statistics import median
+
+from harness import cores, cpu_seconds, free_port, run_wrk, start_butler, stop_processes, wait_port
+
+CONFIG = """
+Butler:
+  logLevel: info
+  restServerConfig:
+    enable: true
+    serverHost: 127.0.0.1
+    serverPort: {port}
+    auth:
+      enable: {auth}
+  restServerEndpointsEnable:
+    butlerping: true
+"""
+TARGET_COST = 0.05
+
+
+def chain_cost(workdir: Path, rounds: int) -> tuple[float, float]:
+    """µs of CPU per ping through the REST chain in process, without and with the token check (the least
+    of each side over ``rounds``): the check's own cost, without the noise of sockets and other processes."""
+    import asyncio
+    import time
+    from functools import partial
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from butler.auth.tokens import SqliteTokens, TokenRecord, digest, new_token
+    from butler.http.middleware import Context
+    from butler.http.middleware.authentication import Authentication
+    from butler.http.routing import ApiRequest, Reply, Route, Router, json_reply
+    from butler.http.server import RestApi
+
+    answer = json_reply({"response": "Butler reporting for duty"})
+
+    async def ping(request: ApiRequest) -> Reply:
+        return answer
+
+    async def run() -> tuple[float, float]:
+        tokens = SqliteTokens(workdir / "chain-tokens.sqlite")
+        token = new_token()
+        await tokens.create(TokenRecord("bench", digest(token), ("status",), time.time()))
+        router = Router()
+        router.add(Route("GET", "/v4/butlerping", ping, scope="status"))
+        apis = {
+            False: RestApi(router),
+            True: RestApi(router, authentication=partial(Authentication, tokens=tokens)),
+        }
+        request = make_mocked_request("GET", "/v4/butlerping", headers={"Authorization": f"Bearer {token}"})
+        count = 100_000
+        least = {False: float("inf"), True: float("inf")}
+        for _ in range(rounds):
+            for on, api in apis.items():
+                chain = api._chain
+                started = time.process_time()
+                for _ in range(count):
+                    await chain(Context(request, time.perf_counter()))
+                least[on] = min(least[on], (time.process_time() - started) / count * 1e6)
+        await asyncio.sleep(0.1)  # the token's last use is written
+        await tokens.close()
+        return least[False], least[True]
+
+    return asyncio.run(run())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is needed (apt-get install wrk util-linux)", file=sys.stderr)
+            return 2
+    server_core, load_core = cores()
+    workdir = Path(tempfile.mkdtemp(prefix="butler-bench-auth-"))
+    ports = {"off": free_port(), "on": free_port()}
+    processes = []
+    try:
+        configs = {}
+        for mode, port in ports.items():
+            folder = workdir / mode
+            folder.mkdir()
+            configs[mode] = folder / "butler.yaml"
+            configs[mode].write_text(CONFIG.format(port=port, auth=str(mode == "on").lower()))
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "butler",
+                "token",
+                "create",
+                "-c",
+                str(configs["on"]),
+                "--name",
+                "bench",
+                "--scope",
+                "status",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        script = workdir / "token.lua"
+        script.write_text(f'wrk.headers["Authorization"] = "Bearer {made.stdout.strip()}"\n')
+        for mode in ports:
+            log = (configs[mode].parent / "butler.log").open("w")
+            processes.append(start_butler(configs[mode], server_core, log))
+            wait_port(ports[mode], processes[-1])
+        print(
+            f"GET /v4/butlerping, server on core {server_core}, wrk on core {load_core}, "
+            f"{args.connections} connections, {args.rounds} x {args.duration} s alternated, logging at info"
+        )
+        results: dict[str, list[float]] = {"off": [], "on": []}
+        #: Butler's CPU time per request: what the token check costs even when other work shares the cores.
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        pids = dict(zip(ports, (process.pid for process in processes), strict=True))
+        for round_number in range(1, args.rounds + 1):
+            for mode in ("off", "on"):
+                url = f"http://127.0.0.1:{ports[mode]}/v4/butlerping"
+                before = cpu_seconds(pids[mode])
+                result = run_wrk(url, args.duration, load_core, args.connections, script)
+                per_request = (cpu_seconds(pids[mode]) - before) / result.requests * 1e6
+                if result.non_2xx:
+                    print(f"auth {mode}: {result.non_2xx} answers not 2xx", file=sys.stderr)
+                    return 1
+                results[mode].append(result.rps)
+                cpu[mode].append(per_request)
+                figures = (
+                    f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms, {per_request:.1f} us CPU/request"
+                )
+                print(f"round {round_number}, auth {mode:3}: {figures}")
+        chain_off, chain_on = chain_cost(workdir, args.rounds)
+        print(
+            f"REST chain in process: {chain_off:.2f} us per ping without auth, "
+            f"{chain_on:.2f} us with a token: +{chain_on - chain_off:.2f} us"
+        )
+        off, on = median(results["off"]), median(results["on"])
+        cpu_off, cpu_on = median(cpu["off"]), median(cpu["on"])
+        extra = cpu_on / cpu_off - 1
+        print(f"median CPU per request: auth off {cpu_off:.1f} us, auth on {cpu_on:.1f} us: {extra:+.1%}")
+        cost = 1 - on / off
+        verdict = "ok" if cost < TARGET_COST else "ABOVE TARGET"
+        print(
+            f"median: auth off {off:,.0f} req/s, auth on {on:,.0f} req/s: "
+            f"token checking costs {cost:.1%} (target < {TARGET_COST:.0%}) {verdict}"
+        )
+        return 0 if verdict == "ok" else 1
+    finally:
+        stop_processes(processes)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Who calls, and may they (``Butler.restServerConfig.auth``): an API token, sent as ``Authorization: Bearer``
+or in the configured header, or a verified client certificate mapped to scopes; the route's ``x-scope`` must
+be among the caller's. Routes without a scope (``/health``, ``/metrics``, the docs) are open.
+
+401 without a credential or with one that is malformed, unknown, revoked or expired; 403 with one that lacks
+the scope or is used from outside its allow-list. Answers and log lines name a token by its name, never its
+value. On success ``context.caller`` is ``token <name>`` or ``certificate <subject>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable
+from hashlib import sha256
+from typing import Any
+
+from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore
+from butler.config.settings import CertificateScopes
+from butler.http.errors import HttpError
+from butler.http.middleware import App, Context
+from butler.http.ratelimit import RateLimiter
+from butler.http.routing import Reply
+
+log = logging.getLogger("butler.rest")
+
+#: How often the last use of tokens is written to the store: once a minute tells used from unused.
+TOUCH_SECONDS = 60.0
+_MATCH = TOKEN_FORM.fullmatch
+_MALFORMED_HEADER = "Malformed Authorization header: expected 'Bearer <token>'"
+_MALFORMED_TOKEN = "Malformed token: Butler tokens start with bt_ (butler token create)"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="Butler"'}
+#: Names of subject attributes as ``ssl.getpeercert`` gives them, and as subjects are written in config.
+_ATTRIBUTES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "emailAddress": "emailAddress",
+    "domainComponent": "DC",
+}
+
+
+def unauthorized(message: str) -> HttpError:
+    return HttpError(401, message, headers=_CHALLENGE)
+
+
+def _attribute(name: str) -> str:
+    name = name.strip()
+    return name if name == "emailAddress" else name.upper()
+
+
+def parse_subject(text: str) -> frozenset[tuple[str, str]]:
+    """``CN=etl,O=Corp`` as a set of (attribute, value): the order of a certificate's subject is its
+    issuer's choice, not the admin's."""
+    pairs = set()
+    for piece in text.split(","):
+        name, sep, value = piece.partition("=")
+        if sep:
+            pairs.add((_attribute(name), value.strip()))
+    return frozenset(pairs)
+
+
+def peer_subject(peercert: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    pairs = set()
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            pairs.add((_attribute(_ATTRIBUTES.get(name, name)), value))
+    return frozenset(pairs)
+
+
+class Authentication:
+    def __init__(
+        self,
+        app: App,
+        tokens: TokenStore,
+        header: str = "X-Butler-Token",
+        certificates: tuple[CertificateScopes, ...] = (),
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.header = header
+        self.certificates = {parse_subject(c.subject): c for c in certificates}
+        self._limiters: dict[int, RateLimiter] = {}
+        #: Tokens used since their last use was written; the first use is written at once.
+        self._used: set[str] = set()
+        self._touch_due = 0.0
+        self._touching: set[asyncio.Task[None]] = set()
+
+    def __call__(self, context: Context) -> Awaitable[Reply]:
+        route = context.route
+        assert route is not None
+        scope = route.scope
+        if scope is None:
+            return self.app(context)
+        # Every request with a token passes here: the usual form of the header is read without the steps
+        # that any other form needs (``_token``).
+        sent = context.request.headers.get("Authorization")
+        if sent is not None and sent.startswith("Bearer "):
+            # Its form is only checked when it is not found, to say which of the two is wrong.
+            token = sent[7:]
+        else:
+            found = self._token(context)
+            if found is None:
+                self._certificate(context, scope)
+                return self.app(context)
+            token = found
+        token_digest = sha256(token.encode()).hexdigest()
+        find_now = self.tokens.find_now
+        if find_now is None:
+            return self._looked_up(context, token, token_digest, scope)
+        record = find_now(token_digest)
+        if (
+            record is not None
+            and record.expires is None
+            and not record.allow_ips
+            and not record.rate_limit
+            and scope in record.scopes
+            and hmac.compare_digest(record.digest, token_digest)
+        ):
+            # The common case, a token with no expiry, allow-list or limit of its own: nothing to refuse.
+            context.caller = f"token {record.name}"
+            self._used.add(record.name)
+            if time.monotonic() >= self._touch_due:
+                self._touch_used()
+        else:
+            self._admit(context, record, token, token_digest, scope)
+        return self.app(context)
+
+    async def _looked_up(self, context: Context, token: str, token_digest: str, scope: str) -> Reply:
+        self._admit(context, await self.tokens.find(token_digest), token, token_digest, scope)
+        return await self.app(context)
+
+    def _token(self, context: Context) -> str | None:
+        headers = context.request.headers
+        authorization = headers.get("Authorization")
+        if authorization is not None:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise unauthorized(_MALFORMED_HEADER)
+            token = value.strip()
+        else:
+            sent = headers.get(self.header)
+            if sent is None:
+                return None
+            token = sent.strip()
+        if TOKEN_FORM.fullmatch(token) is None:
+            raise unauthorized(_MALFORMED_TOKEN)
+        return token
+
+    def _admit(
+        self, context: Context, record: TokenRecord | None, token: str, token_digest: str, scope: str
+    ) -> None:
+        if record is None or not hmac.compare_digest(record.digest, token_digest):
+            if not token.strip():
+                raise unauthorized(_MALFORMED_HEADER)
+            if _MATCH(token) is None:
+                raise unauthorized(_MALFORMED_TOKEN)
+            raise unauthorized("Unknown or revoked token")
+        wall = time.time()
+        if record.expires is not None and record.expired(wall):
+            raise unauthorized(f"Token {record.name} has expired")
+        if record.allow_ips and not record.allows(context.client_ip):
+            raise HttpError(403, f"Token {record.name} may not be used from {context.client_ip}")
+        if scope not in record.scopes:
+            raise HttpError(
+                403, f"Token {record.name} lacks scope {scope}, needed for {context.method} {context.path}"
+            )
+        route_path = context.path
+        if record.rate_limit:
+            limiter = self._limiters.get(record.rate_limit)
+            if limiter is None:
+                limiter = self._limiters[record.rate_limit] = RateLimiter(record.rate_limit)
+            try:
+                limiter.hit(record.name)
+            except HttpError:
+                log.warning("Rate limit of token %s exceeded: %s %s", record.name, context.method, route_path)
+                raise
+        context.caller = f"token {record.name}"
+        self._used.add(record.name)
+        if time.monotonic() >= self._touch_due:
+            self._touch_used()
+
+    def _touch_used(self) -> None:
+        """Write the last use of the tokens used since the last write (at most once a minute)."""
+        wall = time.time()
+        for name in self._used:
+            task = asyncio.get_running_loop().create_task(self._touch(name, wall))
+            self._touching.add(task)
+            task.add_done_callback(self._touching.discard)
+        self._used.clear()
+        self._touch_due = time.monotonic() + TOUCH_SECONDS
+
+    async def _touch(self, name: str, when: float) -> None:
+        try:
+            await self.tokens.touch(name, when)
+        except Exception as exc:  # a last-used time not written is no reason to refuse the request
+            log.warning("Last use of token %s not recorded: %s", name, exc)
+
+    def _certificate(self, context: Context, scope: str) -> None:
+        transport = context.request.transport
+        peercert = transport.get_extra_info("peercert") if transport is not None else None
+        if not peercert:
+            raise unauthorized(
+                f"Authentication needed: send a token as 'Authorization: Bearer <token>' or {self.header}"
+            )
+        subject = peer_subject(peercert)
+        mapped = self.certificates.get(subject)
+        shown = ",".join(f"{name}={value}" for name, value in sorted(subject))
+        if mapped is None:
+            raise HttpError(403, f"Certificate {shown} holds no scopes, and {scope} is needed")
+        if scope not in mapped.scopes:
+            needed = f"needed for {context.method} {context.path}"
+            raise HttpError(403, f"Certificate {mapped.subject} lacks scope {scope}, {needed}")
+        context.caller = f"certificate {mapped.subject}"
