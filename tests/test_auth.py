@@ -592,3 +592,32 @@ async def test_certificates_without_tls_are_named_unused(
 ) -> None:
     await start_butler(auth_config(certificates=[{"subject": "CN=etl", "scopes": ["status"]}]))
     assert "Butler.restServerConfig.auth.certificates are not used: TLS is off" in caplog.text
+
+
+async def test_the_audit_log_names_the_token_and_records_its_refusals(
+    start_butler: StartButler, tmp_path: Path
+) -> None:
+    """Authentication and the audit log together: a call made with a token is recorded under the token's
+    name, calls refused for no credential (401) or a missing scope (403) are recorded, and the token
+    itself is nowhere in the file."""
+    from tests.test_audit import audit_config
+
+    file = tmp_path / "audit.jsonl"
+    document = audit_config(auth_config(), file)
+    document["Butler"]["restServerEndpointsEnable"]["keyValueStore"] = True
+    base = await start_butler(document)
+    writer = await make_token(tmp_path, "etl-nightly", "kv:write", "kv:read")
+    admin = await make_token(tmp_path, "ops", "admin")
+    body = {"key": "k", "value": "v"}
+    assert (await call("POST", f"{base}/v4/keyvalues/ns", writer, json=body))[0] == 201
+    assert (await call("POST", f"{base}/v4/keyvalues/ns", None, json=body))[0] == 401
+    assert (await call("POST", f"{base}/v4/keyvalues/ns", admin, json=body))[0] == 403
+    status, records, _ = await call("GET", f"{base}/v4/audit?operation=addKeyValue", admin)
+    assert status == 200, records
+    assert [(r["caller"], r["status"]) for r in reversed(records)] == [
+        ("token etl-nightly", 201),
+        ("127.0.0.1", 401),
+        ("token ops", 403),
+    ]
+    text = file.read_text()
+    assert writer not in text and admin not in text

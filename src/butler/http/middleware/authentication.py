@@ -4,7 +4,8 @@ be among the caller's. Routes without a scope (``/health``, ``/metrics``, the do
 
 401 without a credential or with one that is malformed, unknown, revoked or expired; 403 with one that lacks
 the scope or is used from outside its allow-list. Answers and log lines name a token by its name, never its
-value. On success ``context.caller`` is ``token <name>`` or ``certificate <subject>``.
+value. Once the credential is verified (refused for its scope or not), ``context.caller`` is
+``token <name>`` or ``certificate <subject>``.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ class Authentication:
             if _MATCH(token) is None:
                 raise unauthorized(_MALFORMED_TOKEN)
             raise unauthorized("Unknown or revoked token")
+        # Named from here on, so that the audit log says whose token was refused, not only its address.
+        context.caller = f"token {record.name}"
         wall = time.time()
         if record.expires is not None and record.expired(wall):
             raise unauthorized(f"Token {record.name} has expired")
@@ -180,7 +183,6 @@ class Authentication:
             except HttpError:
                 log.warning("Rate limit of token %s exceeded: %s %s", record.name, context.method, route_path)
                 raise
-        context.caller = f"token {record.name}"
         self._used.add(record.name)
         if time.monotonic() >= self._touch_due:
             self._touch_used()
@@ -211,9 +213,9 @@ class Authentication:
         subject = peer_subject(peercert)
         mapped = self.certificates.get(subject)
         shown = ",".join(f"{name}={value}" for name, value in sorted(subject))
+        context.caller = f"certificate {mapped.subject if mapped is not None else shown}"
         if mapped is None:
             raise HttpError(403, f"Certificate {shown} holds no scopes, and {scope} is needed")
         if scope not in mapped.scopes:
             needed = f"needed for {context.method} {context.path}"
             raise HttpError(403, f"Certificate {mapped.subject} lacks scope {scope}, {needed}")
-        context.caller = f"certificate {mapped.subject}"
