@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from butler.alerts.service import AlertService
     from butler.influx import InfluxWriter
     from butler.influx.task_outcomes import TaskOutcomePoints
+    from butler.leases import Leases
     from butler.metrics import Metrics
     from butler.monitors.setup import Monitors
     from butler.scheduler.service import SchedulerService
@@ -70,6 +71,8 @@ class Services:
     monitors: Monitors | None = None
     #: ``Butler.prometheus``: other modules add their figures with ``metrics.register`` (butler.metrics).
     metrics: Metrics | None = None
+    #: The monitors' leases, shared with other Butlers on the same Redis (butler.leases).
+    leases: Leases | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -86,6 +89,21 @@ async def _key_values(services: Services, exits: AsyncExitStack) -> None:
     exits.push_async_callback(store.close)
     services.key_values = store
     log.info("key-value store: %s", settings.backend)
+
+
+async def _leases(services: Services, exits: AsyncExitStack) -> None:
+    from butler.leases import Leases
+
+    settings = services.settings
+    shared = settings.key_value.backend == "redis"
+    leases = Leases(
+        settings.key_value.redis_url if shared else None,
+        settings.key_value.redis_prefix.removesuffix("kv:"),
+        takeover_seconds=settings.instances.takeover_seconds,
+        instance_id=settings.instances.instance_id,
+    )
+    exits.push_async_callback(leases.close)
+    services.leases = leases
 
 
 async def _metrics(services: Services, exits: AsyncExitStack) -> None:
@@ -248,6 +266,7 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
             influx=services.influx,
             version=services.version,
             started=services.started,
+            leases=services.leases,
         )
     except CertificateError as exc:
         raise StartupError(str(exc)) from exc
@@ -257,6 +276,9 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
         from butler.monitors.metrics import MonitorFigures
 
         services.metrics.register(MonitorFigures(monitors))
+    if services.leases is not None:
+        # Asked for before the at-start checks, so that those run on the one Butler that took each lease.
+        await services.leases.start()
     monitors.start()
 
 
@@ -268,6 +290,8 @@ async def _new_relic(services: Services, exits: AsyncExitStack) -> None:
 
 #: Every service by the name features use for it, in the order they are opened: each after those it uses.
 OPENERS: dict[str, Opener] = {
+    # First, so that it closes last: the monitors stop before their leases are released.
+    "leases": _leases,
     "key_values": _key_values,
     # After the key-value store, whose calls it counts; before the rest, so that their openers can register
     # collectors.

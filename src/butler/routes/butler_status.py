@@ -49,6 +49,8 @@ def health_route(services: Services) -> Route:
             status["alerts"] = {"off": services.alerts_off}
         if services.monitors is not None and services.monitors.runners:
             status["monitors"] = services.monitors.stats()
+        if services.leases is not None:
+            status["instances"] = services.leases.stats()
         if services.scheduler is not None:
             scheduler = services.scheduler.stats()
             status["scheduler"] = scheduler
