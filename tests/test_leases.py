@@ -55,8 +55,7 @@ async def test_a_lease_not_renewed_expires_and_another_takes_it_with_a_larger_to
     token = mine.token
     assert token is not None
     # The holder dies without releasing: it stops renewing.
-    assert first._task is not None
-    first._task.cancel()
+    first._stopping.set()
     died = time.monotonic()
     while not theirs.held:
         assert time.monotonic() - died < TAKEOVER + 0.3, "not taken over within the takeover time"

@@ -123,6 +123,7 @@ class Leases:
         #: The REST rate limit, which counts in the same Redis; listed with the leases in /health.
         self.rate_limiter: RateLimiter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def shared(self) -> bool:
@@ -142,8 +143,12 @@ class Leases:
         self._task = asyncio.get_running_loop().create_task(self._keep(), name="leases")
 
     async def _keep(self) -> None:
-        while True:
-            await asyncio.sleep(self.renew_seconds)
+        # Stopped between asks, never cancelled in one: a command cut off half-way can leave its
+        # connection waiting for an answer that the next command then reads.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.renew_seconds)
+                return
             await self.renew_all()
 
     async def renew_all(self) -> None:
@@ -195,15 +200,15 @@ class Leases:
 
     async def close(self) -> None:
         """Stops asking and releases the leases held, so another Butler takes them at its next ask."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         if self.redis is not None:
             for lease in self.leases.values():
-                with contextlib.suppress(LeaseUnavailable):
-                    await self.release(lease)
+                # A Redis that does not answer delays the stop by a lease at most: it expires then anyway.
+                with contextlib.suppress(LeaseUnavailable, TimeoutError):
+                    await asyncio.wait_for(self.release(lease), self.lease_seconds)
             await self.redis.close()
 
     def stats(self) -> dict[str, Any]:
