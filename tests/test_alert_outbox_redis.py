@@ -160,3 +160,25 @@ async def test_a_delivery_another_butler_delivered_is_not_sent_again(
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_rate_limit_slot_one_butler_spent_holds_for_the_other(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    hook = await receivers()
+    first, second = butler(redis_url, prefix), butler(redis_url, prefix)
+    await first.start()
+    await second.start()
+    try:
+        [sent] = await first.submit(ALERT, [message(hook.url, rate_limit=60)])
+        assert (await finished(first, sent.id)).state == "delivered"
+        # The same task fails again a moment later; the other Butler gets this event.
+        again = AlertInfo(
+            "exec-2:reloadTaskFailure", "reloadTaskFailure", "task-1", "Reload of Sales", "Sales", "exec-2"
+        )
+        [held] = await second.submit(again, [message(hook.url, rate_limit=60)])
+        assert (await finished(second, held.id)).state == "rateLimited"
+        assert hook.taken == [sent.id]
+    finally:
+        await first.stop()
+        await second.stop()

@@ -106,6 +106,8 @@ def _qlik_reachable(on: Callable[[Settings], bool]) -> Callable[[Settings], bool
 
 #: Every feature, one line each. Their routes are registered in this order.
 FEATURES = (
+    # Every Butler: the leases, and the Redis the rate limit counts in when several share one.
+    Feature(services=("leases",)),
     Feature(butler_status.routes, flags=("butlerping", "apiListEnabledEndpoints")),
     Feature(base_conversion.routes, flags=("base62ToBase16", "base16ToBase62")),
     Feature(key_value.routes, flags=("keyValueStore",), services=("key_values",)),
@@ -186,7 +188,7 @@ class Butler:
 
     def build_api(self) -> RestApi:
         router = build_router(self.services, ApiDocument(load_openapi()))
-        limiter = RateLimiter(self.rate_limit) if self.rate_limit > 0 else None
+        limiter = self._rate_limiter()
         browsers = BrowserCheck(self.settings.rest.allowed_origins, open_paths=(DOCS_PATH,))
         requests = self.services.metrics.requests if self.services.metrics is not None else None
         auth = self.settings.rest.auth
@@ -201,6 +203,18 @@ class Butler:
                 Authentication, tokens=tokens, header=auth.token_header, certificates=auth.certificates
             )
         return RestApi(router, limiter, browsers, requests, self.services.audit, authentication)
+
+    def _rate_limiter(self) -> RateLimiter | None:
+        leases = self.services.leases
+        if self.rate_limit <= 0:
+            return None
+        if leases is None or leases.redis is None:
+            return RateLimiter(self.rate_limit)
+        from butler.http.shared_ratelimit import SharedRateLimiter
+
+        limiter = SharedRateLimiter(self.rate_limit, leases.redis, f"{leases.prefix}ratelimit:")
+        leases.rate_limiter = limiter
+        return limiter
 
     async def start(self) -> None:
         try:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from butler.audit import AuditLog
     from butler.influx import InfluxWriter
     from butler.influx.task_outcomes import TaskOutcomePoints
+    from butler.leases import Leases
     from butler.metrics import Metrics
     from butler.monitors.setup import Monitors
     from butler.scheduler.service import SchedulerService
@@ -73,6 +74,8 @@ class Services:
     metrics: Metrics | None = None
     #: ``Butler.auditLog``: state-changing and refused calls.
     audit: AuditLog | None = None
+    #: The monitors' leases, shared with other Butlers on the same Redis (butler.leases).
+    leases: Leases | None = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
@@ -89,6 +92,21 @@ async def _key_values(services: Services, exits: AsyncExitStack) -> None:
     exits.push_async_callback(store.close)
     services.key_values = store
     log.info("key-value store: %s", settings.backend)
+
+
+async def _leases(services: Services, exits: AsyncExitStack) -> None:
+    from butler.leases import Leases
+
+    settings = services.settings
+    shared = settings.key_value.backend == "redis"
+    leases = Leases(
+        settings.key_value.redis_url if shared else None,
+        settings.key_value.redis_prefix.removesuffix("kv:"),
+        takeover_seconds=settings.instances.takeover_seconds,
+        instance_id=settings.instances.instance_id,
+    )
+    exits.push_async_callback(leases.close)
+    services.leases = leases
 
 
 async def _metrics(services: Services, exits: AsyncExitStack) -> None:
@@ -266,6 +284,7 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
             influx=services.influx,
             version=services.version,
             started=services.started,
+            leases=services.leases,
         )
     except CertificateError as exc:
         raise StartupError(str(exc)) from exc
@@ -275,6 +294,9 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
         from butler.monitors.metrics import MonitorFigures
 
         services.metrics.register(MonitorFigures(monitors))
+    if services.leases is not None:
+        # Asked for before the at-start checks, so that those run on the one Butler that took each lease.
+        await services.leases.start()
     monitors.start()
 
 
@@ -302,6 +324,8 @@ async def _audit(services: Services, exits: AsyncExitStack) -> None:
 OPENERS: dict[str, Opener] = {
     # First, so that it closes last and the services opened after it can record.
     "audit": _audit,
+    # Next, so that it closes before the audit log: the monitors stop before their leases are released.
+    "leases": _leases,
     "key_values": _key_values,
     # After the key-value store, whose calls it counts; before the rest, so that their openers can register
     # collectors.

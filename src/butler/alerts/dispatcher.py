@@ -333,6 +333,12 @@ class Dispatcher:
 
     async def _deliver(self, channel: Channel, lane: _Lane, sender: Sender, delivery: Delivery) -> None:
         now = self._clock()
+        if delivery.message.rate_limit > 0:
+            # Butlers sharing an outbox in Redis share its slots: one of them may have spent this one.
+            with contextlib.suppress(OutboxUnavailable):
+                shared = await self.outbox.spent(delivery.rate_slot)
+                if shared is not None:
+                    self._spend(delivery, min(shared, now))
         if self._slot_taken(delivery, now):
             delivery.state, delivery.finished = "rateLimited", now
             _forget_payload(delivery)
@@ -372,6 +378,9 @@ class Dispatcher:
             None,
         )
         self._spend(delivery, finished)
+        if delivery.message.rate_limit > 0:
+            with contextlib.suppress(OutboxUnavailable):
+                await self.outbox.spend(delivery.rate_slot, finished, delivery.message.rate_limit)
         _forget_payload(delivery)
         lane.stats.sent += 1
         self.warnings.pop(channel, None)  # whatever the start-up check found, the channel works now

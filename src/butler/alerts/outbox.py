@@ -227,6 +227,14 @@ class Outbox:
     async def release(self, delivery: Delivery) -> None:
         """The attempt is over."""
 
+    async def spent(self, slot: tuple[str, str, str]) -> float | None:
+        """When another Butler sharing this outbox last spent ``slot`` (None: none did, or none shares)."""
+        return None
+
+    async def spend(self, slot: tuple[str, str, str], moment: float, seconds: float) -> None:
+        """Tell the Butlers sharing this outbox that ``slot`` was spent at ``moment``, for ``seconds``."""
+        return None
+
     async def current(self, delivery: Delivery) -> Delivery:
         """The delivery as the store has it now."""
         return delivery

@@ -109,6 +109,18 @@ class RedisOutbox(Outbox):
         if await self._call(self._client.get(key)) == self.instance:
             await self._call(self._client.delete(key))
 
+    def _spent_key(self, slot: tuple[str, str, str]) -> str:
+        return f"{self.prefix}spent:{orjson.dumps(slot).decode()}"
+
+    async def spent(self, slot: tuple[str, str, str]) -> float | None:
+        moment = await self._call(self._client.get(self._spent_key(slot)))
+        return float(moment) if moment else None
+
+    async def spend(self, slot: tuple[str, str, str], moment: float, seconds: float) -> None:
+        # Kept as long as the slot is taken: Redis forgets it when the rate limit no longer applies.
+        lasts = max(1, int(seconds * 1000))
+        await self._call(self._client.set(self._spent_key(slot), repr(moment), px=lasts))
+
     async def current(self, delivery: Delivery) -> Delivery:
         record = await self._call(self._client.get(self._record_key(delivery.id)))
         if not record:

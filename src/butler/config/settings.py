@@ -249,6 +249,25 @@ class HealthCheckSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class InstancesSettings:
+    """``Butler.instances`` (an addition): several Butlers on one Redis (``keyValueStore.backend: redis``)
+    share the monitors' leases and the REST rate limit (README, Several Butlers)."""
+
+    takeover_seconds: float = setting(
+        "takeoverSeconds",
+        Number(0.2, 3600),
+        15.0,
+        help="how soon another Butler takes over a monitor's lease when its holder dies",
+    )
+    instance_id: str | None = setting(
+        "instanceId",
+        Str(nullable=True),
+        None,
+        help="this Butler's name in the leases and /health; null: host name, process id and a random part",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PrometheusSettings:
     """``Butler.prometheus`` (an addition): ``GET /metrics`` in Prometheus's text format."""
 
@@ -853,6 +872,9 @@ class Settings:
     )
     audit: AuditLogSettings = part("auditLog", AuditLogSettings, addition=True, help="the audit log")
     key_value: KeyValueSettings = part("keyValueStore", KeyValueSettings, help="the key-value store")
+    instances: InstancesSettings = part(
+        "instances", InstancesSettings, addition=True, help="several Butlers sharing one Redis"
+    )
     certificates: CertificateSettings = part(
         "cert", CertificateSettings, help="the certificates Butler uses with Qlik Sense"
     )

@@ -21,6 +21,9 @@ class _Window:
 
 
 class RateLimiter:
+    #: Whether ``count`` asks another process (and is to be awaited rather than ``hit`` called).
+    shared = False
+
     def __init__(self, max_requests: int, window_seconds: float = 60.0) -> None:
         self.max_requests = max_requests
         self.window_seconds = window_seconds
@@ -37,8 +40,19 @@ class RateLimiter:
         if window is None or window.ends <= now:
             window = self._windows[client] = _Window(now + self.window_seconds)
         window.count += 1
-        reset = str(max(1, math.ceil(window.ends - now - 1e-6)))
-        remaining = self.max_requests - window.count
+        return self.answer(window.count, window.ends - now)
+
+    async def count(self, client: str) -> dict[str, str]:
+        """``hit``, for callers that can wait: a limiter shared by several Butlers counts in Redis."""
+        return self.hit(client)
+
+    def stats(self) -> dict[str, object]:
+        return {"counted": "local"}
+
+    def answer(self, count: int, seconds_left: float) -> dict[str, str]:
+        """The headers for the ``count``-th request of a window ending in ``seconds_left``; the 429 beyond."""
+        reset = str(max(1, math.ceil(seconds_left - 1e-6)))
+        remaining = self.max_requests - count
         headers = {
             "x-ratelimit-limit": str(self.max_requests),
             "x-ratelimit-remaining": str(max(remaining, 0)),

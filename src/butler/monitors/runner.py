@@ -5,6 +5,9 @@ fire is computed when a check ends, so a check that takes longer than the interv
 overlapped instead of piling up. A check that fails is logged as an error the first time, then once per
 ``QUIET_SECONDS`` while it keeps failing with the same message (the count is in ``/health``), and once when
 it works again, so an endpoint that is down for a day leaves a few lines, not thousands.
+
+Butlers sharing a Redis hold one lease per monitor (butler.leases): at each fire only the holder checks,
+the others count the fire as ``skipped``; a check's fencing token is kept with its outcome.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from butler.errors import ButlerError
+from butler.leases import Lease
 from butler.monitors.later import Schedule
 
 log = logging.getLogger("butler")
@@ -45,6 +49,7 @@ class Periodic:
         at_start: bool,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        lease: Lease | None = None,
     ) -> None:
         self.name = name
         self.schedule = schedule
@@ -52,6 +57,9 @@ class Periodic:
         self.at_start = at_start
         self.clock = clock
         self.sleep = sleep
+        self.lease = lease
+        self.skipped = 0  # fires left to the lease's holder
+        self.fencing_token: int | None = None  # of the last check made
         self.runs = 0
         self.failures = 0
         self.failing = 0  # failures in a row
@@ -84,6 +92,11 @@ class Periodic:
 
     async def run_once(self) -> None:
         """One check, its failure logged as the module says; never raises but for cancellation."""
+        lease = self.lease
+        if lease is not None and not lease.held:
+            self.skipped += 1
+            return
+        self.fencing_token = lease.token if lease is not None and not lease.local else None
         self.last_run = self.clock()
         try:
             await self.check()
@@ -114,6 +127,8 @@ class Periodic:
         return {
             "frequency": self.schedule.text,
             "runs": self.runs,  # checks done, failed ones included
+            "skipped": self.skipped,
+            "fencingToken": self.fencing_token,
             "failures": self.failures,
             "failingInARow": self.failing,
             "lastRun": _iso(self.last_run) if self.last_run is not None else None,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from butler.config import Settings
+from butler.leases import Leases
 from butler.monitors.later import parse
 from butler.monitors.licenses import (
     AccessLicenseMonitor,
@@ -32,7 +33,8 @@ log = logging.getLogger("butler")
 
 
 class Monitors:
-    def __init__(self) -> None:
+    def __init__(self, leases: Leases | None = None) -> None:
+        self.leases = leases
         self.runners: dict[str, Periodic] = {}
         self.services: ServiceMonitor | None = None
         self.version: VersionMonitor | None = None
@@ -54,10 +56,11 @@ class Monitors:
         version: str,
         started: float,
         windows: ServiceManager | None = None,
+        leases: Leases | None = None,
     ) -> Monitors:
         """The enabled monitors; those that need Qlik Sense are left out, with a warning, when ``site`` is
         None (no client certificate)."""
-        monitors = cls()
+        monitors = cls(leases)
         config = settings.monitors
         alerting = config.services.enable or config.server_license.enable
         sink = _alert_sink(alerts) if alerting else None
@@ -138,7 +141,8 @@ class Monitors:
         return monitors
 
     def _add(self, name: str, frequency: str, check: Callable[[], Awaitable[None]], at_start: bool) -> None:
-        self.runners[name] = Periodic(name, parse(frequency), check, at_start=at_start)
+        lease = self.leases.lease(f"monitor:{name}") if self.leases is not None else None
+        self.runners[name] = Periodic(name, parse(frequency), check, at_start=at_start, lease=lease)
 
     def start(self) -> None:
         if self.uptime is not None:

@@ -53,6 +53,8 @@ def health_route(services: Services) -> Route:
             status["audit"] = services.audit.stats()
         if services.monitors is not None and services.monitors.runners:
             status["monitors"] = services.monitors.stats()
+        if services.leases is not None:
+            status["instances"] = services.leases.stats()
         if services.scheduler is not None:
             scheduler = services.scheduler.stats()
             status["scheduler"] = scheduler

@@ -22,11 +22,23 @@ class RateLimit:
     def __call__(self, context: Context) -> Awaitable[Reply]:
         assert context.route is not None
         if context.route.rate_limited:
+            if self.limiter.shared:
+                return self._counted_in_redis(context)
             try:
                 context.add_headers(self.limiter.hit(context.client_ip))
             except HttpError:
-                log.warning(
-                    "Rate limit exceeded: %s %s from %s", context.method, context.target, context.client_ip
-                )
+                _exceeded(context)
                 raise
         return self.app(context)
+
+    async def _counted_in_redis(self, context: Context) -> Reply:
+        try:
+            context.add_headers(await self.limiter.count(context.client_ip))
+        except HttpError:
+            _exceeded(context)
+            raise
+        return await self.app(context)
+
+
+def _exceeded(context: Context) -> None:
+    log.warning("Rate limit exceeded: %s %s from %s", context.method, context.target, context.client_ip)
