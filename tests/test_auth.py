@@ -621,3 +621,22 @@ async def test_the_audit_log_names_the_token_and_records_its_refusals(
     ]
     text = file.read_text()
     assert writer not in text and admin not in text
+
+
+async def test_a_tokens_own_rate_limit_holds_across_butlers_sharing_redis(
+    start_butler: StartButler, redis_url: str, tmp_path: Path
+) -> None:
+    """Round-robin over two Butlers on one Redis, as a load balancer would: a token allowed 4 requests a
+    minute gets 4 answers in all, not 4 from each."""
+    document = auth_config()
+    document["Butler"]["keyValueStore"] = {
+        "backend": "redis",
+        "redis": {"url": redis_url, "keyPrefix": f"test:{uuid.uuid4().hex}:kv:"},
+    }
+    bases = [await start_butler(document), await start_butler(document)]
+    config = write_config(tmp_path / "butler.yaml", document)
+    created = ["token", "create", "-c", str(config), "--name", "etl", "--scope", "status"]
+    created += ["--rate-limit", "4"]
+    token = run_butler(*created).stdout.strip()
+    statuses = [(await call("GET", f"{bases[n % 2]}/v4/butlerping", token))[0] for n in range(6)]
+    assert statuses == [200, 200, 200, 200, 429, 429]

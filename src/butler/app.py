@@ -200,9 +200,23 @@ class Butler:
             tokens = open_token_store(kv.backend, kv.sqlite_path, kv.redis_url, kv.redis_prefix)
             self._exits.push_async_callback(tokens.close)
             authentication = partial(
-                Authentication, tokens=tokens, header=auth.token_header, certificates=auth.certificates
+                Authentication,
+                tokens=tokens,
+                header=auth.token_header,
+                certificates=auth.certificates,
+                limiter_for=self._token_limiter,
             )
         return RestApi(router, limiter, browsers, requests, self.services.audit, authentication)
+
+    def _token_limiter(self, max_requests: int) -> RateLimiter:
+        """The limiter of tokens allowed ``max_requests`` a minute: shared through Redis when there is one."""
+        leases = self.services.leases
+        if leases is None or leases.redis is None:
+            return RateLimiter(max_requests)
+        from butler.http.shared_ratelimit import SharedRateLimiter
+
+        # Beside the per-IP windows but apart from them: a token's name could be an address.
+        return SharedRateLimiter(max_requests, leases.redis, f"{leases.prefix}ratelimit:token:")
 
     def _rate_limiter(self) -> RateLimiter | None:
         leases = self.services.leases

@@ -14,7 +14,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from typing import Any
 
@@ -81,8 +81,12 @@ class Authentication:
         tokens: TokenStore,
         header: str = "X-Butler-Token",
         certificates: tuple[CertificateScopes, ...] = (),
+        limiter_for: Callable[[int], RateLimiter] = RateLimiter,
     ) -> None:
         self.app = app
+        #: Makes the limiter of a per-token limit: counted in Redis when Butlers share one, so that a
+        #: token's limit holds whichever Butler a load balancer picks.
+        self.limiter_for = limiter_for
         self.tokens = tokens
         self.header = header
         self.certificates = {parse_subject(c.subject): c for c in certificates}
@@ -129,11 +133,19 @@ class Authentication:
             if time.monotonic() >= self._touch_due:
                 self._touch_used()
         else:
-            self._admit(context, record, token, token_digest, scope)
+            counting = self._admit(context, record, token, token_digest, scope)
+            if counting is not None:
+                return self._counted(counting, context)
         return self.app(context)
 
+    async def _counted(self, counting: Awaitable[None], context: Context) -> Reply:
+        await counting
+        return await self.app(context)
+
     async def _looked_up(self, context: Context, token: str, token_digest: str, scope: str) -> Reply:
-        self._admit(context, await self.tokens.find(token_digest), token, token_digest, scope)
+        counting = self._admit(context, await self.tokens.find(token_digest), token, token_digest, scope)
+        if counting is not None:
+            await counting
         return await self.app(context)
 
     def _token(self, context: Context) -> str | None:
@@ -155,7 +167,8 @@ class Authentication:
 
     def _admit(
         self, context: Context, record: TokenRecord | None, token: str, token_digest: str, scope: str
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Refuse the token or admit it; what is left to await when its limit is counted in Redis."""
         if record is None or not hmac.compare_digest(record.digest, token_digest):
             if not token.strip():
                 raise unauthorized(_MALFORMED_HEADER)
@@ -173,19 +186,29 @@ class Authentication:
             raise HttpError(
                 403, f"Token {record.name} lacks scope {scope}, needed for {context.method} {context.path}"
             )
-        route_path = context.path
-        if record.rate_limit:
-            limiter = self._limiters.get(record.rate_limit)
-            if limiter is None:
-                limiter = self._limiters[record.rate_limit] = RateLimiter(record.rate_limit)
-            try:
-                limiter.hit(record.name)
-            except HttpError:
-                log.warning("Rate limit of token %s exceeded: %s %s", record.name, context.method, route_path)
-                raise
         self._used.add(record.name)
         if time.monotonic() >= self._touch_due:
             self._touch_used()
+        if not record.rate_limit:
+            return None
+        limiter = self._limiters.get(record.rate_limit)
+        if limiter is None:
+            limiter = self._limiters[record.rate_limit] = self.limiter_for(record.rate_limit)
+        if limiter.shared:
+            return self._count(limiter, record.name, context)
+        try:
+            limiter.hit(record.name)
+        except HttpError:
+            _over_limit(record.name, context)
+            raise
+        return None
+
+    async def _count(self, limiter: RateLimiter, name: str, context: Context) -> None:
+        try:
+            await limiter.count(name)
+        except HttpError:
+            _over_limit(name, context)
+            raise
 
     def _touch_used(self) -> None:
         """Write the last use of the tokens used since the last write (at most once a minute)."""
@@ -219,3 +242,7 @@ class Authentication:
         if scope not in mapped.scopes:
             needed = f"needed for {context.method} {context.path}"
             raise HttpError(403, f"Certificate {mapped.subject} lacks scope {scope}, {needed}")
+
+
+def _over_limit(name: str, context: Context) -> None:
+    log.warning("Rate limit of token %s exceeded: %s %s", name, context.method, context.path)
