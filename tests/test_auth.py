@@ -640,3 +640,20 @@ async def test_a_tokens_own_rate_limit_holds_across_butlers_sharing_redis(
     token = run_butler(*created).stdout.strip()
     statuses = [(await call("GET", f"{bases[n % 2]}/v4/butlerping", token))[0] for n in range(6)]
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+def test_token_changes_made_with_the_cli_are_in_the_audit_log(tmp_path: Path) -> None:
+    from tests.test_audit import audit_config, lines
+
+    file = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "butler.yaml", audit_config(auth_config(), file))
+    made = run_butler("token", "create", "-c", str(config), "--name", "etl", "--scope", "kv:read")
+    token = made.stdout.strip()
+    assert run_butler("token", "revoke", "-c", str(config), "etl").returncode == 0
+    records = lines(file)
+    assert [(r["operation"], r["target"]["name"]) for r in records] == [
+        ("createToken", "etl"),
+        ("revokeToken", "etl"),
+    ]
+    assert records[0]["target"]["scopes"] == ["kv:read"] and records[0]["caller"].startswith("cli ")
+    assert token not in file.read_text()

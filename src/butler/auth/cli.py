@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import ipaddress
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
+from butler.audit import record_now
 from butler.auth import SCOPES
 from butler.auth.tokens import (
     NAME_FORM,
@@ -114,6 +117,8 @@ async def _run(args: argparse.Namespace, settings: Settings, record: TokenRecord
                 f"token {record.name} made with scopes {', '.join(record.scopes)}; it is shown this once",
                 file=sys.stderr,
             )
+            target = {"name": record.name, "scopes": list(record.scopes), "expires": _when(record.expires)}
+            _audit(settings, "createToken", target)
             return 0
         if args.token_command == "list":
             print("name\tscopes\tcreated\texpires\tlast used\tallowed IPs\trate limit")
@@ -134,6 +139,7 @@ async def _run(args: argparse.Namespace, settings: Settings, record: TokenRecord
             return 0
         if await store.revoke(args.name):
             print(f"token {args.name} revoked")
+            _audit(settings, "revokeToken", {"name": args.name})
             return 0
         print(f"butler: no token named {args.name}", file=sys.stderr)
         return 1
@@ -142,6 +148,12 @@ async def _run(args: argparse.Namespace, settings: Settings, record: TokenRecord
         return 1
     finally:
         await store.close()
+
+
+def _audit(settings: Settings, operation: str, target: dict[str, Any]) -> None:
+    """Token changes are recorded in the audit log (when it is on) as the REST calls are, by the account
+    that ran the command."""
+    record_now(settings.audit, operation, caller=f"cli {getpass.getuser()}", target=target, outcome="done")
 
 
 def token_command(args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings) -> int:
