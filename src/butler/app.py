@@ -106,8 +106,9 @@ def _qlik_reachable(on: Callable[[Settings], bool]) -> Callable[[Settings], bool
 
 #: Every feature, one line each. Their routes are registered in this order.
 FEATURES = (
-    # Every Butler: the leases, and the Redis the rate limit counts in when several share one.
-    Feature(services=("leases",)),
+    # Butlers sharing one Redis: the leases, and the Redis the rate limits count in. Alone, a Butler holds
+    # every lease and counts by itself, which needs nothing opened.
+    Feature(when=lambda settings: settings.key_value.backend == "redis", services=("leases",)),
     Feature(butler_status.routes, flags=("butlerping", "apiListEnabledEndpoints")),
     Feature(base_conversion.routes, flags=("base62ToBase16", "base16ToBase62")),
     Feature(key_value.routes, flags=("keyValueStore",), services=("key_values",)),
