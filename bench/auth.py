@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from harness import cores, cpu_seconds, free_port, run_wrk, start_butler, stop_processes, wait_port
+from harness import chain_cpu, cores, cpu_seconds, free_port, run_wrk, start_butler, stop_processes, wait_port
 
 CONFIG = """
 Butler:
@@ -46,7 +46,6 @@ def chain_cost(workdir: Path, rounds: int) -> tuple[float, float]:
     from aiohttp.test_utils import make_mocked_request
 
     from butler.auth.tokens import SqliteTokens, TokenRecord, digest, new_token
-    from butler.http.middleware import Context
     from butler.http.middleware.authentication import Authentication
     from butler.http.routing import ApiRequest, Reply, Route, Router, json_reply
     from butler.http.server import RestApi
@@ -67,15 +66,7 @@ def chain_cost(workdir: Path, rounds: int) -> tuple[float, float]:
             True: RestApi(router, authentication=partial(Authentication, tokens=tokens)),
         }
         request = make_mocked_request("GET", "/v4/butlerping", headers={"Authorization": f"Bearer {token}"})
-        count = 100_000
-        least = {False: float("inf"), True: float("inf")}
-        for _ in range(rounds):
-            for on, api in apis.items():
-                chain = api._chain
-                started = time.process_time()
-                for _ in range(count):
-                    await chain(Context(request, time.perf_counter()))
-                least[on] = min(least[on], (time.process_time() - started) / count * 1e6)
+        least = await chain_cpu(apis, request, rounds)
         await asyncio.sleep(0.1)  # the token's last use is written
         await tokens.close()
         return least[False], least[True]

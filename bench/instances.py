@@ -31,21 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness import free_port, run_wrk, start_butler, stop_processes, wait_port, write_butler_config
-
-POST_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  local key, value = math.random(0, 499), math.random(1, 1e6)
-  local body = string.format('{"key":"k%d","value":"value %d","ttl":0}', key, value)
-  return wrk.format(nil, nil, nil, body)
-end
-"""
-GET_SCRIPT = """
-request = function()
-  return wrk.format("GET", string.format("/v4/keyvalues/bench?key=k%d", math.random(0, 499)))
-end
-"""
+from key_value import GET_SCRIPT, POST_SCRIPT
 
 
 def start_redis(workdir: Path, processes: list[subprocess.Popen[bytes]]) -> str:

@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from harness import (
+    chain_cpu,
     cores,
     cpu_seconds,
     free_port,
@@ -204,7 +205,6 @@ def middleware_cost(rounds: int) -> float:
 
     from aiohttp.test_utils import make_mocked_request
 
-    from butler.http.middleware import Context
     from butler.http.middleware.request_metrics import RequestTimes
     from butler.http.routing import ApiRequest, Reply, Route, Router, json_reply
     from butler.http.server import RestApi
@@ -217,21 +217,7 @@ def middleware_cost(rounds: int) -> float:
     router = Router()
     router.add(Route("GET", "/v4/butlerping", ping))
     apis = {False: RestApi(router), True: RestApi(router, request_times=RequestTimes())}
-    request = make_mocked_request("GET", "/v4/butlerping")
-    count = 100_000
-
-    async def run() -> dict[bool, float]:
-        least = {False: float("inf"), True: float("inf")}
-        for _ in range(rounds):
-            for on, api in apis.items():
-                chain = api._chain
-                started = time.process_time()
-                for _ in range(count):
-                    await chain(Context(request, time.perf_counter()))
-                least[on] = min(least[on], (time.process_time() - started) / count * 1e6)
-        return least
-
-    least = asyncio.run(run())
+    least = asyncio.run(chain_cpu(apis, make_mocked_request("GET", "/v4/butlerping"), rounds))
     print(
         f"REST chain in process: {least[False]:.2f} µs per ping without the middleware, "
         f"{least[True]:.2f} µs with"
