@@ -9,9 +9,6 @@ import collections
 import email
 import email.policy
 import json
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,7 +20,7 @@ import pytest
 
 import butler
 from qliksim.site import RunBehaviour
-from tests.conftest import Broker, ButlerProcess, free_port, udp_ports, write_config
+from tests.conftest import Broker, ButlerProcess, RedisServer, free_port, udp_ports, write_config
 from tests.influxdb import Influxd, influxd  # noqa: F401 (fixture)
 from tests.test_alert_email import Mailbox, Server
 from tests.test_events import open_session, udp_config
@@ -31,56 +28,6 @@ from tests.test_influx import influx_section
 from tests.test_task_start import butler_config
 
 TEMPLATES = Path(butler.__file__).parent / "alert_templates"
-
-
-class RedisServer:
-    """A redis-server of this test's own, which it can stop and start again on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @pytest.fixture
