@@ -5,6 +5,8 @@
 key means; ``butler alert test -c FILE.yaml --channel CHANNEL`` sends a sample alert through one channel;
 ``butler schedules check FILE.yaml`` validates a schedule file and shows each entry's next fires;
 ``butler token create|list|revoke -c FILE.yaml`` makes, lists and revokes API tokens;
+``butler appenders --butler-host HOST`` writes the log-appender files of the Sense nodes;
+``butler load-script`` writes the load-script subs that call Butler (``butler_subs.qvs``);
 ``butler --version``.
 """
 
@@ -21,11 +23,13 @@ from typing import Any
 from butler import __version__
 from butler.alerts.model import CHANNELS
 from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
+from butler.appenders import SESSION_PORT, TASK_PORT, write_files
 from butler.auth.cli import add_commands as add_token_commands
 from butler.auth.cli import token_command
 from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_config
 from butler.demo import run_demo
 from butler.errors import BadRequest
+from butler.load_script import SUBS_FILE, subs_text
 from butler.logs import LEVELS, setup_logging
 
 log = logging.getLogger("butler")
@@ -121,7 +125,73 @@ def _parser() -> argparse.ArgumentParser:
         help="the alert tried (default reloadTaskFailure)",
     )
     add_token_commands(commands)
+
+    appenders = commands.add_parser(
+        "appenders",
+        help="write the log-appender files of the Sense scheduler and proxy nodes (LocalLogConfig.xml)",
+        description="Writes DIR/Scheduler/LocalLogConfig.xml (task events) and DIR/Proxy/LocalLogConfig.xml "
+        "(user sessions), sending to Butler at HOST. Copy them to C:\\ProgramData\\Qlik\\Sense\\Scheduler "
+        "and ...\\Proxy of each node and restart the Qlik Sense Scheduler and Proxy services.",
+    )
+    appenders.add_argument(
+        "--butler-host",
+        required=True,
+        metavar="HOST",
+        help="IP address or host name the nodes reach Butler at",
+    )
+    appenders.add_argument(
+        "--task-port",
+        type=int,
+        default=TASK_PORT,
+        help=f"Butler.udpServerConfig.portTaskFailure ({TASK_PORT})",
+    )
+    appenders.add_argument(
+        "--session-port",
+        type=int,
+        default=SESSION_PORT,
+        help=f"Butler.udpServerConfig.portSessionConnectionEvents ({SESSION_PORT})",
+    )
+    appenders.add_argument(
+        "--out", type=Path, default=Path(), metavar="DIR", help="where to write (default .)"
+    )
+    appenders.add_argument("--force", action="store_true", help="replace files that exist")
+
+    load_script = commands.add_parser(
+        "load-script",
+        help="write butler_subs.qvs, the load-script subs that call Butler through Qlik's REST connector",
+    )
+    load_script.add_argument(
+        "--out",
+        type=Path,
+        default=Path(SUBS_FILE),
+        metavar="FILE",
+        help=f"where to write (default {SUBS_FILE})",
+    )
+    load_script.add_argument("--force", action="store_true", help="replace the file if it exists")
     return parser
+
+
+def appenders(args: argparse.Namespace) -> int:
+    try:
+        written = write_files(args.out, args.butler_host, args.task_port, args.session_port, args.force)
+    except BadRequest as exc:
+        print(f"butler: nothing written: {exc}", file=sys.stderr)
+        return 1
+    except FileExistsError as exc:
+        print(f"butler: nothing written, these exist (--force replaces them): {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def load_script(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.force:
+        print(f"butler: {args.out} exists (--force replaces it)", file=sys.stderr)
+        return 1
+    args.out.write_text(subs_text(), encoding="utf-8", newline="\n")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -271,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return schedules_check(args)
     if args.command == "token":
         return token(args, parser)
+    if args.command == "appenders":
+        return appenders(args)
+    if args.command == "load-script":
+        return load_script(args)
     parser.print_help()
     return 2
 
