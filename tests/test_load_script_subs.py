@@ -20,10 +20,11 @@ import yarl
 
 from butler.config import ENDPOINT_FLAGS
 from butler.load_script import subs_text
-from tests.conftest import Broker, StartButler, udp_ports
-from tests.receivers import Receiver
+from tests.conftest import Broker, StartButler, run_butler, udp_ports
+from tests.receivers import Receiver, status
 from tests.test_apps import app_id, engine_config
-from tests.test_events import udp_config
+from tests.test_events import FAILING_TASK, open_session, udp_config
+from tests.test_monitors_e2e import NEVER_RELEASE
 from tests.test_task_start import APP1, APP2, butler_config
 
 UPSTREAM = Path(__file__).resolve().parent / "data" / "upstream" / "butler_subs.qvs"
@@ -541,8 +542,8 @@ def as_list(value: Any) -> list[Any]:
 class Site:
     base: str
     folders: dict[str, Path]
-    session_port: int
     hook: Receiver
+    slack: Receiver
 
 
 @pytest.fixture
@@ -581,10 +582,10 @@ async def site(
     schedules.write_text(yaml.safe_dump({"butlerSchedule": []}))
     butler["scheduler"] = {"enable": True, "configfile": str(schedules)}
     butler["auditLog"] = {"enable": True, "file": str(tmp_path / "audit.jsonl")}
-    butler["qlikSenseLicense"] = {"licenseRelease": {"enable": True, "dryRun": True}}
+    butler["qlikSenseLicense"] = {"licenseRelease": {"enable": True, "neverRelease": NEVER_RELEASE}}
     simulator.udp.targets = [("127.0.0.1", task_port)]
     simulator.session_udp.targets = [("127.0.0.1", session_port)]
-    return Site(await start_butler(document), folders, session_port, hook)
+    return Site(await start_butler(document), folders, hook, slack)
 
 
 @pytest.fixture
@@ -615,6 +616,56 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> No
 
 #: The subs of both files that make no request to Butler.
 NO_REQUEST = {"NiceTrace", "ButlerInit"}
+#: The subs each test calls, every one of them: together every sub of both files that makes a request.
+KEY_VALUE_SUBS = {
+    "AddKeyValue",
+    "GetKeyValue",
+    "ExistsKeyValue",
+    "GetAllKeysInNamespace",
+    "GetKeyValueNamespaces",
+    "DeleteKeyValue",
+    "DeleteKeyValueNamespace",
+}
+TASK_SUBS = {
+    "GetEnabledButlerAPIEndpoints",
+    "StartTask",
+    "StartTask_KeyValue",
+    "GetKeyValue",
+    "ReloadSenseApp",
+    "GetTaskStatus",
+}
+FILE_SUBS = {"CopyFile", "MoveFile", "DeleteFile", "CreateDir", "CreateDirQVD"}
+MESSAGE_SUBS = {"PostToMQTT", "PostToSlack"}
+SERVICE_SUBS = {
+    "ButlerPing",
+    "Base62ToBase16",
+    "Base16ToBase62",
+    "GetApps",
+    "GetAppScript",
+    "GetActiveUserCount",
+    "GetActiveUsers",
+}
+SCHEDULE_SUBS = {
+    "CreateSchedule",
+    "GetSchedules",
+    "UpdateSchedule",
+    "StartSchedule",
+    "StopSchedule",
+    "StartAllSchedules",
+    "StopAllSchedules",
+    "GetScheduleRuns",
+    "DeleteSchedule",
+}
+MONITORING_SUBS = {"GetAlerts", "RetryAlert", "GetLicenseReleases", "GetAuditLog"}
+GROUPS = (
+    KEY_VALUE_SUBS,
+    TASK_SUBS,
+    FILE_SUBS,
+    MESSAGE_SUBS,
+    SERVICE_SUBS,
+    SCHEDULE_SUBS,
+    MONITORING_SUBS,
+)
 
 
 @BOTH
@@ -631,23 +682,13 @@ async def test_key_value_subs(subs_files: Callable[[str], SubsFile], which: str)
     assert "chain" in (await subs.call("GetKeyValueNamespaces", "Namespaces")).json
     await subs.call("DeleteKeyValue", "chain", "year")
     # No key, no keyValue: the connector leaves its fields null.
-    gone = await subs.call("ExistsKeyValue", "chain", "year", "vExists", optional=KEY_VALUE_FIELDS)
+    gone = await subs.call(
+        "ExistsKeyValue", "chain", "year", "vExists", optional=frozenset({"namespace", "key", "value", "ttl"})
+    )
     assert gone.json["keyExists"] is False
     await subs.call("DeleteKeyValueNamespace", "chain")
     assert "chain" not in (await subs.call("GetKeyValueNamespaces", "Namespaces")).json
     assert_called(subs, KEY_VALUE_SUBS)
-
-
-KEY_VALUE_FIELDS = frozenset({"namespace", "key", "value", "ttl"})
-KEY_VALUE_SUBS = {
-    "AddKeyValue",
-    "GetKeyValue",
-    "ExistsKeyValue",
-    "GetAllKeysInNamespace",
-    "GetKeyValueNamespaces",
-    "DeleteKeyValue",
-    "DeleteKeyValueNamespace",
-}
 
 
 def assert_called(subs: SubsFile, names: set[str]) -> None:
@@ -680,17 +721,7 @@ async def test_task_subs(subs_files: Callable[[str], SubsFile], which: str, simu
         await until(lambda: task_finished(subs, APP1["taskId"]))
         task = await subs.call("GetTaskStatus", APP1["taskId"], "Status")
         assert (task.json["taskId"], task.json["status"]) == (APP1["taskId"], "FinishedSuccess")
-    assert_called(
-        subs,
-        {
-            "GetEnabledButlerAPIEndpoints",
-            "StartTask",
-            "StartTask_KeyValue",
-            "GetKeyValue",
-            "ReloadSenseApp",
-            "GetTaskStatus",
-        },
-    )
+    assert_called(subs, TASK_SUBS)
 
 
 async def task_finished(subs: SubsFile, task_id: str) -> bool:
@@ -715,7 +746,7 @@ async def test_file_subs(subs_files: Callable[[str], SubsFile], which: str, site
     assert (folders["made"] / "x" / "y").is_dir()
     await subs.call("CreateDirQVD", "sales/2026")
     assert (folders["qvd"] / "sales" / "2026").is_dir()
-    assert_called(subs, {"CopyFile", "MoveFile", "DeleteFile", "CreateDir", "CreateDirQVD"})
+    assert_called(subs, FILE_SUBS)
 
 
 @BOTH
@@ -733,4 +764,164 @@ async def test_message_subs(
         assert bytes(message.payload).decode() == "Sales reloaded"  # type: ignore[arg-type]
     posted = await subs.call("PostToSlack", "sense-reloads", "Butler", "Sales reloaded", ":ghost:")
     assert posted.json["channel"] == "#sense-reloads"
-    assert_called(subs, {"PostToMQTT", "PostToSlack"})
+    [(_, _, slack)] = site.slack.got
+    assert (slack["channel"], slack["text"]) == ("#sense-reloads", "Sales reloaded")
+    assert_called(subs, MESSAGE_SUBS)
+
+
+async def test_our_service_subs(subs_files: Callable[[str], SubsFile], simulator: Any) -> None:
+    subs = subs_files("ours")
+    assert (await subs.call("ButlerPing", "vPing")).json["response"] == "Butler reporting for duty"
+    base16 = await subs.call("Base62ToBase16", "6DMW88LpSok9Z7P7hUK0wv7bF", "vBase16")
+    assert base16.json["base16"] == "3199af08bfeeaf5d420f27ed9c01e74370077"
+    base62 = await subs.call("Base16ToBase62", "3199af08bfeeaf5d420f27ed9c01e74370077", "vBase62")
+    assert base62.json["base62"] == "6DMW88LpSok9Z7P7hUK0wv7bF"
+    apps = await subs.call("GetApps", "Apps")
+    app1 = app_id(simulator, "App1")
+    assert {"id": app1, "name": "App1"} in apps.json
+    script = await subs.call("GetAppScript", app1, "vScript")
+    assert script.json["loadScript"] == simulator.site.app_content[app1]["script"]
+    await open_session(simulator, "LAB", "anna", "sense1")
+
+    async def counted() -> bool:
+        return json.loads((await subs.send("GetActiveUserCount", "", "vCount")).text)["response"] == 1
+
+    await until(counted)
+    assert (await subs.call("GetActiveUserCount", "sense1", "vCount")).json == {"response": 1}
+    users = await subs.call("GetActiveUsers", "Users")
+    assert [(u["userDirectory"], u["userId"]) for u in users.json] == [("LAB", "anna")]
+    assert_called(subs, SERVICE_SUBS)
+
+
+async def test_our_schedule_subs(subs_files: Callable[[str], SubsFile]) -> None:
+    subs = subs_files("ours")
+    created = await subs.call(
+        "CreateSchedule", "Mornings", "0 30 6 * * 1-5", "Europe/Stockholm", APP1["taskId"], "stopped", "vId"
+    )
+    schedule_id = created.json["id"]
+    [listed] = (await subs.call("GetSchedules", "Schedules")).json
+    assert (listed["id"], listed["cronSchedule"], listed["lastKnownState"]) == (
+        schedule_id,
+        "0 30 6 * * 1-5",
+        "stopped",
+    )
+    updated = await subs.call(
+        "UpdateSchedule", schedule_id, "Evenings", "* * * * * *", "UTC", APP1["taskId"], "stopped"
+    )
+    assert (updated.json["name"], updated.json["cronSchedule"]) == ("Evenings", "* * * * * *")
+    assert (await subs.call("StartSchedule", schedule_id)).json[0]["lastKnownState"] == "started"
+
+    async def fired() -> bool:
+        return bool(json.loads((await subs.send("GetScheduleRuns", schedule_id, "Runs")).text)["runs"])
+
+    await until(fired)
+    runs = await subs.call("GetScheduleRuns", schedule_id, "Runs")
+    assert runs.json["id"] == schedule_id and runs.json["runs"][0]["outcome"]
+    assert (await subs.call("StopSchedule", schedule_id)).json[0]["lastKnownState"] == "stopped"
+    assert [s["lastKnownState"] for s in (await subs.call("StartAllSchedules")).json] == ["started"]
+    assert [s["lastKnownState"] for s in (await subs.call("StopAllSchedules")).json] == ["stopped"]
+    await subs.call("DeleteSchedule", schedule_id)
+    assert (await subs.send("GetSchedules", "Schedules")).text == "[]"
+    assert_called(subs, SCHEDULE_SUBS)
+
+
+async def test_our_monitoring_subs(subs_files: Callable[[str], SubsFile], simulator: Any, site: Site) -> None:
+    subs = subs_files("ours")
+    site.hook.answers = [status(400)]  # refused for good: a dead letter at once
+    failing = next(t for t in simulator.site.tasks.values() if t["name"] == FAILING_TASK)
+    simulator.scheduler.start(failing["id"])
+
+    async def dead() -> bool:
+        alerts = json.loads((await subs.send("GetAlerts", failing["id"], "Alerts")).text)
+        return bool(alerts) and alerts[0]["deliveries"][0]["state"] == "dead"
+
+    await until(dead)
+    [alert] = (await subs.call("GetAlerts", failing["id"], "Alerts")).json
+    assert (alert["taskId"], alert["taskName"]) == (failing["id"], FAILING_TASK)
+    assert (await subs.call("GetAlerts", "", "Alerts")).json == [alert]
+    retried = await subs.call("RetryAlert", alert["alertId"])
+    assert [d["state"] for d in retried.json["retried"]] == ["pending"]
+
+    async def released() -> bool:
+        return bool(json.loads((await subs.send("GetLicenseReleases", "Releases")).text)["releases"])
+
+    await until(released)
+    releases = await subs.call("GetLicenseReleases", "Releases")
+    assert sorted(r["userId"] for r in releases.json["releases"]) == ["anna", "maria", "olle"]
+    audit = await subs.call("GetAuditLog", "", "Audit")
+    assert "retryAlert" in {record["operation"] for record in audit.json}
+    since = await subs.call("GetAuditLog", "2000-01-01T00:00:00Z", "Audit")
+    assert len(since.json) >= len(audit.json)
+    assert_called(subs, MONITORING_SUBS)
+
+
+# --- What the files hold ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["ours", "upstream"])
+def test_every_sub_is_called(which: str) -> None:
+    text = subs_text() if which == "ours" else UPSTREAM.read_text(encoding="utf-8")
+    assert set(read_subs(text)) - NO_REQUEST == set().union(*GROUPS) & set(read_subs(text))
+    assert set(read_subs(UPSTREAM.read_text(encoding="utf-8"))) <= set(read_subs(subs_text()))
+
+
+#: Operations no sub calls, and why: other names of the same operation, endpoints for monitoring tools,
+#: the legacy v2 API, and answers Qlik's REST connector cannot read as JSON (New Relic's status text, the
+#: schedules' status text, as upstream answers them).
+NOT_FOR_LOAD_SCRIPTS = {
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/v4/senselistapps"),
+    ("GET", "/v4/senseappdump/{appId}"),
+    ("POST", "/v4/reloadtask/{taskId}/start"),
+    ("POST", "/v4/newrelic/event"),
+    ("POST", "/v4/newrelic/metric"),
+    ("GET", "/v4/schedules/status"),
+}
+
+
+def test_our_subs_reach_every_operation() -> None:
+    document = yaml.safe_load(resources_openapi())
+    operations = {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("get", "put", "post", "delete") and not path.startswith("/v2/")
+    }
+    variables = {"vButlerHost": "http://butler", "vButlerPort": "8080"}
+    reached = set()
+    for sub in read_subs(subs_text()).values():
+        if sub.name in NO_REQUEST:
+            continue
+        args = [f"p{i}" for i in range(len(sub.params))]
+        request = extract(sub, args, variables, {name: [] for name in args})  # tables too, all empty
+        method = request.headers.get("X-HTTP-Method-Override", CONNECTIONS[request.connection][0])
+        path = yarl.URL(request.url).path
+        matches = [
+            (m, template)
+            for m, template in operations
+            if m == method and re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path)
+        ]
+        # The most literal template wins, as in Butler's router (/v4/schedules/startall before {id}).
+        reached.add(max(matches, key=lambda match: match[1].count("/") - match[1].count("{")))
+    assert operations - NOT_FOR_LOAD_SCRIPTS == reached
+
+
+def resources_openapi() -> str:
+    from importlib import resources
+
+    return resources.files("butler").joinpath("openapi.yaml").read_text(encoding="utf-8")
+
+
+def test_the_command_line_writes_the_subs(tmp_path: Path) -> None:
+    done = run_butler("load-script", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "butler_subs.qvs"
+    assert written.read_text(encoding="utf-8") == subs_text()
+    assert "PostToSlack" in read_subs(written.read_text(encoding="utf-8"))
+    written.write_text("the admin's own copy")
+    done = run_butler("load-script", "--out", str(written))
+    assert done.returncode == 1 and "--force" in done.stderr
+    assert written.read_text() == "the admin's own copy"
+    assert run_butler("load-script", "--out", str(written), "--force").returncode == 0
+    assert written.read_text(encoding="utf-8") == subs_text()
