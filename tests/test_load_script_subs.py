@@ -178,19 +178,16 @@ class Expression:
         return self.tokens[self.at - 1][1]
 
     def either(self) -> Any:
-        left = self.both()
-        while self.peek() == "or":
-            self.take()
-            right = self.both()
-            left = truth(left) or truth(right)
-        return left
+        return self.binary({"or": lambda a, b: truth(a) or truth(b)}, self.both)
 
     def both(self) -> Any:
-        left = self.negation()
-        while self.peek() == "and":
-            self.take()
-            right = self.negation()
-            left = truth(left) and truth(right)
+        return self.binary({"and": lambda a, b: truth(a) and truth(b)}, self.negation)
+
+    def binary(self, operators: dict[str, Callable[[Any, Any], Any]], operand: Callable[[], Any]) -> Any:
+        left = operand()
+        while self.peek() in operators:
+            apply = operators[self.take().lower()]
+            left = apply(left, operand())
         return left
 
     def negation(self) -> Any:
@@ -211,32 +208,19 @@ class Expression:
         return left
 
     def concatenation(self) -> Any:
-        left = self.sum()
-        while self.peek() == "&":
-            self.take()
-            left = text_of(left) + text_of(self.sum())
-        return left
+        return self.binary({"&": lambda a, b: text_of(a) + text_of(b)}, self.sum)
 
     def sum(self) -> Any:
-        left = self.product()
-        while self.peek() in ("+", "-"):
-            op = self.take()
-            right = number(self.product()) or 0
-            left = (number(left) or 0) + (right if op == "+" else -right)
-        return left
+        plus, minus = (lambda a, b: num(a) + num(b)), (lambda a, b: num(a) - num(b))
+        return self.binary({"+": plus, "-": minus}, self.product)
 
     def product(self) -> Any:
-        left = self.unary()
-        while self.peek() in ("*", "/"):
-            op = self.take()
-            right = number(self.unary()) or 0
-            left = (number(left) or 0) * right if op == "*" else (number(left) or 0) / right
-        return left
+        return self.binary({"*": lambda a, b: num(a) * num(b), "/": lambda a, b: num(a) / num(b)}, self.unary)
 
     def unary(self) -> Any:
         if self.peek() == "-":
             self.take()
-            return -(number(self.unary()) or 0)
+            return -num(self.unary())
         return self.primary()
 
     def primary(self) -> Any:
@@ -271,6 +255,11 @@ def number(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def num(value: Any) -> float:
+    """A number as Qlik's arithmetic takes it: what is not one counts as 0."""
+    return number(value) or 0.0
 
 
 def text_of(value: Any) -> str:
