@@ -28,7 +28,6 @@ from tests.test_monitors_e2e import NEVER_RELEASE
 from tests.test_task_start import APP1, APP2, butler_config
 
 UPSTREAM = Path(__file__).resolve().parent / "data" / "upstream" / "butler_subs.qvs"
-APP1_ID = "5c2ab5f1-2e79-4d4b-96b6-ec7bd5e4ba0e"
 
 # --- Reading the subs ---------------------------------------------------------------------------------------
 
