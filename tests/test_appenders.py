@@ -118,6 +118,7 @@ def test_default_ports_and_names(tmp_path: Path) -> None:
         "butler&lab",
         "http://butler:8080",
         "butler host",
+        "butler\n",
         "butler'",
         "",
         "-butler",

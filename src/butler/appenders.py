@@ -118,7 +118,7 @@ PROXY = AppenderFile(
     loggers=(Logger("AuditActivity.Proxy", ("EventSession", "EventConnection")),),
 )
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def check_host(host: str) -> str:
@@ -129,7 +129,7 @@ def check_host(host: str) -> str:
     except ValueError:
         pass
     labels = host.removesuffix(".").split(".")
-    if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise BadRequest(
             f"{host!r} is not an IP address or host name (letters, digits, '-' and '.'); "
             "give the address the Sense nodes reach Butler at, without scheme or port"
