@@ -23,6 +23,7 @@ import time
 import urllib.request
 import venv
 import xml.etree.ElementTree as ElementTree
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,13 @@ def copy_into(source: Path, target: Path, into_folder: bool) -> None:
         shutil.copy2(source, destination)
 
 
+def expand(word: str, cwd: Path) -> list[str]:
+    """What the shell of RUN makes of a word: its matches in the WORKDIR if it has wildcards (here as
+    absolute paths), else the word as it is, as it is when nothing matches."""
+    matches = sorted(glob.glob(word, root_dir=cwd)) if set(word) & set("*?[") else []
+    return [str(cwd / match) for match in matches] or [word]
+
+
 def run_dockerfile(workspace: Path, tools: Path, environment: dict[str, str]) -> list[Stage]:
     """Do what the Dockerfile says, but for the RUN lines that are no `pip` commands (creating the user).
 
@@ -163,8 +171,7 @@ def run_dockerfile(workspace: Path, tools: Path, environment: dict[str, str]) ->
             words = shlex.split(arguments)
             assert not {"&&", "||", ";", "|"} & set(words), f"one command per pip line: {arguments}"
             cwd = stage.path(".")
-            # The shell of RUN expands wildcards, relative to the WORKDIR.
-            expanded = [m for w in words for m in (sorted(glob.glob(w, root_dir=cwd)) or [w])]
+            expanded = [match for word in words for match in expand(word, cwd)]
             executable = shutil.which(expanded[0], path=str(tools))
             assert executable is not None, f"{expanded[0]} is not in {tools}"
             env = {**environment, **stage.env, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
@@ -225,6 +232,9 @@ def test_the_image_install_and_start_commands_work_from_the_wheels(wheels: Path,
     assert "--no-deps" in builder.ran[0], "the builder stage must not fetch the dependencies"
     (wheel,) = (Path(word) for word in install if word.endswith(".whl"))
     version = wheel.name.split("-")[1]
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(f"butler_qlik-{version}.dist-info/METADATA").decode()
+    assert "\n# Butler for Python\n" in metadata, "the wheel was built without the README"
     site = subprocess.run(
         [str(tools / "python"), "-c", "import butler, qliksim; print(butler.__file__)"],
         capture_output=True,
