@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from tests import wheelhouse
-from tests.conftest import base_config, write_config
+from tests.conftest import Broker, base_config, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -393,6 +393,26 @@ def test_compose_runs_butler_with_mosquitto_and_redis() -> None:
     assert "listener 1883" in broker
     # Mosquitto 2 refuses anonymous clients on a listener of its own unless told; Butler logs in as none.
     assert "allow_anonymous true" in broker and "username" not in mqtt
+
+
+@pytest.mark.parametrize("anonymous", [True, False])
+def test_the_compose_broker_takes_butler_and_its_health_check(tmp_path: Path, anonymous: bool) -> None:
+    """Mosquitto 2 with config/mosquitto.conf (on a free port here) lets in a client without a login, as
+    Butler and the compose health check are; without `allow_anonymous true` it would not."""
+    compose_broker = compose()["services"]["mosquitto"]
+    lines = (ROOT / "config" / "mosquitto.conf").read_text().splitlines()
+    kept = [line for line in lines if not line.startswith(("listener ", "persistence_location "))]
+    if not anonymous:
+        kept.remove("allow_anonymous true")
+    broker = Broker(tmp_path, extra="\n".join([*kept, f"persistence_location {tmp_path}/", ""]))
+    broker.start()
+    try:
+        kind, *health = compose_broker["healthcheck"]["test"]
+        assert kind == "CMD" and health[0] == "mosquitto_pub"
+        done = subprocess.run([*health, "-p", str(broker.port)], capture_output=True, text=True, timeout=30)
+    finally:
+        broker.stop()
+    assert (done.returncode == 0) is anonymous, done.stderr
 
 
 def test_the_compose_config_passes_butlers_check() -> None:
