@@ -8,6 +8,7 @@ compose.yaml and the unit files are read and checked against the Dockerfile and 
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import fnmatch
 import glob
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 import venv
 import xml.etree.ElementTree as ElementTree
 import zipfile
@@ -28,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from tests import wheelhouse
-from tests.conftest import Broker, base_config, write_config
+from tests.conftest import Broker, StartButler, base_config, udp_ports, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -395,24 +398,63 @@ def test_compose_runs_butler_with_mosquitto_and_redis() -> None:
     assert "allow_anonymous true" in broker and "username" not in mqtt
 
 
-@pytest.mark.parametrize("anonymous", [True, False])
-def test_the_compose_broker_takes_butler_and_its_health_check(tmp_path: Path, anonymous: bool) -> None:
-    """Mosquitto 2 with config/mosquitto.conf (on a free port here) lets in a client without a login, as
-    Butler and the compose health check are; without `allow_anonymous true` it would not."""
-    compose_broker = compose()["services"]["mosquitto"]
+def compose_broker(directory: Path, anonymous: bool = True) -> Broker:
+    """Mosquitto on config/mosquitto.conf, on a free port of 127.0.0.1 instead of compose's 1883."""
     lines = (ROOT / "config" / "mosquitto.conf").read_text().splitlines()
     kept = [line for line in lines if not line.startswith(("listener ", "persistence_location "))]
     if not anonymous:
         kept.remove("allow_anonymous true")
-    broker = Broker(tmp_path, extra="\n".join([*kept, f"persistence_location {tmp_path}/", ""]))
+    broker = Broker(directory, extra="\n".join([*kept, f"persistence_location {directory}/", ""]))
     broker.start()
+    return broker
+
+
+@pytest.mark.parametrize("anonymous", [True, False])
+def test_the_compose_broker_takes_butler_and_its_health_check(tmp_path: Path, anonymous: bool) -> None:
+    """Mosquitto 2 lets in a client without a login, as Butler and the compose health check are, only
+    with `allow_anonymous true`."""
+    broker = compose_broker(tmp_path, anonymous)
     try:
-        kind, *health = compose_broker["healthcheck"]["test"]
+        kind, *health = compose()["services"]["mosquitto"]["healthcheck"]["test"]
         assert kind == "CMD" and health[0] == "mosquitto_pub"
         done = subprocess.run([*health, "-p", str(broker.port)], capture_output=True, text=True, timeout=30)
     finally:
         broker.stop()
     assert (done.returncode == 0) is anonymous, done.stderr
+
+
+async def test_butler_runs_on_the_compose_config(
+    tmp_path: Path, start_butler: StartButler, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    """config/butler-compose.yaml as compose runs it, this machine's Mosquitto (on the compose broker
+    config) and Redis standing for the services `mosquitto` and `redis`."""
+    document = yaml.safe_load((ROOT / "config" / "butler-compose.yaml").read_text())
+    settings = document["Butler"]
+    settings["restServerConfig"]["serverHost"] = "127.0.0.1"
+    broker = compose_broker(tmp_path)
+    settings["mqttConfig"].update(brokerHost="127.0.0.1", brokerPort=broker.port)
+    settings["keyValueStore"]["redis"].update(url=redis_url, keyPrefix=f"test:{uuid.uuid4().hex}:")
+    settings["keyValueStore"]["sqlite"]["path"] = str(tmp_path / "butler-kv.sqlite")
+    task_port, session_port = udp_ports()
+    settings["udpServerConfig"].update(
+        serverHost="127.0.0.1",
+        portTaskFailure=task_port,
+        portSessionConnectionEvents=session_port,
+        sessionStateFile=str(tmp_path / "butler-sessions.json"),
+    )
+    try:
+        base = await start_butler(document)
+        deadline = time.monotonic() + 10
+        while not (health := await (await http.get(f"{base}/health")).json())["mqtt"]["connected"]:
+            assert time.monotonic() < deadline, health
+            await asyncio.sleep(0.1)
+        stored = await http.post(f"{base}/v4/keyvalues/compose", json={"key": "k", "value": "v"})
+        assert stored.status == 201
+        answer = await http.get(f"{base}/v4/keyvalues/compose", params={"key": "k"})
+        assert (await answer.json())["value"] == "v"
+        assert "keyValueStore" in health["instance"]["shares"], "the key-value store is not Redis"
+    finally:
+        broker.stop()
 
 
 def test_the_compose_config_passes_butlers_check() -> None:
