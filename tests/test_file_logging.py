@@ -49,6 +49,10 @@ def _text(folder: Path) -> str:
     return "".join(path.read_text(encoding="utf-8") for path in _log_files(folder))
 
 
+def _logged(folder: Path, text: str) -> Callable[[], bool]:
+    return lambda: text in _text(folder)
+
+
 async def _ping(port: int, query: str = "", headers: dict[str, str] | None = None) -> int:
     async with (
         aiohttp.ClientSession() as http,
@@ -288,8 +292,7 @@ async def test_secrets_stay_out_of_the_log_files(
             assert await _ping(port, f"?run={log_format}", {"Authorization": f"Bearer {token}"}) == 200
             wrong = "bt_" + "W" * 40
             assert await _ping(port, f"?run={log_format}-wrong", {"X-Butler-Token": wrong}) == 401
-            wrong_line = f"?run={log_format}-wrong 401"
-            await eventually(lambda line=wrong_line: line in _text(folder), why=process.output)
+            await eventually(_logged(folder, f"?run={log_format}-wrong 401"), why=process.output)
         finally:
             assert process.stop() == 0
     text = _text(folder)
