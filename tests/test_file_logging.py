@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from yarl import URL
 
 from butler.logs import BufferedHandler, LogBuffer, LogFiles
@@ -228,6 +229,37 @@ async def test_a_file_that_cannot_be_deleted_is_reported_and_the_rest_goes_on(tm
     )
     assert "still logging" in stream.getvalue()
     assert (tmp_path / f"butler.{_day(-60)}.log").is_dir()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+async def test_a_full_disk_costs_lines_not_the_service(tmp_path: Path) -> None:
+    """The day's file is /dev/full: writing it fails as on a full disk. That is one warning, lines still go
+    to standard error, and the next day's file is written again."""
+    (tmp_path / f"butler.{_day(0)}.log").symlink_to("/dev/full")
+    now = [BEFORE_MIDNIGHT]
+    stream = io.StringIO()
+    files = LogFiles(tmp_path, retention_days=7, clock=lambda: now[0])
+    buffer, logger = _buffer(files, stream)
+    try:
+        for number in range(3):
+            logger.info("line %d on a full disk", number)
+            buffer.flush()
+            await eventually(lambda: " warn: " in stream.getvalue())
+        now[0] += 2
+        logger.info("the next day")
+        buffer.flush()
+        next_day = tmp_path / f"butler.{_day(1)}.log"
+        await eventually(lambda: next_day.exists() and "the next day" in next_day.read_text())
+        logger.info("and on")
+        buffer.flush()
+        await eventually(lambda: "and on" in next_day.read_text())
+    finally:
+        files.close()
+    warnings = [line for line in stream.getvalue().splitlines() if " warn: " in line]
+    assert len(warnings) == 1, warnings
+    assert f"log lines not written to {tmp_path / f'butler.{_day(0)}.log'}: " in warnings[0]
+    assert "No space left on device" in warnings[0]
+    assert all(f"line {number} on a full disk" in stream.getvalue() for number in range(3))
 
 
 async def test_retention_zero_keeps_every_file(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime
 import logging
 import queue
@@ -250,7 +251,7 @@ class LogFiles:
                 batches.append(self._queue.get())
             stop = None in batches
             self._write("".join(batch for batch in batches if batch is not None))
-        self._file.close()
+        self._close()
 
     def _write(self, text: str) -> None:
         day = _utc_day(self.clock())
@@ -271,9 +272,15 @@ class LogFiles:
         except OSError as exc:
             self._problem(f"log file {self.path(day)} cannot be opened: {exc}")
             return
-        self._file.close()
+        self._close()
         self._file, self._day = new, day
+        self._failing = False
         self._remove_expired()
+
+    def _close(self) -> None:
+        # The lines it still held are lost, and were reported when their write failed.
+        with contextlib.suppress(OSError):
+            self._file.close()
 
     def _remove_expired(self) -> None:
         if self.retention_days <= 0:
