@@ -16,7 +16,6 @@ and ``taskset``.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -24,23 +23,19 @@ from pathlib import Path
 from statistics import median
 from typing import TextIO
 
-from harness import cores, cpu_seconds, free_port, run_wrk, start_butler, stop_processes, wait_port
+from harness import (
+    cores,
+    free_port,
+    run_wrk_measured,
+    start_butler,
+    stop_processes,
+    wait_port,
+    write_butler_config,
+    wrk_arguments,
+)
 
-CONFIG = """
-Butler:
-  logLevel: info
-  fileLogging: {files}
-  logDirectory: logs
-  logFormat: {log_format}
-  restServerConfig:
-    enable: true
-    serverHost: 127.0.0.1
-    serverPort: {port}
-  restServerEndpointsEnable:
-    butlerping: true
-"""
 #: Mode: (file logging, format).
-MODES = {"off": ("false", "text"), "text": ("true", "text"), "json": ("true", "json")}
+MODES = {"off": (False, "text"), "text": (True, "text"), "json": (True, "json")}
 TARGET_COST = 0.05
 
 
@@ -80,15 +75,9 @@ def line_cost(workdir: Path, rounds: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is needed (apt-get install wrk util-linux)", file=sys.stderr)
-            return 2
+    args = wrk_arguments(__doc__ or "", rounds=True)
+    if args is None:
+        return 2
     server_core, load_core = cores()
     workdir = Path(tempfile.mkdtemp(prefix="butler-bench-logs-"))
     ports = {mode: free_port() for mode in MODES}
@@ -97,8 +86,14 @@ def main() -> int:
         for mode, (files, log_format) in MODES.items():
             folder = workdir / mode
             folder.mkdir()
-            config = folder / "butler.yaml"
-            config.write_text(CONFIG.format(port=ports[mode], files=files, log_format=log_format))
+            config = write_butler_config(
+                folder / "butler.yaml",
+                ports[mode],
+                ["butlerping"],
+                fileLogging=files,
+                logDirectory="logs",
+                logFormat=log_format,
+            )
             processes.append(start_butler(config, server_core, (folder / "butler.log").open("w")))
             wait_port(ports[mode], processes[-1])
         print(
@@ -111,10 +106,10 @@ def main() -> int:
         served = dict.fromkeys(MODES, 0)
         for round_number in range(1, args.rounds + 1):
             for mode in MODES:
-                before = cpu_seconds(pids[mode])
                 url = f"http://127.0.0.1:{ports[mode]}/v4/butlerping"
-                result = run_wrk(url, args.duration, load_core, args.connections)
-                per_request = (cpu_seconds(pids[mode]) - before) / result.requests * 1e6
+                result, per_request = run_wrk_measured(
+                    url, pids[mode], args.duration, load_core, args.connections
+                )
                 if result.non_2xx:
                     print(f"files {mode}: {result.non_2xx} answers not 2xx", file=sys.stderr)
                     return 1

@@ -125,8 +125,12 @@ def _json(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
     for item in items:
         entry: dict[str, object]
         if isinstance(item, Event):
-            entry = {"time": stamp(item.created), "level": item.level, "logger": item.logger}
-            entry["message"] = item.message
+            entry = {
+                "time": stamp(item.created),
+                "level": item.level,
+                "logger": item.logger,
+                "message": item.message,
+            }
             if item.exception:
                 entry["exception"] = item.exception
         else:
