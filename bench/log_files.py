@@ -137,8 +137,8 @@ def main() -> int:
             if logged < served[mode]:
                 verdict = f"MISSING LINES ({logged:,} of {served[mode]:,} requests in the files)"
             print(
-                f"median: files {mode} {median(rps[mode]):,.0f} req/s ({1 - median(rps[mode]) / off:+.1%} "
-                f"fewer), {median(cpu[mode]):.1f} us CPU/request; {logged:,} request lines in the files"
+                f"median: files {mode} {median(rps[mode]):,.0f} req/s ({median(rps[mode]) / off - 1:+.1%} "
+                f"against off), {median(cpu[mode]):.1f} us CPU/request; {logged:,} request lines in the files"
             )
             print(
                 f"  in process: a request line costs {cost['text']:.2f} us in text without files, "
