@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/slow_clients.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/monitors.py
+	$(BIN)/python bench/log_files.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,6 @@ Needs ``wrk`` and ``taskset``.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,16 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from harness import chain_cpu, cores, cpu_seconds, free_port, run_wrk, start_butler, stop_processes, wait_port
+from harness import (
+    chain_cpu,
+    cores,
+    free_port,
+    run_wrk_measured,
+    start_butler,
+    stop_processes,
+    wait_port,
+    wrk_arguments,
+)
 
 CONFIG = """
 Butler:
@@ -75,15 +83,9 @@ def chain_cost(workdir: Path, rounds: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is needed (apt-get install wrk util-linux)", file=sys.stderr)
-            return 2
+    args = wrk_arguments(__doc__ or "", rounds=True)
+    if args is None:
+        return 2
     server_core, load_core = cores()
     workdir = Path(tempfile.mkdtemp(prefix="butler-bench-auth-"))
     ports = {"off": free_port(), "on": free_port()}
@@ -130,9 +132,9 @@ def main() -> int:
         for round_number in range(1, args.rounds + 1):
             for mode in ("off", "on"):
                 url = f"http://127.0.0.1:{ports[mode]}/v4/butlerping"
-                before = cpu_seconds(pids[mode])
-                result = run_wrk(url, args.duration, load_core, args.connections, script)
-                per_request = (cpu_seconds(pids[mode]) - before) / result.requests * 1e6
+                result, per_request = run_wrk_measured(
+                    url, pids[mode], args.duration, load_core, args.connections, script
+                )
                 if result.non_2xx:
                     print(f"auth {mode}: {result.non_2xx} answers not 2xx", file=sys.stderr)
                     return 1

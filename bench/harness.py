@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -85,6 +86,22 @@ def _ms(output: str, label: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def wrk_arguments(description: str, rounds: bool = False) -> argparse.Namespace | None:
+    """The options of a benchmark driven by wrk: ``--duration``, ``--connections`` and, for runs alternated
+    over rounds, ``--rounds``. None, said on standard error, when wrk or taskset is missing."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is needed (apt-get install wrk util-linux)", file=sys.stderr)
+            return None
+    return args
+
+
 def run_wrk(
     url: str, duration: float, core: str, connections: int = 32, script: Path | None = None
 ) -> WrkResult:
@@ -100,6 +117,15 @@ def run_wrk(
         requests=int(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
         non_2xx=int(errors.group(1)) if errors else 0,
     )
+
+
+def run_wrk_measured(
+    url: str, pid: int, duration: float, core: str, connections: int = 32, script: Path | None = None
+) -> tuple[WrkResult, float]:
+    """wrk against ``url`` (as ``run_wrk``), and the CPU time per request (µs) the server ``pid`` spent."""
+    before = cpu_seconds(pid)
+    result = run_wrk(url, duration, core, connections, script)
+    return result, (cpu_seconds(pid) - before) / result.requests * 1e6
 
 
 def start_butler(config: Path, core: str, log: object = subprocess.DEVNULL) -> subprocess.Popen[bytes]:

@@ -8,7 +8,6 @@ pinned to the other core with 32 connections. Needs ``wrk`` (Debian package ``wr
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import free_port, rss_mb, run_wrk, start_butler, wait_for_answer
+from harness import free_port, rss_mb, run_wrk, start_butler, wait_for_answer, wrk_arguments
 
 TARGETS = {
     "GET /v4/butlerping": ("/v4/butlerping", 20_000),
@@ -39,14 +38,9 @@ Butler:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is needed (apt-get install wrk util-linux)", file=sys.stderr)
-            return 2
+    args = wrk_arguments(__doc__ or "")
+    if args is None:
+        return 2
     cores = os.sched_getaffinity(0)
     server_core, load_core = (str(c) for c in sorted(cores)[:2]) if len(cores) > 1 else ("0", "0")
 

@@ -30,7 +30,7 @@ from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_c
 from butler.demo import run_demo
 from butler.errors import BadRequest
 from butler.load_script import SUBS_FILE, subs_text
-from butler.logs import LEVELS, setup_logging
+from butler.logs import LEVELS, LOG_FORMATS, LogFiles, close_logging, setup_logging
 
 log = logging.getLogger("butler")
 
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the Butler service")
     serve.add_argument("-c", "--configfile", required=True, metavar="FILE.yaml", help="Butler config file")
     serve.add_argument("-l", "--loglevel", choices=list(LEVELS), help="log level (overrides Butler.logLevel)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="text or json (overrides Butler.logFormat)")
     _add_rate_limit(serve)
 
     demo = commands.add_parser("demo", help="run a simulated Qlik Sense site and Butler connected to it")
@@ -294,8 +295,24 @@ def serve(args: argparse.Namespace) -> int:
     settings = _load(args.configfile)
     if settings is None:
         return 1
-    setup_logging(args.loglevel or settings.log_level)
+    files = None
+    if settings.log.file_logging:
+        try:
+            files = LogFiles(settings.log.directory, settings.log.retention_days)
+        except OSError as exc:
+            print(
+                f"butler: Butler.logDirectory {settings.log.directory} cannot be written: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+    setup_logging(
+        args.loglevel or settings.log_level,
+        log_format=args.log_format or settings.log.log_format,
+        files=files,
+    )
     log.info("Butler %s starting with config file %s", __version__, args.configfile)
+    if files is not None:
+        log.info("logging to %s", files.directory)
     for note in _notes(settings):
         log.warning(note)
     try:
@@ -305,6 +322,8 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    finally:
+        close_logging()
     return 0
 
 

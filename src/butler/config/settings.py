@@ -19,6 +19,7 @@ from butler.config.influx import InfluxSettings
 from butler.config.monitors import MonitorSettings
 from butler.config.schema import Bool, Enum, Int, Key, ListOf, Number, Secret, Section, Spec, Str, describe
 from butler.http.browsers import parse_origin
+from butler.logs import LOG_FORMATS
 from butler.mqtt import InvalidMessage, check_topic
 
 LOG_LEVELS = ("silly", "debug", "verbose", "info", "warn", "error")
@@ -60,8 +61,6 @@ ADDITION_FLAGS = frozenset({"licenseReleases", "audit"})
 
 #: Top-level sections of upstream Butler 16 that this project does not implement (yet): reported once.
 UPSTREAM_SECTIONS: tuple[str, ...] = (
-    "fileLogging",
-    "logDirectory",
     "anonTelemetry",
     "systemInfo",
     "configVisualisation",
@@ -283,6 +282,31 @@ class PrometheusSettings:
         Int(1, 65535, nullable=True),
         None,
         help="a plain-HTTP port serving only GET /metrics; null: served by the REST API's listener",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    """Where Butler's log goes besides standard error (``Butler.fileLogging``, ``Butler.logDirectory``), and
+    in which form. Retention and format are additions; 30 days is upstream's fixed retention."""
+
+    file_logging: bool = setting(
+        "fileLogging", Bool(), False, help="also write the log to a file a day, butler.YYYY-MM-DD.log (UTC)"
+    )
+    directory: Path = setting("logDirectory", Str(), "log", file=True, help="the folder of the log files")
+    retention_days: int = setting(
+        "logRetentionDays",
+        Int(0, 36500),
+        30,
+        addition=True,
+        help="log files of days more than this many days ago are deleted; 0: kept for ever",
+    )
+    log_format: str = setting(
+        "logFormat",
+        Enum(choices=LOG_FORMATS),
+        "text",
+        addition=True,
+        help="text (upstream's lines) or json (one object a line, for log collectors)",
     )
 
 
@@ -856,6 +880,7 @@ class Settings:
     )
 
     log_level: str = setting("logLevel", Enum(choices=LOG_LEVELS), "info", help="how much Butler logs")
+    log: LogSettings = part("", LogSettings)
     rest: RestServerSettings = part("restServerConfig", RestServerSettings, help="the REST API")
     endpoints: EndpointFlags = setting(
         "restServerEndpointsEnable",
