@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".butler-demo"),
         help="folder for the demo's certificates, config file and key-value store",
     )
+    demo.add_argument(
+        "--with-mqtt",
+        action="store_true",
+        help="start a Mosquitto (when installed) on a free port and connect Butler to it",
+    )
+    demo.add_argument(
+        "--task-filter",
+        action="store_true",
+        help="turn on the task allow-list (Butler.startTaskFilter) of Butler's task-start documentation",
+    )
     _add_rate_limit(demo)
 
     config = commands.add_parser("config", help="work with config files")
@@ -346,7 +356,9 @@ def demo(args: argparse.Namespace) -> int:
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     try:
-        _event_loop_runner()(run_demo(state, args.host, args.port, args.api_rate_limit))
+        _event_loop_runner()(
+            run_demo(state, args.host, args.port, args.api_rate_limit, args.with_mqtt, args.task_filter)
+        )
         return 0
     except StartupError as exc:
         log.error("the demo cannot start: %s", exc)
