@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import StartButler, free_port
+from tests.conftest import StartButler, butler_child, free_port
 from tests.test_apps import app_id, engine_config
 from tests.test_task_start import APP1, APP2, APP3, OPS, butler_config, next_run
 
@@ -30,27 +29,10 @@ async def base(start_butler: StartButler, simulator: Any, site_certs: Any) -> st
     return await start_butler(document)
 
 
-async def butler_command(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``butler ARGS`` as a child process: (exit code, stdout, stderr). Butler runs in this event loop, so
-    the child is awaited, never waited for."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "butler",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_start_and_wait_for_a_run_that_succeeds(base: str, simulator: Any) -> None:
     # 2 s at the tests' time scale: longer than the start's synchronous second, so the run is followed.
     await next_run(simulator, APP1["taskId"], durationMs=200_000)
-    code, out, err = await butler_command("task", "start", APP1["taskId"], "--wait", "--butler", base)
+    code, out, err = await butler_child("task", "start", APP1["taskId"], "--wait", "--butler", base)
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].startswith(f"{APP1['taskName']}: Started on {simulator.site.hostname}, 0:0")
@@ -61,20 +43,20 @@ async def test_start_and_wait_for_a_run_that_succeeds(base: str, simulator: Any)
 
 async def test_a_failing_run_exits_1_with_its_script_log_tail(base: str, simulator: Any) -> None:
     await next_run(simulator, APP2["taskId"], outcome="fail", durationMs=100, error="Field 'x' not found")
-    code, out, err = await butler_command("task", "start", APP2["taskId"], "--wait", "--butler", base)
+    code, out, err = await butler_child("task", "start", APP2["taskId"], "--wait", "--butler", base)
     assert (code, err) == (1, "")
     lines = out.splitlines()
     assert lines[0] == f"{FAILING}: FinishedFail on {simulator.site.hostname} in 0:00"
     assert lines[1].startswith(f"Script log of {FAILING}, last ")
     assert lines[-1].endswith(" Execution Failed") and lines[2].endswith("Execution started.")
     # `task status` tells the same of the task's last run.
-    code, out, _ = await butler_command("task", "status", APP2["taskId"], "--butler", base)
+    code, out, _ = await butler_child("task", "status", APP2["taskId"], "--butler", base)
     assert code == 1 and out.splitlines()[0] == lines[0]
     assert out.splitlines()[-1] == lines[-1]
 
 
 async def test_the_demo_sites_failing_task_by_tag(base: str, simulator: Any) -> None:
-    code, out, _ = await butler_command("task", "start", "--tag", "butler", "--wait", "--butler", base)
+    code, out, _ = await butler_child("task", "start", "--tag", "butler", "--wait", "--butler", base)
     assert code == 1
     assert out.startswith("Reload Failing App: FinishedFail")
     assert "Execution Failed" in out.splitlines()[-1]
@@ -82,7 +64,7 @@ async def test_the_demo_sites_failing_task_by_tag(base: str, simulator: Any) -> 
 
 async def test_an_aborted_run_exits_3(base: str, simulator: Any) -> None:
     await next_run(simulator, APP3["taskId"], outcome="abort", durationMs=100)
-    code, out, _ = await butler_command("task", "start", APP3["taskId"], "--wait", "--butler", base)
+    code, out, _ = await butler_child("task", "start", APP3["taskId"], "--wait", "--butler", base)
     assert code == 3
     assert out.startswith(f"{APP3['taskName']}: Aborted")
     assert out.splitlines()[-1].endswith("Execution aborted.")
@@ -90,7 +72,7 @@ async def test_an_aborted_run_exits_3(base: str, simulator: Any) -> None:
 
 async def test_timeout_exits_4_while_the_run_goes_on(base: str, simulator: Any) -> None:
     await next_run(simulator, APP3["taskId"], durationMs=3_000_000)  # 30 s at the tests' time scale
-    code, out, _ = await butler_command(
+    code, out, _ = await butler_child(
         "task", "start", APP3["taskId"], "--wait", "--timeout", "1.5", "--butler", base
     )
     assert code == 4
@@ -100,7 +82,7 @@ async def test_timeout_exits_4_while_the_run_goes_on(base: str, simulator: Any) 
 
 async def test_json_output(base: str, simulator: Any) -> None:
     await next_run(simulator, APP1["taskId"], durationMs=150_000)
-    code, out, err = await butler_command(
+    code, out, err = await butler_child(
         "task", "start", APP1["taskId"], "--kv", "cli:runBy=airflow", "--wait", "--json", "--butler", base
     )
     assert (code, err) == (0, "")
@@ -116,7 +98,7 @@ async def test_json_output(base: str, simulator: Any) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{base}/v4/keyvalues/cli?key=runBy") as r:
         assert (await r.json())["value"] == "airflow"
     # Without --wait: what Butler started.
-    code, out, _ = await butler_command("task", "start", "--tag", "startTask1", "--json", "--butler", base)
+    code, out, _ = await butler_child("task", "start", "--tag", "startTask1", "--json", "--butler", base)
     document = json.loads(out)
     assert (code, document["outcome"], "runs" in document) == (0, "success", False)
     assert [t["taskId"] for t in document["start"]["tasksTag"]] == [
@@ -128,7 +110,7 @@ async def test_json_output(base: str, simulator: Any) -> None:
 
 async def test_several_tasks_by_tag_and_custom_property(base: str, simulator: Any) -> None:
     await next_run(simulator, APP2["taskId"], outcome="fail", durationMs=100)
-    code, out, _ = await butler_command(
+    code, out, _ = await butler_child(
         "task", "start", "--cp", "taskGroup=tasks1", "--tag", "startTask2", "--wait", "--butler", base
     )
     assert code == 1  # one of the runs failed
@@ -141,14 +123,14 @@ async def test_several_tasks_by_tag_and_custom_property(base: str, simulator: An
 
 
 async def test_bad_ids_are_refused_with_exit_code_2(base: str) -> None:
-    code, out, err = await butler_command("task", "start", "abc123", "--wait", "--butler", base)
+    code, out, err = await butler_child("task", "start", "abc123", "--wait", "--butler", base)
     assert (code, out) == (2, "")
     assert err == "butler: task abc123: not a task in Qlik Sense\n"
     unknown = "00000000-0000-4000-8000-000000000000"
-    code, _, err = await butler_command("task", "status", unknown, "--butler", base)
+    code, _, err = await butler_child("task", "status", unknown, "--butler", base)
     assert code == 2
     assert err == f"butler: Butler refused the request (404): Task {unknown} not found in Qlik Sense\n"
-    code, out, _ = await butler_command("task", "status", "NOT-A-GUID", "--json", "--butler", base)
+    code, out, _ = await butler_child("task", "status", "NOT-A-GUID", "--json", "--butler", base)
     document = json.loads(out)
     assert (code, document["outcome"], document["exitCode"]) == (2, "refused", 2)
     assert document["problems"] == [
@@ -157,23 +139,23 @@ async def test_bad_ids_are_refused_with_exit_code_2(base: str) -> None:
 
 
 async def test_usage_errors_exit_2() -> None:
-    code, _, err = await butler_command("task", "start")
+    code, _, err = await butler_child("task", "start")
     assert code == 2 and "task start needs a task ID, --tag or --cp" in err
-    code, _, err = await butler_command("task", "start", APP1["taskId"], "--timeout", "5")
+    code, _, err = await butler_child("task", "start", APP1["taskId"], "--timeout", "5")
     assert code == 2 and "--timeout goes with --wait" in err
-    code, _, err = await butler_command("task", "start", "--kv", "no-namespace=1", "--tag", "x")
+    code, _, err = await butler_child("task", "start", "--kv", "no-namespace=1", "--tag", "x")
     assert code == 2 and "expected NAMESPACE:KEY=VALUE" in err
-    code, out, _ = await butler_command("task", "start", "--help")
+    code, out, _ = await butler_child("task", "start", "--help")
     assert code == 0 and "4 --timeout passed" in " ".join(out.split())
 
 
 async def test_unreachable_butler_exits_5() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    code, out, err = await butler_command("task", "start", APP1["taskId"], "--wait", "--butler", url)
+    code, out, err = await butler_child("task", "start", APP1["taskId"], "--wait", "--butler", url)
     assert (code, out) == (5, "")
     assert err.startswith(f"butler: cannot reach Butler at {url}: ")
     # BUTLER_URL names the Butler when --butler does not.
-    code, out, _ = await butler_command("task", "status", APP1["taskId"], "--json", env={"BUTLER_URL": url})
+    code, out, _ = await butler_child("task", "status", APP1["taskId"], "--json", env={"BUTLER_URL": url})
     assert code == 5 and json.loads(out)["outcome"] == "unreachable"
 
 
@@ -193,10 +175,10 @@ async def test_token_is_sent_as_bearer(start_butler: StartButler, simulator: Any
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        code, _, err = await butler_command(
+        code, _, err = await butler_child(
             "task", "status", APP1["taskId"], "--butler", url, env={"BUTLER_TOKEN": "s3cret"}
         )
-        code2, _, _ = await butler_command("task", "status", APP1["taskId"], "--butler", url, "--token", "t2")
+        code2, _, _ = await butler_child("task", "status", APP1["taskId"], "--butler", url, "--token", "t2")
     finally:
         await runner.cleanup()
     assert (code, code2) == (2, 2)
@@ -236,20 +218,18 @@ async def test_run_status_by_execution_id(base: str, simulator: Any) -> None:
 
 async def test_app_reload(base: str, simulator: Any) -> None:
     app = app_id(simulator, "App1")
-    code, out, _ = await butler_command("app", "reload", app, "--wait", "--butler", base)
+    code, out, _ = await butler_child("app", "reload", app, "--wait", "--butler", base)
     assert code == 0 and out.splitlines()[-1].startswith(f"App {app}: reload succeeded in 0:0")
-    code, out, _ = await butler_command(
-        "app", "reload", app, "--partial", "--wait", "--json", "--butler", base
-    )
+    code, out, _ = await butler_child("app", "reload", app, "--partial", "--wait", "--json", "--butler", base)
     document = json.loads(out)
     assert (code, document["outcome"], document["reload"]["success"]) == (0, "success", True)
     assert simulator.scheduler.reload_kinds[app] == ["full", "partial"]
     failing = app_id(simulator, "Failing App")
-    code, out, _ = await butler_command("app", "reload", failing, "--wait", "--butler", base)
+    code, out, _ = await butler_child("app", "reload", failing, "--wait", "--butler", base)
     assert code == 1 and f"App {failing}: reload failed" in out
-    code, out, _ = await butler_command("app", "reload", app, "--butler", base)
+    code, out, _ = await butler_child("app", "reload", app, "--butler", base)
     assert (code, out) == (0, f"App {app}: reload started\n")
-    code, _, err = await butler_command("app", "reload", "no-such-app", "--wait", "--butler", base)
+    code, _, err = await butler_child("app", "reload", "no-such-app", "--wait", "--butler", base)
     assert code == 2 and "(404)" in err
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import re
 import shutil
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,9 @@ import yaml
 
 from butler.demo import ALLOW_LIST, TASK_NOT_ALLOWED, _instructions, _Shown, find_mosquitto
 from tests.conftest import free_port
-from tests.test_task_start import APP1, APP2, answer
+from tests.test_task_start import APP1, APP2, answer, start_demo
 
-NEEDED = ("mosquitto_sub", "mosquitto_pub", "curl")
-
-
-async def demo_output(process: asyncio.subprocess.Process) -> str:
-    assert process.stdout is not None
-    output = b""
-    async with asyncio.timeout(60):
-        while b"Ctrl-C stops both" not in output:
-            line = await process.stdout.readline()
-            assert line, output.decode()
-            output += line
-    return output.decode()
+NEEDED = ("mosquitto_sub", "mosquitto_pub", "curl", "bash")
 
 
 async def shell(command: str) -> str:
@@ -50,16 +37,8 @@ async def shell(command: str) -> str:
 async def test_demo_with_mqtt_and_the_task_filter(tmp_path: Path) -> None:
     port = free_port()
     state = tmp_path / "state"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "butler", "demo", "--port", str(port), "--state", str(state)),
-        *("--with-mqtt", "--task-filter"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, text = await start_demo(state, port, "--with-mqtt", "--task-filter")
     try:
-        text = await demo_output(process)
         base = f"http://localhost:{port}"
         assert re.search(rf"^  Status page +{re.escape(base)}/status$", text, re.MULTILINE)
         assert re.search(r"^  Task allow-list +on$", text, re.MULTILINE)

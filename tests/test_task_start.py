@@ -698,18 +698,11 @@ async def test_task_status(butler: Any, simulator: Any) -> None:
             assert r.status == 400
 
 
-async def test_butler_demo(tmp_path: Any) -> None:
-    """The README's first command: simulator and Butler start, the seed's curl works, Ctrl-C stops both."""
-    port = free_port()
+async def start_demo(state: Any, port: int, *flags: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``butler demo`` as a child process, and what it printed by the time it is ready."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "butler",
-        "demo",
-        "--port",
-        str(port),
-        "--state",
-        str(tmp_path / "state"),
+        *("-m", "butler", "demo", "--port", str(port), "--state", str(state), *flags),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -721,7 +714,13 @@ async def test_butler_demo(tmp_path: Any) -> None:
             line = await process.stdout.readline()
             assert line, output.decode()
             output += line
-    text = output.decode()
+    return process, output.decode()
+
+
+async def test_butler_demo(tmp_path: Any) -> None:
+    """The README's first command: simulator and Butler start, the seed's curl works, Ctrl-C stops both."""
+    port = free_port()
+    process, text = await start_demo(tmp_path / "state", port)
     control = next(w for w in text.split() if w.startswith("http://127.0.0.1:") and w.endswith("/calls"))
     status, result, _ = await put(f"http://localhost:{port}", f"/v4/reloadtask/{APP1['taskId']}/start", [])
     assert (status, result) == (200, answer(started=[APP1]))
