@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import StartButler, butler_child, free_port
 from tests.test_apps import app_id, engine_config
-from tests.test_task_start import APP1, APP2, APP3, OPS, butler_config, next_run
+from tests.test_task_start import APP1, APP2, APP3, OPS, butler_config, control, next_run
+from tests.waiting import eventually
 
 FAILING = "Reload task of App2"
 
@@ -78,6 +79,10 @@ async def test_timeout_exits_4_while_the_run_goes_on(base: str, simulator: Any) 
     assert code == 4
     assert out.splitlines()[-1].startswith(f"{APP3['taskName']}: Started on {simulator.site.hostname}, 0:01")
     assert APP3["taskId"] in simulator.scheduler.running  # given up on, not stopped
+    # Started again while it runs: Qlik Sense does not start it, a failure of the request.
+    code, out, err = await butler_child("task", "start", APP3["taskId"], "--wait", "--butler", base)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"butler: task {APP3['taskName']}: Qlik Sense did not start it: ")
 
 
 async def test_json_output(base: str, simulator: Any) -> None:
@@ -231,6 +236,15 @@ async def test_app_reload(base: str, simulator: Any) -> None:
     assert (code, out) == (0, f"App {app}: reload started\n")
     code, _, err = await butler_child("app", "reload", "no-such-app", "--wait", "--butler", base)
     assert code == 2 and "(404)" in err
+
+
+async def test_app_reload_timeout_leaves_the_reload_running(base: str, simulator: Any) -> None:
+    app = app_id(simulator, "App2")
+    before = simulator.site.apps[app]["lastReloadTime"]
+    await control(simulator, f"/apps/{app}/next-reload", {"durationMs": 250_000}, 204)  # 2.5 s
+    code, out, _ = await butler_child("app", "reload", app, "--wait", "--timeout", "1", "--butler", base)
+    assert code == 4 and out.splitlines()[-1] == f"App {app}: still reloading after 0:01"
+    await eventually(lambda: simulator.site.apps[app]["lastReloadTime"] != before, 15)
 
 
 # -- the progress display on a terminal ---------------------------------------------------------------------

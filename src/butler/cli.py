@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import sys
@@ -377,6 +378,10 @@ def remote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.butler or os.environ.get("BUTLER_URL") or DEFAULT_URL,
         args.token or os.environ.get("BUTLER_TOKEN"),
     )
+    for stream in (sys.stdout, sys.stderr):
+        # A scheduler's log on Windows takes the code page: a task name it cannot write is not a crash.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     progress = None if args.json else task_commands.Progress(sys.stdout)
     command: Callable[[ButlerClient], Awaitable[task_commands.Report]]
     if args.command == "app":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from butler.client import ButlerClient, ClientError, Refused
+from butler.executions import FINAL, STATUS_NAMES
 
 OK = 0
 FAILED = 1
@@ -47,10 +48,8 @@ EXIT_CODES = (
 #: When several runs end differently, the code of the worst: a failure over an abort over a timeout.
 _SEVERITY = (UNREACHABLE, USAGE, FAILED, ABORTED, TIMEOUT, OK)
 
-SUCCESS_CODE = 7
-ABORTED_CODE = 6
-#: Status codes of runs that ended (QRS's ``ExecutionResult`` statuses; see butler/executions.py).
-ENDED = frozenset({6, 7, 8, 9, 11})
+SUCCESS_CODE = STATUS_NAMES.index("FinishedSuccess")
+ABORTED_CODE = STATUS_NAMES.index("Aborted")
 #: Seconds between two looks at a run.
 POLL_SECONDS = 0.5
 #: Seconds between two progress lines when the output is not a terminal and nothing changed.
@@ -64,7 +63,7 @@ def worst(codes: list[int]) -> int:
 def run_code(run: dict[str, Any]) -> int:
     """The exit code a run's state gives: success, failed, aborted, or still going (timeout)."""
     code = run.get("statusCode")
-    if code not in ENDED:
+    if code not in FINAL:
         return TIMEOUT
     return OK if code == SUCCESS_CODE else ABORTED if code == ABORTED_CODE else FAILED
 
