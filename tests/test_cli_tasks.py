@@ -15,9 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from butler.task_commands import printable
 from tests.conftest import StartButler, butler_child, free_port
 from tests.test_apps import app_id, engine_config
-from tests.test_task_start import APP1, APP2, APP3, OPS, butler_config, control, next_run
+from tests.test_auth import auth_config, make_token
+from tests.test_task_start import APP1, APP2, APP3, NOT_ALLOWED, OPS, butler_config, control, next_run
 from tests.waiting import eventually
 
 FAILING = "Reload task of App2"
@@ -143,6 +145,10 @@ async def test_bad_ids_are_refused_with_exit_code_2(base: str) -> None:
     ]
 
 
+def test_escape_codes_from_qlik_sense_never_reach_the_terminal() -> None:
+    assert printable("App\x1b[2J\x07 ü\tx") == "App?[2J? ü?x"
+
+
 async def test_usage_errors_exit_2() -> None:
     code, _, err = await butler_child("task", "start")
     assert code == 2 and "task start needs a task ID, --tag or --cp" in err
@@ -164,31 +170,35 @@ async def test_unreachable_butler_exits_5() -> None:
     assert code == 5 and json.loads(out)["outcome"] == "unreachable"
 
 
-async def test_token_is_sent_as_bearer(start_butler: StartButler, simulator: Any, site_certs: Any) -> None:
-    """A Butler that wants tokens: refused without one (exit 2), and BUTLER_TOKEN is what is sent."""
-    received: list[str | None] = []
+async def test_a_butler_that_wants_a_token(
+    start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path
+) -> None:
+    """A token from BUTLER_TOKEN or --token is sent as a bearer token; without a good one, exit 2."""
+    base = await start_butler(auth_config(butler_config(simulator, site_certs)))
+    token = await make_token(tmp_path, "airflow", "tasks:start")
+    code, _, err = await butler_child("task", "status", APP1["taskId"], "--butler", base)
+    assert code == 2 and err.startswith("butler: Butler refused the request (401): ")
+    code, _, err = await butler_child("task", "status", APP1["taskId"], "--butler", base, "--token", "x")
+    assert code == 2 and "(401)" in err
+    code, out, _ = await butler_child(
+        "task", "start", APP1["taskId"], "--wait", "--butler", base, env={"BUTLER_TOKEN": token}
+    )
+    assert code == 0 and out.splitlines()[-1].startswith(f"{APP1['taskName']}: FinishedSuccess")
+    code, _, _ = await butler_child("task", "status", APP1["taskId"], "--butler", base, "--token", token)
+    assert code == 0
 
-    async def record(request: Any) -> Any:
-        received.append(request.headers.get("Authorization"))
-        return aiohttp.web.json_response({"message": "Missing or invalid API token"}, status=401)
 
-    app = aiohttp.web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        code, _, err = await butler_child(
-            "task", "status", APP1["taskId"], "--butler", url, env={"BUTLER_TOKEN": "s3cret"}
-        )
-        code2, _, _ = await butler_child("task", "status", APP1["taskId"], "--butler", url, "--token", "t2")
-    finally:
-        await runner.cleanup()
-    assert (code, code2) == (2, 2)
-    assert err == "butler: Butler refused the request (401): Missing or invalid API token\n"
-    assert received == ["Bearer s3cret", "Bearer t2"]
+async def test_a_task_the_filter_denies(start_butler: StartButler, simulator: Any, site_certs: Any) -> None:
+    base = await start_butler(butler_config(simulator, site_certs, filter_on=True))
+    code, out, err = await butler_child(
+        "task", "start", APP1["taskId"], NOT_ALLOWED, "--tag", "nightly", "--wait", "--butler", base
+    )
+    assert code == 2  # refused in part: worse than the run that succeeded
+    assert out.splitlines()[-1].startswith(f"{APP1['taskName']}: FinishedSuccess")
+    assert err.splitlines() == [
+        f"butler: task {NOT_ALLOWED}: denied by Butler.startTaskFilter",
+        "butler: tag nightly: denied by Butler.startTaskFilter",
+    ]
 
 
 async def test_run_status_by_execution_id(base: str, simulator: Any) -> None:

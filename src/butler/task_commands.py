@@ -30,7 +30,7 @@ TIMEOUT = 4
 UNREACHABLE = 5
 #: Ctrl-C, as shells report it.
 INTERRUPTED = 130
-#: What each exit code says, for ``--help`` and the messages of ``--json``.
+#: The ``outcome`` that ``--json`` gives for each exit code.
 OUTCOMES = {
     OK: "success",
     FAILED: "failed",
@@ -43,7 +43,7 @@ EXIT_CODES = (
     "exit codes: 0 success (without --wait: started); 1 a run or reload failed (or QRS would not start a "
     "task); 2 usage error or a request Butler refused (unknown or invalid id, denied by "
     "Butler.startTaskFilter, no access); 3 a run was aborted; 4 --timeout passed with a run still going "
-    "(it goes on in Qlik Sense); 5 Butler cannot be reached, or it or Qlik Sense failed."
+    "(it goes on in Qlik Sense); 5 Butler cannot be reached, or it or Qlik Sense failed; 130 Ctrl-C."
 )
 #: When several runs end differently, the code of the worst: a failure over an abort over a timeout.
 _SEVERITY = (UNREACHABLE, USAGE, FAILED, ABORTED, TIMEOUT, OK)
@@ -176,7 +176,7 @@ def refusals(answer: dict[str, Any]) -> list[str]:
     ids = answer.get("tasksId") or {}
     return [
         *(f"task {printable(e['taskId'])}: not a task in Qlik Sense" for e in ids.get("invalid", [])),
-        *(f"task {printable(e['taskId'])}: not started, denied" for e in ids.get("denied", [])),
+        *(f"task {printable(e['taskId'])}: denied by Butler.startTaskFilter" for e in ids.get("denied", [])),
         *(
             f"tag {printable(e['tag'])}: denied by Butler.startTaskFilter"
             for e in answer.get("tasksTagDenied", [])
