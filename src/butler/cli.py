@@ -166,7 +166,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _add_remote_options(command: argparse.ArgumentParser, waits: bool) -> None:
+def _add_remote_options(command: argparse.ArgumentParser, waits_for: str | None) -> None:
     command.add_argument(
         "--butler",
         metavar="URL",
@@ -176,8 +176,8 @@ def _add_remote_options(command: argparse.ArgumentParser, waits: bool) -> None:
         "--token", help="API token, sent as 'Authorization: Bearer TOKEN' (default: $BUTLER_TOKEN)"
     )
     command.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
-    if waits:
-        command.add_argument("--wait", action="store_true", help="wait until it has ended, showing progress")
+    if waits_for:
+        command.add_argument("--wait", action="store_true", help=f"wait until {waits_for}, showing progress")
         command.add_argument(
             "--timeout",
             type=_seconds,
@@ -215,7 +215,7 @@ def _add_remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         metavar="NS:KEY=VALUE",
         help="store this key-value pair before the tasks start, for their apps to read (repeatable)",
     )
-    _add_remote_options(start, waits=True)
+    _add_remote_options(start, "the runs have ended")
     status = task_commands.add_parser(
         "status",
         help="a task's last run (GET /v4/reloadtask/{id}/status)",
@@ -223,7 +223,7 @@ def _add_remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "is that run's (0 while it runs or if it never ran). " + EXIT_CODES,
     )
     status.add_argument("task_id", metavar="ID")
-    _add_remote_options(status, waits=False)
+    _add_remote_options(status, None)
 
     app = commands.add_parser("app", help="reload apps through a running Butler")
     app_commands = app.add_subparsers(dest="app_command", metavar="SUBCOMMAND", required=True)
@@ -235,7 +235,7 @@ def _add_remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     reload.add_argument("app_id", metavar="ID")
     reload.add_argument("--partial", action="store_true", help="a partial reload: add to the app's data")
-    _add_remote_options(reload, waits=True)
+    _add_remote_options(reload, "the reload is over")
 
 
 def token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -40,7 +40,7 @@ OUTCOMES = {
     UNREACHABLE: "unreachable",
 }
 EXIT_CODES = (
-    "exit codes: 0 success (without --wait: started); 1 a run or reload failed (or QRS would not start a "
+    "Exit codes: 0 success (without --wait: started); 1 a run or reload failed (or QRS would not start a "
     "task); 2 usage error or a request Butler refused (unknown or invalid id, denied by "
     "Butler.startTaskFilter, no access); 3 a run was aborted; 4 --timeout passed with a run still going "
     "(it goes on in Qlik Sense); 5 Butler cannot be reached, or it or Qlik Sense failed; 130 Ctrl-C."
