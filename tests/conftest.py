@@ -160,6 +160,25 @@ def run_butler(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
     )
 
 
+async def butler_child(
+    *args: str, env: dict[str, str] | None = None, merged: bool = False
+) -> tuple[int, str, str]:
+    """``butler ARGS`` as a child process, awaited rather than waited for, so that a Butler in this event
+    loop goes on answering it: (exit code, stdout, stderr); ``merged`` puts stderr into stdout."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "butler",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merged else asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), (err or b"").decode()
+
+
 # --- The Qlik Sense simulator ---------------------------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ import email.policy
 import json
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import aiohttp
 import pytest
 
 import butler
-from tests.conftest import StartButler, base_config, free_port, udp_ports, write_config
+from tests.conftest import StartButler, base_config, butler_child, free_port, udp_ports, write_config
 from tests.receivers import Receiver, hang, status
 from tests.test_alert_email import Accounts, Mailbox, Server, certs, server_tls  # noqa: F401 (fixture)
 from tests.test_events import FAILING_TASK, udp_config
@@ -507,17 +506,8 @@ def test_base_config_has_no_alerts() -> None:
 
 
 async def butler_command(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "butler",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
+    code, output, _ = await butler_child(*args, merged=True)
+    return code, output
 
 
 async def test_alert_test_command_sends_a_sample_through_one_channel(sinks: Sinks, tmp_path: Path) -> None:

@@ -325,6 +325,7 @@ async def test_waiting_reports_each_run_with_its_result_and_script_log_tail() ->
         "stopTime": "t1",
         "duration": 5,
         "executionResultId": "r1",
+        "executingNodeName": None,
         "details": ["failed"],
         "scriptLogTail": lines[-20:],
         "finished": True,
@@ -528,6 +529,7 @@ async def test_last_result_names_the_status_and_gives_the_script_log_tail() -> N
         "stopTime": None,
         "duration": None,
         "executionResultId": "r",
+        "executingNodeName": None,
         "details": ["a", None],
         "scriptLogTail": ["only line"],
     }

@@ -7,6 +7,7 @@ key means; ``butler alert test -c FILE.yaml --channel CHANNEL`` sends a sample a
 ``butler token create|list|revoke -c FILE.yaml`` makes, lists and revokes API tokens;
 ``butler appenders --butler-host HOST`` writes the log-appender files of the Sense nodes;
 ``butler load-script`` writes the load-script subs that call Butler (``butler_subs.qvs``);
+``butler task start|status`` and ``butler app reload`` work through a running Butler's REST API;
 ``butler --version``.
 """
 
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
+import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from butler.app import DEFAULT_RATE_LIMIT, Butler, StartupError, run
 from butler.appenders import SESSION_PORT, TASK_PORT, write_files
 from butler.auth.cli import add_commands as add_token_commands
 from butler.auth.cli import token_command
+from butler.client import DEFAULT_URL, ButlerClient
 from butler.config import ConfigError, Settings, UnknownKey, explain_key, load_config
 from butler.demo import run_demo
 from butler.errors import BadRequest
@@ -81,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(".butler-demo"),
         help="folder for the demo's certificates, config file and key-value store",
+    )
+    demo.add_argument(
+        "--with-mqtt",
+        action="store_true",
+        help="start a Mosquitto (when installed) on a free port and connect Butler to it",
+    )
+    demo.add_argument(
+        "--task-filter",
+        action="store_true",
+        help="turn on the task allow-list (Butler.startTaskFilter) of Butler's task-start documentation",
     )
     _add_rate_limit(demo)
 
@@ -169,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where to write (default {SUBS_FILE})",
     )
     load_script.add_argument("--force", action="store_true", help="replace the file if it exists")
+    _add_remote_commands(commands)
     return parser
 
 
@@ -193,6 +209,104 @@ def load_script(args: argparse.Namespace) -> int:
     args.out.write_text(subs_text(), encoding="utf-8", newline="\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _pair(form: str, separator: str) -> Callable[[str], tuple[str, str]]:
+    def parse(text: str) -> tuple[str, str]:
+        first, found, second = text.partition(separator)
+        if not (first and found and second):
+            raise argparse.ArgumentTypeError(f"expected {form}, got {text!r}")
+        return first, second
+
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, str, str]:
+    namespace, pair = _pair("NAMESPACE:KEY=VALUE", ":")(text)
+    key, value = _pair("NAMESPACE:KEY=VALUE", "=")(pair)
+    return namespace, key, value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _add_remote_options(command: argparse.ArgumentParser, waits_for: str | None) -> None:
+    command.add_argument(
+        "--butler",
+        metavar="URL",
+        help=f"the Butler to ask (default: $BUTLER_URL, else {DEFAULT_URL})",
+    )
+    command.add_argument(
+        "--token", help="API token, sent as 'Authorization: Bearer TOKEN' (default: $BUTLER_TOKEN)"
+    )
+    command.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
+    if waits_for:
+        command.add_argument("--wait", action="store_true", help=f"wait until {waits_for}, showing progress")
+        command.add_argument(
+            "--timeout",
+            type=_seconds,
+            metavar="S",
+            help="with --wait: stop waiting after S seconds (exit code 4); default: no limit",
+        )
+
+
+def _add_remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from butler.task_commands import EXIT_CODES
+
+    task = commands.add_parser("task", help="start Sense tasks and see their runs through a running Butler")
+    task_commands = task.add_subparsers(dest="task_command", metavar="SUBCOMMAND", required=True)
+    start = task_commands.add_parser(
+        "start",
+        help="start tasks by id, tag or custom property (PUT /v4/reloadtask/-/start)",
+        description="Starts Sense tasks through Butler; with --wait, follows each run until it ends and "
+        "prints the script-log tail of a run that failed. " + EXIT_CODES,
+    )
+    start.add_argument("task_ids", nargs="*", metavar="ID", help="task ids")
+    start.add_argument("--tag", action="append", default=[], help="the tasks with this tag (repeatable)")
+    start.add_argument(
+        "--cp",
+        action="append",
+        default=[],
+        type=_pair("NAME=VALUE", "="),
+        metavar="NAME=VALUE",
+        help="the tasks with this custom property value (repeatable)",
+    )
+    start.add_argument(
+        "--kv",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="NS:KEY=VALUE",
+        help="store this key-value pair before the tasks start, for their apps to read (repeatable)",
+    )
+    _add_remote_options(start, "the runs have ended")
+    status = task_commands.add_parser(
+        "status",
+        help="a task's last run (GET /v4/reloadtask/{id}/status)",
+        description="Prints a task's last run, with the script-log tail of a run that failed; the exit code "
+        "is that run's (0 while it runs or if it never ran). " + EXIT_CODES,
+    )
+    status.add_argument("task_id", metavar="ID")
+    _add_remote_options(status, None)
+
+    app = commands.add_parser("app", help="reload apps through a running Butler")
+    app_commands = app.add_subparsers(dest="app_command", metavar="SUBCOMMAND", required=True)
+    reload = app_commands.add_parser(
+        "reload",
+        help="reload an app through the Engine (PUT /v4/app/{id}/reload)",
+        description="Reloads an app through Butler and the Engine; with --wait, until the reload is over. "
+        + EXIT_CODES,
+    )
+    reload.add_argument("app_id", metavar="ID")
+    reload.add_argument("--partial", action="store_true", help="a partial reload: add to the app's data")
+    _add_remote_options(reload, "the reload is over")
 
 
 def token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -332,13 +446,52 @@ def demo(args: argparse.Namespace) -> int:
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     try:
-        _event_loop_runner()(run_demo(state, args.host, args.port, args.api_rate_limit))
+        _event_loop_runner()(
+            run_demo(state, args.host, args.port, args.api_rate_limit, args.with_mqtt, args.task_filter)
+        )
         return 0
     except StartupError as exc:
         log.error("the demo cannot start: %s", exc)
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def remote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``butler task ...`` and ``butler app ...``: through the REST API of a running Butler."""
+    from butler import task_commands
+
+    if getattr(args, "timeout", None) is not None and not args.wait:
+        parser.error("--timeout goes with --wait")
+    client = ButlerClient(
+        args.butler or os.environ.get("BUTLER_URL") or DEFAULT_URL,
+        args.token or os.environ.get("BUTLER_TOKEN"),
+    )
+    for stream in (sys.stdout, sys.stderr):
+        # A scheduler's log on Windows takes the code page: a task name it cannot write is not a crash.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
+    progress = None if args.json else task_commands.Progress(sys.stdout)
+    command: Callable[[ButlerClient], Awaitable[task_commands.Report]]
+    if args.command == "app":
+        command = partial(
+            task_commands.reload_app,
+            app_id=args.app_id,
+            partial=args.partial,
+            wait=args.wait,
+            limit=args.timeout,
+            progress=progress,
+        )
+    elif args.task_command == "status":
+        command = partial(task_commands.status, task_id=args.task_id)
+    else:
+        request = task_commands.Request(args.task_ids, args.tag, args.cp, args.kv)
+        if not (request.task_ids or request.tags or request.custom_properties):
+            parser.error("task start needs a task ID, --tag or --cp")
+        command = partial(
+            task_commands.start, request=request, wait=args.wait, limit=args.timeout, progress=progress
+        )
+    return task_commands.execute(client, command, args.json, sys.stdout, sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return appenders(args)
     if args.command == "load-script":
         return load_script(args)
+    if args.command in ("task", "app"):
+        return remote(args, parser)
     parser.print_help()
     return 2
 

@@ -4,17 +4,22 @@ The simulator (``qliksim``, the demo site of Butler's task-start documentation) 
 with certificates made in the state folder; Butler runs here with every implemented endpoint on. The
 config file written to the state folder is an ordinary Butler config file: a starting point for a real
 site. Alerts on failed reloads go to a mail catcher and a webhook sink the demo starts on local ports, which
-keep what they get in the state folder (``mail/*.eml``, ``webhooks.jsonl``).
+keep what they get in the state folder (``mail/*.eml``, ``webhooks.jsonl``). With ``--with-mqtt`` a Mosquitto
+of its own (when installed) takes Butler's MQTT messages; with ``--task-filter`` the task allow-list
+(``Butler.startTaskFilter``) is on, with the tasks, tags and custom properties of Butler's task-start
+documentation, so that each of its examples gives the answer it shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email
 import email.policy
 import json
 import logging
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -32,6 +37,23 @@ log = logging.getLogger("butler.demo")
 
 TASK_APP1 = "e3b27f50-b1c0-4879-88fc-c7cdd9c1cf3e"
 APP1 = "3534d77c-ab02-5173-8ae7-5be7717a69f8"  # the app of that task in the demo site
+#: A task of the demo site that the allow-list leaves out, as in the documentation's filter example.
+TASK_NOT_ALLOWED = "8b4fe424-d90c-493f-a61d-0ce91cd485c9"
+#: ``--task-filter``: what the documentation's examples start (the tasks of App1-App3 and of the
+#: Operations Monitor, tags startTask1 and startTask2, taskGroup tasks1 and tasks2), and the tag of the
+#: demo's failing reload.
+ALLOW_LIST = {
+    "taskId": [
+        TASK_APP1,
+        "7552d9fc-d1bb-4975-9a38-18357de531ea",
+        "fb0f317d-da91-4b86-aafa-0174ae1e8c8f",
+        "fbf645f0-0c92-40a4-af9a-6e3eb1d3c35c",
+    ],
+    "tag": ["startTask1", "startTask2", "butler"],
+    "customProperty": [{"name": "taskGroup", "value": "tasks1"}, {"name": "taskGroup", "value": "tasks2"}],
+}
+#: Where Mosquitto is looked for when it is not on the PATH.
+MOSQUITTO_PLACES = ("/usr/sbin/mosquitto", r"C:\Program Files\mosquitto\mosquitto.exe")
 
 ENABLED = {
     "apiListEnabledEndpoints": True,
@@ -105,13 +127,16 @@ def write_demo_config(
     engine_port: int,
     udp_ports: tuple[int, int],
     alerts: dict[str, Any] | None = None,
+    mqtt_port: int | None = None,
+    task_filter: bool = False,
 ) -> Path:
     certs = state / "certs"
+    mqtt = {"enable": True, "brokerHost": "127.0.0.1", "brokerPort": mqtt_port} if mqtt_port else {}
     document = {
         "Butler": {
             "logLevel": "info",
             "restServerConfig": {"enable": True, "serverHost": host, "serverPort": port},
-            "restServerEndpointsEnable": ENABLED,
+            "restServerEndpointsEnable": ENABLED | {"mqttPublishMessage": mqtt_port is not None},
             "keyValueStore": {"enable": True, "backend": "sqlite", "sqlite": {"path": "butler-kv.sqlite"}},
             "cert": {
                 "clientCert": str(certs / "client.pem"),
@@ -130,10 +155,7 @@ def write_demo_config(
                 },
                 "rejectUnauthorized": True,
             },
-            "startTaskFilter": {
-                "enable": False,
-                "allowTask": {"taskId": [], "tag": [], "customProperty": []},
-            },
+            "startTaskFilter": {"enable": task_filter, "allowTask": ALLOW_LIST},
             "configEngine": {
                 "host": "localhost",
                 "port": engine_port,
@@ -151,6 +173,7 @@ def write_demo_config(
                 "portTaskFailure": udp_ports[0],
                 "portSessionConnectionEvents": udp_ports[1],
             },
+            **({"mqttConfig": mqtt} if mqtt else {}),
             **(alerts or {}),
         }
     }
@@ -162,19 +185,48 @@ def write_demo_config(
     return path
 
 
-async def _wait_for_port(port: int, process: asyncio.subprocess.Process, seconds: float = 30) -> None:
+async def _wait_for_port(
+    port: int, process: asyncio.subprocess.Process, name: str = "the simulator", seconds: float = 30
+) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while True:
         if process.returncode is not None:
-            raise StartupError(f"the simulator exited with {process.returncode}")
+            raise StartupError(f"{name} exited with {process.returncode}")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             return
         except OSError:
             if asyncio.get_running_loop().time() > deadline:
-                raise StartupError("the simulator did not start within 30 s") from None
+                raise StartupError(f"{name} did not start within {seconds:.0f} s") from None
             await asyncio.sleep(0.1)
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or next((p for p in MOSQUITTO_PLACES if Path(p).is_file()), None)
+
+
+@contextlib.asynccontextmanager
+async def _mosquitto(wanted: bool) -> AsyncIterator[int | None]:
+    """A Mosquitto on a free local port (its port); None when not wanted or not installed."""
+    binary = find_mosquitto() if wanted else None
+    if binary is None:
+        if wanted:
+            log.warning("no MQTT broker: mosquitto is not installed (https://mosquitto.org/download/)")
+        yield None
+        return
+    port = _free_port()
+    # Started without a config file, Mosquitto listens on this machine only and lets anyone in.
+    broker = await asyncio.create_subprocess_exec(
+        binary, "-p", str(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await _wait_for_port(port, broker, "mosquitto", 10)
+        yield port
+    finally:
+        if broker.returncode is None:
+            broker.terminate()
+            await broker.wait()
 
 
 class _MailCatcher:
@@ -237,19 +289,73 @@ async def _webhook_sink(file: Path) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def _instructions(base: str, control: str, config: Path, rate_limit: int, state: Path, mail: bool) -> str:
-    limit = f"{rate_limit} requests per minute per client IP" if rate_limit else "off"
-    mail_line = f"{state / 'mail'}/*.eml" if mail else "off (aiosmtpd is not installed)"
+@dataclasses.dataclass(frozen=True)
+class _Shown:
+    """What the demo's instructions name."""
+
+    base: str
+    control: str
+    config: Path
+    rate_limit: int
+    state: Path
+    mail: bool
+    mqtt_port: int | None
+    mqtt_wanted: bool
+    task_filter: bool
+
+
+def _extras(shown: _Shown) -> str:
+    """The examples of --task-filter and --with-mqtt, when on."""
+    base, text = shown.base, ""
+    if shown.task_filter:
+        ids = [
+            "7552d9fc-d1bb-4975-9a38-18357de531ea",
+            "fb0f317d-da91-4b86-aafa-0174ae1e8c8",
+            TASK_NOT_ALLOWED,
+        ]
+        body = ",".join(f'{{"type":"starttaskid","payload":{{"taskId":"{i}"}}}}' for i in ids)
+        text += f"""
+The task allow-list is on (Butler.startTaskFilter): the documentation's filter example starts the two
+allowed tasks, and lists the short id as invalid and the last one as denied:
+
+  curl -X PUT "{base}/v4/reloadtask/{TASK_APP1}/start" -H 'Content-Type: application/json' \\
+       -d '[{body}]'
+"""
+    if shown.mqtt_port is not None:
+        port = shown.mqtt_port
+        text += f"""
+MQTT: Butler publishes failed and aborted reloads, and starts the tasks named on qliksense/start_task:
+
+  mosquitto_sub -p {port} -t 'qliksense/#' -v
+  mosquitto_pub -p {port} -t qliksense/start_task -m {TASK_APP1}
+"""
+    return text
+
+
+def _instructions(shown: _Shown) -> str:
+    base, control, state = shown.base, shown.control, shown.state
+    limit = f"{shown.rate_limit} requests per minute per client IP" if shown.rate_limit else "off"
+    mail_line = f"{state / 'mail'}/*.eml" if shown.mail else "off (aiosmtpd is not installed)"
+    if shown.mqtt_port is not None:
+        mqtt_line = f"127.0.0.1:{shown.mqtt_port}   (the demo's Mosquitto)"
+    else:
+        mqtt_line = (
+            "off (mosquitto is not installed)" if shown.mqtt_wanted else "off (butler demo --with-mqtt)"
+        )
+    allow = "on" if shown.task_filter else "off (butler demo --task-filter)"
     return f"""
 Butler demo is running: a simulated Qlik Sense site, and Butler connected to it.
 
   Butler REST API     {base}
   API documentation   {base}/documentation
-  Config file         {config}
+  Status page         {base}/status
+  Config file         {shown.config}
   Simulator control   {control}/calls   (what the simulated Sense site was asked to do)
   Rate limit          {limit} (butler demo --api-rate-limit N; 0 turns it off)
   Alert e-mails       {mail_line}   (the demo's mail catcher)
   Alert webhooks      {state / "webhooks.jsonl"}   (the demo's webhook sink)
+  MQTT broker         {mqtt_line}
+  Task allow-list     {allow}
 
 Try (from Butler's documentation):
 
@@ -264,6 +370,12 @@ Try (from Butler's documentation):
   curl "{base}/v4/keyvalues/demo?key=runBy"
   curl {base}/v4/apps/list
   curl {base}/v4/app/{APP1}/dump
+{_extras(shown)}
+From the command line, as a scheduler runs it (exit code 0 for success, 1 for a failed run):
+
+  butler task start {TASK_APP1} --wait --butler {base}
+  butler task start --tag butler --wait --butler {base}
+  butler app reload {APP1} --wait --butler {base}
 
 Users log in on the simulated proxies (their session events reach Butler over UDP):
 
@@ -294,7 +406,9 @@ Ctrl-C stops both.
 """
 
 
-async def run_demo(state: Path, host: str, port: int, rate_limit: int) -> None:
+async def run_demo(
+    state: Path, host: str, port: int, rate_limit: int, with_mqtt: bool = False, task_filter: bool = False
+) -> None:
     """Run the demo until Ctrl-C; ``state`` is an existing folder (given as an absolute path)."""
     qrs_port, engine_port, control_port = _free_port(), _free_port(), _free_port()
     udp_ports = (_free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM))
@@ -327,18 +441,26 @@ async def run_demo(state: Path, host: str, port: int, rate_limit: int) -> None:
         async with (
             _mail_catcher(state / "mail") as smtp_port,
             _webhook_sink(state / "webhooks.jsonl") as hook,
+            _mosquitto(with_mqtt) as mqtt_port,
         ):
             alerts = _alerts(smtp_port, hook)
-            config = write_demo_config(state, host, port, qrs_port, engine_port, udp_ports, alerts)
+            config = write_demo_config(
+                state, host, port, qrs_port, engine_port, udp_ports, alerts, mqtt_port, task_filter
+            )
             service = Butler(load_config(config), rate_limit=rate_limit)
             shown = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
             text = _instructions(
-                f"http://{shown}:{port}",
-                f"http://127.0.0.1:{control_port}",
-                config,
-                rate_limit,
-                state,
-                smtp_port is not None,
+                _Shown(
+                    base=f"http://{shown}:{port}",
+                    control=f"http://127.0.0.1:{control_port}",
+                    config=config,
+                    rate_limit=rate_limit,
+                    state=state,
+                    mail=smtp_port is not None,
+                    mqtt_port=mqtt_port,
+                    mqtt_wanted=with_mqtt,
+                    task_filter=task_filter,
+                )
             )
             await run(service, lambda: print(text, flush=True))
     finally:

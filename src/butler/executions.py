@@ -43,6 +43,7 @@ def describe(result: ExecutionResult) -> dict[str, Any]:
         "stopTime": result.stop_time,
         "duration": result.duration,
         "executionResultId": result.id,
+        "executingNodeName": result.node,
         "details": list(result.details),
     }
 
@@ -60,20 +61,41 @@ class ExecutionWatcher:
         report keeps what was known by then."""
         report.update(status="Triggered", statusCode=1, executionId=session_id)
         while True:
-            state = await self.repository.execution_session(session_id)
-            if state.ended:
-                break
-            if state.result is not None:
-                report.update(describe(state.result), executionId=session_id)
+            ended, state = await self._look(task_id, session_id)
+            if state is not None:
+                report.update(state)
+            if ended:
+                return
             await asyncio.sleep(self.poll_seconds)
+
+    async def run(self, task_id: str, session_id: str) -> dict[str, Any] | None:
+        """One look at the run of an execution session: how it stands (``finished`` false) while QRS keeps
+        the session, its final result and script-log tail once it has ended; None when QRS knows no such
+        run. Its QRS calls share one deadline."""
+        with self.repository.deadline():
+            ended, state = await self._look(task_id, session_id)
+        if state is None:
+            if ended:
+                return None
+            state = {"status": "Triggered", "statusCode": 1, "executionId": session_id}
+        return state | {"finished": ended and state["statusCode"] in FINAL}
+
+    async def _look(self, task_id: str, session_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the run has ended, its result so far or final with the script-log tail, or None)."""
+        state = await self.repository.execution_session(session_id)
+        if not state.ended:
+            return False, None if state.result is None else describe(state.result) | {
+                "executionId": session_id
+            }
         results = await self.repository.execution_results(session_id)
         if not results:
-            return
+            return True, None
         result = results[-1]
-        report.update(describe(result), executionId=session_id)
+        report = describe(result) | {"executionId": session_id}
         tail = await self.script_log_tail(task_id, result)
         if tail is not None:
             report["scriptLogTail"] = tail
+        return True, report
 
     async def script_log_tail(self, task_id: str, result: ExecutionResult) -> list[str] | None:
         if result.file_reference_id is None:

@@ -47,6 +47,8 @@ class ExecutionResult:
     details: tuple[str | None, ...] = ()
     #: Where the run's script log is kept; None when there is none.
     file_reference_id: str | None = None
+    #: The node the run was given to; None before the scheduler chose one.
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,4 +292,5 @@ def execution_result(entry: Any, path: str = "executionresult/full") -> Executio
             d.get("message") for d in sorted(details, key=lambda d: str(d.get("detailCreatedDate", "")))
         ),
         file_reference_id=reference if isinstance(reference, str) and reference != EMPTY_GUID else None,
+        node=entry.get("executingNodeName") or None,
     )

@@ -43,10 +43,19 @@ def routes(services: Services) -> list[Route]:
         task_id = request.params["taskId"]
         if not TASK_ID.fullmatch(task_id):
             raise HttpError(400, f"Not a task id (a lowercase GUID): {task_id}")
-        result = await starter.watcher.last_result(task_id)
-        if result is None:
-            raise HttpError(404, f"Task {task_id} not found in Qlik Sense")
-        return json_reply(result)
+        execution_id = request.query.get("executionId")
+        if execution_id is None:
+            result = await starter.watcher.last_result(task_id)
+            if result is None:
+                raise HttpError(404, f"Task {task_id} not found in Qlik Sense")
+            return json_reply(result)
+        # Execution session ids are QRS GUIDs, written as task ids are.
+        if not TASK_ID.fullmatch(execution_id):
+            raise HttpError(400, f"Not an execution id (a lowercase GUID): {execution_id}")
+        run = await starter.watcher.run(task_id, execution_id)
+        if run is None:
+            raise HttpError(404, f"No run {execution_id} of task {task_id} in Qlik Sense")
+        return json_reply({"taskId": task_id, **run})
 
     return [
         Route("GET", "/v4/reloadtask/{taskId}/status", status),
