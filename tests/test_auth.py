@@ -188,6 +188,55 @@ async def test_a_token_revoked_through_the_cli_is_refused_at_once(
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+class KeptAlive:
+    """One HTTP/1.1 connection, kept open: the requests of a client that reuses its connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+        lines = [f"GET {path} HTTP/1.1", "Host: butler", *(f"{k}: {v}" for k, v in headers.items())]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        fields = dict(line.split(": ", 1) for line in head[1:] if line)
+        assert fields.get("Connection") != "close", head
+        body = await self.reader.readexactly(int(fields["Content-Length"]))
+        return int(head[0].split()[1]), yaml.safe_load(body)
+
+
+async def test_on_a_kept_alive_connection_each_request_is_checked_again(
+    start_butler: StartButler, tmp_path: Path
+) -> None:
+    """A connection that sent a token before is spared its hash, not its checks: another token sent on the
+    same connection is its own caller with its own scopes, and a revoke is seen by the next request."""
+    document = auth_config()
+    config = write_config(tmp_path / "butler.yaml", document)
+    base = await start_butler(document)
+    made = run_butler("token", "create", "-c", str(config), "--name", "etl", "--scope", "status")
+    token = made.stdout.strip()
+    kv_only = run_butler("token", "create", "-c", str(config), "--name", "kv", "--scope", "kv:read")
+    host, port = base.removeprefix("http://").split(":")
+    connection = KeptAlive(*await asyncio.open_connection(host, int(port)))
+    ping = "/v4/butlerping"
+    bearer = {"Authorization": f"Bearer {token}"}
+    try:
+        assert (await connection.get(ping, bearer))[0] == 200
+        assert (await connection.get(ping, bearer))[0] == 200
+        status, body = await connection.get(ping, {"Authorization": f"Bearer {kv_only.stdout.strip()}"})
+        needed = "Token kv lacks scope status, needed for GET /v4/butlerping"
+        assert (status, body["message"]) == (403, needed)
+        assert (await connection.get(ping, bearer))[0] == 200
+        assert (await connection.get(ping, {}))[0] == 401
+        assert (await connection.get(ping, {"X-Butler-Token": token}))[0] == 200
+        assert (await connection.get(ping, bearer))[0] == 200
+        assert run_butler("token", "revoke", "-c", str(config), "etl").returncode == 0
+        status, body = await connection.get(ping, bearer)
+        assert (status, body["message"]) == (401, "Unknown or revoked token")
+    finally:
+        connection.writer.close()
+
+
 async def test_an_expired_token_is_refused(start_butler: StartButler, tmp_path: Path) -> None:
     base = await start_butler(auth_config())
     old = await make_token(tmp_path, "old", "status", expires=time.time() - 1)

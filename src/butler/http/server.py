@@ -32,7 +32,7 @@ from butler.audit import AuditLog
 from butler.config.settings import ConnectionLimits
 from butler.http.browsers import BrowserCheck
 from butler.http.errors import CLIENT_CLOSED, ClientGone, HttpError, reason
-from butler.http.middleware import App, Context, build_chain, dispatch
+from butler.http.middleware import App, Connection, Context, build_chain, dispatch
 from butler.http.middleware.access_log import AccessLog
 from butler.http.middleware.audit import Audit
 from butler.http.middleware.browser_guard import BrowserGuard
@@ -332,7 +332,7 @@ class _Refusal(asyncio.Protocol):
         self._timer.cancel()
 
 
-class _Connection(RequestHandler):
+class _Connection(RequestHandler, Connection):
     """aiohttp's connection handler, with Butler's limits on slow clients and on the number of connections,
     answering malformed HTTP in Butler's envelope, logged in one line.
 
@@ -347,7 +347,7 @@ class _Connection(RequestHandler):
     answer for ever. Its timer is armed only while the socket's buffer is full.
     """
 
-    __slots__ = ("_answer_timer", "_body", "_head_timer", "_listener", "_unread")
+    __slots__ = ("_answer_timer", "_body", "_head_timer", "_listener", "_unread", "credential")
 
     def __init__(self, listener: _Server, **kwargs: Any) -> None:
         super().__init__(listener, **kwargs)
@@ -358,6 +358,7 @@ class _Connection(RequestHandler):
         self._unread = 0
         # The body of the latest request while it is still arriving: bytes received meanwhile are body.
         self._body: StreamReader | None = None
+        self.credential = None
 
     @property
     def limits(self) -> ConnectionLimits:

@@ -28,13 +28,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from types import FunctionType, MethodType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp.web_request import BaseRequest
 
 from butler.http.routing import ApiRequest, Reply, Route
 
+if TYPE_CHECKING:
+    from butler.http.middleware.authentication import Verified
+
 App = Callable[["Context"], Awaitable[Reply]]
+
+
+class Connection:
+    """What the steps keep of a kept-alive connection between its requests (the server's connection handler
+    derives from this and holds the slots)."""
+
+    __slots__ = ()
+    #: The token last verified on the connection (``Authentication``).
+    credential: Verified | None
 
 
 class Context:

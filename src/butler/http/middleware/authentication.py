@@ -11,7 +11,6 @@ value. Once the credential is verified (refused for its scope or not), ``context
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from typing import Any
 from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore
 from butler.config.settings import CertificateScopes
 from butler.http.errors import HttpError
-from butler.http.middleware import App, Context
+from butler.http.middleware import App, Connection, Context
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import Reply
 
@@ -74,6 +73,27 @@ def peer_subject(peercert: dict[str, Any]) -> frozenset[tuple[str, str]]:
     return frozenset(pairs)
 
 
+class Verified:
+    """A token verified on a connection: the ``Authorization`` header that sent it, its digest, the record
+    found, and the lookup that found it."""
+
+    __slots__ = ("caller", "digest", "find", "record", "sent")
+
+    def __init__(
+        self,
+        sent: str,
+        digest: str,
+        record: TokenRecord,
+        caller: str,
+        find: Callable[[str], TokenRecord | None],
+    ) -> None:
+        self.sent = sent
+        self.digest = digest
+        self.record = record
+        self.caller = caller
+        self.find = find
+
+
 class Authentication:
     def __init__(
         self,
@@ -102,9 +122,26 @@ class Authentication:
         scope = route.scope
         if scope is None:
             return self.app(context)
-        # Every request with a token passes here: the usual form of the header is read without the steps
-        # that any other form needs (``_token``).
-        sent = context.request.headers.get("Authorization")
+        request = context.request
+        sent = request.headers.get("Authorization")
+        connection = request.protocol
+        if isinstance(connection, Connection):
+            known = connection.credential
+            # The store is asked on every request, so that a revoked token is refused at once; a client
+            # that sends again the token it sent before on the same connection, whose record has not
+            # changed since, is spared its hash and the checks already made.
+            if (
+                known is not None
+                and known.sent == sent
+                and known.find(known.digest) is known.record
+                and scope in known.record.scopes
+            ):
+                context.caller = known.caller
+                self._used.add(known.record.name)
+                if context.started >= self._touch_due:
+                    self._touch_used()
+                return self.app(context)
+        # The usual form of the header is read without the steps that any other form needs (``_token``).
         if sent is not None and sent.startswith("Bearer "):
             # Its form is only checked when it is not found, to say which of the two is wrong.
             token = sent[7:]
@@ -114,28 +151,25 @@ class Authentication:
                 self._certificate(context, scope)
                 return self.app(context)
             token = found
+            sent = None
         token_digest = sha256(token.encode()).hexdigest()
         find_now = self.tokens.find_now
         if find_now is None:
             return self._looked_up(context, token, token_digest, scope)
         record = find_now(token_digest)
+        counting = self._admit(context, record, token, token_digest, scope)
+        if counting is not None:
+            return self._counted(counting, context)
         if (
-            record is not None
+            sent is not None
+            and record is not None
             and record.expires is None
             and not record.allow_ips
             and not record.rate_limit
-            and scope in record.scopes
-            and hmac.compare_digest(record.digest, token_digest)
+            and isinstance(connection, Connection)
         ):
-            # The common case, a token with no expiry, allow-list or limit of its own: nothing to refuse.
-            context.caller = f"token {record.name}"
-            self._used.add(record.name)
-            if time.monotonic() >= self._touch_due:
-                self._touch_used()
-        else:
-            counting = self._admit(context, record, token, token_digest, scope)
-            if counting is not None:
-                return self._counted(counting, context)
+            # Nothing in the record can refuse the token later: no expiry, allow-list or limit of its own.
+            connection.credential = Verified(sent, token_digest, record, context.caller or "", find_now)
         return self.app(context)
 
     async def _counted(self, counting: Awaitable[None], context: Context) -> Reply:
@@ -169,7 +203,7 @@ class Authentication:
         self, context: Context, record: TokenRecord | None, token: str, token_digest: str, scope: str
     ) -> Awaitable[None] | None:
         """Refuse the token or admit it; what is left to await when its limit is counted in Redis."""
-        if record is None or not hmac.compare_digest(record.digest, token_digest):
+        if record is None:
             if not token.strip():
                 raise unauthorized(_MALFORMED_HEADER)
             if _MATCH(token) is None:
@@ -187,7 +221,7 @@ class Authentication:
                 403, f"Token {record.name} lacks scope {scope}, needed for {context.method} {context.path}"
             )
         self._used.add(record.name)
-        if time.monotonic() >= self._touch_due:
+        if context.started >= self._touch_due:
             self._touch_used()
         if not record.rate_limit:
             return None
@@ -218,7 +252,7 @@ class Authentication:
             self._touching.add(task)
             task.add_done_callback(self._touching.discard)
         self._used.clear()
-        self._touch_due = time.monotonic() + TOUCH_SECONDS
+        self._touch_due = time.perf_counter() + TOUCH_SECONDS
 
     async def _touch(self, name: str, when: float) -> None:
         try:
