@@ -29,6 +29,7 @@ from butler.config.settings import (
     PrometheusSettings,
     QrsSettings,
     StartTaskFilter,
+    StatusPageSettings,
 )
 from butler.http.docs import ApiDocument, load_openapi
 from butler.kvstore.memory import MemoryStore
@@ -55,11 +56,13 @@ def test_every_route_is_documented_and_every_operation_served(tmp_path: object) 
     qrs = QrsClient(QrsSettings(use_ssl=False), CertificateSettings())
     starter = TaskStarter(qrs, StartTaskFilter(), None)
     apps = AppService(EngineSettings(use_ssl=False), CertificateSettings(), starter)
-    # An alert channel on, so that the alert routes are registered too; metrics on, for /metrics.
+    # An alert channel on, so that the alert routes are registered too; metrics on, for /metrics; the
+    # status page on.
     settings = dataclasses.replace(
         settings,
         alerts=dataclasses.replace(settings.alerts, webhook=WebhookSettings(enable=True)),
         prometheus=PrometheusSettings(enable=True),
+        status_page=StatusPageSettings(enable=True),
     )
     context = Services(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
     context.metrics = Metrics(context)
