@@ -18,6 +18,8 @@ import yaml
 from playwright.async_api import Page, async_playwright
 
 from butler.config import parse_config
+from butler.config.declare import setting
+from butler.config.schema import Secret, Str
 from butler.status_page import MASK, masked_config
 from tests.conftest import Broker, StartButler, base_config, udp_ports
 from tests.receivers import Receiver, status
@@ -340,6 +342,22 @@ async def test_the_page_is_off_unless_enabled(start_butler: StartButler) -> None
             async with http.get(base + path) as answer:
                 assert answer.status == 404
                 assert (await answer.json())["statusCode"] == 404
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Lock:
+    """Settings with a secret whose name says nothing of it."""
+
+    combination: str = setting("sesame", Secret(), "", help="a secret by its type alone")
+    label: str = setting("label", Str(), "", help="not a secret")
+
+
+def test_a_key_declared_secret_is_masked_whatever_its_name() -> None:
+    assert masked_config(_Lock(combination="open-4711", label="front door")) == [
+        ("Butler.sesame", MASK),
+        ("Butler.label", "front door"),
+    ]
+    assert masked_config(_Lock()) == [("Butler.sesame", ""), ("Butler.label", "")]
 
 
 def test_secrets_are_masked_by_type_by_name_and_in_urls(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ inline script, and needs nothing from outside Butler. Long lists are cut (``SHOW
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from butler.alerts.context import redacted_url
-from butler.config import Settings
 from butler.config.declare import declared_values
 from butler.config.schema import Secret
 from butler.services import Services
@@ -37,10 +38,10 @@ MASK = "••••••"
 _SECRET_NAME = re.compile(r"pass(word|phrase)?|secret|token|api.?key|key$|credential|authorization", re.I)
 
 
-def masked_config(settings: Settings) -> list[tuple[str, str]]:
-    """Every key Butler read, as the page shows it: secrets masked by their declared type and by their
-    name, URLs cut to their origin and first path segment (webhook URLs carry their secret in the path, and
-    others a password before the host)."""
+def masked_config(settings: object) -> list[tuple[str, str]]:
+    """Every key of a settings object (of ``Settings``: every key Butler read), as the page shows it:
+    secrets masked by their declared type and by their name, URLs cut to their origin and first path
+    segment (webhook URLs carry their secret in the path, and others a password before the host)."""
     rows = []
     for path, value, spec in declared_values(settings, "Butler"):
         name = path.rsplit(".", 1)[-1]
@@ -230,9 +231,7 @@ class StatusPage:
 
     def page(self, data: dict[str, Any]) -> str:
         return _PAGE.format(
-            version=escape(data["version"]),
-            refresh=REFRESH_MS,
-            body=self.fragment(data),
+            style=_STYLE, script=_SCRIPT, version=escape(data["version"]), body=self.fragment(data)
         )
 
     def fragment(self, data: dict[str, Any]) -> str:
@@ -400,8 +399,8 @@ def _monitors_html(monitors: dict[str, Any] | None) -> str:
                     (
                         escape(name),
                         _state("down" if r["failingInARow"] else "ok" if r["runs"] else "idle"),
-                        escape(r["lastRun"] or "—"),
-                        escape(r["nextRun"] or "—"),
+                        escape((r["lastRun"] or "—").replace("T", " ")),
+                        escape((r["nextRun"] or "—").replace("T", " ")),
                         escape(r["lastError"] or ""),
                     )
                     for name, r in runners.items()
@@ -433,82 +432,99 @@ def _config_table(rows: list[tuple[str, str]]) -> str:
     return _table(("key", "value"), ((escape(path), escape(shown)) for path, shown in rows))
 
 
+_STYLE = """
+body { font: 15px/1.4 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }
+header { background: #1d2330; color: #fff; padding: .6em 1em; display: flex; justify-content: space-between;
+  align-items: center; flex-wrap: wrap; gap: .5em; }
+header h1 { font-size: 1.2em; margin: 0; }
+main { padding: .5em; max-width: 72em; margin: auto; }
+.card { background: #fff; border-radius: 6px; padding: .6em .9em; margin: .6em 0;
+  box-shadow: 0 1px 2px rgba(0,0,0,.1); overflow-wrap: break-word; }
+h2 { font-size: 1.05em; margin: .2em 0 .5em; display: inline-block; }
+h3 { font-size: .95em; margin: .8em 0 .3em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3em .4em; border-bottom: 1px solid #e3e5ea; vertical-align: top; }
+th { font-weight: 600; color: #555d6e; }
+.state { display: inline-block; border-radius: 3px; padding: 0 .4em; font-size: .85em; color: #fff;
+  background: #7a8294; }
+.state.ok, .state.delivered, .state.started { background: #2e7d32; }
+.state.down, .state.dead, .state.problem { background: #c62828; }
+.state.warn, .state.pending, .state.rateLimited { background: #ef6c00; }
+.note, .meta { color: #555d6e; font-size: .9em; margin: .2em 0 .5em; }
+.error { color: #c62828; }
+ul.deliveries, ul.counts { list-style: none; margin: 0; padding: 0; }
+ul.counts li { display: inline-block; margin-right: 1em; }
+button { font: inherit; font-size: .85em; padding: .1em .6em; cursor: pointer; }
+#message { font-size: .9em; }
+@media (max-width: 640px) {
+  thead { display: none; }
+  table, tbody, tr, td { display: block; width: 100%; box-sizing: border-box; }
+  tr { border-bottom: 1px solid #e3e5ea; padding: .3em 0; }
+  td { border: 0; padding: .1em 0; }
+  td:empty { display: none; }
+  td[data-label]:not([data-label=""])::before { content: attr(data-label) ": "; color: #555d6e; }
+}
+"""
+
+# Relative URLs: the page works behind a proxy that serves Butler below a path of its own.
+_SCRIPT = """
+(function () {
+  var content = document.getElementById("content");
+  var message = document.getElementById("message");
+  var open = function () { var d = content.querySelector("details"); return d !== null && d.open; };
+  function refresh() {
+    var wasOpen = open();
+    return fetch("status?fragment=true", { headers: { Accept: "text/html" } })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (html) {
+        content.innerHTML = html;
+        var d = content.querySelector("details");
+        if (d !== null) d.open = wasOpen;
+      })
+      .catch(function (e) { message.textContent = "refresh failed: " + e.message; });
+  }
+  content.addEventListener("click", function (event) {
+    var button = event.target.closest("button.retry");
+    if (button === null) return;
+    button.disabled = true;
+    fetch("v4/alerts/" + encodeURIComponent(button.dataset.id) + "/retry", { method: "POST" })
+      .then(function (r) { return r.json().then(function (body) { return [r.status, body]; }); })
+      .then(function (answer) {
+        message.textContent = answer[0] === 202 ? "sent again" : (answer[1].message || "HTTP " + answer[0]);
+        return refresh();
+      })
+      .catch(function (e) { message.textContent = "retry failed: " + e.message; button.disabled = false; });
+  });
+  setInterval(refresh, REFRESH_MS);
+})();
+""".replace("REFRESH_MS", str(REFRESH_MS))
+
+
+def _digest(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+#: Only the page's own style and script run, by their digests: were a value ever rendered unescaped, a
+#: script it carried would still not run. Nothing is loaded from elsewhere; no site may frame the page.
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'none'; connect-src 'self'; style-src {_digest(_STYLE)}; script-src {_digest(_SCRIPT)}; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Butler status</title>
-<style>
-body {{ font: 15px/1.4 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }}
-header {{ background: #1d2330; color: #fff; padding: .6em 1em; display: flex; justify-content: space-between;
-  align-items: center; flex-wrap: wrap; gap: .5em; }}
-header h1 {{ font-size: 1.2em; margin: 0; }}
-main {{ padding: .5em; max-width: 72em; margin: auto; }}
-.card {{ background: #fff; border-radius: 6px; padding: .6em .9em; margin: .6em 0;
-  box-shadow: 0 1px 2px rgba(0,0,0,.1); overflow-wrap: break-word; }}
-h2 {{ font-size: 1.05em; margin: .2em 0 .5em; display: inline-block; }}
-h3 {{ font-size: .95em; margin: .8em 0 .3em; }}
-table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ text-align: left; padding: .3em .4em; border-bottom: 1px solid #e3e5ea; vertical-align: top; }}
-th {{ font-weight: 600; color: #555d6e; }}
-.state {{ display: inline-block; border-radius: 3px; padding: 0 .4em; font-size: .85em; color: #fff;
-  background: #7a8294; }}
-.state.ok, .state.delivered, .state.started {{ background: #2e7d32; }}
-.state.down, .state.dead, .state.problem {{ background: #c62828; }}
-.state.warn, .state.pending, .state.rateLimited {{ background: #ef6c00; }}
-.note, .meta {{ color: #555d6e; font-size: .9em; margin: .2em 0 .5em; }}
-.error {{ color: #c62828; }}
-ul.deliveries, ul.counts {{ list-style: none; margin: 0; padding: 0; }}
-ul.counts li {{ display: inline-block; margin-right: 1em; }}
-button {{ font: inherit; font-size: .85em; padding: .1em .6em; cursor: pointer; }}
-#message {{ font-size: .9em; }}
-@media (max-width: 640px) {{
-  thead {{ display: none; }}
-  table, tbody, tr, td {{ display: block; width: 100%; box-sizing: border-box; }}
-  tr {{ border-bottom: 1px solid #e3e5ea; padding: .3em 0; }}
-  td {{ border: 0; padding: .1em 0; }}
-  td:empty {{ display: none; }}
-  td[data-label]:not([data-label=""])::before {{ content: attr(data-label) ": "; color: #555d6e; }}
-}}
-</style>
+<style>{style}</style>
 </head>
 <body>
 <header><h1>Butler {version}</h1><span id="message" role="status"></span></header>
 <main id="content">
 {body}
 </main>
-<script>
-(function () {{
-  var content = document.getElementById("content");
-  var message = document.getElementById("message");
-  var open = function () {{ var d = content.querySelector("details"); return d !== null && d.open; }};
-  function refresh() {{
-    var wasOpen = open();
-    return fetch("/status?fragment=true", {{ headers: {{ Accept: "text/html" }} }})
-      .then(function (r) {{ if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); }})
-      .then(function (html) {{
-        content.innerHTML = html;
-        var d = content.querySelector("details");
-        if (d !== null) d.open = wasOpen;
-      }})
-      .catch(function (e) {{ message.textContent = "refresh failed: " + e.message; }});
-  }}
-  content.addEventListener("click", function (event) {{
-    var button = event.target.closest("button.retry");
-    if (button === null) return;
-    button.disabled = true;
-    fetch("/v4/alerts/" + encodeURIComponent(button.dataset.id) + "/retry", {{ method: "POST" }})
-      .then(function (r) {{ return r.json().then(function (body) {{ return [r.status, body]; }}); }})
-      .then(function (answer) {{
-        message.textContent = answer[0] === 202 ? "sent again" : (answer[1].message || "HTTP " + answer[0]);
-        return refresh();
-      }})
-      .catch(function (e) {{ message.textContent = "retry failed: " + e.message; button.disabled = false; }});
-  }});
-  setInterval(refresh, {refresh});
-}})();
-</script>
+<script>{script}</script>
 </body>
 </html>
 """

@@ -6,26 +6,24 @@ from __future__ import annotations
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.services import Services
 
-HTML_HEADERS = {
-    "Content-Type": "text/html; charset=utf-8",
-    # The page holds the config, masked as it is: neither caches nor other sites' frames get it.
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-    "frame-ancestors 'none'",
-}
-
 
 def routes(services: Services) -> list[Route]:
     # Imported only when the page is on: it builds on the alert templates' module.
-    from butler.status_page import StatusPage
+    from butler.status_page import CONTENT_SECURITY_POLICY, StatusPage
 
     page = StatusPage(services)
+    headers = {
+        "Content-Type": "text/html; charset=utf-8",
+        # The page holds the config, masked as it is: caches keep no copy of it.
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Frame-Options": "DENY",
+    }
 
     async def status(request: ApiRequest) -> Reply:
         data = page.data()
         html = page.fragment(data) if request.query.get("fragment") else page.page(data)
-        return Reply(200, html.encode(), headers=HTML_HEADERS)
+        return Reply(200, html.encode(), headers=headers)
 
     async def status_data(request: ApiRequest) -> Reply:
         return json_reply(page.data())
