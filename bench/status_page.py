@@ -3,8 +3,8 @@
 
 The outcomes are recorded as in production: failed-reload datagrams sent to Butler's UDP port, each made an
 alert by the task-outcome pipeline and delivered to a local webhook receiver through the alert outbox. The
-schedules come from a schedule file read at start-up (daily, so none fires during the run). Once every
-alert is delivered:
+schedules come from a schedule file read at start-up (yearly, on 1 January, so none fires during the run).
+Once every alert is delivered:
 
 1. Render: ``StatusPage.data`` and ``page`` called in this process, the figures of one render without HTTP.
 2. Request: ``GET /status`` through the REST API, timed from this process (loopback).
@@ -78,7 +78,7 @@ def config(
     folder: Path, task_port: int, session_port: int, webhook: str, schedules: int
 ) -> dict[str, object]:
     file = folder / "schedule.yaml"
-    schedule_file(file, schedules, "0 {minute} {hour} * * *")
+    schedule_file(file, schedules, "0 {minute} {hour} 1 1 *")
     return {
         "Butler": {
             "logLevel": "warn",

@@ -21,7 +21,7 @@ from butler.config import parse_config
 from butler.config.declare import setting
 from butler.config.schema import Secret, Str
 from butler.status_page import MASK, masked_config
-from tests.conftest import Broker, StartButler, base_config, udp_ports
+from tests.conftest import Broker, StartButler, base_config, free_port, udp_ports
 from tests.receivers import Receiver, status
 from tests.test_alert_email import Mailbox, Server
 from tests.test_alerts import TEMPLATES
@@ -226,6 +226,17 @@ async def test_the_page_shows_connections_alerts_schedules_users_monitors_and_ma
     due = datetime.datetime.fromisoformat(listed["nextFires"][0].replace("Z", "+00:00"))
     assert due.strftime("%Y-%m-%d %H:%M:%SZ") in html
     assert "10 days left" in html
+    running = '<span class="state ok">ok</span> QlikSenseSchedulerService'
+    assert html.count(running) == 2  # on both nodes
+    # A service stopped on one node: the next check shows it down there.
+    await control("POST", "/nodes/sense2/services/scheduler/stop")
+    for _ in range(100):
+        _, html = await site.get("/status")
+        if '<span class="state down">down</span> QlikSenseSchedulerService' in html:
+            break
+        await asyncio.sleep(0.1)
+    assert html.count(running) == 1
+    assert '<span class="state down">down</span> QlikSenseSchedulerService' in html
     assert "proxy1.corp.example" in html
     # The body alone, as the page refreshes itself.
     code, fragment = await site.get("/status?fragment=true")
@@ -388,3 +399,29 @@ def test_secrets_are_masked_by_type_by_name_and_in_urls(tmp_path: Path) -> None:
     for secret in (MQTT_PASSWORD, INSERT_KEY, "redis-Pw-0a1b", "xyzzySECRETpath", "c2VjcmV0"):
         assert secret not in shown
     assert re.search(r"restServerEndpointsEnable$", "\n".join(rows), re.M)
+
+
+async def test_a_qrs_that_cannot_be_reached_is_shown_down_with_why(
+    start_butler: StartButler, site_certs: Any
+) -> None:
+    document = base_config(senseStartTask=True)
+    config = document["Butler"]
+    config["cert"] = {
+        "clientCert": str(site_certs.client),
+        "clientCertKey": str(site_certs.client_key),
+        "clientCertCA": str(site_certs.root),
+    }
+    port = free_port()  # nothing listens there
+    config["configQRS"] = {"host": "127.0.0.1", "port": port, "timeoutSeconds": 2, "retries": 0}
+    config["statusPage"] = {"enable": True}
+    base = await start_butler(document)
+    site = Site(base, 0, Receiver(), Mailbox())
+    [qrs] = [row for row in (await data(site))["connections"] if row["name"] == "QRS"]
+    assert (qrs["state"], qrs["detail"]) == ("idle", "not called yet")
+    async with aiohttp.ClientSession() as http:
+        url = f"{base}/v4/reloadtask/{APP1['taskId']}/start"
+        async with http.put(url, json=[]) as answer:
+            assert answer.status >= 500
+    [qrs] = [row for row in (await data(site))["connections"] if row["name"] == "QRS"]
+    assert qrs["state"] == "down" and qrs["target"] == f"127.0.0.1:{port}"
+    assert f"cannot connect to Qlik Sense QRS at 127.0.0.1:{port}" in qrs["detail"]

@@ -314,13 +314,7 @@ class LogSettings:
 class StatusPageSettings:
     """``Butler.statusPage`` (an addition): ``GET /status``, Butler's state on one page for people."""
 
-    enable: bool = setting(
-        "enable",
-        Bool(),
-        False,
-        help="serve GET /status: connections, recent alerts, schedules, monitors, the config with its "
-        "secrets masked (README, Status page)",
-    )
+    enable: bool = setting("enable", Bool(), False, help="serve GET /status (README, Status page)")
 
 
 @dataclass(frozen=True, kw_only=True)
