@@ -300,9 +300,13 @@ async def test_in_a_browser_retry_sends_a_dead_letter_again_and_a_phone_needs_no
             phone = await browser.new_page(viewport={"width": 375, "height": 740}, is_mobile=True)
             await phone.goto(f"{site.base}/status")
             await phone.wait_for_selector("li[data-delivery]")
-            widths = await phone.evaluate(
-                "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-            )
+            scroll = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            widths = await phone.evaluate(scroll)
+            assert widths[0] <= widths[1], widths
+            # The config too, with its long key paths and URLs, once opened.
+            await phone.click("details summary")
+            assert await phone.is_visible("text=Butler.restServerConfig.serverHost")
+            widths = await phone.evaluate(scroll)
             assert widths[0] <= widths[1], widths
             await phone.screenshot(path=str(tmp_path / "phone.png"))
         finally:
