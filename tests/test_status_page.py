@@ -197,6 +197,8 @@ async def test_the_page_shows_connections_alerts_schedules_users_monitors_and_ma
     assert await settled(), json.dumps(snapshot, indent=1)
     connections = {row["name"]: row for row in snapshot["connections"]}
     assert connections["QRS"]["state"] == "ok" and "calls" in connections["QRS"]["detail"]
+    # The monitors ask QRS with a client of their own.
+    assert connections["QRS (monitors)"]["state"] == "ok"
     assert connections["MQTT broker"]["state"] == "ok"
     assert connections["Alerts: email"]["target"].startswith("SMTP 127.0.0.1:")
     assert connections["Alerts: webhook"]["state"] == "warn"  # one dead letter

@@ -23,6 +23,7 @@ from typing import Any
 from butler.alerts.context import redacted_url
 from butler.config.declare import declared_values
 from butler.config.schema import Secret
+from butler.qlik.qrs import QrsClient
 from butler.services import Services
 
 #: Alerts (task outcomes and monitor alerts) shown, newest first.
@@ -106,18 +107,15 @@ class StatusPage:
         services = self.services
         settings = services.settings
         rows: list[dict[str, Any]] = []
-        qlik = settings.certificates.client_cert is not None
-        qrs = services.qrs
         where = f"{settings.qrs.host}:{settings.qrs.port}"
-        if qrs is None:
+        clients = [("QRS", services.qrs), ("QRS (monitors)", services.monitors_qrs)]
+        for name, qrs in clients:
+            if qrs is not None:
+                rows.append(_qrs(name, where, qrs))
+        if not rows:
+            qlik = settings.certificates.client_cert is not None
             why = "no enabled feature calls QRS" if qlik else "Butler.cert is not set"
             rows.append(_row("QRS", where, "off", why))
-        elif qrs.last_error is not None:
-            rows.append(_row("QRS", where, "down", qrs.last_error))
-        elif qrs.last_answer is not None:
-            rows.append(_row("QRS", where, "ok", f"{qrs.calls} calls, last answer {_iso(qrs.last_answer)}"))
-        else:
-            rows.append(_row("QRS", where, "idle", "not called yet"))
         engine = f"{settings.engine.host}:{settings.engine.port}"
         if services.apps is not None:
             rows.append(_row("Engine", engine, "idle", "connected for each app dump or reload"))
@@ -249,6 +247,14 @@ class StatusPage:
             "and first path segment only.</p>" + self._config_html + "</details>",
         ]
         return "\n".join(parts)
+
+
+def _qrs(name: str, where: str, qrs: QrsClient) -> dict[str, Any]:
+    if qrs.last_error is not None:
+        return _row(name, where, "down", qrs.last_error)
+    if qrs.last_answer is not None:
+        return _row(name, where, "ok", f"{qrs.calls} calls, last answer {_iso(qrs.last_answer)}")
+    return _row(name, where, "idle", "not called yet")
 
 
 def _row(name: str, target: str, state: str, detail: str) -> dict[str, Any]:
