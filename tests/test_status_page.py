@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,3 +432,17 @@ async def test_a_qrs_that_cannot_be_reached_is_shown_down_with_why(
     [qrs] = [row for row in (await data(site))["connections"] if row["name"] == "QRS"]
     assert qrs["state"] == "down" and qrs["target"] == f"127.0.0.1:{port}"
     assert f"cannot connect to Qlik Sense QRS at 127.0.0.1:{port}" in qrs["detail"]
+
+
+async def test_butlers_sharing_a_redis_show_it(start_butler: StartButler, redis_url: str) -> None:
+    document = base_config(butlerping=True)
+    prefix = f"test:{uuid.uuid4().hex}:kv:"
+    document["Butler"]["keyValueStore"] = {
+        "backend": "redis",
+        "redis": {"url": redis_url, "keyPrefix": prefix},
+    }
+    document["Butler"]["statusPage"] = {"enable": True}
+    base = await start_butler(document)
+    site = Site(base, 0, Receiver(), Mailbox())
+    [row] = [row for row in (await data(site))["connections"] if row["name"] == "Redis"]
+    assert (row["state"], row["target"]) == ("ok", redis_url.rsplit("/", 1)[0] + "/0…")
