@@ -52,8 +52,8 @@ class Site:
     webhook: Receiver
     mail: Mailbox
 
-    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as http, http.get(self.base + path, headers=headers) as answer:
+    async def get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as http, http.get(self.base + path) as answer:
             return answer.status, await answer.text()
 
 
