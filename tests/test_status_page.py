@@ -349,6 +349,12 @@ async def test_with_auth_on_the_page_needs_a_token_with_the_admin_scope(
             async with http.get(base + path, headers={"Authorization": f"Bearer {admin}"}) as answer:
                 assert answer.status == 200
                 body = await answer.text()
+        # No other site may frame the page, and only its own script runs.
+        async with http.get(f"{base}/status", headers={"Authorization": f"Bearer {admin}"}) as answer:
+            policy = answer.headers["Content-Security-Policy"]
+            assert "frame-ancestors 'none'" in policy and "script-src 'sha256-" in policy
+            assert "unsafe-inline" not in policy and answer.headers["X-Frame-Options"] == "DENY"
+            assert answer.headers["Cache-Control"] == "no-store"
         # Tokens are never on the page: not the one used, nor any in the store.
         assert admin not in body and other not in body and "bt_" not in body
 
