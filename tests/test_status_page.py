@@ -452,3 +452,33 @@ async def test_butlers_sharing_a_redis_show_it(start_butler: StartButler, redis_
     site = Site(base, 0, Receiver(), Mailbox())
     [row] = [row for row in (await data(site))["connections"] if row["name"] == "Redis"]
     assert (row["state"], row["target"]) == ("ok", redis_url.rsplit("/", 1)[0] + "/0…")
+
+
+async def test_the_schedules_firing_soonest_come_first_and_stopped_ones_last(
+    start_butler: StartButler, tmp_path: Path
+) -> None:
+    file = tmp_path / "schedule.yaml"
+    entries = [
+        schedule(APP1["taskId"], cron, state, timezone="UTC", id=name, name=name)
+        for name, cron, state in (
+            ("stopped", "0 0 1 * * *", "stopped"),
+            ("five", "0 0 5 * * *", "started"),
+            ("three", "0 0 3 * * *", "started"),
+            ("every minute", "0 * * * * *", "started"),
+        )
+    ]
+    file.write_text(yaml.safe_dump({"butlerSchedule": entries}))
+    document = base_config(butlerping=True)
+    document["Butler"]["scheduler"] = {"enable": True, "configfile": str(file)}
+    document["Butler"]["statusPage"] = {"enable": True}
+    site = Site(await start_butler(document), 0, Receiver(), Mailbox())
+    for _ in range(100):
+        schedules = (await data(site))["schedules"]
+        if schedules["count"] == 4:
+            break
+        await asyncio.sleep(0.05)
+    shown = schedules["shown"]
+    assert shown[0]["name"] == "every minute"
+    fires = [entry["nextFire"] for entry in shown]
+    assert fires[:3] == sorted(fires[:3]) and None not in fires[:3]
+    assert (shown[3]["name"], shown[3]["nextFire"], shown[3]["state"]) == ("stopped", None, "stopped")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import heapq
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -175,7 +176,7 @@ class StatusPage:
         sharing = services.events.sharing if services.events is not None else None
         if sharing is not None and not sharing.available:
             problems.append(sharing.last_error or "unavailable")
-        detail = "; ".join(problems) or "key-value store, leases, alert outbox and schedule fires"
+        detail = "; ".join(problems) or "answering"
         return [_row("Redis", where, "down" if problems else "ok", detail)]
 
     def _alerts(self) -> dict[str, Any] | None:
@@ -188,11 +189,14 @@ class StatusPage:
         scheduler = self.services.scheduler
         if scheduler is None:
             return None
-        jobs = list(scheduler.jobs.values())
         # Those firing soonest first, then stopped ones and those that cannot run.
-        jobs.sort(key=lambda job: job.next_due if job.next_due is not None else float("inf"))
+        soonest = heapq.nsmallest(
+            SHOWN_SCHEDULES,
+            scheduler.jobs.values(),
+            key=lambda job: job.next_due if job.next_due is not None else float("inf"),
+        )
         shown = []
-        for job in jobs[:SHOWN_SCHEDULES]:
+        for job in soonest:
             last = job.runs[-1] if job.runs else None
             shown.append(
                 {
@@ -205,7 +209,7 @@ class StatusPage:
                     "nextFire": _iso(job.next_due) if job.next_due is not None else None,
                 }
             )
-        return {"count": len(jobs), "shown": shown, **scheduler.stats()}
+        return {"count": len(scheduler.jobs), "shown": shown, **scheduler.stats()}
 
     def _udp(self) -> dict[str, Any] | None:
         events = self.services.events
