@@ -103,7 +103,8 @@ def test_every_operation_names_a_known_scope_and_the_document_offers_both_scheme
 
 @pytest.fixture
 async def everything(start_butler: StartButler, simulator: Any, site_certs: Any, tmp_path: Path) -> str:
-    """Butler with every endpoint on (Qlik's against the simulator, alerts by webhook) and auth on."""
+    """Butler with every endpoint on (Qlik's against the simulator, alerts by webhook, the status page) and
+    auth on."""
     flags = {name: True for name in ("senseListApps", "senseAppDump", "senseAppReload")}
     document = butler_config(simulator, site_certs, **flags)
     document["Butler"]["restServerEndpointsEnable"] = base_config()["Butler"]["restServerEndpointsEnable"]
@@ -112,6 +113,7 @@ async def everything(start_butler: StartButler, simulator: Any, site_certs: Any,
     document["Butler"]["configEngine"] = engine_config(simulator)
     document["Butler"]["webhookNotification"] = {"enable": True}
     document["Butler"]["prometheus"] = {"enable": True}
+    document["Butler"]["statusPage"] = {"enable": True}
     return await start_butler(auth_config(document))
 
 

@@ -41,6 +41,8 @@ async def test_demo_with_mqtt_and_the_task_filter(tmp_path: Path) -> None:
     try:
         base = f"http://localhost:{port}"
         assert re.search(rf"^  Status page +{re.escape(base)}/status$", text, re.MULTILINE)
+        page = await shell(f"curl -sf {base}/status")
+        assert "<h2>Connections</h2>" in page and "<h2>Recent alerts</h2>" in page
         assert re.search(r"^  Task allow-list +on$", text, re.MULTILINE)
         broker = re.search(r"^  MQTT broker +127\.0\.0\.1:(\d+) ", text, re.MULTILINE)
         assert broker is not None, text

@@ -29,6 +29,7 @@ from butler.config.settings import (
     PrometheusSettings,
     QrsSettings,
     StartTaskFilter,
+    StatusPageSettings,
 )
 from butler.http.docs import ApiDocument, load_openapi
 from butler.kvstore.memory import MemoryStore
@@ -55,11 +56,13 @@ def test_every_route_is_documented_and_every_operation_served(tmp_path: object) 
     qrs = QrsClient(QrsSettings(use_ssl=False), CertificateSettings())
     starter = TaskStarter(qrs, StartTaskFilter(), None)
     apps = AppService(EngineSettings(use_ssl=False), CertificateSettings(), starter)
-    # An alert channel on, so that the alert routes are registered too; metrics on, for /metrics.
+    # An alert channel on, so that the alert routes are registered too; metrics on, for /metrics; the
+    # status page on.
     settings = dataclasses.replace(
         settings,
         alerts=dataclasses.replace(settings.alerts, webhook=WebhookSettings(enable=True)),
         prometheus=PrometheusSettings(enable=True),
+        status_page=StatusPageSettings(enable=True),
     )
     context = Services(settings, key_values=MemoryStore(), task_starter=starter, apps=apps)
     context.metrics = Metrics(context)
@@ -162,8 +165,10 @@ def mismatches(document: dict[str, Any], call: Call, status: int, media: str, te
     if media not in content:
         return [f"{where}: content type {media} not documented (only {sorted(content)})"]
     schema = closed(content[media].get("schema", {}))
-    # JSON sent as text/plain, as upstream sends some answers, is described by the schema of its JSON.
-    instance = text if schema.get("type") == "string" and media == "text/plain" else json.loads(text)
+    # JSON sent as text/plain, as upstream sends some answers, is described by the schema of its JSON; a
+    # page is a string.
+    plain = media in ("text/plain", "text/html")
+    instance = text if schema.get("type") == "string" and plain else json.loads(text)
     return [
         f"{where}: {'/'.join(map(str, error.absolute_path))}: {error.message[:300]}"
         for error in OAS30Validator(schema).iter_errors(instance)
@@ -238,6 +243,7 @@ async def test_real_answers_match_the_document(
     butler["scheduler"] = {"enable": True, "configfile": str(schedules)}
     butler["prometheus"] = {"enable": True}
     butler["auditLog"] = {"enable": True, "file": str(tmp_path / "audit.jsonl")}
+    butler["statusPage"] = {"enable": True}
     base = await start_butler(config)
 
     failing = next(t["id"] for t in simulator.site.tasks.values() if t["name"] == "Reload Failing App")
@@ -271,6 +277,10 @@ async def test_real_answers_match_the_document(
         Call("GET", "/v2/butlerping", "/v2/butlerping", 200),
         Call("GET", "/v4/configfile/endpointsenabled", "/v4/configfile/endpointsenabled", 200),
         Call("GET", "/health", "/health", 200),
+        Call("GET", "/status", "/status", 200),
+        Call("GET", "/status", "/status?fragment=true", 200),
+        Call("GET", "/status", "/status?fragment=2", 400),
+        Call("GET", "/status/data", "/status/data", 200),
         Call("GET", "/v4/licenses/releases", "/v4/licenses/releases?limit=5", 200),
         Call("GET", "/v4/licenses/releases", "/v4/licenses/releases?limit=0", 400),
         Call("GET", "/metrics", "/metrics?ignored=1", 200),

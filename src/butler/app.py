@@ -42,6 +42,7 @@ from butler.routes import (
     monitors,
     newrelic,
     scheduler,
+    status_page,
     task_start,
 )
 from butler.services import Services, StartupError, open_services
@@ -148,6 +149,8 @@ FEATURES = (
     # The audit log: written whenever it is on, read through its route.
     Feature(when=lambda settings: settings.audit.enable, services=("audit",)),
     Feature(audit.routes, flags=("audit",)),
+    # GET /status, a page for people, showing what the services above report.
+    Feature(status_page.routes, when=lambda settings: settings.status_page.enable),
     # GET /metrics, on the REST API's port or one of its own (Butler._start).
     Feature(metrics.routes, when=_metrics_on, services=("metrics",), check=metrics.warn_unserved),
 )

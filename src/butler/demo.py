@@ -174,6 +174,7 @@ def write_demo_config(
                 "portSessionConnectionEvents": udp_ports[1],
             },
             **({"mqttConfig": mqtt} if mqtt else {}),
+            "statusPage": {"enable": True},
             **(alerts or {}),
         }
     }

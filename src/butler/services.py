@@ -58,6 +58,8 @@ class Services:
     settings: Settings
     key_values: KeyValueStore | None = None
     qrs: QrsClient | None = None
+    #: The monitors' own QRS client: they call as sa_repository, whoever configQRS's headers name.
+    monitors_qrs: QrsClient | None = None
     task_starter: TaskStarter | None = None
     mqtt: MqttClient | None = None
     slack: SlackWebhook | None = None
@@ -275,6 +277,7 @@ async def _monitors(services: Services, exits: AsyncExitStack) -> None:
             # As upstream: the monitors ask QRS as sa_repository, whoever configQRS's headers name.
             qrs = QrsClient(dataclasses.replace(settings.qrs, headers=SA_REPOSITORY), settings.certificates)
             exits.push_async_callback(qrs.close)
+            services.monitors_qrs = qrs
             site = QrsSense(qrs)
         monitors = Monitors.open(
             settings,

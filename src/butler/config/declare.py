@@ -189,6 +189,28 @@ def build(cls: type[Any], values: Mapping[str, Any], base_dir: Path, **extra: An
     return cls(**arguments, **extra)
 
 
+def declared_values(settings: Any, prefix: str) -> Iterator[tuple[str, Any, Spec]]:
+    """Every key a settings object was built from, with its full path below ``prefix``, the value it holds
+    (converted, as Butler uses it) and its spec; an item of a list of sections is named ``key[index]``."""
+    for field in dataclasses.fields(settings):
+        declared = field.metadata.get(_DECLARED)
+        if declared is None:
+            continue
+        value = getattr(settings, field.name)
+        path = f"{prefix}.{declared.key}" if declared.key else prefix
+        if declared.part is not None:
+            yield from declared_values(value, path)
+        elif declared.parts is not None:
+            for name, inner in value.items():
+                yield from declared_values(inner, f"{path}.{name}" if declared.key else f"{prefix}.{name}")
+        elif declared.items is not None:
+            for index, item in enumerate(value):
+                yield from declared_values(item, f"{path}[{index}]")
+        else:
+            assert declared.entry is not None
+            yield path, value, declared.entry.spec
+
+
 def leaf_keys(section: Section, prefix: str) -> Iterator[tuple[str, Key]]:
     """Every key below ``section`` that is not itself a section, with its full path."""
     for name, entry in section.keys.items():
@@ -343,6 +365,7 @@ def _show(value: Any) -> str:
 __all__ = [
     "UnknownKey",
     "build",
+    "declared_values",
     "explain",
     "items",
     "leaf_keys",

@@ -311,6 +311,13 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StatusPageSettings:
+    """``Butler.statusPage`` (an addition): ``GET /status``, Butler's state on one page for people."""
+
+    enable: bool = setting("enable", Bool(), False, help="serve GET /status (README, Status page)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AuditLogSettings:
     """``Butler.auditLog`` (an addition): state-changing and refused REST calls, as JSON lines."""
 
@@ -896,6 +903,9 @@ class Settings:
         "prometheus", PrometheusSettings, addition=True, help="GET /metrics for Prometheus"
     )
     audit: AuditLogSettings = part("auditLog", AuditLogSettings, addition=True, help="the audit log")
+    status_page: StatusPageSettings = part(
+        "statusPage", StatusPageSettings, addition=True, help="the status page at GET /status"
+    )
     key_value: KeyValueSettings = part("keyValueStore", KeyValueSettings, help="the key-value store")
     instances: InstancesSettings = part(
         "instances", InstancesSettings, addition=True, help="several Butlers sharing one Redis"

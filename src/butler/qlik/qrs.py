@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 import string
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -92,6 +93,10 @@ class QrsClient:
         self._ssl = client_tls(certificates, settings.reject_unauthorized) if settings.use_ssl else None
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
+        #: How the last call went (the status page): when QRS last answered, and why the last call failed
+        #: (None once QRS answers again).
+        self.last_answer: float | None = None
+        self.last_error: str | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -161,6 +166,8 @@ class QrsClient:
                     timeout=aiohttp.ClientTimeout(total=remaining),
                 ) as response:
                     answer = QrsResponse(response.status, await response.read())
+                self.last_answer = time.time()
+                self.last_error = f"QRS answered {answer.status}" if answer.status >= 500 else None
                 if answer.status not in _RETRY_STATUSES or not repeatable:
                     return answer
                 failure = QrsError(f"QRS answered {answer.status}", answer.status)
@@ -172,12 +179,17 @@ class QrsClient:
                 cause = exc
             except TimeoutError as exc:
                 # The attempt had all the time left: nothing to retry in.
-                raise self._timeout(method, path) from exc
+                timeout = self._timeout(method, path)
+                self.last_error = str(timeout)
+                raise timeout from exc
             except (aiohttp.ClientError, OSError) as exc:
                 failure = QrsError(f"Qlik Sense QRS {method} {path} failed: {exc}")
                 cause = exc
                 if not repeatable:
+                    self.last_error = str(failure)
                     raise failure from exc
+            if answer is None:
+                self.last_error = str(failure)
             delay = 0.1 * 2**attempt
             if attempt + 1 >= attempts or loop.time() + delay >= ends:
                 if answer is not None:

@@ -98,6 +98,8 @@ class Job:
     queued: bool = False
     #: Changed on every (re)scheduling, so that stale heap entries are skipped.
     generation: int = 0
+    #: When it fires next (epoch seconds), as planned; None while it does not run.
+    next_due: float | None = None
 
     @property
     def running(self) -> bool:
@@ -294,10 +296,12 @@ class SchedulerService:
 
     def _plan(self, job: Job) -> None:
         job.generation += 1
+        job.next_due = None
         if not job.running:
             return
         assert job.cron is not None
         due = job.cron.next_after(datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)).timestamp()
+        job.next_due = due
         heapq.heappush(self._heap, (due, job.generation, job.schedule.id))
         self._wake.set()
 
