@@ -8,15 +8,25 @@ before (an odd ``--rounds`` gets one more). The target: checking the token costs
 throughput. The in-process figures show the check's own CPU, on a new connection (the token hashed) and on
 a kept-alive one that sent it before. Needs ``wrk`` and ``taskset``.
 
-    python bench/auth.py [--duration 10] [--rounds 4] [--connections 32]
+With ``--instructions``, the instructions Butler executes per ping are also counted, by valgrind's callgrind,
+with auth off and on: repeatable whatever else the machine does, where requests/s on a shared machine vary
+by more than the 5 % looked for. Each Butler runs under callgrind twice, for 500 and for 2,500 pings sent
+one after the other on one kept-alive connection; the difference of the two counts, divided by 2,000, is
+what a ping costs without the start-up (about ten minutes on two cores).
+
+    python bench/auth.py [--duration 10] [--rounds 4] [--connections 32] [--instructions]
 """
 
 from __future__ import annotations
 
+import http.client
+import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
 
@@ -99,8 +109,53 @@ def chain_cost(workdir: Path, rounds: int) -> tuple[float, float, float]:
     return asyncio.run(run())
 
 
+def instructions(
+    configs: dict[str, Path], token: str, counts: tuple[int, int] = (500, 2500)
+) -> dict[str, float]:
+    """Instructions per ping of a Butler with auth off and on, counted by callgrind (see the docstring)."""
+
+    def count(mode: str, pings: int) -> int:
+        port = free_port()
+        config = configs[mode].with_name(f"callgrind-{pings}.yaml")
+        config.write_text(CONFIG.format(port=port, auth=str(mode == "on").lower()))
+        output = config.with_suffix(".log")
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={config.with_suffix('.out')}"]
+        command += [sys.executable, "-m", "butler", "serve", "-c", str(config), "--api-rate-limit", "0"]
+        # Hashes of str differ from run to run unless seeded, and with them the work of dict lookups.
+        environment = {**os.environ, "PYTHONHASHSEED": "0"}
+        with output.open("wb") as log:
+            butler = subprocess.Popen(command, stdout=log, stderr=log, env=environment)
+            try:
+                wait_port(port, butler, seconds=1200)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                for _ in range(pings):
+                    connection.request("GET", "/v4/butlerping", headers={"Authorization": f"Bearer {token}"})
+                    answer = connection.getresponse()
+                    answer.read()
+                    if answer.status != 200:
+                        raise RuntimeError(f"auth {mode}: answered {answer.status}")
+                connection.close()
+            finally:
+                butler.terminate()
+                butler.wait(600)
+        found = re.search(rb"Collected : (\d+)", output.read_bytes())
+        if found is None:
+            raise RuntimeError(f"callgrind counted nothing: see {output}")
+        return int(found.group(1))
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = {(mode, pings): pool.submit(count, mode, pings) for mode in ("off", "on") for pings in counts}
+        totals = {key: run.result() for key, run in runs.items()}
+    return {
+        mode: (totals[mode, counts[1]] - totals[mode, counts[0]]) / (counts[1] - counts[0])
+        for mode in ("off", "on")
+    }
+
+
 def main() -> int:
-    args = wrk_arguments(__doc__ or "", rounds=True)
+    args = wrk_arguments(
+        __doc__ or "", rounds=True, flags={"--instructions": "also count instructions per ping (valgrind)"}
+    )
     if args is None:
         return 2
     args.rounds += args.rounds % 2
@@ -175,6 +230,12 @@ def main() -> int:
             f"{chain_new:.2f} us on a new connection (+{chain_new - chain_off:.2f} us), "
             f"{chain_kept:.2f} us on a kept-alive one (+{chain_kept - chain_off:.2f} us)"
         )
+        if args.instructions:
+            counted = instructions(configs, made.stdout.strip())
+            print(
+                f"instructions per ping (callgrind): auth off {counted['off']:,.0f}, auth on "
+                f"{counted['on']:,.0f}: token checking costs {counted['on'] / counted['off'] - 1:.1%}"
+            )
         off, on = median(results["off"]), median(results["on"])
         cpu_off, cpu_on = median(cpu["off"]), median(cpu["on"])
         extra = cpu_on / cpu_off - 1

@@ -86,14 +86,19 @@ def _ms(output: str, label: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk_arguments(description: str, rounds: bool = False) -> argparse.Namespace | None:
-    """The options of a benchmark driven by wrk: ``--duration``, ``--connections`` and, for runs alternated
-    over rounds, ``--rounds``. None, said on standard error, when wrk or taskset is missing."""
+def wrk_arguments(
+    description: str, rounds: bool = False, flags: dict[str, str] | None = None
+) -> argparse.Namespace | None:
+    """The options of a benchmark driven by wrk: ``--duration``, ``--connections``, for runs alternated
+    over rounds ``--rounds``, and the benchmark's own on-off ``flags`` (name: help). None, said on standard
+    error, when wrk or taskset is missing."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     if rounds:
         parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:

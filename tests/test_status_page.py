@@ -32,7 +32,6 @@ from tests.test_events import FAILING_TASK, session_datagram, udp_config
 from tests.test_scheduler import FLAGS, schedule
 from tests.test_task_start import APP1, butler_config
 
-REPO = Path(__file__).resolve().parents[1]
 #: Secrets of the config: none of them may appear anywhere in the page.
 SMTP_PASSWORD = "smtp-Pw-7f3a9c2e"
 MQTT_PASSWORD = "mqtt-Pw-51be0d44"
@@ -286,7 +285,7 @@ async def test_in_a_browser_retry_sends_a_dead_letter_again_and_a_phone_needs_no
             text = await page.inner_text("main")
             assert HOSTILE_TASK in text  # shown as text, not run
             await _screenshot_when_settled(page, site)
-            await page.screenshot(path=str(REPO / "docs" / "status-page.png"), full_page=True)
+            await page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
 
             await page.click(f'li[data-delivery="{letter["id"]}"] button.retry')
             await page.wait_for_function(
