@@ -34,6 +34,7 @@ from butler.alerts.model import CHANNELS, Channel, DeliveryError, Message
 from butler.alerts.outbox import AlertInfo, Delivery, Outbox, OutboxUnavailable, delivery_id
 from butler.errors import Conflict, NotFound
 from butler.logs import Throttle
+from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler.alerts")
 
@@ -156,9 +157,7 @@ class Dispatcher:
         tasks = [lane.worker for lane in self._lanes.values() if lane.worker is not None]
         if self._purger is not None:
             tasks.append(self._purger)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         for lane in self._lanes.values():
             lane.worker = None
             if lane.sender is not None:

@@ -31,6 +31,7 @@ from butler.qlik.repository import TaskWithResult
 from butler.scheduler.claims import ClaimsUnavailable, FireClaims, LocalClaims
 from butler.scheduler.cron import Cron, CronError
 from butler.scheduler.store import Schedule, ScheduleFile, ScheduleFileError, load
+from butler.stopping import cancel_and_wait
 from butler.task_start import TaskStarter
 
 log = logging.getLogger("butler.scheduler")
@@ -183,9 +184,7 @@ class SchedulerService:
 
     async def close(self) -> None:
         tasks = [t for t in (self._ready, self._loop_task, self._watcher, *self._fires) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await self.claims.close()
 
     def stats(self) -> dict[str, Any]:
