@@ -854,11 +854,13 @@ def test_every_sub_is_called(which: str) -> None:
 
 
 #: Operations no sub calls, and why: other names of the same operation, endpoints for monitoring tools,
-#: the legacy v2 API, and answers Qlik's REST connector cannot read as JSON (New Relic's status text, the
-#: schedules' status text, as upstream answers them).
+#: the legacy v2 API, answers Qlik's REST connector cannot read as JSON (New Relic's status text, the
+#: schedules' status text, as upstream answers them), and the admin's status page.
 NOT_FOR_LOAD_SCRIPTS = {
     ("GET", "/health"),
     ("GET", "/metrics"),
+    ("GET", "/status"),
+    ("GET", "/status/data"),
     ("GET", "/v4/senselistapps"),
     ("GET", "/v4/senseappdump/{appId}"),
     ("POST", "/v4/reloadtask/{taskId}/start"),

@@ -30,6 +30,8 @@ log = logging.getLogger("butler.audit")
 
 #: Records waiting for the writer at most; beyond it they are lost (and counted).
 QUEUE_SIZE = 10_000
+#: How long a read waits at most for the records queued before it to be written.
+READ_WAIT_SECONDS = 2.0
 _BLOCK = 64 * 1024
 _STOP = object()
 
@@ -174,6 +176,11 @@ class AuditLog:
         self._failing = False
         self._closed = False
         self._lost_lock = threading.Lock()
+        #: Records queued, and records the writer is done with (written or lost): a read waits for the
+        #: records queued before it, so that a call is in the answer of a read made after it.
+        self._queued = 0
+        self._handled = 0
+        self._progress = threading.Condition()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._write_loop, name="butler-audit", daemon=True)
@@ -215,6 +222,8 @@ class AuditLog:
             self._queue.put_nowait(entry)
         except queue.Full:
             self._lose(1, "its queue is full: the disk is too slow")
+            return
+        self._queued += 1
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -238,6 +247,9 @@ class AuditLog:
             records = [item for item in batch if item is not _STOP]
             if records:
                 self._write(records)
+                with self._progress:
+                    self._handled += len(records)
+                    self._progress.notify_all()
             if stop:
                 return
 
@@ -309,6 +321,10 @@ class AuditLog:
     def read(self, query: AuditQuery) -> list[dict[str, Any]]:
         """The records ``query`` asks for, newest first; files are read from their ends, a block at a time,
         and no further back than needed. Blocking: run it in a thread."""
+        queued = self._queued
+        with self._progress:
+            # A writer that cannot keep up delays the answer a little, never for ever.
+            self._progress.wait_for(lambda: self._handled >= queued, timeout=READ_WAIT_SECONDS)
         found: list[dict[str, Any]] = []
         for index in range(self.keep + 1):
             path = self.path if index == 0 else self._rotated(index)
