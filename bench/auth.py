@@ -143,9 +143,12 @@ def instructions(
             raise RuntimeError(f"callgrind counted nothing: see {output}")
         return int(found.group(1))
 
+    totals = {}
     with ThreadPoolExecutor(2) as pool:
-        runs = {(mode, pings): pool.submit(count, mode, pings) for mode in ("off", "on") for pings in counts}
-        totals = {key: run.result() for key, run in runs.items()}
+        # Off and on side by side, so that whatever the machine does meanwhile weighs on both alike.
+        for pings in counts:
+            runs = {mode: pool.submit(count, mode, pings) for mode in ("off", "on")}
+            totals.update({(mode, pings): run.result() for mode, run in runs.items()})
     return {
         mode: (totals[mode, counts[1]] - totals[mode, counts[0]]) / (counts[1] - counts[0])
         for mode in ("off", "on")
