@@ -42,6 +42,7 @@ from butler.logs import Throttle
 from butler.monitor_events import ServerLicense, ServiceChange
 from butler.qlik.qrs import QrsError
 from butler.qlik.repository import QrsRepository
+from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler.alerts")
 
@@ -258,8 +259,7 @@ class AlertService:
     async def close(self) -> None:
         """Let the alerts being built reach the outbox (a few seconds at most), then stop."""
         if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+            await cancel_and_wait([self._pruner])
         if self._running:
             _, pending = await asyncio.wait(list(self._running), timeout=5)
             for task in pending:

@@ -32,6 +32,7 @@ import orjson
 from butler.events.bus import EventBus
 from butler.events.parsing import SessionEvent
 from butler.events.sharing import EventSharing, SharingUnavailable
+from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler.activeusers")
 
@@ -166,12 +167,10 @@ class ActiveUsers:
 
     async def stop(self) -> None:
         if self._syncer is not None:
-            self._syncer.cancel()
-            await asyncio.gather(self._syncer, return_exceptions=True)
+            await cancel_and_wait([self._syncer])
             self._syncer = None
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            await cancel_and_wait([self._sweeper])
             self._sweeper = None
             await self.save()
 

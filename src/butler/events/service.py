@@ -27,6 +27,7 @@ from butler.events.task_outcomes import TaskEnricher, TaskOutcomes
 from butler.events.udp import UdpLimits, UdpListener, resolve_sources
 from butler.mqtt import MqttClient
 from butler.qlik.qrs import QrsClient
+from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler.events")
 
@@ -116,8 +117,7 @@ class SenseEvents:
                 listener.close()
         await self.outcomes.stop()
         if self._claiming is not None:
-            self._claiming.cancel()
-            await asyncio.gather(self._claiming, return_exceptions=True)
+            await cancel_and_wait([self._claiming])
         await self.users.stop()
         await self.bus.stop()
         if self.publisher is not None:

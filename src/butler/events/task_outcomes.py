@@ -38,6 +38,7 @@ from butler.events.sharing import EventSharing, SharingUnavailable
 from butler.executions import describe
 from butler.qlik.qrs import QrsClient, QrsError
 from butler.qlik.repository import QrsRepository, execution_result
+from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler.taskevents")
 
@@ -330,9 +331,7 @@ class TaskOutcomes:
     async def stop(self) -> None:
         following = list(self._distributions.values())
         watcher = [self._watcher] if self._watcher is not None else []
-        for task in [*self._workers, *following, *watcher]:
-            task.cancel()
-        await asyncio.gather(*self._workers, *following, *watcher, return_exceptions=True)
+        await cancel_and_wait([*self._workers, *following, *watcher])
         self._workers = []
         if self._marking:
             await asyncio.wait(list(self._marking), timeout=2)
