@@ -74,24 +74,16 @@ def peer_subject(peercert: dict[str, Any]) -> frozenset[tuple[str, str]]:
 
 
 class Verified:
-    """A token verified on a connection: the ``Authorization`` header that sent it, its digest, the record
-    found, and the lookup that found it."""
+    """A token verified on a connection: the ``Authorization`` header that sent it, its digest and the record
+    found."""
 
-    __slots__ = ("caller", "digest", "find", "record", "sent")
+    __slots__ = ("caller", "digest", "record", "sent")
 
-    def __init__(
-        self,
-        sent: str,
-        digest: str,
-        record: TokenRecord,
-        caller: str,
-        find: Callable[[str], TokenRecord | None],
-    ) -> None:
+    def __init__(self, sent: str, digest: str, record: TokenRecord, caller: str) -> None:
         self.sent = sent
         self.digest = digest
         self.record = record
         self.caller = caller
-        self.find = find
 
 
 class Authentication:
@@ -108,6 +100,8 @@ class Authentication:
         #: token's limit holds whichever Butler a load balancer picks.
         self.limiter_for = limiter_for
         self.tokens = tokens
+        #: The store's lookup without I/O, where it has one; only tokens it found are remembered.
+        self._find_now = tokens.find_now
         self.header = header
         self.certificates = {parse_subject(c.subject): c for c in certificates}
         self._limiters: dict[int, RateLimiter] = {}
@@ -133,7 +127,8 @@ class Authentication:
             if (
                 known is not None
                 and known.sent == sent
-                and known.find(known.digest) is known.record
+                and self._find_now is not None
+                and self._find_now(known.digest) is known.record
                 and scope in known.record.scopes
             ):
                 context.caller = known.caller
@@ -153,7 +148,7 @@ class Authentication:
             token = found
             sent = None
         token_digest = sha256(token.encode()).hexdigest()
-        find_now = self.tokens.find_now
+        find_now = self._find_now
         if find_now is None:
             return self._looked_up(context, token, token_digest, scope)
         record = find_now(token_digest)
@@ -169,7 +164,7 @@ class Authentication:
             and isinstance(connection, Connection)
         ):
             # Nothing in the record can refuse the token later: no expiry, allow-list or limit of its own.
-            connection.credential = Verified(sent, token_digest, record, context.caller or "", find_now)
+            connection.credential = Verified(sent, token_digest, record, context.caller or "")
         return self.app(context)
 
     async def _counted(self, counting: Awaitable[None], context: Context) -> Reply:
