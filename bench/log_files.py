@@ -46,7 +46,10 @@ def line_cost(workdir: Path, rounds: int) -> dict[str, float]:
     import os
     import time
 
-    from butler.logs import LOG_FORMATS, LogBuffer, LogFiles
+    from butler.logs import LOG_FORMATS, LogBuffer, LogFiles, Request
+
+    def line(now: float) -> Request:
+        return (now, "GET", "/v4/butlerping", 200, 0.08, "127.0.0.1", "butler.rest", None)
 
     # In a running event loop, as in Butler: lines then wait for their batch instead of going out one by one.
     async def run(stream: TextIO) -> dict[str, float]:
@@ -61,7 +64,7 @@ def line_cost(workdir: Path, rounds: int) -> dict[str, float]:
                     for _ in range(100):
                         now = time.time()
                         for _ in range(1000):
-                            buffer.add((now, "GET", "/v4/butlerping", 200, 0.08, "127.0.0.1", "butler.rest"))
+                            buffer.add(line(now))
                         buffer.flush()
                     if log_files is not None:
                         log_files.close()  # everything written: the thread's work is counted

@@ -276,6 +276,26 @@ async def test_a_configured_token_header(start_butler: StartButler, tmp_path: Pa
     url = f"{base}/v4/butlerping"
     assert (await call("GET", url, headers={"X-Load-Script-Key": token}))[0] == 200
     assert (await call("GET", url, headers={"X-Butler-Token": token}))[0] == 401
+    # Swagger UI's "Authorize" sends the token in the header the served document names.
+    _, document, _ = await call("GET", f"{base}/documentation/json")
+    assert document["components"]["securitySchemes"]["tokenHeader"]["name"] == "X-Load-Script-Key"
+
+
+async def test_the_access_log_names_the_caller(
+    start_butler: StartButler, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="butler.rest")
+    base = await start_butler(auth_config())
+    token = await make_token(tmp_path, "etl-nightly", "status")
+    assert (await call("GET", f"{base}/v4/butlerping", token))[0] == 200
+    assert (await call("GET", f"{base}/v4/keyvaluesnamespaces", token))[0] == 403
+    assert (await call("GET", f"{base}/v4/butlerping"))[0] == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "butler.rest" and " /v4/" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("GET /v4/butlerping 200 ")
+    assert lines[0].endswith(" 127.0.0.1 token etl-nightly")
+    assert lines[1].startswith("GET /v4/keyvaluesnamespaces 403 ") and lines[1].endswith(" token etl-nightly")
+    assert lines[2].startswith("GET /v4/butlerping 401 ") and lines[2].endswith("ms 127.0.0.1")
 
 
 async def test_a_token_of_its_own_rate_limit(start_butler: StartButler, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from typing import Any
 
@@ -21,7 +23,7 @@ from butler.http.middleware.routing import Routing
 from butler.http.middleware.validation import Validation
 from butler.http.ratelimit import RateLimiter
 from butler.http.routing import ApiRequest, Reply, Route, Router, json_reply
-from butler.logs import RequestLog
+from butler.logs import LOG_FORMATS, LogBuffer, RequestLog
 from butler.qlik.qrs import QrsTimeout
 from butler.task_start import TaskRequestError
 
@@ -161,9 +163,13 @@ async def test_error_envelope_lets_a_client_gone_through() -> None:
 class Lines(RequestLog):
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, int]] = []
+        self.callers: list[str | None] = []
 
-    def write(self, method: str, target: str, status: int, started: float, client_ip: str) -> None:
+    def write(
+        self, method: str, target: str, status: int, started: float, client_ip: str, caller: str | None = None
+    ) -> None:
         self.lines.append((method, target, status))
+        self.callers.append(caller)
 
 
 async def test_access_log_writes_one_line_per_request_with_the_method_as_overridden() -> None:
@@ -173,6 +179,28 @@ async def test_access_log_writes_one_line_per_request_with_the_method_as_overrid
     with pytest.raises(ClientGone):
         await AccessLog(Rest(ClientGone()), lines)(context("PUT", "/v4/slow"))
     assert lines.lines == [("PUT", "/v4/thing?x=1", 201), ("PUT", "/v4/slow", CLIENT_CLOSED)]
+    assert lines.callers == [None, None]
+
+
+async def test_the_access_log_names_the_caller_in_text_and_in_json() -> None:
+    named = context("GET", "/v4/butlerping")
+    named.caller = "token etl-nightly"
+    lines = Lines()
+    await AccessLog(Rest(Reply(200)), lines)(named)
+    assert lines.callers == ["token etl-nightly"]
+    for log_format in LOG_FORMATS:
+        stream = io.StringIO()
+        buffer = LogBuffer(stream, log_format)
+        buffer.add((0.0, "GET", "/v4/butlerping", 200, 0.5, "10.0.0.1", "butler.rest", "token etl-nightly"))
+        buffer.add((0.0, "GET", "/v4/butlerping", 401, 0.5, "10.0.0.1", "butler.rest", None))
+        buffer.flush()
+        first, second = stream.getvalue().splitlines()
+        if log_format == "json":
+            entry, anonymous = json.loads(first), json.loads(second)
+            assert entry["caller"] == "token etl-nightly" and "caller" not in anonymous
+            first, second = entry["message"], anonymous["message"]
+        assert first.endswith("0.50ms 10.0.0.1 token etl-nightly"), first
+        assert second.endswith("0.50ms 10.0.0.1"), second
 
 
 async def test_the_chain_runs_its_steps_in_order_and_ends_in_the_handler() -> None:

@@ -172,7 +172,8 @@ def build_router(services: Services, document: ApiDocument) -> Router:
                 )
             if route.flag is None or flags.enabled(route.flag):
                 router.add(route)
-    for route in DocumentationSite(document, router.routes).routes():
+    site = DocumentationSite(document, router.routes, services.settings.rest.auth.token_header)
+    for route in site.routes():
         router.add(route)
     return router
 

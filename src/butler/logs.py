@@ -104,8 +104,9 @@ class Event:
         self.exception = exception
 
 
-#: A request line: wall time, method, URL, status, milliseconds, client IP, logger name.
-Request = tuple[float, str, str, int, float, str, str]
+#: A request line: wall time, method, URL, status, milliseconds, client IP, logger name, and the caller
+#: (``token <name>`` or ``certificate <subject>``) when authentication named one.
+Request = tuple[float, str, str, int, float, str, str, str | None]
 
 
 def _text(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
@@ -115,8 +116,9 @@ def _text(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
             exception = f"\n{item.exception}" if item.exception else ""
             parts.append(f"{stamp(item.created)} {item.level}: {item.message}{exception}\n")
         else:
-            wall, method, target, status, milliseconds, ip, _ = item
-            parts.append(f"{stamp(wall)} info: {method} {target} {status} {milliseconds:.2f}ms {ip}\n")
+            wall, method, target, status, milliseconds, ip, _, caller = item
+            by = f" {caller}" if caller else ""
+            parts.append(f"{stamp(wall)} info: {method} {target} {status} {milliseconds:.2f}ms {ip}{by}\n")
     return "".join(parts)
 
 
@@ -134,18 +136,21 @@ def _json(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
             if item.exception:
                 entry["exception"] = item.exception
         else:
-            wall, method, target, status, milliseconds, ip, logger = item
+            wall, method, target, status, milliseconds, ip, logger, caller = item
+            by = f" {caller}" if caller else ""
             entry = {
                 "time": stamp(wall),
                 "level": "info",
                 "logger": logger,
-                "message": f"{method} {target} {status} {milliseconds:.2f}ms {ip}",
+                "message": f"{method} {target} {status} {milliseconds:.2f}ms {ip}{by}",
                 "method": method,
                 "url": target,
                 "status": status,
                 "durationMs": round(milliseconds, 2),
                 "clientIp": ip,
             }
+            if caller:
+                entry["caller"] = caller
         parts.append(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE).decode())
     return "".join(parts)
 
@@ -343,7 +348,8 @@ class BufferedHandler(logging.Handler):
 
 
 class RequestLog:
-    """One ``info`` line per REST request: method, URL, status, duration and client IP."""
+    """One ``info`` line per REST request: method, URL, status, duration, client IP and, when authentication
+    named one, the caller."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
@@ -353,7 +359,9 @@ class RequestLog:
         self._wall_offset = time.time() - time.perf_counter()
         self._offset_expires = time.perf_counter() + 60
 
-    def write(self, method: str, target: str, status: int, started: float, client_ip: str) -> None:
+    def write(
+        self, method: str, target: str, status: int, started: float, client_ip: str, caller: str | None = None
+    ) -> None:
         """Log a request that began at ``started`` (a ``time.perf_counter()`` value) and ends now."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
@@ -364,11 +372,14 @@ class RequestLog:
         milliseconds = (now - started) * 1000
         buffer = _buffer
         if buffer is None:
-            self._logger.info("%s %s %d %.2fms %s", method, target, status, milliseconds, client_ip)
+            by = f" {caller}" if caller else ""
+            self._logger.info("%s %s %d %.2fms %s%s", method, target, status, milliseconds, client_ip, by)
             return
         if len(target) > MAX_LOGGED_URL:
             target = f"{target[:MAX_LOGGED_URL]}...({len(target) - MAX_LOGGED_URL} more characters)"
-        buffer.add((self._wall_offset + now, method, target, status, milliseconds, client_ip, self._name))
+        buffer.add(
+            (self._wall_offset + now, method, target, status, milliseconds, client_ip, self._name, caller)
+        )
 
 
 _buffer: LogBuffer | None = None

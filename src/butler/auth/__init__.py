@@ -19,4 +19,7 @@ SCOPES: tuple[str, ...] = (
     "admin",
 )
 
-__all__ = ["SCOPES"]
+#: The header that carries a token for callers that cannot set ``Authorization`` (``auth.tokenHeader``).
+DEFAULT_TOKEN_HEADER = "X-Butler-Token"
+
+__all__ = ["DEFAULT_TOKEN_HEADER", "SCOPES"]

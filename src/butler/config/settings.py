@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from butler.auth import SCOPES
+from butler.auth import DEFAULT_TOKEN_HEADER, SCOPES
 from butler.config.alerts import AlertSettings
 from butler.config.declare import items, part, setting
 from butler.config.influx import InfluxSettings
@@ -205,7 +205,7 @@ class AuthSettings:
     token_header: str = setting(
         "tokenHeader",
         Str(),
-        "X-Butler-Token",
+        DEFAULT_TOKEN_HEADER,
         help="a header that carries a token as Authorization: Bearer does, for callers that cannot set that",
     )
     certificates: tuple[CertificateScopes, ...] = items(

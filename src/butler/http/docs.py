@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from swagger_ui_bundle import swagger_ui_path
 
+from butler.auth import DEFAULT_TOKEN_HEADER
 from butler.http.errors import HttpError
 from butler.http.routing import JSON_TYPE, ApiRequest, Reply, Route
 from butler.http.validation import Validator, object_schema, plain_string
@@ -107,8 +108,8 @@ class ApiDocument:
             media: dict[str, Any] = content.get("application/json") or next(iter(content.values()), {})
             route.body_check = Validator("body", self._resolve_all(media.get("schema", {})))
 
-    def published(self, routes: list[Route]) -> dict[str, Any]:
-        """The document as served: only the registered routes.
+    def published(self, routes: list[Route], token_header: str = DEFAULT_TOKEN_HEADER) -> dict[str, Any]:
+        """The document as served: only the registered routes, and the token header this Butler reads.
 
         The server URL is relative, so "Try it out" reaches the Butler that served the page whatever name,
         port or proxy the browser came through.
@@ -131,6 +132,10 @@ class ApiDocument:
         }
         document["tags"] = [tag for tag in document.get("tags", []) if tag["name"] in used]
         document["servers"] = [{"url": "/"}]
+        # Swagger UI's "Authorize" sends the token in the header the scheme names.
+        schemes = document.get("components", {}).get("securitySchemes", {})
+        if "tokenHeader" in schemes:
+            schemes["tokenHeader"]["name"] = token_header
         return document
 
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +158,12 @@ class ApiDocument:
 class DocumentationSite:
     """Routes for ``/documentation`` (Swagger UI), ``/documentation/json`` and ``/documentation/yaml``."""
 
-    def __init__(self, document: ApiDocument, routes: list[Route]) -> None:
+    def __init__(
+        self, document: ApiDocument, routes: list[Route], token_header: str = DEFAULT_TOKEN_HEADER
+    ) -> None:
         self._document = document
         self._routes = routes
+        self._token_header = token_header
         self._static_dir = Path(str(swagger_ui_path))
         self._static_cache: dict[str, Reply] = {}
 
@@ -171,7 +179,7 @@ class DocumentationSite:
     @cached_property
     def _published(self) -> dict[str, Any]:
         # Built on first use: the route list is complete by then, and start-up stays fast.
-        return self._document.published(self._routes)
+        return self._document.published(self._routes, self._token_header)
 
     async def page(self, request: ApiRequest) -> Reply:
         return Reply(200, _HTML.encode(), "text/html; charset=utf-8")

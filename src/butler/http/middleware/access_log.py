@@ -1,4 +1,5 @@
-"""One ``info`` line per request: method (after any override), URL, status, duration, client."""
+"""One ``info`` line per request: method (after any override), URL, status, duration, client, and the caller
+once authentication named one (``token <name>``, ``certificate <subject>``)."""
 
 from __future__ import annotations
 
@@ -24,4 +25,6 @@ class AccessLog:
         return reply
 
     def _write(self, context: Context, status: int) -> None:
-        self.request_log.write(context.method, context.target, status, context.started, context.client_ip)
+        self.request_log.write(
+            context.method, context.target, status, context.started, context.client_ip, context.caller
+        )

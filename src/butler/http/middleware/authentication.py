@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from typing import Any
 
+from butler.auth import DEFAULT_TOKEN_HEADER
 from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore
 from butler.config.settings import CertificateScopes
 from butler.http.errors import HttpError
@@ -91,7 +92,7 @@ class Authentication:
         self,
         app: App,
         tokens: TokenStore,
-        header: str = "X-Butler-Token",
+        header: str = DEFAULT_TOKEN_HEADER,
         certificates: tuple[CertificateScopes, ...] = (),
         limiter_for: Callable[[int], RateLimiter] = RateLimiter,
     ) -> None:
