@@ -100,12 +100,18 @@ async def instances(
     started: list[ButlerProcess] = []
 
     async def start(
-        redis_url: str, smtp_port: int | None = None, influx: Influxd | None = None, **task_events: Any
+        redis_url: str,
+        smtp_port: int | None = None,
+        influx: Influxd | None = None,
+        takeover: float | None = None,
+        **task_events: Any,
     ) -> Instance:
         document, rest_port, task_port, session_port = instance_config(
             simulator, site_certs, redis_url, prefix, smtp_port, broker.port
         )
         document["Butler"]["udpServerConfig"]["taskEvents"] = task_events
+        if takeover is not None:
+            document["Butler"]["instances"] = {"takeoverSeconds": takeover}
         if influx is not None:
             document["Butler"]["influxDb"] = influx_section(influx, flushIntervalSeconds=0.2)
         folder = tmp_path / f"butler-{rest_port}"  # a log of its own
@@ -363,35 +369,101 @@ async def settle_shared(butlers: list[Instance], seconds: float = 10) -> None:
 async def test_an_event_whose_claimant_dies_is_handled_by_another_butler(
     simulator: Any, instances: Any, redis_url: str, published: Published, control: Any
 ) -> None:
-    """The Butler that claimed an event is killed while it enriches it (QRS slow): the claim expires
-    without being marked done, and the other Butler handles the event, once."""
-    # The claim lasts twice the enrichment timeout plus 5 s: 7 s here.
-    butlers = [await instances(redis_url, enrichTimeoutSeconds=1) for _ in range(2)]
-    assert (await control("PUT", "/faults/qrs", {"latency_ms": 3000}))[0] == 200
+    """The Butler that claimed an event is killed while it enriches it (QRS slow, enrichment allowed 10 s):
+    its claim lapses within the takeover time, not the enrichment's, and the other Butler handles the
+    event, once."""
+    takeover = 2.0
+    butlers = [await instances(redis_url, takeover=takeover) for _ in range(2)]
+    assert (await control("PUT", "/faults/qrs", {"latency_ms": 8000}))[0] == 200
     task_id = reload_tasks(simulator)[0]
     simulator.scheduler.next_outcome[task_id] = RunBehaviour(outcome="fail", duration_ms=100, error="boom")
     assert simulator.scheduler.start(task_id) is not None
     failed = 1
-    claimant = None
-    deadline = time.monotonic() + 5
-    while claimant is None:
-        for one in butlers:
-            if (await one.get("/health"))["udpEvents"]["sharing"]["taskEvents"]["claimed"]:
-                claimant = one
-        assert time.monotonic() < deadline, "no Butler claimed the events"
-        await asyncio.sleep(0.02)
+    claimant = await _claimant(butlers)
     claimant.process.proc.kill()
     killed_at = time.monotonic()
     claimant.process.proc.wait(10)
+    assert (await control("PUT", "/faults/qrs", {"latency_ms": 0}))[0] == 200
     assert not published.by_execution  # killed before it published anything
     survivor = next(one for one in butlers if one is not claimant)
     await settle(lambda: len(published.by_execution) >= failed, 15, lambda: published.by_execution)
     took = time.monotonic() - killed_at
+    # Measured about 1.5 s (the claim's 1.5 s at most, plus a look every 0.2 s and the enrichment).
+    assert took < takeover + 1.5, took
     await asyncio.sleep(1)
     assert len(published.by_execution) == failed and set(published.by_execution.values()) == {1}
     counts = (await survivor.get("/health"))["udpEvents"]["sharing"]["taskEvents"]
     assert counts["takenOver"] >= 1, counts
     print(f"taken over {took:.1f} s after the claimant was killed: {counts}")
+
+
+async def test_a_claimant_that_enriches_longer_than_the_takeover_time_keeps_its_event(
+    simulator: Any, instances: Any, redis_url: str, published: Published, control: Any
+) -> None:
+    """QRS answers in 4 s, the takeover time is 1 s: the claimant extends its claim while it enriches,
+    so the other Butler does not take the event over, and it is published once."""
+    butlers = [await instances(redis_url, takeover=1.0) for _ in range(2)]
+    assert (await control("PUT", "/faults/qrs", {"latency_ms": 4000}))[0] == 200
+    task_id = reload_tasks(simulator)[0]
+    simulator.scheduler.next_outcome[task_id] = RunBehaviour(outcome="fail", duration_ms=100, error="boom")
+    assert simulator.scheduler.start(task_id) is not None
+    claimant = await _claimant(butlers)
+    await settle(lambda: len(published.by_execution) >= 1, 30, lambda: published.by_execution)
+    await asyncio.sleep(2)
+    assert set(published.by_execution.values()) == {1}, published.by_execution
+    for one in butlers:
+        counts = (await one.get("/health"))["udpEvents"]["sharing"]["taskEvents"]
+        assert counts["takenOver"] == 0, counts
+    counts = (await claimant.get("/health"))["udpEvents"]["sharing"]["taskEvents"]
+    assert counts["claimed"] >= 1, counts
+
+
+async def test_claims_held_are_extended_until_done_given_up_or_lost(redis_url: str) -> None:
+    """The claim of an event is held three quarters of the takeover time, extended while held; one marked
+    done, given up or taken by another is no longer extended."""
+    import redis.asyncio as aioredis
+
+    from butler.events.sharing import EventSharing
+
+    prefix = f"test:{time.monotonic_ns()}:events:"
+    sharing = EventSharing(redis_url, prefix, takeover_seconds=2.0, done_seconds=60)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        for key in ("kept", "done", "given up", "taken"):
+            assert await sharing.claim(key)
+        assert not await sharing.claim("kept")  # once
+        assert await sharing.state("kept") == ("claimed", pytest.approx(1.5, abs=0.1))
+        await sharing.done("done")
+        sharing.give_up("given up")
+        await client.set(f"{prefix}claim:taken", "claimed another-butler", px=5000)
+        await asyncio.sleep(0.5)
+        await sharing.extend()
+        assert await sharing.state("kept") == ("claimed", pytest.approx(1.5, abs=0.1))
+        assert (await sharing.state("given up"))[1] == pytest.approx(1.0, abs=0.1)  # left to expire
+        assert (await sharing.state("done"))[0] == "done"
+        assert await client.get(f"{prefix}claim:taken") == b"claimed another-butler"
+        assert 4000 < await client.pttl(f"{prefix}claim:taken") <= 4600  # not extended to 5 s
+        # Extended every half second by the task start() runs; close() stops it.
+        sharing.start()
+        await asyncio.sleep(2.2)
+        assert (await sharing.state("kept"))[0] == "claimed"
+        assert (await sharing.state("given up"))[0] is None
+    finally:
+        await sharing.close()
+        await client.aclose()
+    await asyncio.sleep(1.6)
+    assert await client.get(f"{prefix}claim:kept") is None  # a claim no longer extended lapses
+
+
+async def _claimant(butlers: list[Any]) -> Any:
+    """The Butler that claimed the task events, once one has."""
+    deadline = time.monotonic() + 5
+    while True:
+        for one in butlers:
+            if (await one.get("/health"))["udpEvents"]["sharing"]["taskEvents"]["claimed"]:
+                return one
+        assert time.monotonic() < deadline, "no Butler claimed the events"
+        await asyncio.sleep(0.02)
 
 
 async def test_the_bus_tells_when_every_consumer_took_an_event() -> None:

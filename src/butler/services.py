@@ -173,14 +173,13 @@ async def _events(services: Services, exits: AsyncExitStack) -> None:
         from butler.events.sharing import EventSharing, events_prefix
 
         task_events = udp.task_events
-        # Enrichment ends within its timeout; the margin covers a busy Butler's publishing.
-        claim = 2 * task_events.timeout_seconds + 5
+        takeover = settings.instances.takeover_seconds
         sharing = EventSharing(
             settings.key_value.redis_url,
             events_prefix(settings.key_value.redis_prefix),
-            claim_seconds=claim,
+            takeover_seconds=takeover,
             # Without deduplication, "done" need only outlive the other Butlers' look at an expired claim.
-            done_seconds=max(task_events.dedup_seconds if task_events.dedup else 0, claim + 60),
+            done_seconds=max(task_events.dedup_seconds if task_events.dedup else 0, takeover + 60),
         )
     events = SenseEvents(udp, services.qrs, services.mqtt, settings.mqtt.events, full_logs, sharing)
     if alerts is not None:

@@ -256,7 +256,7 @@ class InstancesSettings:
         "takeoverSeconds",
         Number(0.2, 3600),
         15.0,
-        help="how soon another Butler takes over a monitor's lease when its holder dies",
+        help="how soon another Butler takes over a monitor's lease or an event's claim when its holder dies",
     )
     instance_id: str | None = setting(
         "instanceId",

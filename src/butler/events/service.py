@@ -94,6 +94,7 @@ class SenseEvents:
         self.session_listener = sessions
         self.bus.start()
         if self.sharing is not None:
+            self.sharing.start()
             self._claiming = asyncio.get_running_loop().create_task(self._claim_sessions(self.sharing))
         self.users.start()
         self.outcomes.start()

@@ -3,12 +3,14 @@ and the user sessions they all answer from.
 
 **Task events.** Before an event is enriched, the Butler that has it claims it in Redis: a key named by
 what identifies the event on every Butler (its execution id and outcome; without an execution id, the
-datagram's fields), set only if absent, with a short expiry (``claim_seconds``). The Butler that set the
-key handles the event and, once every consumer has taken it (the alert service, MQTT, InfluxDB), marks the
-key ``done`` for the deduplication time. The others keep the event aside: when the claim has expired
-without ``done`` (the Butler that claimed it died or stopped before its consumers took the event), the
-first of them to claim it again handles it. When Redis cannot be reached, every Butler handles its events
-itself: an event may then be handled more than once, never lost; ``/health`` says so (``shared: false``).
+datagram's fields), set only if absent, with the expiry of a lease (three quarters of ``takeover_seconds``),
+which the claimant extends every quarter while it holds the event. The Butler that set the key handles the
+event and, once every consumer has taken it (the alert service, MQTT, InfluxDB), marks the key ``done`` for
+the deduplication time. The others keep the event aside: when the claim has expired without ``done`` (the
+Butler that claimed it died or stopped before its consumers took the event), the first of them to claim it
+again handles it, within ``takeover_seconds`` of the claimant's death as a monitor's lease is taken over,
+however long enrichment may take. When Redis cannot be reached, every Butler handles its events itself: an
+event may then be handled more than once, never lost; ``/health`` says so (``shared: false``).
 
 **Sessions.** Every session change a Butler sees is written to one Redis hash; each Butler reads the hash
 back whenever its version changed (at most every ``refresh_seconds``) and answers the REST API and the
@@ -19,6 +21,7 @@ its own sessions; when it is back, each writes what it has before it reads again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -46,6 +49,23 @@ ANSWER_SECONDS = 2.0
 
 CLAIMED = "claimed"
 DONE = "done"
+#: Claims extended in one Redis call at most.
+RENEW_BATCH = 500
+
+#: KEYS: claims. ARGV: our value, the claim's time in ms. Extends each claim that is still ours; 1 for
+#: those extended, 0 for those done or lost.
+_EXTEND = """
+local kept = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    kept[i] = 1
+  else
+    kept[i] = 0
+  end
+end
+return kept
+"""
 
 
 class SharingUnavailable(Unavailable):
@@ -60,12 +80,19 @@ def events_prefix(key_value_prefix: str) -> str:
 class EventSharing:
     """The claims of task events and the shared sessions, in the Redis at ``url`` below ``prefix``."""
 
-    def __init__(self, url: str, prefix: str, claim_seconds: float, done_seconds: float) -> None:
+    def __init__(self, url: str, prefix: str, takeover_seconds: float, done_seconds: float) -> None:
         self.url = url
         self.prefix = prefix
         self.instance = INSTANCE_ID
-        self.claim_ms = max(1, int(claim_seconds * 1000))
+        # As a monitor's lease (``leases.py``): held three quarters of the takeover time, extended every
+        # quarter, so a claimant that died loses its claims within the takeover time.
+        self.claim_ms = max(1, int(takeover_seconds * 750))
+        self.renew_seconds = takeover_seconds / 4
         self.done_ms = max(1, int(done_seconds * 1000))
+        #: The keys of the claims this Butler holds, extended until the event is done or given up.
+        self._held: set[str] = set()
+        self._renewing: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._redis = RedisEdge(url, lambda exc: SharingUnavailable(str(exc)))
         self._client = self._redis.client
         #: False from a failed Redis call until the next one that works.
@@ -137,9 +164,48 @@ class EventSharing:
         self._worked()
         if got:
             self.claimed += 1
+            self._held.add(self._key(key))
         else:
             self.claimed_elsewhere += 1
         return bool(got)
+
+    def give_up(self, key: str) -> None:
+        """Stop extending the claim of an event this Butler could not handle: another takes it over once the
+        claim expires."""
+        self._held.discard(self._key(key))
+
+    def start(self) -> None:
+        """Extend the claims held, every ``renew_seconds``, until ``close``."""
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._keep(), name="event claims")
+
+    async def _keep(self) -> None:
+        # Stopped between calls, never cancelled in one: a command cut off half-way can leave its
+        # connection waiting for an answer that the next command then reads.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.renew_seconds)
+                return
+            try:
+                await self.extend()
+            except SharingUnavailable:
+                continue  # the claims may lapse: better an event handled twice than a Butler stuck
+
+    async def extend(self) -> None:
+        """Extend every claim held; forget those done or lost meanwhile. Raises ``SharingUnavailable``."""
+        held = list(self._held)
+        value = f"{CLAIMED} {self.instance}"
+        for start in range(0, len(held), RENEW_BATCH):
+            keys = held[start : start + RENEW_BATCH]
+            kept = await self._call(
+                lambda keys=keys: self._client.eval(  # type: ignore[misc]
+                    _EXTEND, len(keys), *keys, value, str(self.claim_ms)
+                )
+            )
+            self._worked()
+            for key, still in zip(keys, kept, strict=True):
+                if not still:
+                    self._held.discard(key)
 
     async def claim_many(self, keys: list[str], ttl_ms: int) -> list[bool]:
         """Claims of short-lived events (session events), all in one round trip, held ``ttl_ms``: the
@@ -158,16 +224,27 @@ class EventSharing:
         self._worked()
         return [bool(g) for g in got]
 
-    async def state(self, key: str) -> str | None:
-        """``claimed``, ``done`` or None (nobody holds it); raises ``SharingUnavailable``."""
-        value = await self._call(lambda: self._client.get(self._key(key)))
+    async def state(self, key: str) -> tuple[str | None, float]:
+        """``claimed``, ``done`` or None (nobody holds it), and the seconds it is held for yet; raises
+        ``SharingUnavailable``."""
+
+        def read() -> Awaitable[list[Any]]:
+            pipeline = self._client.pipeline(transaction=True)
+            pipeline.get(self._key(key))
+            pipeline.pttl(self._key(key))
+            return pipeline.execute()
+
+        value, left = await self._call(read)
         self._worked()
-        return str(value).split(" ", 1)[0] if value is not None else None
+        if value is None:
+            return None, 0.0
+        return str(value).split(" ", 1)[0], max(0, int(left)) / 1000
 
     async def done(self, key: str) -> None:
         """Mark the event handled for the deduplication time; a failure leaves the claim to expire (another
         Butler may then handle the event again)."""
         marked = f"{DONE} {self.instance}"
+        self._held.discard(self._key(key))
         try:
             await self._call(lambda: self._client.set(self._key(key), marked, px=self.done_ms))
         except SharingUnavailable:
@@ -239,6 +316,11 @@ class EventSharing:
         }
 
     async def close(self) -> None:
+        """Stop extending the claims held (another Butler takes their events over) and close."""
+        self._stopping.set()
+        if self._renewing is not None:
+            await self._renewing
+            self._renewing = None
         await self._redis.close()
 
 

@@ -15,7 +15,9 @@ at once. A worker publishes the outcome and takes the next event: it never waits
 
 With ``sharing`` (several Butlers on one Redis, ``events/sharing.py``), a worker claims each event in Redis
 before it enriches it, and only the Butler that got the claim handles it; the others keep it aside until
-the claim is marked done or expires, and take it over in the second case.
+the claim is marked done or expires, and take it over in the second case. The claimant extends its claim
+while it holds the event, so a Butler that died loses its claims within the takeover time, whatever
+enrichment takes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import heapq
 import logging
 import time
 from collections import deque
@@ -305,8 +308,10 @@ class TaskOutcomes:
         self.settings = settings
         self.bus = bus
         self.sharing = sharing
-        #: Events claimed elsewhere, by when their claim expires: (when to look, event, shared key).
-        self._watched: deque[tuple[float, TaskEvent, str]] = deque()
+        #: Events claimed elsewhere, a heap by when their claim expires: (when to look, number, event,
+        #: shared key); the number keeps events of the same time in order.
+        self._watched: list[tuple[float, int, TaskEvent, str]] = []
+        self._watch_number = 0
         self._watcher: asyncio.Task[None] | None = None
         self._marking: set[asyncio.Task[None]] = set()
         self.not_watched = 0
@@ -448,12 +453,19 @@ class TaskOutcomes:
             self._held[key] = expires
             self._expiring.append((expires, key))
 
-    def _set_aside(self, event: TaskEvent, shared: str) -> None:
+    def _set_aside(self, event: TaskEvent, shared: str, held_seconds: float | None = None) -> None:
+        """Look at ``event`` again once its claim, held ``held_seconds`` more (a whole claim when not
+        known), has expired."""
         assert self.sharing is not None
         if len(self._watched) >= MAX_WATCHED:
             self.not_watched += 1
             return
-        self._watched.append((time.monotonic() + self.sharing.claim_ms / 1000 + 0.1, event, shared))
+        if held_seconds is None:
+            held_seconds = self.sharing.claim_ms / 1000
+        self._watch_number += 1
+        heapq.heappush(
+            self._watched, (time.monotonic() + held_seconds + 0.1, self._watch_number, event, shared)
+        )
 
     async def _watch(self) -> None:
         """Take over the events whose claim expired without being marked done."""
@@ -463,20 +475,20 @@ class TaskOutcomes:
             if not self._watched:
                 await asyncio.sleep(0.2)
                 continue
-            due, event, shared = self._watched[0]
+            due, _, event, shared = self._watched[0]
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(min(wait, 0.2))
                 continue
-            self._watched.popleft()
+            heapq.heappop(self._watched)
             try:
-                state = await sharing.state(shared)
+                state, held_seconds = await sharing.state(shared)
             except SharingUnavailable:
-                state = None  # better twice than never: the claim below lets it through
+                state, held_seconds = None, 0.0  # better twice than never: the claim below lets it through
             if state == "done":
                 continue
-            if state is not None:  # claimed again since: look again when that claim expires
-                self._set_aside(event, shared)
+            if state is not None:  # still claimed (extended, or claimed again): look when that ends
+                self._set_aside(event, shared, held_seconds)
                 continue
             if await sharing.claim(shared):
                 sharing.taken_over += 1
@@ -506,6 +518,8 @@ class TaskOutcomes:
             log.exception("task event %s of task %s could not be handled", event.outcome, event.task_id)
             if key is not None:
                 self._held.pop(key, None)
+            if shared is not None and self.sharing is not None:
+                self.sharing.give_up(shared)
             return
         self._remember(key)
         self.handled += 1
