@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from butler.alerts.dispatcher import Dispatcher, RetryPolicy
 from butler.alerts.http import HttpSender
 from butler.alerts.outbox import AlertInfo, Delivery
 from butler.alerts.outbox_redis import RedisOutbox, alerts_prefix
+from tests.conftest import RedisServer
 from tests.receivers import Receiver, hang, status
 from tests.test_alert_delivery import ALERT, message
 from tests.waiting import eventually
@@ -74,6 +76,35 @@ async def test_an_alert_two_butlers_get_is_sent_once(
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_an_alert_made_while_redis_is_away_is_held_and_sent_once_when_it_is_back(
+    tmp_path: Path, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    """Both Butlers make the same alert while Redis is stopped: each holds it in memory (none is lost), and
+    once Redis is back the first to write it sends it, the other's copy is known already."""
+    hook = await receivers()
+    server = RedisServer(tmp_path)
+    server.start()
+    first, second = butler(server.url, prefix), butler(server.url, prefix)
+    await first.start()
+    await second.start()
+    try:
+        server.stop()
+        for one in (first, second):
+            assert await one.submit(ALERT, [message(hook.url)]) == []
+            assert one.held == 1
+        await asyncio.sleep(1.5)  # a try or more to write them, while Redis is away
+        assert first.held == second.held == 1 and not hook.got
+        server.start()
+        await eventually(lambda: first.held == second.held == 0, seconds=10)
+        await eventually(lambda: len(hook.taken) >= 1, seconds=10)
+        await asyncio.sleep(0.5)
+        assert len(hook.taken) == 1
+    finally:
+        await first.stop()
+        await second.stop()
+        server.stop()
 
 
 async def test_what_a_stopped_butler_left_pending_another_sends_once(

@@ -15,6 +15,11 @@ Every state change is written to the outbox before the worker goes on: a Butler 
 sends at start-up what was pending. The one window left is between the channel's acceptance and that
 write (milliseconds): a kill exactly then sends the message again after the restart. Webhook receivers
 get the delivery id as ``Idempotency-Key`` to recognise such a repeat.
+
+Messages that cannot be written when they come (Redis away, say) are held in memory, ``MAX_HELD`` at most,
+and written once the outbox can be written again, then sent: such an alert is late, not lost, unless the
+Butler stops before. Their ids are those every Butler gives the same alert, so Butlers that each held it
+write it once.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ log = logging.getLogger("butler.alerts")
 CLAIM_MARGIN = 5.0
 #: How often finished deliveries past their keeping time are forgotten (seconds).
 PURGE_INTERVAL = 600.0
+#: Deliveries held in memory at most while the outbox cannot be written; the alerts beyond are lost.
+MAX_HELD = 10_000
+#: How often held deliveries are offered to the outbox again (seconds).
+HOLD_RETRY_SECONDS = 1.0
 
 
 class Sender(Protocol):
@@ -139,6 +148,9 @@ class Dispatcher:
         self._order = 0
         self._purger: asyncio.Task[None] | None = None
         self._throttle = Throttle(60.0)
+        #: Deliveries not yet written: the outbox could not be written when they came.
+        self._held: list[Delivery] = []
+        self._holding: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Read the outbox and start the workers: what was pending before a restart is sent now."""
@@ -155,9 +167,13 @@ class Dispatcher:
 
     async def stop(self) -> None:
         tasks = [lane.worker for lane in self._lanes.values() if lane.worker is not None]
-        if self._purger is not None:
-            tasks.append(self._purger)
+        tasks += [task for task in (self._purger, self._holding) if task is not None]
         await cancel_and_wait(tasks)
+        if self._held:
+            log.error(
+                "alerts: %d messages held while the outbox could not be written are lost at this stop",
+                len(self._held),
+            )
         for lane in self._lanes.values():
             lane.worker = None
             if lane.sender is not None:
@@ -179,13 +195,49 @@ class Dispatcher:
                     message.channel, f"the {message.channel} channel is off"
                 )
             deliveries.append(delivery)
-        new = await self.outbox.add(deliveries)
+        try:
+            new = await self.outbox.add(deliveries)
+        except OutboxUnavailable as exc:
+            self._hold(deliveries, exc)
+            return []
+        self._take(new)
+        return new
+
+    def _hold(self, deliveries: list[Delivery], exc: OutboxUnavailable) -> None:
+        """Keep deliveries the outbox could not take, until it can; OutboxUnavailable when too many are."""
+        if len(self._held) + len(deliveries) > MAX_HELD:
+            raise OutboxUnavailable(f"{exc}, and {len(self._held)} messages are held already") from exc
+        if not self._held:
+            log.error("alerts: %s; messages are held here until it can be written", exc)
+        self._held += deliveries
+        if self._holding is None or self._holding.done():
+            self._holding = asyncio.get_running_loop().create_task(self._write_held(), name="alerts-held")
+
+    async def _write_held(self) -> None:
+        while self._held:
+            await asyncio.sleep(HOLD_RETRY_SECONDS)
+            batch = self._held[:500]
+            try:
+                new = await self.outbox.add(batch)
+            except OutboxUnavailable:
+                continue
+            del self._held[: len(batch)]
+            self._take(new)
+            if not self._held:
+                log.warning("alerts: the outbox is written again; the messages held are kept and sent")
+
+    def _take(self, new: list[Delivery]) -> None:
+        """Queue the new deliveries the outbox took and count those it took as dead."""
         for delivery in new:
             if delivery.state == "pending":
                 self._queue(delivery)
             else:
                 self._lanes[delivery.message.channel].stats.dead += 1
-        return new
+
+    @property
+    def held(self) -> int:
+        """Messages held in memory until the outbox can be written."""
+        return len(self._held)
 
     async def retry(self, ident: str) -> list[Delivery]:
         """Send again the dead letters of a delivery id or an alert id. NotFound: no such id; Conflict:

@@ -390,6 +390,8 @@ class AlertService:
             "alertsMade": self.handled,
             "alertsFailed": self.failed,
             "channels": self.dispatcher.stats(),
+            # Messages of alerts made while the outbox could not be written, sent once it can.
+            "heldUnwritten": self.dispatcher.held,
         }
 
 
