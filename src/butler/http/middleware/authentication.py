@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from typing import Any
 
+from multidict import istr
+
 from butler.auth import DEFAULT_TOKEN_HEADER
 from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore
 from butler.config.settings import CertificateScopes
@@ -30,6 +32,8 @@ log = logging.getLogger("butler.rest")
 #: How often the last use of tokens is written to the store: once a minute tells used from unused.
 TOUCH_SECONDS = 60.0
 _MATCH = TOKEN_FORM.fullmatch
+#: Looked up without folding its case again on every request.
+_AUTHORIZATION = istr("Authorization")
 _MALFORMED_HEADER = "Malformed Authorization header: expected 'Bearer <token>'"
 _MALFORMED_TOKEN = "Malformed token: Butler tokens start with bt_ (butler token create)"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="Butler"'}
@@ -118,7 +122,7 @@ class Authentication:
         if scope is None:
             return self.app(context)
         request = context.request
-        sent = request.headers.get("Authorization")
+        sent = request.headers.get(_AUTHORIZATION)
         connection = request.protocol
         if isinstance(connection, Connection):
             known = connection.credential
