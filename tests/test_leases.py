@@ -131,3 +131,41 @@ def test_without_redis_every_lease_is_held() -> None:
             "mine": True,
         }
     ]
+
+
+async def test_a_check_still_running_when_its_lease_ends_is_stopped(butlers: Callable[..., Leases]) -> None:
+    """A monitor check outlasting its holder's lease (Redis away for the holder) is cancelled before another
+    Butler can take the lease and check too; a long check under a lease that is renewed runs to its end."""
+    from butler.monitors.later import parse
+    from butler.monitors.runner import Periodic
+
+    holder, other = butlers("holder"), butlers("other")
+    lease, theirs = holder.lease("monitor:slow"), other.lease("monitor:slow")
+    await holder.start()
+    ends: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(3 * TAKEOVER)
+            ends.append("finished")
+        except asyncio.CancelledError:
+            ends.append(f"cancelled, other holds it: {theirs.held}")
+            raise
+
+    runner = Periodic("slow check", parse("every 1 hours"), slow, at_start=False, lease=lease)
+    await runner.run_once()  # renewed all along: runs three leases' length, to its end
+    assert ends == ["finished"] and runner.abandoned == 0
+    assert holder.redis is not None
+    reachable = holder.redis
+    holder.redis = RedisEdge("redis://127.0.0.1:1/0", reachable.failure)
+    try:
+        started = time.monotonic()
+        run = asyncio.ensure_future(runner.run_once())
+        while not run.done():
+            await other.renew(theirs)
+            await asyncio.sleep(0.01)
+        assert ends[1:] == ["cancelled, other holds it: False"], ends
+        assert time.monotonic() - started < TAKEOVER, "stopped when the lease ended, not when the check did"
+        assert runner.abandoned == 1 and runner.stats()["abandoned"] == 1 and runner.failures == 0
+    finally:
+        await reachable.close()

@@ -7,7 +7,9 @@ overlapped instead of piling up. A check that fails is logged as an error the fi
 it works again, so an endpoint that is down for a day leaves a few lines, not thousands.
 
 Butlers sharing a Redis hold one lease per monitor (butler.leases): at each fire only the holder checks,
-the others count the fire as ``skipped``; a check's fencing token is kept with its outcome.
+the others count the fire as ``skipped``; a check's fencing token is kept with its outcome. A check still
+running when its lease ends (not renewed in time: Redis away, or this Butler too slow) is cancelled and
+counted as ``abandoned``, since another Butler may take the lease and check meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from butler.errors import ButlerError
 from butler.leases import Lease
 from butler.monitors.later import Schedule
+from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler")
 
@@ -59,6 +62,7 @@ class Periodic:
         self.sleep = sleep
         self.lease = lease
         self.skipped = 0  # fires left to the lease's holder
+        self.abandoned = 0  # checks cancelled when the lease ended under them
         self.fencing_token: int | None = None  # of the last check made
         self.runs = 0
         self.failures = 0
@@ -99,7 +103,17 @@ class Periodic:
         self.fencing_token = lease.token if lease is not None and not lease.local else None
         self.last_run = self.clock()
         try:
-            await self.check()
+            if lease is not None and not lease.local:
+                await self._while_held(lease)
+            else:
+                await self.check()
+        except _LeaseEnded:
+            self.abandoned += 1
+            log.warning(
+                "%s: check stopped, its lease (fencing token %s) ended before it did",
+                self.name,
+                self.fencing_token,
+            )
         except Exception as exc:  # a monitor's fault must not end its schedule
             self._failed(exc)
         else:
@@ -110,6 +124,24 @@ class Periodic:
             self._logged_error = None
         finally:
             self.runs += 1
+
+    async def _while_held(self, lease: Lease) -> None:
+        """The check, cancelled if the lease it started under ends first (renewals extend it meanwhile)."""
+        token = lease.token
+        check = asyncio.ensure_future(self.check())
+        try:
+            while True:
+                left = lease.valid_until - lease.clock()
+                if left > 0:
+                    await asyncio.wait({check}, timeout=left)
+                if check.done():
+                    return check.result()
+                if not lease.held or lease.token != token:
+                    await cancel_and_wait([check])
+                    raise _LeaseEnded
+        finally:
+            if not check.done():  # this run itself was cancelled
+                await cancel_and_wait([check])
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
@@ -128,6 +160,7 @@ class Periodic:
             "frequency": self.schedule.text,
             "runs": self.runs,  # checks done, failed ones included
             "skipped": self.skipped,
+            "abandoned": self.abandoned,
             "fencingToken": self.fencing_token,
             "failures": self.failures,
             "failingInARow": self.failing,
@@ -135,6 +168,10 @@ class Periodic:
             "nextRun": _iso(self.next_run) if self.next_run is not None else None,
             "lastError": self.last_error,
         }
+
+
+class _LeaseEnded(Exception):
+    """The lease a check started under ended before the check did."""
 
 
 def _unexpected(exc: Exception) -> bool:
