@@ -18,6 +18,7 @@ import pytest
 import yaml
 from playwright.async_api import Page, async_playwright
 
+from butler.auth.tokens import SQLITE_NAME, SqliteTokens
 from butler.config import parse_config
 from butler.config.declare import setting
 from butler.config.schema import Secret, Str
@@ -481,3 +482,75 @@ async def test_the_schedules_firing_soonest_come_first_and_stopped_ones_last(
     fires = [entry["nextFire"] for entry in shown]
     assert fires[:3] == sorted(fires[:3]) and None not in fires[:3]
     assert (shown[3]["name"], shown[3]["nextFire"], shown[3]["state"]) == ("stopped", None, "stopped")
+
+
+async def test_with_auth_on_a_browser_logs_in_with_a_token_and_out_again(
+    start_butler: StartButler, tmp_path: Path
+) -> None:
+    """The login form sets a cookie that opens the page's own routes only; a token lacking the admin scope
+    is refused with the reason; logging out, or revoking the token, ends it."""
+    document = auth_config(base_config(butlerping=True))
+    document["Butler"]["statusPage"] = {"enable": True}
+    base = await start_butler(document)
+    admin = await make_token(tmp_path, "ops", "admin", "status")
+    etl = await make_token(tmp_path, "etl", "status")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            answer = await page.goto(f"{base}/status")
+            assert answer is not None and answer.status == 401
+            assert "log in at /status/login" in await page.content()
+            await page.goto(f"{base}/status/login")
+            await page.fill("#token", etl)
+            await page.click("button[type=submit]")
+            await page.wait_for_function("document.getElementById('message').textContent !== ''")
+            assert "Token etl lacks scope admin" in await page.inner_text("#message")
+            assert await page.context.cookies() == []
+            await page.fill("#token", admin)
+            await page.click("button[type=submit]")
+            await page.wait_for_url(f"{base}/status")
+            assert "Connections" in await page.inner_text("main")
+            assert await page.evaluate("document.cookie") == ""  # no script can read it
+            [cookie] = await page.context.cookies()
+            assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+                "butler_session",
+                True,
+                "Strict",
+            )
+            assert (await page.request.get(f"{base}/status/data")).status == 200
+            # A credential for the page's routes only, though the token itself may ping.
+            assert (await page.request.get(f"{base}/v4/butlerping")).status == 401
+            await page.click("#logout")
+            await page.wait_for_url(f"{base}/status/login")
+            assert await page.context.cookies() == []
+            assert (await page.request.get(f"{base}/status/data")).status == 401
+            # Logged in again, the token revoked: the page's next refresh goes back to the form.
+            await page.fill("#token", admin)
+            await page.click("button[type=submit]")
+            await page.wait_for_url(f"{base}/status")
+            tokens = SqliteTokens(tmp_path / SQLITE_NAME)
+            assert await tokens.revoke("ops")
+            await tokens.close()
+            await page.wait_for_url(f"{base}/status/login", timeout=15000)
+        finally:
+            await browser.close()
+
+
+async def test_a_session_cookie_is_checked_as_a_token_is(start_butler: StartButler, tmp_path: Path) -> None:
+    document = auth_config(base_config())
+    document["Butler"]["statusPage"] = {"enable": True}
+    base = await start_butler(document)
+    etl = await make_token(tmp_path, "etl", "status")
+    async with aiohttp.ClientSession() as http:
+        for cookie, expected, message in (
+            ("not-a-token", 401, "Malformed butler_session cookie: log in again at /status/login"),
+            (f"bt_{'x' * 43}", 401, "Unknown or revoked token"),
+            (etl, 403, "Token etl lacks scope admin"),
+        ):
+            headers = {"Cookie": f"butler_session={cookie}"}
+            async with http.get(f"{base}/status/data", headers=headers) as answer:
+                assert answer.status == expected and message in (await answer.json())["message"]
+        # The login itself needs the token in a header, checked for the admin scope.
+        async with http.post(f"{base}/status/login", headers={"Authorization": f"Bearer {etl}"}) as answer:
+            assert answer.status == 403 and "Set-Cookie" not in answer.headers

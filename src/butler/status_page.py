@@ -232,8 +232,14 @@ class StatusPage:
     # -- HTML ---------------------------------------------------------------------------------------------
 
     def page(self, data: dict[str, Any]) -> str:
+        # With authentication on, a browser may have logged in (``/status/login``): it can log out.
+        logout = _LOGOUT_BUTTON if self.services.settings.rest.auth.enable else ""
         return _PAGE.format(
-            style=_STYLE, script=_SCRIPT, version=escape(data["version"]), body=self.fragment(data)
+            style=_STYLE,
+            script=_SCRIPT,
+            version=escape(data["version"]),
+            body=self.fragment(data),
+            logout=logout,
         )
 
     def fragment(self, data: dict[str, Any]) -> str:
@@ -466,6 +472,8 @@ ul.deliveries, ul.counts { list-style: none; margin: 0; padding: 0; }
 ul.counts li { display: inline-block; margin-right: 1em; }
 button { font: inherit; font-size: .85em; padding: .1em .6em; cursor: pointer; }
 #message { font-size: .9em; }
+form.login label { display: block; margin: .4em 0; }
+form.login input { font: inherit; width: 100%; box-sizing: border-box; padding: .3em; }
 @media (max-width: 640px) {
   thead { display: none; }
   table, tbody, tr, td { display: block; width: 100%; box-sizing: border-box; }
@@ -481,11 +489,22 @@ _SCRIPT = """
 (function () {
   var content = document.getElementById("content");
   var message = document.getElementById("message");
+  var logout = document.getElementById("logout");
+  if (logout !== null) {
+    logout.addEventListener("click", function () {
+      fetch("status/logout", { method: "POST" }).then(function () { location.href = "status/login"; });
+    });
+  }
   var open = function () { var d = content.querySelector("details"); return d !== null && d.open; };
   function refresh() {
     var wasOpen = open();
     return fetch("status?fragment=true", { headers: { Accept: "text/html" } })
-      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (r) {
+        // A login that expired or was revoked: back to the form.
+        if (r.status === 401 && logout !== null) location.href = "status/login";
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.text();
+      })
       .then(function (html) {
         content.innerHTML = html;
         var d = content.querySelector("details");
@@ -514,12 +533,68 @@ def _digest(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-#: Only the page's own style and script run, by their digests: were a value ever rendered unescaped, a
-#: script it carried would still not run. Nothing is loaded from elsewhere; no site may frame the page.
-CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; connect-src 'self'; style-src {_digest(_STYLE)}; script-src {_digest(_SCRIPT)}; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+def _policy(script: str) -> str:
+    """Only the page's own style and ``script`` run, by their digests: were a value ever rendered unescaped,
+    a script it carried would still not run. Nothing is loaded from elsewhere; no site may frame the page."""
+    return (
+        f"default-src 'none'; connect-src 'self'; style-src {_digest(_STYLE)}; script-src {_digest(script)}; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+CONTENT_SECURITY_POLICY = _policy(_SCRIPT)
+
+_LOGOUT_BUTTON = '<button id="logout" type="button">log out</button>'
+
+# The form is sent by the script, with the token in the Authorization header, so that the token is checked
+# as on any call (scope, expiry, allow-list, rate limits, audit) before the cookie is set.
+_LOGIN_SCRIPT = """
+(function () {
+  var message = document.getElementById("message");
+  document.getElementById("login").addEventListener("submit", function (event) {
+    event.preventDefault();
+    var token = document.getElementById("token").value.trim();
+    message.textContent = "";
+    fetch("login", { method: "POST", headers: { Authorization: "Bearer " + token } })
+      .then(function (r) {
+        if (r.status === 204) { location.href = "../status"; return null; }
+        return r.json().then(function (body) { message.textContent = body.message || "HTTP " + r.status; });
+      })
+      .catch(function (e) { message.textContent = "log in failed: " + e.message; });
+  });
+})();
+"""
+
+#: The login form's policy: as the page's, with its own script.
+LOGIN_CONTENT_SECURITY_POLICY = _policy(_LOGIN_SCRIPT)
+
+_LOGIN_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Butler status: log in</title>
+<style>{style}</style>
+</head>
+<body>
+<header><h1>Butler {version}</h1></header>
+<main>
+<form id="login" class="login card">
+<label for="token">An API token with the admin scope (and alerts, to send dead letters again):</label>
+<input id="token" type="password" autocomplete="current-password" required>
+<p><button type="submit">log in</button> <span id="message" class="error" role="status"></span></p>
+</form>
+</main>
+<script>{script}</script>
+</body>
+</html>
+"""
+
+
+def login_page(version: str) -> str:
+    """The status page's login form (``GET /status/login``)."""
+    return _LOGIN_PAGE.format(style=_STYLE, script=_LOGIN_SCRIPT, version=escape(version))
+
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -530,7 +605,7 @@ _PAGE = """<!DOCTYPE html>
 <style>{style}</style>
 </head>
 <body>
-<header><h1>Butler {version}</h1><span id="message" role="status"></span></header>
+<header><h1>Butler {version}</h1><span id="message" role="status"></span>{logout}</header>
 <main id="content">
 {body}
 </main>

@@ -22,4 +22,10 @@ SCOPES: tuple[str, ...] = (
 #: The header that carries a token for callers that cannot set ``Authorization`` (``auth.tokenHeader``).
 DEFAULT_TOKEN_HEADER = "X-Butler-Token"
 
-__all__ = ["DEFAULT_TOKEN_HEADER", "SCOPES"]
+#: The cookie in which the status page's login (``/status/login``) keeps a browser's token; it is a
+#: credential only for the routes the page calls (``x-session-cookie`` in ``openapi.yaml``).
+SESSION_COOKIE = "butler_session"
+#: Where a browser logs in to the status page.
+LOGIN_PATH = "/status/login"
+
+__all__ = ["DEFAULT_TOKEN_HEADER", "LOGIN_PATH", "SCOPES", "SESSION_COOKIE"]

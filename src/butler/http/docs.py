@@ -94,6 +94,7 @@ class ApiDocument:
         route.flag = operation.get("x-enable-flag")
         route.operation = operation.get("operationId")
         route.scope = operation.get("x-scope")
+        route.session = bool(operation.get("x-session-cookie"))
         parameters = [self._resolve(p) for p in operation.get("parameters", [])]
         query = object_schema(parameters, "query")
         if query is not None:

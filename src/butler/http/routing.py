@@ -78,7 +78,8 @@ class Route:
 
     ``rate_limited`` is False for the few surfaces that monitoring and browsers poll (health, API docs).
     ``documented`` is False for the API-docs pages themselves, which are not part of the API.
-    ``scope`` is what a caller must hold when authentication is on (None: open to all, as ``/health``).
+    ``scope`` is what a caller must hold when authentication is on (None: open to all, as ``/health``);
+    ``session`` that the status page's login cookie may carry the token here (``x-session-cookie``).
     Errors of the services a handler calls are answered by the chain (``butler.http.errors``), so handlers
     need no try blocks for them.
     """
@@ -90,6 +91,7 @@ class Route:
     rate_limited: bool = True
     documented: bool = True
     scope: str | None = None
+    session: bool = False
     query_check: Callable[[Any], Any] | None = None
     params_check: Callable[[Any], Any] | None = None
     body_check: Callable[[Any], Any] | None = None

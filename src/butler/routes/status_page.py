@@ -1,15 +1,28 @@
 """The status page: ``GET /status`` (HTML, ``?fragment=true`` its body alone, which the page refreshes itself
-with) and ``GET /status/data`` (the same snapshot as JSON). On when ``Butler.statusPage.enable`` is true."""
+with) and ``GET /status/data`` (the same snapshot as JSON); with authentication on, a browser logs in at
+``/status/login`` and out with ``POST /status/logout``. On when ``Butler.statusPage.enable`` is true."""
 
 from __future__ import annotations
 
+from butler import __version__
+from butler.auth import SESSION_COOKIE
+from butler.http.errors import HttpError
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.services import Services
+
+#: How long a browser stays logged in to the status page (seconds); the token's own expiry and a revoke
+#: end it sooner.
+SESSION_SECONDS = 12 * 3600
 
 
 def routes(services: Services) -> list[Route]:
     # Imported only when the page is on: it builds on the alert templates' module.
-    from butler.status_page import CONTENT_SECURITY_POLICY, StatusPage
+    from butler.status_page import (
+        CONTENT_SECURITY_POLICY,
+        LOGIN_CONTENT_SECURITY_POLICY,
+        StatusPage,
+        login_page,
+    )
 
     page = StatusPage(services)
     headers = {
@@ -19,6 +32,11 @@ def routes(services: Services) -> list[Route]:
         "Content-Security-Policy": CONTENT_SECURITY_POLICY,
         "X-Frame-Options": "DENY",
     }
+    login_headers = {**headers, "Content-Security-Policy": LOGIN_CONTENT_SECURITY_POLICY}
+    rest = services.settings.rest
+    cookie = f"{SESSION_COOKIE}={{}}; Path=/; HttpOnly; SameSite=Strict; Max-Age={{}}"
+    if rest.tls.enable:
+        cookie += "; Secure"
 
     async def status(request: ApiRequest) -> Reply:
         data = page.data()
@@ -28,7 +46,28 @@ def routes(services: Services) -> list[Route]:
     async def status_data(request: ApiRequest) -> Reply:
         return json_reply(page.data())
 
+    async def login_form(request: ApiRequest) -> Reply:
+        return Reply(200, login_page(__version__).encode(), headers=login_headers)
+
+    async def login(request: ApiRequest) -> Reply:
+        # The token has passed the chain's check by now (admin scope); the cookie carries it to the
+        # page's routes, where it is checked again on every call.
+        if not rest.auth.enable:
+            return Reply(204)  # nothing to log in to: the page is open
+        scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else request.headers.get(rest.auth.token_header)
+        if not token:
+            raise HttpError(400, "Send the token as 'Authorization: Bearer <token>' to log in")
+        set_cookie = cookie.format(token.strip(), SESSION_SECONDS)
+        return Reply(204, headers={"Set-Cookie": set_cookie, "Cache-Control": "no-store"})
+
+    async def logout(request: ApiRequest) -> Reply:
+        return Reply(204, headers={"Set-Cookie": cookie.format("", 0)})
+
     return [
         Route("GET", "/status", status),
         Route("GET", "/status/data", status_data),
+        Route("GET", "/status/login", login_form),
+        Route("POST", "/status/login", login),
+        Route("POST", "/status/logout", logout),
     ]

@@ -19,7 +19,7 @@ from typing import Any
 
 from multidict import istr
 
-from butler.auth import DEFAULT_TOKEN_HEADER
+from butler.auth import DEFAULT_TOKEN_HEADER, LOGIN_PATH, SESSION_COOKIE
 from butler.auth.tokens import TOKEN_FORM, TokenRecord, TokenStore
 from butler.config.settings import CertificateScopes
 from butler.http.errors import HttpError
@@ -147,8 +147,10 @@ class Authentication:
             token = sent[7:]
         else:
             found = self._token(context)
+            if found is None and route.session:
+                found = self._session(context)
             if found is None:
-                self._certificate(context, scope)
+                self._certificate(context, scope, route.session)
                 return self.app(context)
             token = found
             sent = None
@@ -198,6 +200,15 @@ class Authentication:
         if TOKEN_FORM.fullmatch(token) is None:
             raise unauthorized(_MALFORMED_TOKEN)
         return token
+
+    def _session(self, context: Context) -> str | None:
+        """The token the status page's login keeps in its cookie, if the browser sent it."""
+        kept = context.request.cookies.get(SESSION_COOKIE)
+        if kept is None:
+            return None
+        if _MATCH(kept) is None:
+            raise unauthorized(f"Malformed {SESSION_COOKIE} cookie: log in again at {LOGIN_PATH}")
+        return kept
 
     def _admit(
         self, context: Context, record: TokenRecord | None, token: str, token_digest: str, scope: str
@@ -260,12 +271,14 @@ class Authentication:
         except Exception as exc:  # a last-used time not written is no reason to refuse the request
             log.warning("Last use of token %s not recorded: %s", name, exc)
 
-    def _certificate(self, context: Context, scope: str) -> None:
+    def _certificate(self, context: Context, scope: str, session: bool = False) -> None:
         transport = context.request.transport
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         if not peercert:
+            login = f", or log in at {LOGIN_PATH}" if session else ""
             raise unauthorized(
                 f"Authentication needed: send a token as 'Authorization: Bearer <token>' or {self.header}"
+                + login
             )
         subject = peer_subject(peercert)
         mapped = self.certificates.get(subject)
