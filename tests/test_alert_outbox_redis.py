@@ -14,7 +14,7 @@ import pytest
 
 from butler.alerts.dispatcher import Dispatcher, RetryPolicy
 from butler.alerts.http import HttpSender
-from butler.alerts.outbox import AlertInfo, Delivery
+from butler.alerts.outbox import AlertInfo, Delivery, delivery_id
 from butler.alerts.outbox_redis import RedisOutbox, alerts_prefix
 from tests.conftest import RedisServer
 from tests.receivers import Receiver, hang, status
@@ -105,6 +105,45 @@ async def test_an_alert_made_while_redis_is_away_is_held_and_sent_once_when_it_i
         await first.stop()
         await second.stop()
         server.stop()
+
+
+async def test_what_a_killed_butler_left_pending_a_running_one_sends_once(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    """A Butler wrote an alert to the shared outbox and was killed before sending it: a Butler running
+    meanwhile finds it overdue and sends it, once, without a restart of anyone."""
+    hook = await receivers()
+    running = Dispatcher(
+        RedisOutbox(redis_url, prefix, 3600),
+        {"webhook": HttpSender(5)},
+        POLICY,
+        6,
+        rng=random.Random(3),
+        adopt_seconds=0.3,
+    )
+    await running.start()
+    killed = RedisOutbox(redis_url, prefix, 3600)  # its outbox alone: no worker will ever send
+    try:
+        await killed.open()
+        sent = message(hook.url)
+        now = time.time()
+        left = Delivery(delivery_id(ALERT.id, sent), ALERT, sent, created=now, next_attempt=now)
+        assert await killed.add([left]) == [left]
+        began = time.monotonic()
+        await eventually(lambda: len(hook.taken) >= 1, seconds=5)
+        took = time.monotonic() - began
+        # Overdue by the adoption interval, found at the next look: between one and two intervals.
+        assert 0.25 <= took < 1.5, took
+        # The running Butler's own alert is its own, not taken over.
+        [own] = await running.submit(AlertInfo("own", "failed", "t", "task", "app", "e"), [message(hook.url)])
+        assert (await finished(running, own.id)).state == "delivered"
+        await asyncio.sleep(0.7)
+        assert sorted(hook.taken) == sorted([left.id, own.id]) and running.adopted == 1
+        assert (await killed.current(left)).state == "delivered"
+        assert await killed.overdue(time.time() + 60) == []  # nothing pending is listed any more
+    finally:
+        await running.stop()
+        await killed.close()
 
 
 async def test_what_a_stopped_butler_left_pending_another_sends_once(

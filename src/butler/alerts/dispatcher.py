@@ -51,6 +51,9 @@ PURGE_INTERVAL = 600.0
 MAX_HELD = 10_000
 #: How often held deliveries are offered to the outbox again (seconds).
 HOLD_RETRY_SECONDS = 1.0
+#: With an outbox shared by several Butlers: how often one asks for deliveries overdue by this long, to
+#: take over those of a Butler that was killed (seconds).
+ADOPT_SECONDS = 5.0
 
 
 class Sender(Protocol):
@@ -133,8 +136,10 @@ class Dispatcher:
         disabled: Mapping[Channel, str] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        adopt_seconds: float = ADOPT_SECONDS,
     ) -> None:
         self.outbox = outbox
+        self.adopt_seconds = adopt_seconds
         self.policy = policy
         self.send_timeout = send_timeout
         self.disabled = dict(disabled or {})
@@ -151,6 +156,9 @@ class Dispatcher:
         #: Deliveries not yet written: the outbox could not be written when they came.
         self._held: list[Delivery] = []
         self._holding: asyncio.Task[None] | None = None
+        self._adopting: asyncio.Task[None] | None = None
+        #: Deliveries taken over from another Butler's part of a shared outbox.
+        self.adopted = 0
 
     async def start(self) -> None:
         """Read the outbox and start the workers: what was pending before a restart is sent now."""
@@ -164,10 +172,12 @@ class Dispatcher:
             if lane.sender is not None:
                 lane.worker = loop.create_task(self._work(channel, lane), name=f"alerts-{channel}")
         self._purger = loop.create_task(self._purge())
+        if self.outbox.shared:
+            self._adopting = loop.create_task(self._adopt(), name="alerts-adopt")
 
     async def stop(self) -> None:
         tasks = [lane.worker for lane in self._lanes.values() if lane.worker is not None]
-        tasks += [task for task in (self._purger, self._holding) if task is not None]
+        tasks += [task for task in (self._purger, self._holding, self._adopting) if task is not None]
         await cancel_and_wait(tasks)
         if self._held:
             log.error(
@@ -349,6 +359,22 @@ class Dispatcher:
                 else:
                     # Delivered (or finished otherwise) but not on disk: a restart would send it again.
                     await self._keep(channel, delivery)
+
+    async def _adopt(self) -> None:
+        """Queue the deliveries of the shared outbox overdue by ``adopt_seconds``: the Butler that added
+        them was killed or is behind. Each attempt claims the delivery first, so a live one's are not sent
+        twice."""
+        while True:
+            await asyncio.sleep(self.adopt_seconds)
+            try:
+                overdue = await self.outbox.overdue(self._clock() - self.adopt_seconds)
+            except OutboxUnavailable:
+                continue
+            for delivery in overdue:
+                lane = self._lanes[delivery.message.channel]
+                if lane.sender is not None and delivery.id not in lane.queued:
+                    self.adopted += 1
+                    self._queue(delivery)
 
     async def _keep(self, channel: Channel, delivery: Delivery) -> None:
         """Write a finished delivery's state, however long the outbox takes to be writable again."""

@@ -184,6 +184,9 @@ class Outbox:
     of its own, a Butler owns every delivery.
     """
 
+    #: Whether other Butlers share the store (and may leave deliveries for this one to take over).
+    shared = False
+
     def __init__(self, keep_seconds: float) -> None:
         self.keep_seconds = keep_seconds
         self._deliveries: dict[str, Delivery] = {}
@@ -238,6 +241,11 @@ class Outbox:
     async def current(self, delivery: Delivery) -> Delivery:
         """The delivery as the store has it now."""
         return delivery
+
+    async def overdue(self, before: float) -> list[Delivery]:
+        """Pending deliveries of the shared store that were due before ``before`` and are not known here
+        as finished: those another Butler did not attempt in time. None with a store of its own."""
+        return []
 
     async def _load(self, cutoff: float) -> list[Delivery]:
         raise NotImplementedError

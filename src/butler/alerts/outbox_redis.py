@@ -7,6 +7,10 @@ with its name, ``SET NX`` with a lease a little longer than an attempt may take)
 again: a delivery another Butler is attempting, or has delivered, is not sent. A Butler that starts reads
 the deliveries still pending, its own and those a Butler that stopped left behind, and claims each before
 an attempt, so none is lost and none is sent by two at once.
+
+The pending deliveries are also listed in a sorted set by when each is next due (``pending``): a running
+Butler asks it for those overdue (``overdue``), which the Butler that added them did not attempt in time
+(it was killed, or is behind), and attempts them itself, claim first as always.
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ class RedisOutbox(Outbox):
     def _index(self) -> str:
         return f"{self.prefix}deliveries"
 
+    @property
+    def _pending(self) -> str:
+        return f"{self.prefix}pending"
+
+    shared = True
+
     async def _load(self, cutoff: float) -> list[Delivery]:
         ids: list[Any] = await self._call(self._client.zrange(self._index, 0, -1))
         deliveries: list[Delivery] = []
@@ -76,16 +86,52 @@ class RedisOutbox(Outbox):
         added: list[Any] = await self._call(pipeline.execute())
         new = [d for d, was_set in zip(deliveries, added, strict=True) if was_set]
         if new:
-            await self._call(self._client.zadd(self._index, {d.id: d.created for d in new}))
+            pipeline = self._client.pipeline(transaction=False)
+            pipeline.zadd(self._index, {d.id: d.created for d in new})
+            pending = {d.id: d.next_attempt for d in new if d.state == "pending"}
+            if pending:
+                pipeline.zadd(self._pending, pending)
+            await self._call(pipeline.execute())
         return new
 
     async def save(self, delivery: Delivery) -> None:
-        await self._call(self._client.set(self._record_key(delivery.id), encode_record(delivery)))
+        pipeline = self._client.pipeline(transaction=True)
+        pipeline.set(self._record_key(delivery.id), encode_record(delivery))
+        if delivery.state == "pending":
+            pipeline.zadd(self._pending, {delivery.id: delivery.next_attempt})
+        else:
+            pipeline.zrem(self._pending, delivery.id)
+        await self._call(pipeline.execute())
+
+    async def overdue(self, before: float, limit: int = _BATCH) -> list[Delivery]:
+        ids: list[Any] = await self._call(
+            self._client.zrangebyscore(self._pending, "-inf", before, start=0, num=limit)
+        )
+        if not ids:
+            return []
+        records: list[Any] = await self._call(self._client.mget([self._record_key(i) for i in ids]))
+        found = []
+        finished = []
+        for ident, record in zip(ids, records, strict=True):
+            delivery = Delivery.from_record(ident, orjson.loads(record)) if record else None
+            if delivery is None or delivery.state != "pending":
+                finished.append(ident)  # listed by a Butler killed between its two writes
+                continue
+            known = self._deliveries.get(ident)
+            if known is None:
+                self._deliveries[ident] = delivery
+                found.append(delivery)
+            elif known.state == "pending":
+                found.append(known)  # the object this Butler's worker may be attempting already
+        if finished:
+            await self._call(self._client.zrem(self._pending, *finished))
+        return found
 
     def _drop(self, ids: list[str]) -> None:
         pipeline = self._client.pipeline(transaction=False)
         pipeline.delete(*(self._record_key(i) for i in ids))
         pipeline.zrem(self._index, *ids)
+        pipeline.zrem(self._pending, *ids)
         task = asyncio.get_running_loop().create_task(pipeline.execute())
         self._housekeeping.add(task)
         # Forgetting old records is housekeeping: a failure leaves them for the next start to forget.

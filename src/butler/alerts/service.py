@@ -392,6 +392,8 @@ class AlertService:
             "channels": self.dispatcher.stats(),
             # Messages of alerts made while the outbox could not be written, sent once it can.
             "heldUnwritten": self.dispatcher.held,
+            # Messages of a shared outbox another Butler left overdue (killed, or behind), sent from here.
+            "takenOver": self.dispatcher.adopted,
         }
 
 
