@@ -24,6 +24,24 @@ T = TypeVar("T")
 #: Records read from Redis per round trip at start-up.
 _BATCH = 500
 
+#: KEYS: the index, then the records. ARGV: for each record its text, creation time and id. Adds each record
+#: not stored yet, with its place in the index, in one step; 1 for those this call added or that hold the
+#: very text given (an earlier call of ours whose answer was lost: its delivery is still ours to send), 0
+#: for those another Butler added.
+_ADD = """
+local new = {}
+for i = 2, #KEYS do
+  local text = ARGV[3 * i - 5]
+  if redis.call('SET', KEYS[i], text, 'NX') or redis.call('GET', KEYS[i]) == text then
+    redis.call('ZADD', KEYS[1], ARGV[3 * i - 4], ARGV[3 * i - 3])
+    new[i - 1] = 1
+  else
+    new[i - 1] = 0
+  end
+end
+return new
+"""
+
 
 def _unreachable(exc: Exception) -> Exception:
     return OutboxUnavailable(f"The alert outbox cannot reach Redis: {exc}")
@@ -70,14 +88,17 @@ class RedisOutbox(Outbox):
         return deliveries
 
     async def _keep_new(self, deliveries: list[Delivery]) -> list[Delivery]:
-        pipeline = self._client.pipeline(transaction=False)
-        for delivery in deliveries:
-            pipeline.set(self._record_key(delivery.id), encode_record(delivery), nx=True)
-        added: list[Any] = await self._call(pipeline.execute())
-        new = [d for d, was_set in zip(deliveries, added, strict=True) if was_set]
-        if new:
-            await self._call(self._client.zadd(self._index, {d.id: d.created for d in new}))
-        return new
+        # One script: a record stored without its place in the index would never be sent, and a write
+        # whose answer was lost must still count as ours when written again.
+        added: list[Any] = []
+        for start in range(0, len(deliveries), _BATCH):
+            batch = deliveries[start : start + _BATCH]
+            texts: list[str] = []
+            for delivery in batch:
+                texts += [encode_record(delivery), repr(delivery.created), delivery.id]
+            keys = [self._record_key(d.id) for d in batch]
+            added += await self._call(self._client.eval(_ADD, 1 + len(keys), self._index, *keys, *texts))
+        return [d for d, was_set in zip(deliveries, added, strict=True) if was_set]
 
     async def save(self, delivery: Delivery) -> None:
         await self._call(self._client.set(self._record_key(delivery.id), encode_record(delivery)))
