@@ -4,6 +4,7 @@ a real local HTTP receiver."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -243,3 +244,40 @@ async def test_an_alert_whose_write_reached_redis_but_not_its_answer_is_still_se
     finally:
         await sending.stop()
 
+
+async def test_a_fault_writing_held_alerts_loses_those_only_and_says_so(
+    redis_url: str,
+    prefix: str,
+    receivers: Callable[[], Awaitable[Receiver]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write of held messages that fails otherwise than by Redis being away must not end the task that
+    writes them, silently, with the messages held for ever: those are lost, logged; later ones are sent."""
+    hook = await receivers()
+    sending = butler(redis_url, prefix)
+    outbox = sending.outbox
+    assert isinstance(outbox, RedisOutbox)
+    write = outbox._keep_new
+    faults: list[Exception] = [
+        OutboxUnavailable("The alert outbox cannot reach Redis: connection refused"),
+        RuntimeError("a fault of the outbox's own"),
+    ]
+
+    async def faulty(deliveries: list[Delivery]) -> list[Delivery]:
+        if faults:
+            raise faults.pop(0)
+        return await write(deliveries)
+
+    outbox._keep_new = faulty  # type: ignore[method-assign]
+    await sending.start()
+    try:
+        assert await sending.submit(ALERT, [message(hook.url)]) == []
+        await eventually(lambda: sending.held == 0, seconds=5)
+        assert "1 messages held could not be written and are lost" in caplog.text
+        faults.append(OutboxUnavailable("The alert outbox cannot reach Redis: connection refused"))
+        later = dataclasses.replace(ALERT, id="later")
+        assert await sending.submit(later, [message(hook.url)]) == []
+        await eventually(lambda: len(hook.taken) == 1, seconds=5)
+        assert sending.held == 0
+    finally:
+        await sending.stop()
