@@ -4,6 +4,7 @@ a real local HTTP receiver."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -14,7 +15,7 @@ import pytest
 
 from butler.alerts.dispatcher import Dispatcher, RetryPolicy
 from butler.alerts.http import HttpSender
-from butler.alerts.outbox import AlertInfo, Delivery, delivery_id
+from butler.alerts.outbox import AlertInfo, Delivery, OutboxUnavailable, delivery_id
 from butler.alerts.outbox_redis import RedisOutbox, alerts_prefix
 from tests.conftest import RedisServer
 from tests.receivers import Receiver, hang, status
@@ -252,3 +253,70 @@ async def test_a_rate_limit_slot_one_butler_spent_holds_for_the_other(
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_an_alert_whose_write_reached_redis_but_not_its_answer_is_still_sent(
+    redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
+) -> None:
+    """The connection drops after Redis stored the delivery, before its answer came back: the alert is held
+    and written again, and that second write, finding it stored already, must still send it."""
+    hook = await receivers()
+    sending = butler(redis_url, prefix)
+    outbox = sending.outbox
+    assert isinstance(outbox, RedisOutbox)
+    write = outbox._keep_new
+    answers_lost = [True]
+
+    async def answer_lost(deliveries: list[Delivery]) -> list[Delivery]:
+        kept = await write(deliveries)
+        if answers_lost.pop(0) if answers_lost else False:
+            raise OutboxUnavailable("The alert outbox cannot reach Redis: connection reset")
+        return kept
+
+    outbox._keep_new = answer_lost  # type: ignore[method-assign]
+    await sending.start()
+    try:
+        assert await sending.submit(ALERT, [message(hook.url)]) == []
+        assert sending.held == 1
+        await eventually(lambda: sending.held == 0, seconds=5)
+        await eventually(lambda: len(hook.taken) == 1, seconds=5)
+    finally:
+        await sending.stop()
+
+
+async def test_a_fault_writing_held_alerts_loses_those_only_and_says_so(
+    redis_url: str,
+    prefix: str,
+    receivers: Callable[[], Awaitable[Receiver]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write of held messages that fails otherwise than by Redis being away must not end the task that
+    writes them, silently, with the messages held for ever: those are lost, logged; later ones are sent."""
+    hook = await receivers()
+    sending = butler(redis_url, prefix)
+    outbox = sending.outbox
+    assert isinstance(outbox, RedisOutbox)
+    write = outbox._keep_new
+    faults: list[Exception] = [
+        OutboxUnavailable("The alert outbox cannot reach Redis: connection refused"),
+        RuntimeError("a fault of the outbox's own"),
+    ]
+
+    async def faulty(deliveries: list[Delivery]) -> list[Delivery]:
+        if faults:
+            raise faults.pop(0)
+        return await write(deliveries)
+
+    outbox._keep_new = faulty  # type: ignore[method-assign]
+    await sending.start()
+    try:
+        assert await sending.submit(ALERT, [message(hook.url)]) == []
+        await eventually(lambda: sending.held == 0, seconds=5)
+        assert "1 messages held could not be written and are lost" in caplog.text
+        faults.append(OutboxUnavailable("The alert outbox cannot reach Redis: connection refused"))
+        later = dataclasses.replace(ALERT, id="later")
+        assert await sending.submit(later, [message(hook.url)]) == []
+        await eventually(lambda: len(hook.taken) == 1, seconds=5)
+        assert sending.held == 0
+    finally:
+        await sending.stop()

@@ -231,3 +231,26 @@ async def test_the_chain_runs_its_steps_in_order_and_ends_in_the_handler() -> No
     reply = await chain(context("GET", "/v4/thing/a"))
     assert order == ["first", "second"]
     assert reply.status == 200 and reply.body == b'{"params":{"name":"a"},"query":{},"body":null}'
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_a_caller_named_with_a_line_break_writes_one_line(
+    buffered: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client certificate's subject is the client's text: a line break in its CN must not forge a line."""
+    forged = (
+        "certificate CN=etl\n2026-01-01T00:00:00.000Z info: GET /v4/admin 200 0.10ms 10.0.0.9 token admin"
+    )
+    stream = io.StringIO()
+    buffer = LogBuffer(stream, "text")
+    monkeypatch.setattr("butler.logs._buffer", buffer if buffered else None)
+    logger = logging.getLogger("butler.rest.test-injection")
+    with caplog.at_level(logging.INFO, logger.name):
+        RequestLog(logger).write("GET", "/v4/butlerping", 403, 0.0, "10.0.0.1", forged)
+    buffer.flush()
+    written = stream.getvalue() if buffered else caplog.records[0].getMessage() + "\n"
+    assert written.count("\n") == 1
+    assert written.endswith(
+        " 10.0.0.1 certificate CN=etl\\n2026-01-01T00:00:00.000Z info: GET /v4/admin 200 "
+        "0.10ms 10.0.0.9 token admin\n"
+    )

@@ -370,6 +370,10 @@ class RequestLog:
             self._wall_offset = time.time() - now
             self._offset_expires = now + 60
         milliseconds = (now - started) * 1000
+        if caller is not None and not caller.isprintable():
+            # A client certificate's subject is the caller's own text: a line break in it would write a
+            # line of its making into the log.
+            caller = caller.encode("unicode_escape").decode("ascii")
         buffer = _buffer
         if buffer is None:
             by = f" {caller}" if caller else ""

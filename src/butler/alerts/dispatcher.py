@@ -231,6 +231,13 @@ class Dispatcher:
                 new = await self.outbox.add(batch)
             except OutboxUnavailable:
                 continue
+            except Exception:
+                # Not the outbox being away but a fault that writing again would meet again: these messages
+                # are lost, as they would have been had the fault come when they were made, and those held
+                # after them still get written.
+                del self._held[: len(batch)]
+                log.exception("alerts: %d messages held could not be written and are lost", len(batch))
+                continue
             del self._held[: len(batch)]
             self._take(new)
             if not self._held:

@@ -28,6 +28,29 @@ T = TypeVar("T")
 #: Records read from Redis per round trip at start-up.
 _BATCH = 500
 
+#: KEYS: the index, the pending deliveries by due time, then the records. ARGV: for each record its text,
+#: creation time, id and due time (empty when not pending). Adds each record not stored yet, with its
+#: places in the two sets, in one step; 1 for those this call added or that hold the very text given (an
+#: earlier call of ours whose answer was lost: its delivery is still ours to send), 0 for those another
+#: Butler added.
+_ADD = """
+local new = {}
+for i = 3, #KEYS do
+  local at = 4 * (i - 3)
+  local text = ARGV[at + 1]
+  if redis.call('SET', KEYS[i], text, 'NX') or redis.call('GET', KEYS[i]) == text then
+    redis.call('ZADD', KEYS[1], ARGV[at + 2], ARGV[at + 3])
+    if ARGV[at + 4] ~= '' then
+      redis.call('ZADD', KEYS[2], ARGV[at + 4], ARGV[at + 3])
+    end
+    new[i - 2] = 1
+  else
+    new[i - 2] = 0
+  end
+end
+return new
+"""
+
 
 def _unreachable(exc: Exception) -> Exception:
     return OutboxUnavailable(f"The alert outbox cannot reach Redis: {exc}")
@@ -80,19 +103,18 @@ class RedisOutbox(Outbox):
         return deliveries
 
     async def _keep_new(self, deliveries: list[Delivery]) -> list[Delivery]:
-        pipeline = self._client.pipeline(transaction=False)
-        for delivery in deliveries:
-            pipeline.set(self._record_key(delivery.id), encode_record(delivery), nx=True)
-        added: list[Any] = await self._call(pipeline.execute())
-        new = [d for d, was_set in zip(deliveries, added, strict=True) if was_set]
-        if new:
-            pipeline = self._client.pipeline(transaction=False)
-            pipeline.zadd(self._index, {d.id: d.created for d in new})
-            pending = {d.id: d.next_attempt for d in new if d.state == "pending"}
-            if pending:
-                pipeline.zadd(self._pending, pending)
-            await self._call(pipeline.execute())
-        return new
+        # One script: a record stored without its place in the index would never be sent, and a write
+        # whose answer was lost must still count as ours when written again.
+        added: list[Any] = []
+        for start in range(0, len(deliveries), _BATCH):
+            batch = deliveries[start : start + _BATCH]
+            texts: list[str] = []
+            for delivery in batch:
+                due = repr(delivery.next_attempt) if delivery.state == "pending" else ""
+                texts += [encode_record(delivery), repr(delivery.created), delivery.id, due]
+            keys = [self._index, self._pending, *(self._record_key(d.id) for d in batch)]
+            added += await self._call(self._client.eval(_ADD, len(keys), *keys, *texts))
+        return [d for d, was_set in zip(deliveries, added, strict=True) if was_set]
 
     async def save(self, delivery: Delivery) -> None:
         pipeline = self._client.pipeline(transaction=True)

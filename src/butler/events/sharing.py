@@ -190,6 +190,8 @@ class EventSharing:
                 await self.extend()
             except SharingUnavailable:
                 continue  # the claims may lapse: better an event handled twice than a Butler stuck
+            except Exception:  # a fault here must not end the extending for good, nor fail close()
+                log.exception("claims of task events not extended")
 
     async def extend(self) -> None:
         """Extend every claim held; forget those done or lost meanwhile. Raises ``SharingUnavailable``."""
