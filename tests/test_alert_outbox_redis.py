@@ -31,13 +31,14 @@ def prefix() -> str:
     return f"test:{uuid.uuid4().hex}:alerts:"
 
 
-def butler(redis_url: str, prefix: str, timeout: float = 5) -> Dispatcher:
+def butler(redis_url: str, prefix: str, timeout: float = 5, claim_seconds: float = 8) -> Dispatcher:
     return Dispatcher(
         RedisOutbox(redis_url, prefix, 3600),
         {"webhook": HttpSender(timeout)},
         POLICY,
         timeout + 1,
         rng=random.Random(3),
+        claim_seconds=claim_seconds,
     )
 
 
@@ -181,9 +182,10 @@ async def test_a_delivery_another_butler_is_attempting_is_not_sent_meanwhile(
 ) -> None:
     hook = await receivers()
     hook.answers = [hang(1.5)]  # the first Butler's attempt takes 1.5 s, then succeeds
-    first = butler(redis_url, prefix)
+    # Claims of 0.4 s: the first Butler holds its claim through the attempt by extending it.
+    first = butler(redis_url, prefix, claim_seconds=0.4)
     await first.start()
-    other = butler(redis_url, prefix)
+    other = butler(redis_url, prefix, claim_seconds=0.4)
     try:
         [delivery] = await first.submit(ALERT, [message(hook.url)])
         await eventually(lambda: hook.got)

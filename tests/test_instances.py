@@ -10,7 +10,7 @@ import email
 import email.policy
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ async def instances(
         smtp_port: int | None = None,
         influx: Influxd | None = None,
         takeover: float | None = None,
+        qos: int | None = None,
+        heartbeat: str | None = None,
         **task_events: Any,
     ) -> Instance:
         document, rest_port, task_port, session_port = instance_config(
@@ -112,6 +114,11 @@ async def instances(
         document["Butler"]["udpServerConfig"]["taskEvents"] = task_events
         if takeover is not None:
             document["Butler"]["instances"] = {"takeoverSeconds": takeover}
+        if qos is not None:
+            document["Butler"]["mqttConfig"]["qos"] = qos
+        if heartbeat is not None:
+            beat = {"enable": True, "remoteURL": heartbeat, "frequency": "every 1 seconds"}
+            document["Butler"]["heartbeat"] = beat
         if influx is not None:
             document["Butler"]["influxDb"] = influx_section(influx, flushIntervalSeconds=0.2)
         folder = tmp_path / f"butler-{rest_port}"  # a log of its own
@@ -238,6 +245,81 @@ async def test_three_butlers_alert_and_publish_each_failed_reload_once(
         )
     finally:
         await smtp.stop()
+
+
+async def test_kill_9_of_the_lease_holder_mid_run_loses_no_alert_and_no_message(
+    simulator: Any, instances: Any, redis_url: str, published: Published, receivers: Any
+) -> None:
+    """Three Butlers over 200+ failed reloads, MQTT at QoS 1; the holder of the heartbeat monitor's lease is
+    killed with SIGKILL while the failures come. Another beats within the takeover time, and every failed
+    reload is mailed and published: those the killed Butler had claimed, or left in the outbox, are taken
+    over. The one repeat a kill can make (a message the server took in the instant before the killed
+    Butler recorded it) carries the same Message-ID, so a receiver can tell it."""
+    receiver = await receivers()
+    mailbox = Mailbox()
+    smtp = Server(mailbox)
+    await smtp.start()
+    takeover = 3.0
+    try:
+        butlers = [
+            await instances(redis_url, smtp.port, takeover=takeover, qos=1, heartbeat=receiver.url)
+            for _ in range(3)
+        ]
+
+        async def holder() -> Instance | None:
+            for one in butlers:
+                if one.process.proc.poll() is not None:
+                    continue
+                leases = (await one.get("/health"))["instances"]["leases"]
+                if any(x["name"] == "monitor:heartbeat" and x["mine"] for x in leases):
+                    return one
+            return None
+
+        await settle_async(holder, 10)
+        killed_one = await holder()
+        assert killed_one is not None
+        failing = asyncio.get_running_loop().create_task(fail_reloads(simulator, 200))
+        await settle(lambda: sum(mailed(mailbox).values()) >= 40, 60, lambda: len(mailbox.received))
+        killed_one.process.proc.kill()
+        killed = time.monotonic()
+        await asyncio.to_thread(killed_one.process.proc.wait, 10)
+        failed = await failing
+        await settle(
+            lambda: len(mailed(mailbox)) >= failed and len(published.by_execution) >= failed,
+            60,
+            lambda: (failed, len(mailed(mailbox)), len(published.by_execution)),
+        )
+        await asyncio.sleep(2)  # time for a second message of any event, were there one
+        mails, messages = mailed(mailbox), published.by_execution
+        assert len(mails) == failed and len(messages) == failed and set(mails) == set(messages)
+        repeated = [execution for execution, count in mails.items() if count > 1]
+        assert len(repeated) <= 1 and max(mails.values()) <= 2, mails.most_common(3)
+        by_execution: dict[str, set[str]] = collections.defaultdict(set)
+        for _, _, raw in mailbox.received:
+            mail = email.message_from_bytes(raw, policy=email.policy.default)
+            by_execution[str(mail["Subject"]).removeprefix("failed ")].add(str(mail["Message-ID"]))
+        assert all(len(ids) == 1 for ids in by_execution.values())  # a repeat is recognisable as one
+        assert sum(count - 1 for count in messages.values()) <= 1, messages.most_common(3)
+        await settle(lambda: bool([at for at, _, _ in receiver.got if at > killed]), 10, lambda: receiver.got)
+        beats_after = [at for at, _, _ in receiver.got if at > killed]
+        assert min(beats_after) - killed <= takeover + 1.5
+        survivors = [one for one in butlers if one is not killed_one]
+        healths = [await one.get("/health") for one in survivors]
+        events = [h["udpEvents"]["sharing"]["taskEvents"]["takenOver"] for h in healths]
+        alerts = [h["alerts"]["takenOver"] for h in healths]
+        print(
+            f"{failed} failed reloads, killed mid-run: repeats {repeated}; taken over by the survivors: "
+            f"events {events}, alert messages {alerts}"
+        )
+    finally:
+        await smtp.stop()
+
+
+async def settle_async(condition: Callable[[], Awaitable[object]], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
 
 
 async def active_users(butler: Instance) -> tuple[Any, Any]:

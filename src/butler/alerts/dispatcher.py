@@ -43,8 +43,9 @@ from butler.stopping import cancel_and_wait
 
 log = logging.getLogger("butler.alerts")
 
-#: A claim on a delivery outlasts the longest attempt by this much (seconds).
-CLAIM_MARGIN = 5.0
+#: A claim on a delivery is held this long (seconds), and extended every quarter of it while the attempt
+#: lasts: a Butler killed during an attempt leaves the delivery to the others this soon after.
+CLAIM_SECONDS = 8.0
 #: How often finished deliveries past their keeping time are forgotten (seconds).
 PURGE_INTERVAL = 600.0
 #: Deliveries held in memory at most while the outbox cannot be written; the alerts beyond are lost.
@@ -137,9 +138,11 @@ class Dispatcher:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         adopt_seconds: float = ADOPT_SECONDS,
+        claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.outbox = outbox
         self.adopt_seconds = adopt_seconds
+        self.claim_seconds = claim_seconds
         self.policy = policy
         self.send_timeout = send_timeout
         self.disabled = dict(disabled or {})
@@ -398,11 +401,13 @@ class Dispatcher:
     async def _attempt(self, channel: Channel, lane: _Lane, sender: Sender, delivery: Delivery) -> None:
         """One attempt, when this Butler holds the delivery's claim and the delivery is still pending in
         the outbox (Butlers sharing an outbox in Redis: another may be attempting it, or have finished)."""
-        if not await self.outbox.claim(delivery, self.send_timeout + CLAIM_MARGIN):
+        if not await self.outbox.claim(delivery, self.claim_seconds):
             # Another Butler is attempting it: look again soon, to take it over if that one stopped.
             delivery.next_attempt = self._clock() + self.policy.first
             self._queue(delivery)
             return
+        attempted = asyncio.Event()
+        holding = asyncio.get_running_loop().create_task(self._hold_claim(delivery, attempted))
         try:
             stored = await self.outbox.current(delivery)
             if stored.state != "pending":
@@ -413,7 +418,22 @@ class Dispatcher:
                 return
             await self._deliver(channel, lane, sender, stored)
         finally:
+            attempted.set()
+            await holding
             await self.outbox.release(delivery)
+
+    async def _hold_claim(self, delivery: Delivery, attempted: asyncio.Event) -> None:
+        """Extend the claim on ``delivery`` until ``attempted`` is set."""
+        if not self.outbox.shared:
+            return
+        # Stopped between calls, never cancelled in one: a Redis command cut off half-way can leave its
+        # connection waiting for an answer that the next command then reads.
+        while not attempted.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(attempted.wait(), self.claim_seconds / 4)
+                return
+            with contextlib.suppress(OutboxUnavailable):
+                await self.outbox.extend(delivery, self.claim_seconds)
 
     async def _deliver(self, channel: Channel, lane: _Lane, sender: Sender, delivery: Delivery) -> None:
         now = self._clock()

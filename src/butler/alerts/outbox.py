@@ -227,6 +227,9 @@ class Outbox:
         """Whether this Butler may attempt the delivery now (for at most ``seconds``)."""
         return True
 
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        """The attempt goes on: hold the claim ``seconds`` more, if it is still this Butler's."""
+
     async def release(self, delivery: Delivery) -> None:
         """The attempt is over."""
 

@@ -52,6 +52,13 @@ return new
 """
 
 
+#: KEYS: a claim. ARGV: this Butler's value, the lease in ms. Extends the claim only if it is still ours.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
 def _unreachable(exc: Exception) -> Exception:
     return OutboxUnavailable(f"The alert outbox cannot reach Redis: {exc}")
 
@@ -170,6 +177,10 @@ class RedisOutbox(Outbox):
             self._client.set(self._claim_key(delivery.id), self.instance, nx=True, px=lease)
         )
         return bool(taken)
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        lease = str(max(1, int(seconds * 1000)))
+        await self._call(self._client.eval(_EXTEND, 1, self._claim_key(delivery.id), self.instance, lease))
 
     async def release(self, delivery: Delivery) -> None:
         # Only this Butler's own claim is removed: after a lease ran out, another may hold it.

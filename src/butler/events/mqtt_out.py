@@ -1,7 +1,10 @@
 """Events to MQTT: session events, active users and task outcomes, on the topics of ``Butler.mqttConfig``.
 
-A consumer of the event bus (``handle``), with its own queue and worker; publishing here only queues the
-message on the MQTT client, which sends it in the background.
+A consumer of the event bus (``handle``), with its own queue and worker; publishing here queues the
+message on the MQTT client, which sends it in the background. A task outcome is let go (and, with several
+Butlers, marked done) once its messages were handed to the broker connection (at QoS 1 and 2, once the
+broker acknowledged them), up to ``HANDOVER_SECONDS`` while connected: a Butler killed then leaves no
+outcome half-published that another would not publish.
 
 Session and connection events go out one by one (payload ``<host>: <directory>/<userId>``, as upstream).
 Active-user figures go out when they change, at most once per ``active_users_interval`` seconds: a
@@ -19,6 +22,9 @@ from butler.events.parsing import SessionEvent
 from butler.events.task_outcomes import TaskOutcome
 from butler.json_encoding import encode_json
 from butler.mqtt import MqttClient
+
+#: How long a task outcome waits for its messages to reach a connected broker before it is let go.
+HANDOVER_SECONDS = 5.0
 
 
 class EventPublisher:
@@ -39,7 +45,7 @@ class EventPublisher:
 
     async def handle(self, event: object) -> None:
         if isinstance(event, TaskOutcome):
-            self.task_outcome(event)
+            await self.task_outcome(event)
         elif isinstance(event, SessionEvent):
             self.session_event(event)
         elif isinstance(event, ActiveUsersChanged):
@@ -78,16 +84,25 @@ class EventPublisher:
         )
         self.mqtt.enqueue(topic, status)
 
-    def task_outcome(self, outcome: TaskOutcome) -> None:
+    async def task_outcome(self, outcome: TaskOutcome) -> None:
         topics = self.topics
         plain, full, send_full = {
             "failed": (topics.task_failure, topics.task_failure_full, topics.task_failure_send_full),
             "aborted": (topics.task_aborted, topics.task_aborted_full, topics.task_aborted_send_full),
             "success": (topics.task_success, topics.task_success_full, topics.task_success_send_full),
         }[outcome.event.outcome]
-        self.mqtt.enqueue(plain, outcome.task_name)
+        messages: list[tuple[str, str | bytes]] = [(plain, outcome.task_name)]
         if send_full:
-            self.mqtt.enqueue(full, encode_json(outcome.as_dict()))
+            messages.append((full, encode_json(outcome.as_dict())))
+        loop = asyncio.get_running_loop()
+        handed: list[asyncio.Future[None]] = []
+        for topic, payload in messages:
+            sent: asyncio.Future[None] = loop.create_future()
+            if self.mqtt.enqueue(topic, payload, sent=sent):
+                handed.append(sent)
+        # Not while the broker is away: the messages wait in the client's queue, the events do not.
+        if handed and self.mqtt.connected.is_set():
+            await asyncio.wait(handed, timeout=HANDOVER_SECONDS)
 
     def close(self) -> None:
         if self._pending is not None:
