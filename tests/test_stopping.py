@@ -42,3 +42,21 @@ async def test_tasks_already_ended_are_left_as_they_are() -> None:
     await task
     await cancel_and_wait([task])
     assert task.result() == "done"
+
+
+async def test_every_calls_until_stopped_and_lets_a_call_in_progress_end() -> None:
+    from butler.stopping import every
+
+    stopping = asyncio.Event()
+    calls: list[str] = []
+
+    async def action() -> None:
+        calls.append("began")
+        await asyncio.sleep(0.15)  # stopped meanwhile: this call still ends
+        calls.append("ended")
+
+    running = asyncio.get_running_loop().create_task(every(0.05, stopping, action))
+    await asyncio.sleep(0.12)
+    stopping.set()
+    await asyncio.wait_for(running, 1)
+    assert calls == ["began", "ended"]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from butler.errors import Unavailable
 from butler.redis_edge import RedisEdge
+from butler.stopping import every
 
 if TYPE_CHECKING:
     from butler.http.ratelimit import RateLimiter
@@ -143,13 +144,7 @@ class Leases:
         self._task = asyncio.get_running_loop().create_task(self._keep(), name="leases")
 
     async def _keep(self) -> None:
-        # Stopped between asks, never cancelled in one: a command cut off half-way can leave its
-        # connection waiting for an answer that the next command then reads.
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.renew_seconds)
-                return
-            await self.renew_all()
+        await every(self.renew_seconds, self._stopping, self.renew_all)
 
     async def renew_all(self) -> None:
         for lease in list(self.leases.values()):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 
@@ -25,3 +26,16 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], again_after: float
     for task in waiting:
         if not task.cancelled():
             task.exception()  # looked at, so that a failure is not reported as never retrieved
+
+
+async def every(seconds: float, stopping: asyncio.Event, action: Callable[[], Awaitable[None]]) -> None:
+    """Await ``action()`` every ``seconds`` until ``stopping`` is set.
+
+    Stopped between calls, never cancelled in one: a Redis command cut off half-way can leave its
+    connection waiting for an answer that the next command then reads.
+    """
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+            return
+        await action()

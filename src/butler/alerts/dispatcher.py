@@ -39,7 +39,7 @@ from butler.alerts.model import CHANNELS, Channel, DeliveryError, Message
 from butler.alerts.outbox import AlertInfo, Delivery, Outbox, OutboxUnavailable, delivery_id
 from butler.errors import Conflict, NotFound
 from butler.logs import Throttle
-from butler.stopping import cancel_and_wait
+from butler.stopping import cancel_and_wait, every
 
 log = logging.getLogger("butler.alerts")
 
@@ -426,14 +426,12 @@ class Dispatcher:
         """Extend the claim on ``delivery`` until ``attempted`` is set."""
         if not self.outbox.shared:
             return
-        # Stopped between calls, never cancelled in one: a Redis command cut off half-way can leave its
-        # connection waiting for an answer that the next command then reads.
-        while not attempted.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(attempted.wait(), self.claim_seconds / 4)
-                return
+
+        async def extend() -> None:
             with contextlib.suppress(OutboxUnavailable):
                 await self.outbox.extend(delivery, self.claim_seconds)
+
+        await every(self.claim_seconds / 4, attempted, extend)
 
     async def _deliver(self, channel: Channel, lane: _Lane, sender: Sender, delivery: Delivery) -> None:
         now = self._clock()

@@ -21,7 +21,6 @@ its own sessions; when it is back, each writes what it has before it reads again
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ import orjson
 
 from butler.errors import Unavailable
 from butler.redis_edge import RedisEdge
+from butler.stopping import every
 
 log = logging.getLogger("butler.sharing")
 
@@ -180,18 +180,15 @@ class EventSharing:
             self._renewing = asyncio.get_running_loop().create_task(self._keep(), name="event claims")
 
     async def _keep(self) -> None:
-        # Stopped between calls, never cancelled in one: a command cut off half-way can leave its
-        # connection waiting for an answer that the next command then reads.
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.renew_seconds)
-                return
-            try:
-                await self.extend()
-            except SharingUnavailable:
-                continue  # the claims may lapse: better an event handled twice than a Butler stuck
-            except Exception:  # a fault here must not end the extending for good, nor fail close()
-                log.exception("claims of task events not extended")
+        await every(self.renew_seconds, self._stopping, self._extend_held)
+
+    async def _extend_held(self) -> None:
+        try:
+            await self.extend()
+        except SharingUnavailable:
+            pass  # the claims may lapse: better an event handled twice than a Butler stuck
+        except Exception:  # a fault here must not end the extending for good, nor fail close()
+            log.exception("claims of task events not extended")
 
     async def extend(self) -> None:
         """Extend every claim held; forget those done or lost meanwhile. Raises ``SharingUnavailable``."""
