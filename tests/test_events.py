@@ -657,6 +657,31 @@ async def test_bus_consumer_that_raises_is_counted_and_goes_on(caplog: Any) -> N
     await bus.stop()
 
 
+async def test_a_consumer_whose_own_wait_was_cancelled_goes_on(caplog: Any) -> None:
+    """A CancelledError from inside a handler (a wait of its own cancelled) is that event's failure; the
+    worker goes on, and tells the event was taken (with several Butlers, the claim is marked done)."""
+    from butler.events.bus import EventBus
+
+    bus = EventBus()
+    handled: list[int] = []
+    taken: list[int] = []
+
+    async def cancelled_inside(number: int) -> None:
+        if number == 1:
+            inner = asyncio.get_running_loop().create_future()
+            inner.cancel()
+            await inner
+        handled.append(number)
+
+    subscription = bus.subscribe("inner", cancelled_inside, int)
+    bus.start()
+    for number in range(3):
+        bus.publish(number, lambda number=number: taken.append(number))  # type: ignore[misc]
+    await delivered(subscription, 3)
+    assert handled == [0, 2] and subscription.failed == 1 and taken == [0, 1, 2]
+    await bus.stop()
+
+
 async def test_bus_stop_drains_then_cancels(caplog: Any) -> None:
     from butler.events.bus import EventBus
 

@@ -121,18 +121,27 @@ class Subscription(Generic[Event]):
             event, taken = queue.popleft()
             try:
                 await self.handler(event)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # stopped
+                # A cancelled wait inside the handler, not a stop: a fault of the consumer like another.
+                self._failed(event)
             except Exception:  # a consumer's fault must not end its worker
-                self.failed += 1
-                if self._throttle.ready("failed"):
-                    log.exception(
-                        "event consumer %s failed on %s (logged once a minute; counts in GET /health)",
-                        self.name,
-                        type(event).__name__,
-                    )
+                self._failed(event)
             else:
                 self.delivered += 1
             if taken is not None:
                 taken.one()
+
+    def _failed(self, event: object) -> None:
+        self.failed += 1
+        if self._throttle.ready("failed"):
+            log.exception(
+                "event consumer %s failed on %s (logged once a minute; counts in GET /health)",
+                self.name,
+                type(event).__name__,
+            )
 
     async def stop(self, drain_seconds: float) -> None:
         """Deliver what is queued within ``drain_seconds``, then cancel the worker."""
