@@ -731,3 +731,35 @@ async def test_bus_subscriptions() -> None:
     with pytest.raises(ValueError, match="at least one event"):
         bus.subscribe("none", take, int, queue_size=0)
     await bus.stop()
+
+
+async def test_a_fault_after_enrichment_does_not_stop_the_worker(caplog: Any) -> None:
+    """A fault once the event is enriched (here the bus refusing it) is logged, and the one worker goes on
+    with the next event."""
+    from butler.config.settings import TaskOutcomeSettings
+    from butler.events.bus import EventBus
+    from butler.events.parsing import TaskEvent, parse_task_datagram
+    from butler.events.task_outcomes import TaskOutcomes
+
+    bus = EventBus()
+    published: list[Any] = []
+    second = asyncio.Event()
+
+    def publish(event: Any, taken: Any = None) -> None:
+        published.append(event)
+        if len(published) == 1:
+            raise RuntimeError("bus refused")
+        second.set()
+
+    bus.publish = publish  # type: ignore[method-assign]
+    outcomes = TaskOutcomes(None, TaskOutcomeSettings(workers=1), bus)
+    outcomes.start()
+    try:
+        for execution in ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"):
+            event = parse_task_datagram(task_datagram(execution=execution))
+            assert isinstance(event, TaskEvent) and outcomes.submit(event) is None
+        await asyncio.wait_for(second.wait(), 5)
+        assert published[1].event.execution_id == "22222222-2222-2222-2222-222222222222"
+        assert "could not be handled" in caplog.text and "bus refused" in caplog.text
+    finally:
+        await outcomes.stop()

@@ -436,15 +436,26 @@ class TaskOutcomes:
     async def _work(self) -> None:
         while True:
             event = await self._queue.get()
-            key = self._dedup_key(event)
-            shared: str | None = None
-            if self.sharing is not None:
-                shared = self._shared_key(event)
-                if not await self.sharing.claim(shared):
-                    self._remember(key)
-                    self._set_aside(event, shared)
-                    continue
+            try:
+                await self._take(event)
+            except Exception:  # a bug must not stop the worker
+                log.exception("task event %s of task %s could not be handled", event.outcome, event.task_id)
+
+    async def _take(self, event: TaskEvent) -> None:
+        key = self._dedup_key(event)
+        shared: str | None = None
+        if self.sharing is not None:
+            shared = self._shared_key(event)
+            if not await self.sharing.claim(shared):
+                self._remember(key)
+                self._set_aside(event, shared)
+                return
+        try:
             await self._handle(event, key, shared)
+        except Exception:
+            if shared is not None and self.sharing is not None:
+                self.sharing.give_up(shared)  # another Butler may do better with it
+            raise
 
     def _remember(self, key: str | None) -> None:
         """Hold ``key`` for the deduplication time from now."""
