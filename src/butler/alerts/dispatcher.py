@@ -407,7 +407,11 @@ class Dispatcher:
             self._queue(delivery)
             return
         attempted = asyncio.Event()
-        holding = asyncio.get_running_loop().create_task(self._hold_claim(delivery, attempted))
+        holding = (
+            asyncio.get_running_loop().create_task(self._hold_claim(delivery, attempted))
+            if self.outbox.shared
+            else None
+        )
         try:
             stored = await self.outbox.current(delivery)
             if stored.state != "pending":
@@ -419,17 +423,20 @@ class Dispatcher:
             await self._deliver(channel, lane, sender, stored)
         finally:
             attempted.set()
-            await holding
+            if holding is not None:
+                await holding
             await self.outbox.release(delivery)
 
     async def _hold_claim(self, delivery: Delivery, attempted: asyncio.Event) -> None:
         """Extend the claim on ``delivery`` until ``attempted`` is set."""
-        if not self.outbox.shared:
-            return
 
         async def extend() -> None:
-            with contextlib.suppress(OutboxUnavailable):
+            try:
                 await self.outbox.extend(delivery, self.claim_seconds)
+            except OutboxUnavailable:
+                pass  # the claim may lapse: another Butler may then attempt the delivery too
+            except Exception:  # the attempt itself goes on
+                log.exception("alerts: the claim on delivery %s was not extended", delivery.id)
 
         await every(self.claim_seconds / 4, attempted, extend)
 
