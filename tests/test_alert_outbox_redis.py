@@ -109,6 +109,42 @@ async def test_an_alert_made_while_redis_is_away_is_held_and_sent_once_when_it_i
         server.stop()
 
 
+async def test_messages_held_while_redis_is_away_are_bounded_by_their_bytes(
+    tmp_path: Path,
+    prefix: str,
+    receivers: Callable[[], Awaitable[Receiver]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held messages are bounded by their records' bytes too (a message may carry a script log): beyond,
+    the alert is refused as unavailable, and what was held is still sent once Redis is back."""
+    import butler.alerts.dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "MAX_HELD_BYTES", 6000)  # two of these messages
+    hook = await receivers()
+    server = RedisServer(tmp_path)
+    server.start()
+    sending = butler(server.url, prefix)
+    await sending.start()
+    try:
+        server.stop()
+        alerts = [AlertInfo(f"big-{n}", "failed", "t", "task", "app", f"e{n}") for n in range(4)]
+        big = {"log": "x" * 2000}
+        for alert in alerts[:2]:
+            assert await sending.submit(alert, [message(hook.url, **big)]) == []
+        with pytest.raises(OutboxUnavailable, match="2 messages"):
+            await sending.submit(alerts[2], [message(hook.url, **big)])
+        assert sending.held == 2
+        server.start()
+        await eventually(lambda: len(hook.taken) >= 2, seconds=10)
+        assert sending.held == 0
+        # Room again: a message now goes straight to the outbox.
+        [delivery] = await sending.submit(alerts[3], [message(hook.url, **big)])
+        assert (await finished(sending, delivery.id)).state == "delivered"
+    finally:
+        await sending.stop()
+        server.stop()
+
+
 async def test_what_a_killed_butler_left_pending_a_running_one_sends_once(
     redis_url: str, prefix: str, receivers: Callable[[], Awaitable[Receiver]]
 ) -> None:

@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from butler.alerts.model import CHANNELS, Channel, DeliveryError, Message
-from butler.alerts.outbox import AlertInfo, Delivery, Outbox, OutboxUnavailable, delivery_id
+from butler.alerts.outbox import (
+    AlertInfo,
+    Delivery,
+    Outbox,
+    OutboxUnavailable,
+    delivery_id,
+    encode_record,
+)
 from butler.errors import Conflict, NotFound
 from butler.logs import Throttle
 from butler.stopping import cancel_and_wait, every
@@ -48,8 +55,10 @@ log = logging.getLogger("butler.alerts")
 CLAIM_SECONDS = 8.0
 #: How often finished deliveries past their keeping time are forgotten (seconds).
 PURGE_INTERVAL = 600.0
-#: Deliveries held in memory at most while the outbox cannot be written; the alerts beyond are lost.
+#: Deliveries held in memory at most while the outbox cannot be written, and their records' bytes at most
+#: (a message may carry a script log); the alerts beyond are lost.
 MAX_HELD = 10_000
+MAX_HELD_BYTES = 64 * 1024 * 1024
 #: How often held deliveries are offered to the outbox again (seconds).
 HOLD_RETRY_SECONDS = 1.0
 #: With an outbox shared by several Butlers: how often one asks for deliveries overdue by this long, to
@@ -158,6 +167,9 @@ class Dispatcher:
         self._throttle = Throttle(60.0)
         #: Deliveries not yet written: the outbox could not be written when they came.
         self._held: list[Delivery] = []
+        self._held_bytes = 0
+        #: The size of each held delivery's record, in the order of ``_held``.
+        self._held_sizes: list[int] = []
         self._holding: asyncio.Task[None] | None = None
         self._adopting: asyncio.Task[None] | None = None
         #: Deliveries taken over from another Butler's part of a shared outbox.
@@ -218,11 +230,16 @@ class Dispatcher:
 
     def _hold(self, deliveries: list[Delivery], exc: OutboxUnavailable) -> None:
         """Keep deliveries the outbox could not take, until it can; OutboxUnavailable when too many are."""
-        if len(self._held) + len(deliveries) > MAX_HELD:
-            raise OutboxUnavailable(f"{exc}, and {len(self._held)} messages are held already") from exc
+        sizes = [len(encode_record(d)) for d in deliveries]
+        added = sum(sizes)
+        if len(self._held) + len(deliveries) > MAX_HELD or self._held_bytes + added > MAX_HELD_BYTES:
+            held = f"{len(self._held)} messages ({self._held_bytes:,} bytes)"
+            raise OutboxUnavailable(f"{exc}, and {held} are held already") from exc
         if not self._held:
             log.error("alerts: %s; messages are held here until it can be written", exc)
         self._held += deliveries
+        self._held_sizes += sizes
+        self._held_bytes += added
         if self._holding is None or self._holding.done():
             self._holding = asyncio.get_running_loop().create_task(self._write_held(), name="alerts-held")
 
@@ -238,13 +255,18 @@ class Dispatcher:
                 # Not the outbox being away but a fault that writing again would meet again: these messages
                 # are lost, as they would have been had the fault come when they were made, and those held
                 # after them still get written.
-                del self._held[: len(batch)]
+                self._release_held(len(batch))
                 log.exception("alerts: %d messages held could not be written and are lost", len(batch))
                 continue
-            del self._held[: len(batch)]
+            self._release_held(len(batch))
             self._take(new)
             if not self._held:
                 log.warning("alerts: the outbox is written again; the messages held are kept and sent")
+
+    def _release_held(self, count: int) -> None:
+        self._held_bytes -= sum(self._held_sizes[:count])
+        del self._held[:count]
+        del self._held_sizes[:count]
 
     def _take(self, new: list[Delivery]) -> None:
         """Queue the new deliveries the outbox took and count those it took as dead."""
