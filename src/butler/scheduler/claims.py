@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,10 @@ from butler.redis_edge import RedisEdge
 
 #: How long a claimed fire is remembered: long after any other Butler could still be asking for it.
 CLAIM_SECONDS = 3600
+#: How long a SQLite file that other Butlers hold is asked again, for the steps SQLite does not wait on
+#: itself (switching a new file to WAL, recovering its log): three Butlers firing their first schedule at
+#: once were seen to get "database is locked" from those.
+BUSY_SECONDS = 5.0
 
 
 class ClaimsUnavailable(Unavailable):
@@ -77,14 +82,29 @@ class SqliteClaims:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A busy file (another Butler writing) is waited for, not an error.
         connection = sqlite3.connect(self.path, timeout=5, check_same_thread=False, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute(
-            "CREATE TABLE IF NOT EXISTS fires (schedule TEXT NOT NULL, due INTEGER NOT NULL, "
-            "PRIMARY KEY (schedule, due))"
-        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS fires (schedule TEXT NOT NULL, due INTEGER NOT NULL, "
+                "PRIMARY KEY (schedule, due))"
+            )
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _claim(self, schedule_id: str, due: int) -> bool:
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                return self._insert(schedule_id, due)
+            except sqlite3.OperationalError as exc:
+                # Claiming is idempotent (a row inserted only if absent): asking again is safe.
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _insert(self, schedule_id: str, due: int) -> bool:
         if self._connection is None:
             self._connection = self._open()
         connection = self._connection
