@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from butler.errors import Unavailable
+from butler.sqlite_busy import when_free
 
 #: What every token starts with, so a token found in a file or a paste is recognised as Butler's.
 PREFIX = "bt_"
@@ -115,18 +116,22 @@ class SqliteTokens:
         self.path = path
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, digest TEXT UNIQUE NOT NULL, "
-                "scopes TEXT NOT NULL, created REAL NOT NULL, expires REAL, allow_ips TEXT NOT NULL, "
-                "rate_limit INTEGER, last_used REAL)"
-            )
+            # Butlers of one host and the token command may open a new file at once.
+            when_free(self._prepare)
         except sqlite3.Error as exc:
             raise Unavailable(f"the token store {path} cannot be opened: {exc}") from exc
         self.find_now: Callable[[str], TokenRecord | None] | None = self._find
         self._found: dict[str, TokenRecord] = {}
         self._seen = b""
         self._header = self._map_header()
+
+    def _prepare(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, digest TEXT UNIQUE NOT NULL, "
+            "scopes TEXT NOT NULL, created REAL NOT NULL, expires REAL, allow_ips TEXT NOT NULL, "
+            "rate_limit INTEGER, last_used REAL)"
+        )
 
     def _map_header(self) -> mmap.mmap | None:
         try:

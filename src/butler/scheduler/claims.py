@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -19,13 +18,10 @@ from typing import Protocol
 from butler.config import Settings
 from butler.errors import Unavailable
 from butler.redis_edge import RedisEdge
+from butler.sqlite_busy import when_free
 
 #: How long a claimed fire is remembered: long after any other Butler could still be asking for it.
 CLAIM_SECONDS = 3600
-#: How long a SQLite file that other Butlers hold is asked again, for the steps SQLite does not wait on
-#: itself (switching a new file to WAL, recovering its log): three Butlers firing their first schedule at
-#: once were seen to get "database is locked" from those.
-BUSY_SECONDS = 5.0
 
 
 class ClaimsUnavailable(Unavailable):
@@ -94,15 +90,8 @@ class SqliteClaims:
         return connection
 
     def _claim(self, schedule_id: str, due: int) -> bool:
-        deadline = time.monotonic() + BUSY_SECONDS
-        while True:
-            try:
-                return self._insert(schedule_id, due)
-            except sqlite3.OperationalError as exc:
-                # Claiming is idempotent (a row inserted only if absent): asking again is safe.
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        # Claiming is idempotent (a row inserted only if absent): asking again is safe.
+        return when_free(lambda: self._insert(schedule_id, due))
 
     def _insert(self, schedule_id: str, due: int) -> bool:
         if self._connection is None:
