@@ -59,6 +59,12 @@ return 0
 """
 
 
+def lease_times(takeover_seconds: float) -> tuple[float, float]:
+    """How long a lease (or a claim held as one) lasts, and how often it is asked for: three quarters and a
+    quarter of ``takeover_seconds``, so that one whose holder died is taken within ``takeover_seconds``."""
+    return takeover_seconds * 0.75, takeover_seconds / 4
+
+
 class LeaseUnavailable(Unavailable):
     """Redis cannot be asked about a lease."""
 
@@ -115,8 +121,8 @@ class Leases:
     ) -> None:
         self.instance = instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.prefix = prefix
-        self.lease_seconds = takeover_seconds * 0.75
-        self.renew_seconds = takeover_seconds / 4
+        self.takeover_seconds = takeover_seconds
+        self.lease_seconds, self.renew_seconds = lease_times(takeover_seconds)
         self.leases: dict[str, Lease] = {}
         self.redis = RedisEdge(redis_url, _unreachable) if redis_url else None
         #: Why the last ask of Redis failed, while it fails.
@@ -211,11 +217,11 @@ class Leases:
         return {
             "instanceId": self.instance,
             "shared": self.shared,
-            "takeoverSeconds": round(self.lease_seconds / 0.75, 3),
+            "takeoverSeconds": self.takeover_seconds,
             "redisProblem": self.problem,
             "leases": [lease.stats(self.instance) for lease in self.leases.values()],
             "rateLimit": self.rate_limiter.stats() if self.rate_limiter is not None else None,
         }
 
 
-__all__ = ["Lease", "LeaseUnavailable", "Leases"]
+__all__ = ["Lease", "LeaseUnavailable", "Leases", "lease_times"]

@@ -13,6 +13,21 @@ from redis.exceptions import RedisError
 
 T = TypeVar("T")
 
+#: KEYS: claims or leases. ARGV: the holder's value, a time in ms. Extends each key that still holds the
+#: value (so one taken over by another is left alone); 1 for those extended, 0 for the others.
+EXTEND_IF_HELD = """
+local kept = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    kept[i] = 1
+  else
+    kept[i] = 0
+  end
+end
+return kept
+"""
+
 
 class RedisEdge:
     """A client of the Redis at ``url``; ``failure`` makes the caller's exception from Redis's."""
@@ -33,4 +48,4 @@ class RedisEdge:
         await self.client.aclose()
 
 
-__all__ = ["RedisEdge"]
+__all__ = ["EXTEND_IF_HELD", "RedisEdge"]

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from butler.alerts.outbox import Delivery, Outbox, OutboxUnavailable, encode_record
-from butler.redis_edge import RedisEdge
+from butler.redis_edge import EXTEND_IF_HELD, RedisEdge
 
 T = TypeVar("T")
 #: Records read from Redis per round trip at start-up.
@@ -49,13 +49,6 @@ for i = 3, #KEYS do
   end
 end
 return new
-"""
-
-
-#: KEYS: a claim. ARGV: this Butler's value, the lease in ms. Extends the claim only if it is still ours.
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
 """
 
 
@@ -180,7 +173,8 @@ class RedisOutbox(Outbox):
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         lease = str(max(1, int(seconds * 1000)))
-        await self._call(self._client.eval(_EXTEND, 1, self._claim_key(delivery.id), self.instance, lease))
+        claim = self._claim_key(delivery.id)
+        await self._call(self._client.eval(EXTEND_IF_HELD, 1, claim, self.instance, lease))
 
     async def release(self, delivery: Delivery) -> None:
         # Only this Butler's own claim is removed: after a lease ran out, another may hold it.

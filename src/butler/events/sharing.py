@@ -33,7 +33,8 @@ from urllib.parse import quote
 import orjson
 
 from butler.errors import Unavailable
-from butler.redis_edge import RedisEdge
+from butler.leases import lease_times
+from butler.redis_edge import EXTEND_IF_HELD, RedisEdge
 from butler.stopping import every
 
 log = logging.getLogger("butler.sharing")
@@ -52,21 +53,6 @@ DONE = "done"
 #: Claims extended in one Redis call at most.
 RENEW_BATCH = 500
 
-#: KEYS: claims. ARGV: our value, the claim's time in ms. Extends each claim that is still ours; 1 for
-#: those extended, 0 for those done or lost.
-_EXTEND = """
-local kept = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-    kept[i] = 1
-  else
-    kept[i] = 0
-  end
-end
-return kept
-"""
-
 
 class SharingUnavailable(Unavailable):
     """Redis cannot be reached: each Butler handles its own events."""
@@ -84,10 +70,9 @@ class EventSharing:
         self.url = url
         self.prefix = prefix
         self.instance = INSTANCE_ID
-        # As a monitor's lease (``leases.py``): held three quarters of the takeover time, extended every
-        # quarter, so a claimant that died loses its claims within the takeover time.
-        self.claim_ms = max(1, int(takeover_seconds * 750))
-        self.renew_seconds = takeover_seconds / 4
+        # As a monitor's lease: a claimant that died loses its claims within the takeover time.
+        claim_seconds, self.renew_seconds = lease_times(takeover_seconds)
+        self.claim_ms = max(1, int(claim_seconds * 1000))
         self.done_ms = max(1, int(done_seconds * 1000))
         #: The keys of the claims this Butler holds, extended until the event is done or given up.
         self._held: set[str] = set()
@@ -198,7 +183,7 @@ class EventSharing:
             keys = held[start : start + RENEW_BATCH]
             kept = await self._call(
                 lambda keys=keys: self._client.eval(  # type: ignore[misc]
-                    _EXTEND, len(keys), *keys, value, str(self.claim_ms)
+                    EXTEND_IF_HELD, len(keys), *keys, value, str(self.claim_ms)
                 )
             )
             self._worked()
