@@ -7,6 +7,7 @@ from __future__ import annotations
 from butler import __version__
 from butler.auth import SESSION_COOKIE
 from butler.http.errors import HttpError
+from butler.http.middleware.authentication import sent_token
 from butler.http.routing import ApiRequest, Reply, Route, json_reply
 from butler.services import Services
 
@@ -54,11 +55,10 @@ def routes(services: Services) -> list[Route]:
         # page's routes, where it is checked again on every call.
         if not rest.auth.enable:
             return Reply(204)  # nothing to log in to: the page is open
-        scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else request.headers.get(rest.auth.token_header)
-        if not token:
+        token = sent_token(request.headers, rest.auth.token_header)
+        if token is None:  # a client certificate, not a token, passed the check
             raise HttpError(400, "Send the token as 'Authorization: Bearer <token>' to log in")
-        set_cookie = cookie.format(token.strip(), SESSION_SECONDS)
+        set_cookie = cookie.format(token, SESSION_SECONDS)
         return Reply(204, headers={"Set-Cookie": set_cookie, "Cache-Control": "no-store"})
 
     async def logout(request: ApiRequest) -> Reply:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from hashlib import sha256
 from typing import Any
 
@@ -146,7 +146,7 @@ class Authentication:
             # Its form is only checked when it is not found, to say which of the two is wrong.
             token = sent[7:]
         else:
-            found = self._token(context)
+            found = sent_token(request.headers, self.header)
             if found is None and route.session:
                 found = self._session(context)
             if found is None:
@@ -183,23 +183,6 @@ class Authentication:
         if counting is not None:
             await counting
         return await self.app(context)
-
-    def _token(self, context: Context) -> str | None:
-        headers = context.request.headers
-        authorization = headers.get("Authorization")
-        if authorization is not None:
-            scheme, _, value = authorization.strip().partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                raise unauthorized(_MALFORMED_HEADER)
-            token = value.strip()
-        else:
-            sent = headers.get(self.header)
-            if sent is None:
-                return None
-            token = sent.strip()
-        if TOKEN_FORM.fullmatch(token) is None:
-            raise unauthorized(_MALFORMED_TOKEN)
-        return token
 
     def _session(self, context: Context) -> str | None:
         """The token the status page's login keeps in its cookie, if the browser sent it."""
@@ -289,6 +272,25 @@ class Authentication:
         if scope not in mapped.scopes:
             needed = f"needed for {context.method} {context.path}"
             raise HttpError(403, f"Certificate {mapped.subject} lacks scope {scope}, {needed}")
+
+
+def sent_token(headers: Mapping[str, str], header: str) -> str | None:
+    """The token a request sends, as ``Authorization: Bearer`` or in ``header``; None without either. 401
+    for a malformed one."""
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise unauthorized(_MALFORMED_HEADER)
+        token = value.strip()
+    else:
+        sent = headers.get(header)
+        if sent is None:
+            return None
+        token = sent.strip()
+    if TOKEN_FORM.fullmatch(token) is None:
+        raise unauthorized(_MALFORMED_TOKEN)
+    return token
 
 
 def _over_limit(name: str, context: Context) -> None:
