@@ -234,12 +234,14 @@ class StatusPage:
     def page(self, data: dict[str, Any]) -> str:
         # With authentication on, a browser may have logged in (``/status/login``): it can log out.
         logout = _LOGOUT_BUTTON if self.services.settings.rest.auth.enable else ""
-        return _PAGE.format(
+        return _DOCUMENT.format(
+            title="Butler status",
             style=_STYLE,
-            script=_SCRIPT,
             version=escape(data["version"]),
+            header=f'<span id="message" role="status"></span>{logout}',
+            main=' id="content"',
             body=self.fragment(data),
-            logout=logout,
+            script=_SCRIPT,
         )
 
     def fragment(self, data: dict[str, Any]) -> str:
@@ -568,45 +570,38 @@ _LOGIN_SCRIPT = """
 #: The login form's policy: as the page's, with its own script.
 LOGIN_CONTENT_SECURITY_POLICY = _policy(_LOGIN_SCRIPT)
 
-_LOGIN_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Butler status: log in</title>
-<style>{style}</style>
-</head>
-<body>
-<header><h1>Butler {version}</h1></header>
-<main>
-<form id="login" class="login card">
+_LOGIN_FORM = """<form id="login" class="login card">
 <label for="token">An API token with the admin scope (and alerts, to send dead letters again):</label>
 <input id="token" type="password" autocomplete="current-password" required>
 <p><button type="submit">log in</button> <span id="message" class="error" role="status"></span></p>
-</form>
-</main>
-<script>{script}</script>
-</body>
-</html>
-"""
+</form>"""
 
 
 def login_page(version: str) -> str:
     """The status page's login form (``GET /status/login``)."""
-    return _LOGIN_PAGE.format(style=_STYLE, script=_LOGIN_SCRIPT, version=escape(version))
+    return _DOCUMENT.format(
+        title="Butler status: log in",
+        style=_STYLE,
+        version=escape(version),
+        header="",
+        main="",
+        body=_LOGIN_FORM,
+        script=_LOGIN_SCRIPT,
+    )
 
 
-_PAGE = """<!DOCTYPE html>
+#: The status page and its login form: ``header`` follows the heading, ``main`` holds ``main``'s attributes.
+_DOCUMENT = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Butler status</title>
+<title>{title}</title>
 <style>{style}</style>
 </head>
 <body>
-<header><h1>Butler {version}</h1><span id="message" role="status"></span>{logout}</header>
-<main id="content">
+<header><h1>Butler {version}</h1>{header}</header>
+<main{main}>
 {body}
 </main>
 <script>{script}</script>

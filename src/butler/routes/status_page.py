@@ -34,6 +34,7 @@ def routes(services: Services) -> list[Route]:
         "X-Frame-Options": "DENY",
     }
     login_headers = {**headers, "Content-Security-Policy": LOGIN_CONTENT_SECURITY_POLICY}
+    login_html = login_page(__version__).encode()
     rest = services.settings.rest
     cookie = f"{SESSION_COOKIE}={{}}; Path=/; HttpOnly; SameSite=Strict; Max-Age={{}}"
     if rest.tls.enable:
@@ -48,7 +49,7 @@ def routes(services: Services) -> list[Route]:
         return json_reply(page.data())
 
     async def login_form(request: ApiRequest) -> Reply:
-        return Reply(200, login_page(__version__).encode(), headers=login_headers)
+        return Reply(200, login_html, headers=login_headers)
 
     async def login(request: ApiRequest) -> Reply:
         # The token has passed the chain's check by now (admin scope); the cookie carries it to the
