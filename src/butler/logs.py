@@ -109,6 +109,12 @@ class Event:
 Request = tuple[float, str, str, int, float, str, str, str | None]
 
 
+def _request(method: str, target: str, status: int, milliseconds: float, ip: str, caller: str | None) -> str:
+    """A request line's message, in every format."""
+    by = f" {caller}" if caller else ""
+    return f"{method} {target} {status} {milliseconds:.2f}ms {ip}{by}"
+
+
 def _text(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
     parts = []
     for item in items:
@@ -117,8 +123,8 @@ def _text(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
             parts.append(f"{stamp(item.created)} {item.level}: {item.message}{exception}\n")
         else:
             wall, method, target, status, milliseconds, ip, _, caller = item
-            by = f" {caller}" if caller else ""
-            parts.append(f"{stamp(wall)} info: {method} {target} {status} {milliseconds:.2f}ms {ip}{by}\n")
+            message = _request(method, target, status, milliseconds, ip, caller)
+            parts.append(f"{stamp(wall)} info: {message}\n")
     return "".join(parts)
 
 
@@ -137,12 +143,11 @@ def _json(items: list[Event | Request], stamp: Callable[[float], str]) -> str:
                 entry["exception"] = item.exception
         else:
             wall, method, target, status, milliseconds, ip, logger, caller = item
-            by = f" {caller}" if caller else ""
             entry = {
                 "time": stamp(wall),
                 "level": "info",
                 "logger": logger,
-                "message": f"{method} {target} {status} {milliseconds:.2f}ms {ip}{by}",
+                "message": _request(method, target, status, milliseconds, ip, caller),
                 "method": method,
                 "url": target,
                 "status": status,
@@ -376,8 +381,7 @@ class RequestLog:
             caller = caller.encode("unicode_escape").decode("ascii")
         buffer = _buffer
         if buffer is None:
-            by = f" {caller}" if caller else ""
-            self._logger.info("%s %s %d %.2fms %s%s", method, target, status, milliseconds, client_ip, by)
+            self._logger.info("%s", _request(method, target, status, milliseconds, client_ip, caller))
             return
         if len(target) > MAX_LOGGED_URL:
             target = f"{target[:MAX_LOGGED_URL]}...({len(target) - MAX_LOGGED_URL} more characters)"
