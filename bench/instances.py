@@ -72,9 +72,11 @@ def start_butlers(
     redis_url: str,
     processes: list[subprocess.Popen[bytes]],
     each: Callable[[int], dict[str, Any]] = lambda number: {},
+    certs: Path | None = None,
     **sections: Any,
 ) -> list[tuple[subprocess.Popen[bytes], str]]:
-    """``count`` Butlers on ``redis_url`` with ``sections``, and ``each(number)``'s sections of their own."""
+    """``count`` Butlers on ``redis_url`` with ``sections``, and ``each(number)``'s sections of their own;
+    with the QMC-style certificates of the folder ``certs``, if given."""
     prefix = f"bench:{time.monotonic_ns()}:kv:"
     instances = sections.pop("instances", {})
     butlers = []
@@ -85,6 +87,7 @@ def start_butlers(
             workdir / f"butler-{number}.yaml",
             port,
             ["keyValueStore"],
+            certs,
             keyValueStore={
                 "enable": True,
                 "backend": "redis",
@@ -221,7 +224,8 @@ def alert_failover(
             3,
             redis_url,
             processes,
-            lambda number: alerting_sections(workdir / "certs", qrs_port, udp_ports[number], receiver),
+            lambda number: alerting_sections(qrs_port, udp_ports[number], receiver),
+            certs=workdir / "certs",
             instances={"takeoverSeconds": takeover},
         )
         put(f"{control}/faults/qrs", {"latency_ms": 3000})
@@ -257,14 +261,9 @@ def alert_failover(
         stop_processes(processes)
 
 
-def alerting_sections(certs: Path, qrs_port: int, udp_port: int, receiver: str) -> dict[str, Any]:
+def alerting_sections(qrs_port: int, udp_port: int, receiver: str) -> dict[str, Any]:
     """Config sections of a Butler on the simulator's QRS, alerting failed reloads to ``receiver``."""
     return {
-        "cert": {
-            "clientCert": str(certs / "client.pem"),
-            "clientCertKey": str(certs / "client_key.pem"),
-            "clientCertCA": str(certs / "root.pem"),
-        },
         "configQRS": {"host": "localhost", "port": qrs_port, "rejectUnauthorized": True},
         "udpServerConfig": {
             "enable": True,
