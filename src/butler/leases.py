@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from butler.errors import Unavailable
-from butler.redis_edge import RedisEdge
+from butler.redis_edge import DELETE_IF_HELD, RedisEdge
 from butler.stopping import every
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ elseif string.sub(current, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return {current, redis.call('PTTL', KEYS[1])}
-"""
-
-#: KEYS: lease. ARGV: our value. Deletes the lease only if still ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -194,7 +188,7 @@ class Leases:
         key, _ = self._keys(lease.name)
         value = f"{self.instance} {lease.token}"
         lease.token = None
-        await self.redis.call(self.redis.client.eval(_RELEASE, 1, key, value))
+        await self.redis.call(self.redis.client.eval(DELETE_IF_HELD, 1, key, value))
 
     def _keys(self, name: str) -> tuple[str, str]:
         return f"{self.prefix}lease:{name}", f"{self.prefix}fence:{name}"

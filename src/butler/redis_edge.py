@@ -28,6 +28,13 @@ end
 return kept
 """
 
+#: KEYS: a claim or lease. ARGV: the holder's value. Deletes the key only if it still holds the value, in
+#: one step: between a read and a delete of its own, the key could expire and be taken by another.
+DELETE_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class RedisEdge:
     """A client of the Redis at ``url``; ``failure`` makes the caller's exception from Redis's."""
@@ -48,4 +55,4 @@ class RedisEdge:
         await self.client.aclose()
 
 
-__all__ = ["EXTEND_IF_HELD", "RedisEdge"]
+__all__ = ["DELETE_IF_HELD", "EXTEND_IF_HELD", "RedisEdge"]

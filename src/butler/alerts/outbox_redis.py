@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from butler.alerts.outbox import Delivery, Outbox, OutboxUnavailable, encode_record
-from butler.redis_edge import EXTEND_IF_HELD, RedisEdge
+from butler.redis_edge import DELETE_IF_HELD, EXTEND_IF_HELD, RedisEdge
 
 T = TypeVar("T")
 #: Records read from Redis per round trip at start-up.
@@ -178,9 +178,8 @@ class RedisOutbox(Outbox):
 
     async def release(self, delivery: Delivery) -> None:
         # Only this Butler's own claim is removed: after a lease ran out, another may hold it.
-        key = self._claim_key(delivery.id)
-        if await self._call(self._client.get(key)) == self.instance:
-            await self._call(self._client.delete(key))
+        claim = self._claim_key(delivery.id)
+        await self._call(self._client.eval(DELETE_IF_HELD, 1, claim, self.instance))
 
     def _spent_key(self, slot: tuple[str, str, str]) -> str:
         return f"{self.prefix}spent:{orjson.dumps(slot).decode()}"
